@@ -1,0 +1,47 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// The numeric target is always optimised: a debug `swift test` would otherwise run the model
+// 10-100x slower (see README, "Tests").
+let optimised: [SwiftSetting] = [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]
+
+let package = Package(
+    name: "Intervene",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "worker", targets: ["WorkerCLI"]),
+        .executable(name: "coordinator", targets: ["CoordinatorCLI"]),
+        .executable(name: "engine-bench", targets: ["EngineBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    ],
+    targets: [
+        // C system libraries (Debian packages installed by cluster/setup.sh).
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+
+        // Model, tokenizer, intervention, solver, tasks. No networking.
+        .target(name: "Engine", dependencies: ["CBLAS"], swiftSettings: optimised),
+        // Wire contract: protobuf messages + ZeroMQ wrapper.
+        .target(name: "Protocol", dependencies: [
+            "CZMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
+        .target(name: "Worker", dependencies: [
+            "Engine", "Protocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "Coordinator", dependencies: [
+            "Engine", "Protocol", "CSQLite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "WorkerCLI", dependencies: ["Worker"]),
+        .executableTarget(name: "CoordinatorCLI", dependencies: ["Coordinator"]),
+        .executableTarget(name: "EngineBench", dependencies: ["Engine"], swiftSettings: optimised),
+
+        .testTarget(name: "EngineTests", dependencies: ["Engine"], swiftSettings: optimised),
+        .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Worker", "Protocol", "Engine"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,3 @@
+import Coordinator
+
+CoordinatorCommand.main()

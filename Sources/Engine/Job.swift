@@ -1,0 +1,58 @@
+import Foundation
+
+/// One cell of an experiment grid, as a worker receives it. The coordinator builds it from
+/// grid.json; `worker run` builds it from its flags. Everything a job's result depends on is here,
+/// so a hash of its normalised form identifies the job.
+public struct JobSpec: Codable, Sendable, Equatable, Hashable {
+    /// Model registry name (e.g. "smollm2-135m-instruct") or a path to a .gguf file.
+    public var model: String
+    /// Task registry name (e.g. "antonym") or a path to a function-vector JSON file.
+    public var task: String
+    /// "intervention", "zero-shot", "few-shot" (and later "fv", ...); "synthetic" is a test kind
+    /// that needs no model.
+    public var method: String
+    public var layer: Int
+    public var lambda: Double
+    public var gamma: Double
+    public var seed: Int
+    public var trainSize: Int
+    public var testSize: Int
+    public var steps: Int
+    public var lr: Double
+    public var maxNewTokens: Int
+    /// Number of demonstrations for "few-shot".
+    public var shots: Int
+
+    public init(model: String = "smollm2-135m-instruct", task: String, method: String = "intervention",
+                layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
+                trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
+                maxNewTokens: Int = 4, shots: Int = 10) {
+        self.model = model; self.task = task; self.method = method; self.layer = layer
+        self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
+        self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
+        self.shots = shots
+    }
+}
+
+/// What a finished job hands back: scalar metrics (exact_match, first_token_accuracy,
+/// zero_shot_exact_match, judge_accuracy, n_test, final_loss, nonzero, active_heads, ...) and,
+/// for methods that learn one, the Δ artefact as safetensors bytes.
+public struct JobOutcome: Sendable {
+    public var metrics: [String: Double]
+    public var artefact: Data?
+    public init(metrics: [String: Double], artefact: Data? = nil) {
+        self.metrics = metrics; self.artefact = artefact
+    }
+}
+
+/// Receives progress while a job runs. Called on the computing thread; implementations must be
+/// cheap and thread-safe (the worker forwards to its network thread).
+public protocol JobProgress: AnyObject, Sendable {
+    /// `step` counts solver steps (or evaluated items); `total` is the expected count.
+    func progress(step: Int, total: Int, metrics: [String: Double])
+}
+
+/// Runs jobs. The worker keeps one runner (and so one loaded model per model name) for its life.
+public protocol JobRunner: AnyObject {
+    func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome
+}

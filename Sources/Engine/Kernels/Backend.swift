@@ -1,0 +1,71 @@
+import CBLAS
+import Foundation
+
+/// A frozen weight matrix W [rows × cols], row-major (rows = output features, cols = input
+/// features, as PyTorch's nn.Linear stores it and GGUF's dims[0] = cols says). The handle is what
+/// a backend sees: a device backend keeps its own copy keyed by the handle.
+public final class Weight: @unchecked Sendable {
+    public let name: String
+    public let rows: Int
+    public let cols: Int
+    public let data: UnsafeMutablePointer<Float>
+
+    public init(name: String, rows: Int, cols: Int) {
+        self.name = name; self.rows = rows; self.cols = cols
+        data = .allocate(capacity: rows * cols)
+    }
+    public convenience init(name: String, rows: Int, cols: Int, values: [Float]) {
+        precondition(values.count == rows * cols)
+        self.init(name: name, rows: rows, cols: cols)
+        values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
+    }
+    deinit { data.deallocate() }
+    public var count: Int { rows * cols }
+}
+
+/// The compute seam. The model and the intervention path call only these ops on activations
+/// (row-major [rows × features] fp32 buffers); `CPUBackend` implements them with OpenBLAS and
+/// vectorised Swift. A CUDA backend would implement the same ops on device-resident buffers.
+public protocol Backend: AnyObject, Sendable {
+    var name: String { get }
+    /// Y[m × n] (+)= X[m × k] · Wᵀ, W [n × k].            (forward of a linear layer)
+    func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// dX[m × k] (+)= dY[m × n] · W, W [n × k].            (backward of a linear layer w.r.t. X)
+    func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// C[m × n] = α·op(A)·op(B) + β·C, general strided matrix product (attention uses it).
+    func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int)
+}
+
+/// OpenBLAS (cblas) for every product; element-wise ops live in `Ops` (plain Swift, vectorised).
+public final class CPUBackend: Backend, @unchecked Sendable {
+    public let name: String
+    public let threads: Int
+
+    public init(threads: Int = 1) {
+        self.threads = max(1, threads)
+        openblas_set_num_threads(Int32(self.threads))
+        name = "cpu (OpenBLAS, \(self.threads) thread\(self.threads == 1 ? "" : "s"))"
+    }
+
+    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard m > 0 else { return }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(w.rows), Int32(w.cols),
+                    1, x, Int32(w.cols), w.data, Int32(w.cols), accumulate ? 1 : 0, y, Int32(w.rows))
+    }
+
+    public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard m > 0 else { return }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(w.cols), Int32(w.rows),
+                    1, dy, Int32(w.rows), w.data, Int32(w.cols), accumulate ? 1 : 0, dx, Int32(w.cols))
+    }
+
+    public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+
+/// Element-wise kernels on row-major fp32 buffers. Reductions use SIMD16 accumulators (scalar
+/// float reductions don't vectorise without reassociation).
+public enum Ops {
+    @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD16<Float>(repeating: 0)
+        var i = 0
+        let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+        while i + 16 <= n {
+            acc += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+                 * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        var s = acc.sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
+    }
+
+    @inline(__always)
+    public static func sumSquares(_ a: UnsafePointer<Float>, _ n: Int) -> Float { dot(a, a, n) }
+
+    /// y += α·x
+    @inline(__always)
+    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        var i = 0
+        let a = SIMD16<Float>(repeating: alpha)
+        let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
+        while i + 16 <= n {
+            let v = ry.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+                  + a * rx.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            ry.storeBytes(of: v, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n { y[i] += alpha * x[i]; i += 1 }
+    }
+
+    /// y[i] += x[i]
+    @inline(__always)
+    public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) { axpy(1, x, y, n) }
+
+    /// RMSNorm forward, row by row: y = x / rms(x) ⊙ w, rms(x) = sqrt(mean(x²) + ε).
+    /// Writes 1/rms per row to `invRMS` when given (the backward needs it).
+    public static func rmsnorm(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                               rows: Int, dim: Int, eps: Float, invRMS: UnsafeMutablePointer<Float>? = nil) {
+        for r in 0..<rows {
+            let xr = x + r * dim, yr = y + r * dim
+            let inv = 1 / (sumSquares(xr, dim) / Float(dim) + eps).squareRoot()
+            invRMS?[r] = inv
+            for i in 0..<dim { yr[i] = xr[i] * inv * w[i] }
+        }
+    }
+
+    /// RMSNorm backward for one row, y = x·r⊙w with r = 1/rms(x):
+    ///   dx = r·(dy⊙w) − r³/D · x · Σ_j (dy⊙w)_j x_j       (accumulated into dx)
+    public static func rmsnormBackward(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
+                                       _ dx: UnsafeMutablePointer<Float>, rows: Int, dim: Int, invRMS: UnsafePointer<Float>) {
+        for r in 0..<rows {
+            let xr = x + r * dim, dyr = dy + r * dim, dxr = dx + r * dim
+            let inv = invRMS[r]
+            var s: Float = 0
+            for i in 0..<dim { s += dyr[i] * w[i] * xr[i] }
+            let c = inv * inv * inv * s / Float(dim)
+            for i in 0..<dim { dxr[i] += inv * dyr[i] * w[i] - c * xr[i] }
+        }
+    }
+
+    @inline(__always) public static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
+
+    /// SwiGLU forward: h = silu(g) ⊙ u (element-wise over n values).
+    public static func swiglu(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ h: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n { h[i] = silu(g[i]) * u[i] }
+    }
+
+    /// SwiGLU backward: dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))), du = dh ⊙ silu(g).
+    public static func swigluBackward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ dh: UnsafePointer<Float>,
+                                      _ dg: UnsafeMutablePointer<Float>, _ du: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n {
+            let s = 1 / (1 + expf(-g[i]))
+            du[i] = dh[i] * g[i] * s
+            dg[i] = dh[i] * u[i] * s * (1 + g[i] * (1 - s))
+        }
+    }
+
+    /// In-place softmax of one row; returns log Σ exp (the log-partition).
+    @discardableResult
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
+        var m = -Float.infinity
+        for i in 0..<n where x[i] > m { m = x[i] }
+        var s: Float = 0
+        for i in 0..<n { let e = expf(x[i] - m); x[i] = e; s += e }
+        let inv = 1 / s
+        for i in 0..<n { x[i] *= inv }
+        return m + logf(s)
+    }
+
+    /// Index of the largest value (first on ties).
+    public static func argmax(_ x: UnsafePointer<Float>, _ n: Int) -> Int {
+        var best = 0
+        var bv = x[0]
+        for i in 1..<n where x[i] > bv { bv = x[i]; best = i }
+        return best
+    }
+}

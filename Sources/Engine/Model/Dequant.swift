@@ -1,0 +1,129 @@
+import Dispatch
+import Foundation
+
+/// IEEE half → single, exact for every input (subnormals, inf, NaN included).
+@inline(__always)
+public func halfToFloat(_ h: UInt16) -> Float {
+    let sign = UInt32(h & 0x8000) << 16
+    let exp = UInt32(h >> 10) & 0x1F
+    let mant = UInt32(h & 0x3FF)
+    if exp == 0 {
+        if mant == 0 { return Float(bitPattern: sign) }
+        // subnormal: mant · 2^-24
+        let v = Float(mant) * Float(bitPattern: 0x3380_0000)
+        return sign != 0 ? -v : v
+    }
+    if exp == 31 { return Float(bitPattern: sign | 0x7F80_0000 | (mant << 13)) }
+    return Float(bitPattern: sign | ((exp + 112) << 23) | (mant << 13))
+}
+
+/// Round-to-nearest-even single → half (used by tests and writers).
+public func floatToHalf(_ f: Float) -> UInt16 {
+    let x = f.bitPattern
+    let sign = UInt16((x >> 16) & 0x8000)
+    let exp = Int((x >> 23) & 0xFF)
+    var mant = x & 0x7F_FFFF
+    if exp == 0xFF { return sign | 0x7C00 | (mant != 0 ? 0x200 : 0) }
+    var e = exp - 127 + 15
+    if e >= 31 { return sign | 0x7C00 }
+    if e <= 0 {
+        if e < -10 { return sign }
+        mant |= 0x80_0000
+        let shift = UInt32(14 - e)
+        var h = mant >> shift
+        let rem = mant & ((1 << shift) - 1), half = UInt32(1) << (shift - 1)
+        if rem > half || (rem == half && (h & 1) == 1) { h += 1 }
+        return sign | UInt16(h)
+    }
+    var h = mant >> 13
+    let rem = mant & 0x1FFF
+    if rem > 0x1000 || (rem == 0x1000 && (h & 1) == 1) { h += 1 }
+    if h == 0x400 { h = 0; e += 1; if e >= 31 { return sign | 0x7C00 } }
+    return sign | UInt16(e << 10) | UInt16(h)
+}
+
+/// Dequantisation of ggml block formats to fp32. The layouts (little-endian):
+///   Q8_0: 34 bytes = f16 d, 32 × int8 q;               x = d·q
+///   Q4_0: 18 bytes = f16 d, 16 bytes of nibbles;         x = d·(q − 8)
+///   Q4_1: 20 bytes = f16 d, f16 m, 16 bytes of nibbles;  x = d·q + m
+/// For the 4-bit kinds, byte j holds element j in its low nibble and element j+16 in its high one.
+public enum Dequant {
+    /// Dequantises `count` elements (a whole number of blocks) of type `type` from `src` to `dst`.
+    public static func run(_ type: GGMLType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int, tensor: String) throws {
+        switch type {
+        case .f32:
+            dst.update(from: src.assumingMemoryBound(to: Float.self), count: count)
+            // (the mapping is page-aligned and tensor data 32-byte aligned, so the bound is valid)
+        case .f16:
+            for i in 0..<count { dst[i] = halfToFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
+        case .bf16:
+            for i in 0..<count { dst[i] = Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16) }
+        case .q8_0:
+            for b in 0..<count / 32 {
+                let blk = src + b * 34
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let q = (blk + 2).assumingMemoryBound(to: Int8.self)
+                let o = dst + b * 32
+                for j in 0..<32 { o[j] = d * Float(q[j]) }
+            }
+        case .q4_0:
+            for b in 0..<count / 32 {
+                let blk = src + b * 18
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let q = (blk + 2).assumingMemoryBound(to: UInt8.self)
+                let o = dst + b * 32
+                for j in 0..<16 {
+                    o[j] = d * Float(Int(q[j] & 0x0F) - 8)
+                    o[j + 16] = d * Float(Int(q[j] >> 4) - 8)
+                }
+            }
+        case .q4_1:
+            for b in 0..<count / 32 {
+                let blk = src + b * 20
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let m = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                let q = (blk + 4).assumingMemoryBound(to: UInt8.self)
+                let o = dst + b * 32
+                for j in 0..<16 {
+                    o[j] = d * Float(q[j] & 0x0F) + m
+                    o[j + 16] = d * Float(q[j] >> 4) + m
+                }
+            }
+        default:
+            throw ModelFileError.unsupportedTensorType(tensor: tensor, type: type.description)
+        }
+    }
+
+    public static func isSupported(_ type: GGMLType) -> Bool {
+        switch type {
+        case .f32, .f16, .bf16, .q8_0, .q4_0, .q4_1: return true
+        default: return false
+        }
+    }
+
+    /// Dequantises a whole tensor to a new fp32 buffer, splitting the work over `threads`.
+    public static func tensor(_ file: GGUFFile, _ info: GGUFTensorInfo, threads: Int = 1) throws -> [Float] {
+        guard isSupported(info.type) else {
+            throw ModelFileError.unsupportedTensorType(tensor: info.name, type: info.type.description)
+        }
+        let n = info.elementCount
+        let (be, bb) = info.type.blockLayout!
+        let blocks = n / be
+        let src = file.rawBytes(info).baseAddress!
+        var out = [Float](repeating: 0, count: n)
+        try out.withUnsafeMutableBufferPointer { dst in
+            let d = dst.baseAddress!
+            let chunks = threads > 1 && blocks >= 4096 ? threads * 4 : 1
+            let per = (blocks + chunks - 1) / chunks
+            var failure: Error?
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                let b0 = c * per, b1 = min(blocks, b0 + per)
+                guard b0 < b1 else { return }
+                do { try run(info.type, src + b0 * bb, d + b0 * be, count: (b1 - b0) * be, tensor: info.name) }
+                catch { failure = error }
+            }
+            if let failure { throw failure }
+        }
+        return out
+    }
+}

@@ -1,0 +1,327 @@
+import Dispatch
+import Foundation
+
+/// Hyper-parameters of a Llama-family decoder, read from GGUF metadata (`<arch>.*` keys).
+public struct LlamaConfig: Sendable, Equatable, Codable {
+    public var architecture: String
+    public var nLayers: Int
+    public var dModel: Int            // D: residual width
+    public var nHeads: Int            // H
+    public var nKVHeads: Int          // H_kv (grouped-query attention: H / H_kv queries share a K/V head)
+    public var headDim: Int           // d
+    public var ffnDim: Int            // F
+    public var vocabSize: Int         // V
+    public var contextLength: Int
+    public var rmsEps: Float
+    public var ropeTheta: Float
+    public var ropeDim: Int
+    public var tiedEmbeddings: Bool
+
+    /// Width of the concatenated head outputs (the Δ site): H·d.
+    public var attnDim: Int { nHeads * headDim }
+    public var kvDim: Int { nKVHeads * headDim }
+
+    public init(gguf f: GGUFFile) throws {
+        let arch = try f.string("general.architecture")
+        architecture = arch
+        nLayers = try f.int("\(arch).block_count")
+        dModel = try f.int("\(arch).embedding_length")
+        nHeads = try f.int("\(arch).attention.head_count")
+        nKVHeads = (try? f.int("\(arch).attention.head_count_kv")) ?? nHeads
+        headDim = (try? f.int("\(arch).attention.key_length")) ?? (dModel / max(nHeads, 1))
+        ffnDim = try f.int("\(arch).feed_forward_length")
+        let emb = try f.tensor("token_embd.weight")
+        vocabSize = (try? f.int("\(arch).vocab_size")) ?? emb.rows
+        contextLength = (try? f.int("\(arch).context_length")) ?? 2048
+        rmsEps = Float((try? f.double("\(arch).attention.layer_norm_rms_epsilon")) ?? 1e-5)
+        ropeTheta = Float((try? f.double("\(arch).rope.freq_base")) ?? 10000)
+        ropeDim = (try? f.int("\(arch).rope.dimension_count")) ?? headDim
+        tiedEmbeddings = f.tensors["output.weight"] == nil
+        guard ["llama", "mistral", "granite"].contains(arch) || arch.hasPrefix("llama") else {
+            throw ModelFileError.badMetadata(key: "general.architecture", expected: "a Llama-family architecture (llama), got \(arch)")
+        }
+        guard nLayers > 0, dModel > 0, nHeads > 0, nKVHeads > 0, nHeads % nKVHeads == 0,
+              headDim > 0, ffnDim > 0, vocabSize > 0, ropeDim <= headDim, ropeDim % 2 == 0 else {
+            throw ModelFileError.badMetadata(key: "\(arch).*", expected: "consistent hyper-parameters")
+        }
+    }
+}
+
+/// The weights of one transformer block (names as in the Llama paper / GGUF).
+public struct LlamaBlock: Sendable {
+    public let attnNorm: Weight   // [1 × D]
+    public let wq: Weight         // [H·d × D]
+    public let wk: Weight         // [H_kv·d × D]
+    public let wv: Weight         // [H_kv·d × D]
+    public let wo: Weight         // [D × H·d]    o_proj: its INPUT is the Δ site
+    public let ffnNorm: Weight    // [1 × D]
+    public let wGate: Weight      // [F × D]
+    public let wUp: Weight        // [F × D]
+    public let wDown: Weight      // [D × F]
+}
+
+/// Per-sequence key/value cache: for each layer K and V as [capacity × H_kv·d], rows = positions.
+/// K is stored after RoPE.
+public final class KVCache: @unchecked Sendable {
+    public let layers: Int
+    public let kvDim: Int
+    public private(set) var capacity: Int
+    public var length = 0
+    var k: [UnsafeMutablePointer<Float>]
+    var v: [UnsafeMutablePointer<Float>]
+
+    public init(layers: Int, kvDim: Int, capacity: Int) {
+        self.layers = layers; self.kvDim = kvDim; self.capacity = max(capacity, 1)
+        k = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
+        v = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
+    }
+    deinit { k.forEach { $0.deallocate() }; v.forEach { $0.deallocate() } }
+
+    func reserve(_ n: Int) {
+        guard n > capacity else { return }
+        let cap = max(n, capacity * 2)
+        for l in 0..<layers {
+            let nk = UnsafeMutablePointer<Float>.allocate(capacity: cap * kvDim)
+            let nv = UnsafeMutablePointer<Float>.allocate(capacity: cap * kvDim)
+            nk.update(from: k[l], count: length * kvDim); nv.update(from: v[l], count: length * kvDim)
+            k[l].deallocate(); v[l].deallocate()
+            k[l] = nk; v[l] = nv
+        }
+        capacity = cap
+    }
+    public func keys(layer: Int) -> UnsafePointer<Float> { UnsafePointer(k[layer]) }
+    public func values(layer: Int) -> UnsafePointer<Float> { UnsafePointer(v[layer]) }
+}
+
+/// Rows of one forward call: sequence `s` contributes `tokens[s]` at positions cache[s].length…
+public struct BatchLayout {
+    /// First row of each sequence in the flattened [T × ·] activations.
+    public let rowStart: [Int]
+    public let rowCount: [Int]
+    /// Position of each sequence's first row.
+    public let startPos: [Int]
+    public var totalRows: Int { (rowStart.last ?? 0) + (rowCount.last ?? 0) }
+    /// Row index of the last token of sequence s.
+    public func lastRow(_ s: Int) -> Int { rowStart[s] + rowCount[s] - 1 }
+}
+
+/// What a forward pass lets a caller see or change, per layer. All buffers are [T × width] rows
+/// of the batch (see `BatchLayout`).
+public protocol ForwardHooks: AnyObject {
+    /// The residual stream entering layer `layer` (read-only use expected).
+    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout)
+    /// The concatenated head outputs of layer `layer` (the input of o_proj, [T × H·d]): the Δ site.
+    /// May be modified in place.
+    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout)
+}
+
+/// A Llama decoder: fp32 weights dequantised from GGUF, batched prefill and decode with a KV cache.
+public final class LlamaModel: @unchecked Sendable {
+    public let config: LlamaConfig
+    public let blocks: [LlamaBlock]
+    public let tokenEmbedding: Weight  // [V × D]
+    public let outputNorm: Weight      // [1 × D]
+    public let output: Weight          // [V × D] (the embedding itself when tied)
+    public let backend: Backend
+    /// cos/sin tables for RoPE: [contextLength × ropeDim/2].
+    private let ropeCos: [Float]
+    private let ropeSin: [Float]
+    private let ropePositions: Int
+
+    /// Reads every tensor, dequantising to fp32 with `threads` threads.
+    public init(gguf f: GGUFFile, backend: Backend, threads: Int = 1) throws {
+        let cfg = try LlamaConfig(gguf: f)
+        config = cfg
+        self.backend = backend
+        func load(_ name: String, _ rows: Int, _ cols: Int) throws -> Weight {
+            let info = try f.tensor(name)
+            guard info.rows == rows, info.columns == cols else {
+                throw ModelFileError.badShape(tensor: name, expected: [cols, rows], found: info.dims)
+            }
+            guard Dequant.isSupported(info.type) else {
+                throw ModelFileError.unsupportedTensorType(tensor: name, type: info.type.description)
+            }
+            let w = Weight(name: name, rows: rows, cols: cols)
+            let (be, bb) = info.type.blockLayout!
+            let blocks = info.elementCount / be
+            let chunks = threads > 1 && blocks >= 8192 ? threads : 1
+            let per = (blocks + chunks - 1) / chunks
+            let src = f.rawBytes(info).baseAddress!
+            var failure: Error?
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                let b0 = c * per, b1 = min(blocks, b0 + per)
+                guard b0 < b1 else { return }
+                do { try Dequant.run(info.type, src + b0 * bb, w.data + b0 * be, count: (b1 - b0) * be, tensor: name) }
+                catch { failure = error }
+            }
+            if let failure { throw failure }
+            return w
+        }
+        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
+        // Layers are independent: dequantise them in parallel.
+        var loaded = [LlamaBlock?](repeating: nil, count: cfg.nLayers)
+        var failure: Error?
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: cfg.nLayers) { l in
+            do {
+                let b = LlamaBlock(
+                    attnNorm: try load("blk.\(l).attn_norm.weight", 1, D),
+                    wq: try load("blk.\(l).attn_q.weight", A, D),
+                    wk: try load("blk.\(l).attn_k.weight", KV, D),
+                    wv: try load("blk.\(l).attn_v.weight", KV, D),
+                    wo: try load("blk.\(l).attn_output.weight", D, A),
+                    ffnNorm: try load("blk.\(l).ffn_norm.weight", 1, D),
+                    wGate: try load("blk.\(l).ffn_gate.weight", F, D),
+                    wUp: try load("blk.\(l).ffn_up.weight", F, D),
+                    wDown: try load("blk.\(l).ffn_down.weight", D, F))
+                lock.lock(); loaded[l] = b; lock.unlock()
+            } catch { lock.lock(); failure = error; lock.unlock() }
+        }
+        if let failure { throw failure }
+        blocks = loaded.map { $0! }
+        tokenEmbedding = try load("token_embd.weight", cfg.vocabSize, D)
+        outputNorm = try load("output_norm.weight", 1, D)
+        output = cfg.tiedEmbeddings ? tokenEmbedding : try load("output.weight", cfg.vocabSize, D)
+
+        let half = cfg.ropeDim / 2
+        ropePositions = cfg.contextLength
+        var c = [Float](repeating: 0, count: ropePositions * half), s = c
+        for p in 0..<ropePositions {
+            for i in 0..<half {
+                // θ_i = base^(−2i/ropeDim); computed in Double then rounded, as references do in fp32
+                let inv = Float(1.0 / pow(Double(cfg.ropeTheta), Double(2 * i) / Double(cfg.ropeDim)))
+                let a = Float(p) * inv
+                c[p * half + i] = cos(a); s[p * half + i] = sin(a)
+            }
+        }
+        ropeCos = c; ropeSin = s
+    }
+
+    public func makeCache(capacity: Int) -> KVCache {
+        KVCache(layers: config.nLayers, kvDim: config.kvDim, capacity: capacity)
+    }
+
+    /// RoPE on `rows` rows of `heads` heads (row stride `stride`), in GGUF's layout: rotation
+    /// pairs are adjacent, (x[2i], x[2i+1]) turned by angle pos·θ_i.
+    /// (The converter permuted W_q and W_k so this equals the Hugging Face "rotate half" form.)
+    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, stride: Int, heads: Int, positions: (Int) -> Int) {
+        let half = config.ropeDim / 2, hd = config.headDim
+        ropeCos.withUnsafeBufferPointer { cb in
+            ropeSin.withUnsafeBufferPointer { sb in
+                for r in 0..<rows {
+                    let p = positions(r)
+                    precondition(p < ropePositions, "position \(p) beyond the model's context length \(ropePositions)")
+                    let cr = cb.baseAddress! + p * half, sr = sb.baseAddress! + p * half
+                    for h in 0..<heads {
+                        let v = x + r * stride + h * hd
+                        for i in 0..<half {
+                            let a = v[2 * i], b = v[2 * i + 1]
+                            v[2 * i] = a * cr[i] - b * sr[i]
+                            v[2 * i + 1] = a * sr[i] + b * cr[i]
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// cos/sin of RoPE at position p (for the intervention path).
+    func ropeTables(position p: Int) -> (cos: ArraySlice<Float>, sin: ArraySlice<Float>) {
+        let half = config.ropeDim / 2
+        return (ropeCos[(p * half)..<((p + 1) * half)], ropeSin[(p * half)..<((p + 1) * half)])
+    }
+
+    /// Runs `tokens[s]` (appended to `caches[s]`) through the whole model for all sequences at
+    /// once; every projection is one GEMM over all rows. Returns the logits of the last new token of
+    /// each sequence, [S × V] row-major, or all rows when `allLogits`.
+    public func forward(tokens: [[Int]], caches: [KVCache], hooks: ForwardHooks? = nil, allLogits: Bool = false) -> [Float] {
+        precondition(tokens.count == caches.count)
+        let cfg = config
+        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim, hd = cfg.headDim
+        var rowStart: [Int] = [], rowCount: [Int] = [], startPos: [Int] = []
+        var T = 0
+        for (s, t) in tokens.enumerated() {
+            precondition(!t.isEmpty, "sequence \(s) has no tokens")
+            rowStart.append(T); rowCount.append(t.count); startPos.append(caches[s].length)
+            caches[s].reserve(caches[s].length + t.count)
+            T += t.count
+        }
+        let layout = BatchLayout(rowStart: rowStart, rowCount: rowCount, startPos: startPos)
+        var rowPos = [Int](repeating: 0, count: T), rowSeq = [Int](repeating: 0, count: T)
+        for s in 0..<tokens.count { for j in 0..<rowCount[s] { rowPos[rowStart[s] + j] = startPos[s] + j; rowSeq[rowStart[s] + j] = s } }
+
+        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * D)       // residual stream
+        let xn = UnsafeMutablePointer<Float>.allocate(capacity: T * D)      // normed
+        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * A)
+        let kNew = UnsafeMutablePointer<Float>.allocate(capacity: T * KV)
+        let vNew = UnsafeMutablePointer<Float>.allocate(capacity: T * KV)
+        let o = UnsafeMutablePointer<Float>.allocate(capacity: T * A)       // head outputs (Δ site)
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
+        let maxCtx = zip(startPos, rowCount).map { $0 + $1 }.max() ?? 1
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxCtx * maxCtx)
+        defer { [x, xn, q, kNew, vNew, o, g, u, scores].forEach { $0.deallocate() } }
+
+        // x = embedding rows
+        for r in 0..<T {
+            let id = tokens[rowSeq[r]][r - rowStart[rowSeq[r]]]
+            precondition(id >= 0 && id < cfg.vocabSize, "token id \(id) outside the vocabulary")
+            (x + r * D).update(from: tokenEmbedding.data + id * D, count: D)
+        }
+        let scale = 1 / Float(hd).squareRoot()
+        let group = cfg.nHeads / cfg.nKVHeads
+        for l in 0..<cfg.nLayers {
+            let blk = blocks[l]
+            hooks?.residual(layer: l, x, layout)
+            // ---- attention
+            Ops.rmsnorm(x, blk.attnNorm.data, xn, rows: T, dim: D, eps: cfg.rmsEps)
+            backend.linear(xn, T, blk.wq, q, accumulate: false)
+            backend.linear(xn, T, blk.wk, kNew, accumulate: false)
+            backend.linear(xn, T, blk.wv, vNew, accumulate: false)
+            rope(q, rows: T, stride: A, heads: cfg.nHeads) { rowPos[$0] }
+            rope(kNew, rows: T, stride: KV, heads: cfg.nKVHeads) { rowPos[$0] }
+            for s in 0..<tokens.count {
+                let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
+                (c.k[l] + p0 * KV).update(from: kNew + r0 * KV, count: n * KV)
+                (c.v[l] + p0 * KV).update(from: vNew + r0 * KV, count: n * KV)
+                let ctx = p0 + n
+                for h in 0..<cfg.nHeads {
+                    let kvh = h / group
+                    // S[n × ctx] = Q_h · K_hᵀ · scale
+                    backend.gemm(transA: false, transB: true, m: n, n: ctx, k: hd, alpha: scale,
+                                 a: q + r0 * A + h * hd, lda: A, b: c.k[l] + kvh * hd, ldb: KV,
+                                 beta: 0, c: scores, ldc: ctx)
+                    for i in 0..<n {   // causal mask: row i sees positions 0…p0+i
+                        let row = scores + i * ctx
+                        let visible = p0 + i + 1
+                        for j in visible..<ctx { row[j] = -.infinity }
+                        Ops.softmax(row, visible)
+                        for j in visible..<ctx { row[j] = 0 }
+                    }
+                    // O_h[n × d] = P · V_h
+                    backend.gemm(transA: false, transB: false, m: n, n: hd, k: ctx, alpha: 1,
+                                 a: scores, lda: ctx, b: c.v[l] + kvh * hd, ldb: KV,
+                                 beta: 0, c: o + r0 * A + h * hd, ldc: A)
+                }
+            }
+            hooks?.headOutputs(layer: l, o, layout)
+            backend.linear(o, T, blk.wo, x, accumulate: true)              // x += o · W_oᵀ
+            // ---- SwiGLU MLP
+            Ops.rmsnorm(x, blk.ffnNorm.data, xn, rows: T, dim: D, eps: cfg.rmsEps)
+            backend.linear(xn, T, blk.wGate, g, accumulate: false)
+            backend.linear(xn, T, blk.wUp, u, accumulate: false)
+            Ops.swiglu(g, u, g, T * F)
+            backend.linear(g, T, blk.wDown, x, accumulate: true)           // x += h · W_downᵀ
+        }
+        for s in 0..<tokens.count { caches[s].length += rowCount[s] }
+        hooks?.residual(layer: cfg.nLayers, x, layout)
+
+        // ---- final norm and output head, on the rows whose logits are wanted
+        let rows: [Int] = allLogits ? Array(0..<T) : (0..<tokens.count).map { layout.lastRow($0) }
+        for (i, r) in rows.enumerated() { (xn + i * D).update(from: x + r * D, count: D) }
+        Ops.rmsnorm(xn, outputNorm.data, xn, rows: rows.count, dim: D, eps: cfg.rmsEps)
+        var logits = [Float](repeating: 0, count: rows.count * cfg.vocabSize)
+        logits.withUnsafeMutableBufferPointer { backend.linear(xn, rows.count, output, $0.baseAddress!, accumulate: false) }
+        return logits
+    }
+}

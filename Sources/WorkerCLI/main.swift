@@ -1,0 +1,3 @@
+import Worker
+
+WorkerCommand.main()
