@@ -3,7 +3,7 @@ import PackageDescription
 
 // The numeric target is always optimised: a debug `swift test` would otherwise run the model
 // 10-100x slower (see README, "Tests").
-let optimised: [SwiftSetting] = [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]
+let optimised: [SwiftSetting] = [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-target-cpu", "haswell"])]
 
 let package = Package(
     name: "Intervene",

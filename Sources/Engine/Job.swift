@@ -19,6 +19,7 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     public var testSize: Int
     public var steps: Int
     public var lr: Double
+    /// Greedy decoding budget per test item; 0 = the target's token count + 2.
     public var maxNewTokens: Int
     /// Number of demonstrations for "few-shot".
     public var shots: Int
@@ -26,7 +27,7 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     public init(model: String = "smollm2-135m-instruct", task: String, method: String = "intervention",
                 layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
                 trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
-                maxNewTokens: Int = 4, shots: Int = 10) {
+                maxNewTokens: Int = 0, shots: Int = 10) {
         self.model = model; self.task = task; self.method = method; self.layer = layer
         self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
         self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens

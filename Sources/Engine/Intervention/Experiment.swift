@@ -1,0 +1,217 @@
+import Foundation
+
+/// Prompt format: a query template with `{input}` and a target template with `{output}`.
+public struct PromptFormat: Sendable, Equatable {
+    public var query: String
+    public var target: String
+    /// How one demonstration is written in k-shot prompts.
+    public var demo: String
+    /// The default, "Q: x\nA:" → " y": measured by an independent implementation on this model to
+    /// work where the bare "x:" form overfits.
+    public static let qa = PromptFormat(query: "Q: {input}\nA:", target: " {output}", demo: "Q: {input}\nA: {output}\n\n")
+    public init(query: String, target: String, demo: String) { self.query = query; self.target = target; self.demo = demo }
+    public func prompt(_ x: String) -> String { query.replacingOccurrences(of: "{input}", with: x) }
+    public func targetText(_ y: String) -> String { target.replacingOccurrences(of: "{output}", with: y) }
+    public func fewShot(_ demos: [TaskPair], _ x: String) -> String {
+        demos.map { demo.replacingOccurrences(of: "{input}", with: $0.input).replacingOccurrences(of: "{output}", with: $0.output) }.joined() + prompt(x)
+    }
+}
+
+/// Per-item and summary results of evaluating a test set.
+public struct Evaluation: Sendable {
+    public struct Item: Sendable { public var input, expected, prediction: String; public var exact, firstToken, judged: Bool }
+    public var items: [Item]
+    public var n: Int { items.count }
+    public var exactMatch: Double { n == 0 ? 0 : Double(items.filter(\.exact).count) / Double(n) }
+    public var firstTokenAccuracy: Double { n == 0 ? 0 : Double(items.filter(\.firstToken).count) / Double(n) }
+    public var judgeAccuracy: Double { n == 0 ? 0 : Double(items.filter(\.judged).count) / Double(n) }
+}
+
+/// Adds Δ to layer ℓ's head outputs at each sequence's last row (the prompt pass only).
+public final class DeltaHook: ForwardHooks {
+    public let layer: Int
+    public let delta: [Float]
+    public init(layer: Int, delta: [Float]) { self.layer = layer; self.delta = delta }
+    public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+    public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer == self.layer else { return }
+        delta.withUnsafeBufferPointer { d in
+            for s in 0..<layout.rowCount.count { Ops.add(d.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
+        }
+    }
+}
+
+extension LanguageModel {
+    /// Batched greedy evaluation. The answer is the decoded text up to the first newline, trimmed;
+    /// exact match compares it case-insensitively with the expected output; first-token accuracy
+    /// compares the first decoded token with the target's first token; `judge` decides
+    /// `judged`. `maxNewTokens` 0 = the longest target in the batch + 2 tokens.
+    public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, delta: [Float]?, layer: Int,
+                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 50,
+                         progress: ((Int) -> Void)? = nil) -> Evaluation {
+        var items: [Evaluation.Item] = []
+        var b = 0
+        while b < prompts.count {
+            let e = min(prompts.count, b + batchSize)
+            let ids = prompts[b..<e].map { tokenizer.encode($0) }
+            let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
+            let g = maxNewTokens > 0 ? maxNewTokens : (tgt.map(\.count).max() ?? 1) + 2
+            let gen = generate(prompts: ids, stop: StopRules(maxNewTokens: g, atNewline: true),
+                               prefillHooks: delta.map { DeltaHook(layer: layer, delta: $0) })
+            for (j, p) in pairs[b..<e].enumerated() {
+                let text = tokenizer.decode(gen.tokens[j])
+                let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                    .trimmingCharacters(in: .whitespaces)
+                let exact = line.lowercased() == p.output.trimmingCharacters(in: .whitespaces).lowercased()
+                items.append(.init(input: p.input, expected: p.output, prediction: line, exact: exact,
+                                   firstToken: gen.firstArgmax[j] == tgt[j].first,
+                                   judged: judge.accept(input: p.input, prediction: line, expected: p.output)))
+            }
+            b = e
+            progress?(b)
+        }
+        return Evaluation(items: items)
+    }
+}
+
+/// Safetensors: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
+public enum Safetensors {
+    public static func write(tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String]) -> Data {
+        var header: [String: Any] = ["__metadata__": metadata]
+        var offset = 0
+        for t in tensors {
+            header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.values.count]]
+            offset += 4 * t.values.count
+        }
+        var h = try! JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while h.count % 8 != 0 { h.append(0x20) }
+        var out = Data()
+        var n = UInt64(h.count).littleEndian
+        withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
+        out.append(h)
+        for t in tensors { t.values.withUnsafeBytes { out.append(contentsOf: $0) } }
+        return out
+    }
+
+    public enum ReadError: Error, CustomStringConvertible {
+        case malformed(String)
+        public var description: String { if case let .malformed(w) = self { return "malformed safetensors: \(w)" }; return "" }
+    }
+
+    /// Reads F32 tensors and the metadata.
+    public static func read(_ data: Data) throws -> (tensors: [String: (shape: [Int], values: [Float])], metadata: [String: String]) {
+        guard data.count >= 8 else { throw ReadError.malformed("shorter than 8 bytes") }
+        let n = data.prefix(8).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
+        guard n > 0, n <= data.count - 8 else { throw ReadError.malformed("header length \(n)") }
+        guard let h = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any] else {
+            throw ReadError.malformed("header is not an object")
+        }
+        var tensors: [String: (shape: [Int], values: [Float])] = [:]
+        for (k, v) in h where k != "__metadata__" {
+            guard let t = v as? [String: Any], t["dtype"] as? String == "F32", let shape = t["shape"] as? [Int],
+                  let off = t["data_offsets"] as? [Int], off.count == 2, off[0] >= 0, off[1] >= off[0],
+                  8 + n + off[1] <= data.count, (off[1] - off[0]) == 4 * shape.reduce(1, *) else {
+                throw ReadError.malformed("tensor \(k)")
+            }
+            let bytes = data.subdata(in: (8 + n + off[0])..<(8 + n + off[1]))
+            let vals = bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+            tensors[k] = (shape, vals)
+        }
+        return (tensors, (h["__metadata__"] as? [String: String]) ?? [:])
+    }
+}
+
+public struct ExperimentError: Error, CustomStringConvertible {
+    public var message: String
+    /// True when running the job again would fail the same way (bad task, bad parameters).
+    public var deterministic: Bool
+    public init(_ message: String, deterministic: Bool = true) { self.message = message; self.deterministic = deterministic }
+    public var description: String { message }
+}
+
+/// Runs one job end to end on a loaded model: split, prefix-cache, solve, evaluate, package Δ.
+public struct Experiment {
+    public var lm: LanguageModel
+    public var registry: TaskRegistry
+    public var format: PromptFormat = .qa
+    public var solverMethod: SolverMethod = .adam
+
+    public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa, solverMethod: SolverMethod = .adam) {
+        self.lm = lm; self.registry = registry; self.format = format; self.solverMethod = solverMethod
+    }
+
+    /// Progress: phase name, done, total, metrics of the latest solver step (if any).
+    public typealias Progress = (_ phase: String, _ done: Int, _ total: Int, _ metrics: [String: Double]) -> Void
+
+    public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
+        let cfg = lm.config
+        guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
+            throw ExperimentError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
+        }
+        guard spec.trainSize >= 1 && spec.trainSize <= SmallGEMM.maxRows * 64 else { throw ExperimentError("train_size must be ≥ 1") }
+        guard spec.testSize >= 0 else { throw ExperimentError("test_size must be ≥ 0") }
+        let pairs: [TaskPair]
+        let judge: Judge
+        do { pairs = try registry.load(spec.task); judge = try registry.judge(for: spec.task) }
+        catch { throw ExperimentError("\(error)") }
+        let split = TaskSplit(pairs: pairs, seed: spec.seed, trainSize: spec.trainSize, testSize: spec.testSize)
+        guard split.train.count == spec.trainSize else {
+            throw ExperimentError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
+        }
+        var metrics: [String: Double] = ["n_test": Double(split.test.count), "n_train": Double(split.train.count)]
+        let t0 = Date()
+        func eval(_ prompts: [String], _ delta: [Float]?, _ phase: String) -> Evaluation {
+            lm.evaluate(prompts: prompts, pairs: split.test, format: format, delta: delta, layer: spec.layer, judge: judge,
+                        maxNewTokens: spec.maxNewTokens) { progress?(phase, $0, split.test.count, [:]) }
+        }
+        let queries = split.test.map { format.prompt($0.input) }
+        func record(_ e: Evaluation, prefix: String = "") {
+            metrics[prefix + "exact_match"] = e.exactMatch
+            metrics[prefix + "first_token_accuracy"] = e.firstTokenAccuracy
+            metrics[prefix + "judge_accuracy"] = e.judgeAccuracy
+        }
+        switch spec.method {
+        case "zero-shot":
+            record(eval(queries, nil, "eval"))
+        case "few-shot":
+            let demos = Array(split.train.prefix(max(spec.shots, 0)))
+            record(eval(split.test.map { format.fewShot(demos, $0.input) }, nil, "eval"))
+        case "intervention":
+            let prompts = split.train.map { lm.tokenizer.encode(format.prompt($0.input)) }
+            let targets = split.train.map { lm.tokenizer.encode(format.targetText($0.output)).first ?? 0 }
+            let tp = Date()
+            let path = InterventionPath(model: lm, layer: spec.layer, prompts: prompts)
+            metrics["setup_ms"] = Date().timeIntervalSince(tp) * 1000
+            let penalty = SparseGroupLasso(gamma: Float(spec.gamma), lambda: Float(spec.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
+            let ts = Date()
+            let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
+                                   options: SolverOptions(method: solverMethod, steps: spec.steps, lr: Float(spec.lr))) { s in
+                progress?("solve", s.step, spec.steps, s.metrics)
+            }
+            metrics["solve_ms"] = Date().timeIntervalSince(ts) * 1000
+            metrics["step_ms"] = metrics["solve_ms"]! / Double(max(res.history.count, 1))
+            let f = res.final
+            metrics["final_loss"] = Double(f.loss); metrics["final_objective"] = Double(f.objective)
+            metrics["nonzero"] = Double(f.nonzeros); metrics["active_heads"] = Double(f.activeHeads)
+            metrics["delta_l2"] = Double(res.delta.reduce(0) { $0 + $1 * $1 }.squareRoot())
+            metrics["initial_loss"] = Double(res.history.first?.loss ?? .nan)
+            let te = Date()
+            record(eval(queries, res.delta, "eval"))
+            record(eval(queries, nil, "eval-0shot"), prefix: "zero_shot_")
+            metrics["eval_ms"] = Date().timeIntervalSince(te) * 1000 / 2
+            var md: [String: String] = [
+                "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": spec.task, "layer": "\(spec.layer)",
+                "seed": "\(spec.seed)", "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "steps": "\(res.history.count - 1)",
+                "lr": "\(spec.lr)", "solver": solverMethod.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
+                "head_dim": "\(cfg.headDim)", "train_size": "\(spec.trainSize)", "prompt_format": format.query,
+            ]
+            md["exact_match"] = "\(metrics["exact_match"]!)"
+            metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
+            return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: [("delta", [cfg.attnDim], res.delta)], metadata: md))
+        default:
+            throw ExperimentError("unknown method \"\(spec.method)\" (known: intervention, zero-shot, few-shot)")
+        }
+        metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
+        return JobOutcome(metrics: metrics)
+    }
+}

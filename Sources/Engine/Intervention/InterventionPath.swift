@@ -1,0 +1,345 @@
+import Foundation
+
+/// The task loss on the logits of the last prompt position.
+public enum TaskLoss: Sendable {
+    /// Rule tasks: −log p(target first token), one target id per prompt.
+    case nextToken(targets: [Int])
+    /// Opinion tasks: KL(p_Δ restricted to `alphabet` and renormalised ‖ π_i), one distribution π_i
+    /// (over the alphabet, summing to 1) per prompt.
+    case restrictedKL(alphabet: [Int], target: [[Float]])
+}
+
+/// Δ's single-token path, prefix-cached (see DESIGN.md, "Why it can be fast").
+///
+/// Δ ∈ R^{H·d} is added to the concatenated head outputs of layer ℓ at the last prompt position.
+/// Causal attention means nothing before that position sees Δ, so `prepare` runs every prompt
+/// once and keeps (a) every layer's K/V of positions 0…n−2, (b) at layer ℓ, the last position's
+/// residual input and head outputs. `lossAndGradient` then runs ONE token per prompt from layer
+/// ℓ's o_proj to the logits, all N prompts as one N×· matrix (every projection one GEMM), and
+/// back-propagates that path to Δ by hand.
+///
+/// Rows may carry different Δs (`deltas` is N × A): jobs that share the model and the layer can
+/// be stacked into one path; each job's gradient is the sum of its rows' gradients.
+///
+/// Notation (shapes for N rows): D model width, A = H·d head-output width, KV = H_kv·d,
+/// F feed-forward width, V vocabulary, n_i prompt length of row i.
+public final class InterventionPath {
+    public let lm: LanguageModel
+    public let layer: Int
+    public let rows: Int
+    public let promptLengths: [Int]
+    let cfg: LlamaConfig
+    let backend: Backend
+    let caches: [KVCache]
+    /// [N × D] residual stream entering layer ℓ at the last position (Δ cannot change it).
+    let residIn: UnsafeMutablePointer<Float>
+    /// [N × A] head outputs of layer ℓ at the last position, before Δ.
+    let heads0: UnsafeMutablePointer<Float>
+    /// The logits of the prompts' last position with Δ = 0 (from the prefill), [N × V].
+    public let baseLogits: [Float]
+    let acts: Activations
+    /// Number of attention layers on the path (ℓ+1 … L−1) and their count of prefix positions.
+    let maxCtx: Int
+
+    /// Saved activations of the last forward, for the backward. One set per layer on the path.
+    final class LayerSave {
+        let xnAttn, invAttn, q, kSelf, vSelf, probs, o: UnsafeMutablePointer<Float>
+        let hIn, hMid, xnFfn, invFfn, g, u: UnsafeMutablePointer<Float>
+        let all: [UnsafeMutablePointer<Float>]
+        init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, ctx: Int) {
+            func a(_ n: Int) -> UnsafeMutablePointer<Float> { let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1)); p.initialize(repeating: 0, count: max(n, 1)); return p }
+            xnAttn = a(N * D); invAttn = a(N); q = a(N * A); kSelf = a(N * KV); vSelf = a(N * KV)
+            probs = a(N * H * ctx); o = a(N * A)
+            hIn = a(N * D); hMid = a(N * D); xnFfn = a(N * D); invFfn = a(N); g = a(N * F); u = a(N * F)
+            all = [xnAttn, invAttn, q, kSelf, vSelf, probs, o, hIn, hMid, xnFfn, invFfn, g, u]
+        }
+        deinit { all.forEach { $0.deallocate() } }
+    }
+
+    final class Activations {
+        let layers: [LayerSave]
+        let hFinal, hNorm, invFinal: UnsafeMutablePointer<Float>
+        let logits: UnsafeMutablePointer<Float>
+        // scratch for the backward
+        let dh, dxn, dA, dF, dF2, dKV, dKV2, dQ: UnsafeMutablePointer<Float>
+        let all: [UnsafeMutablePointer<Float>]
+        init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, V: Int, ctx: Int) {
+            layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, ctx: ctx) }
+            func a(_ n: Int) -> UnsafeMutablePointer<Float> { let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1)); p.initialize(repeating: 0, count: max(n, 1)); return p }
+            hFinal = a(N * D); hNorm = a(N * D); invFinal = a(N); logits = a(N * V)
+            dh = a(N * D); dxn = a(N * D); dA = a(N * A); dF = a(N * F); dF2 = a(N * F)
+            dKV = a(N * KV); dKV2 = a(N * KV); dQ = a(N * A)
+            all = [hFinal, hNorm, invFinal, logits, dh, dxn, dA, dF, dF2, dKV, dKV2, dQ]
+        }
+        deinit { all.forEach { $0.deallocate() } }
+    }
+
+    /// Captures layer ℓ's residual input and head outputs at each prompt's last position.
+    final class Capture: ForwardHooks {
+        let layer: Int, D: Int, A: Int
+        let resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>
+        init(layer: Int, D: Int, A: Int, resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>) {
+            self.layer = layer; self.D = D; self.A = A; self.resid = resid; self.heads = heads
+        }
+        func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+            guard layer == self.layer else { return }
+            for s in 0..<layout.rowCount.count { (resid + s * D).update(from: x + layout.lastRow(s) * D, count: D) }
+        }
+        func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+            guard layer == self.layer else { return }
+            for s in 0..<layout.rowCount.count { (heads + s * A).update(from: o + layout.lastRow(s) * A, count: A) }
+        }
+    }
+
+    /// Prefills `prompts` (token ids) once and keeps what Δ cannot change.
+    public init(model lm: LanguageModel, layer: Int, prompts: [[Int]]) {
+        let cfg = lm.config
+        precondition(layer >= 0 && layer < cfg.nLayers, "layer \(layer) outside 0..<\(cfg.nLayers)")
+        precondition(!prompts.isEmpty && prompts.allSatisfy { !$0.isEmpty })
+        self.lm = lm; self.layer = layer; self.cfg = cfg; backend = lm.model.backend
+        rows = prompts.count
+        promptLengths = prompts.map(\.count)
+        let N = rows, D = cfg.dModel, A = cfg.attnDim
+        residIn = .allocate(capacity: N * D)
+        heads0 = .allocate(capacity: N * A)
+        caches = prompts.map { lm.model.makeCache(capacity: $0.count) }
+        baseLogits = lm.model.forward(tokens: prompts, caches: caches,
+                                      hooks: Capture(layer: layer, D: D, A: A, resid: residIn, heads: heads0))
+        maxCtx = promptLengths.max()!
+        acts = Activations(count: cfg.nLayers - layer, N: N, D: D, A: A, KV: cfg.kvDim, F: cfg.ffnDim,
+                           H: cfg.nHeads, V: cfg.vocabSize, ctx: maxCtx)
+    }
+
+    deinit { residIn.deallocate(); heads0.deallocate() }
+
+    // MARK: forward
+
+    /// Runs the single-token path for per-row Δs (`deltas` [N × A]); leaves the logits [N × V] in
+    /// `acts.logits` and everything the backward needs in `acts`.
+    func forward(_ deltas: UnsafePointer<Float>, logits wantLogits: Bool = true) {
+        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
+        let H = cfg.nHeads, hd = cfg.headDim, group = H / cfg.nKVHeads, ctxMax = maxCtx
+        let scale = 1 / Float(hd).squareRoot()
+        let model = lm.model
+        var h = acts.layers[0].hIn
+        for (k, l) in (layer..<cfg.nLayers).enumerated() {
+            let blk = model.blocks[l], s = acts.layers[k]
+            if k == 0 {
+                // ---- layer ℓ: o = heads0 + Δ                            o [N × A]
+                for i in 0..<N * A { s.o[i] = heads0[i] + deltas[i] }
+                s.hIn.update(from: residIn, count: N * D)
+            } else {
+                if s.hIn != h { s.hIn.update(from: h, count: N * D) }
+                // ---- attention of layer l for the last token, over its cached prefix
+                Ops.rmsnorm(s.hIn, blk.attnNorm.data, s.xnAttn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invAttn)
+                backend.linear(s.xnAttn, N, blk.wq, s.q, accumulate: false)        // q [N × A]
+                backend.linear(s.xnAttn, N, blk.wk, s.kSelf, accumulate: false)    // k [N × KV]
+                backend.linear(s.xnAttn, N, blk.wv, s.vSelf, accumulate: false)    // v [N × KV]
+                for i in 0..<N {
+                    let p = promptLengths[i] - 1
+                    model.rope(s.q + i * A, rows: 1, stride: A, heads: H) { _ in p }
+                    model.rope(s.kSelf + i * KV, rows: 1, stride: KV, heads: cfg.nKVHeads) { _ in p }
+                    let n = promptLengths[i], kc = caches[i].keys(layer: l), vc = caches[i].values(layer: l)
+                    for hh in 0..<H {
+                        let g = hh / group
+                        let qv = s.q + i * A + hh * hd
+                        let pr = s.probs + (i * H + hh) * ctxMax
+                        // scores over the n−1 cached positions, then the token itself
+                        for t in 0..<(n - 1) { pr[t] = scale * Ops.dot(qv, kc + t * KV + g * hd, hd) }
+                        pr[n - 1] = scale * Ops.dot(qv, s.kSelf + i * KV + g * hd, hd)
+                        Ops.softmax(pr, n)
+                        let ov = s.o + i * A + hh * hd
+                        ov.update(repeating: 0, count: hd)
+                        for t in 0..<(n - 1) { Ops.axpy(pr[t], vc + t * KV + g * hd, ov, hd) }
+                        Ops.axpy(pr[n - 1], s.vSelf + i * KV + g * hd, ov, hd)
+                    }
+                }
+            }
+            // h_mid = h_in + o · W_oᵀ                                        [N × D]
+            s.hMid.update(from: s.hIn, count: N * D)
+            backend.linear(s.o, N, blk.wo, s.hMid, accumulate: true)
+            // ---- SwiGLU MLP: h_out = h_mid + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h_mid)
+            Ops.rmsnorm(s.hMid, blk.ffnNorm.data, s.xnFfn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invFfn)
+            backend.linear(s.xnFfn, N, blk.wGate, s.g, accumulate: false)         // g [N × F]
+            backend.linear(s.xnFfn, N, blk.wUp, s.u, accumulate: false)           // u [N × F]
+            Ops.swiglu(s.g, s.u, acts.dF, N * F)                                  // m [N × F] (scratch)
+            let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
+            out.update(from: s.hMid, count: N * D)
+            backend.linear(acts.dF, N, blk.wDown, out, accumulate: true)
+            h = out
+        }
+        // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
+        Ops.rmsnorm(acts.hFinal, model.outputNorm.data, acts.hNorm, rows: N, dim: D, eps: cfg.rmsEps, invRMS: acts.invFinal)
+        if wantLogits { backend.linear(acts.hNorm, N, model.output, acts.logits, accumulate: false) }
+        _ = ctxMax
+    }
+
+    // MARK: loss
+
+    /// Per-row loss and dL/dz (or directly dL/dh_norm for the restricted KL), each row's loss
+    /// weighted by `rowWeight[i]` (1/N for a plain mean).
+    func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: inout [Float]) {
+        let N = rows, D = cfg.dModel, V = cfg.vocabSize
+        let W = lm.model.output
+        let dhn = acts.dxn
+        switch loss {
+        case let .nextToken(targets):
+            precondition(targets.count == N)
+            // dz = w_i (softmax(z) − onehot(t)); dh_norm = dz · W_emb
+            for i in 0..<N {
+                let z = acts.logits + i * V
+                let t = targets[i]
+                let zt = z[t]
+                let lse = Ops.softmax(z, V)
+                perRow[i] = lse - zt
+                let w = rowWeight[i]
+                for v in 0..<V { z[v] *= w }
+                z[t] -= w
+            }
+            backend.linearBackward(acts.logits, N, W, dhn, accumulate: false)
+        case let .restrictedKL(alphabet, target):
+            precondition(target.count == N)
+            dhn.update(repeating: 0, count: N * D)
+            let K = alphabet.count
+            var zs = [Float](repeating: 0, count: K)
+            for i in 0..<N {
+                for (a, id) in alphabet.enumerated() { zs[a] = Ops.dot(acts.hNorm + i * D, W.data + id * D, D) }
+                let m = zs.max()!
+                var q = zs.map { expf($0 - m) }
+                let sum = q.reduce(0, +)
+                q = q.map { $0 / sum }
+                var kl: Float = 0
+                for a in 0..<K where q[a] > 0 { kl += q[a] * (logf(q[a]) - logf(max(target[i][a], 1e-12))) }
+                perRow[i] = kl
+                // dKL/dz_a = q_a (log(q_a/π_a) − KL)
+                for (a, id) in alphabet.enumerated() {
+                    let dz = rowWeight[i] * q[a] * (logf(max(q[a], 1e-30)) - logf(max(target[i][a], 1e-12)) - kl)
+                    Ops.axpy(dz, W.data + id * D, dhn + i * D, D)
+                }
+            }
+        }
+    }
+
+    // MARK: backward
+
+    /// Back-propagates dL/dh_norm (in `acts.dxn`) to dL/dΔ per row, written to `grad` [N × A].
+    /// Each block of the forward, reversed.
+    func backward(_ grad: UnsafeMutablePointer<Float>) {
+        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
+        let H = cfg.nHeads, hd = cfg.headDim, group = H / cfg.nKVHeads, ctxMax = maxCtx
+        let scale = 1 / Float(hd).squareRoot()
+        let model = lm.model
+        let dh = acts.dh, dxn = acts.dxn
+        // final norm: dh = rmsnorm_backward(h_final, dh_norm)
+        dh.update(repeating: 0, count: N * D)
+        Ops.rmsnormBackward(acts.hFinal, model.outputNorm.data, dxn, dh, rows: N, dim: D, invRMS: acts.invFinal)
+        for (k, l) in (layer..<cfg.nLayers).enumerated().reversed() {
+            let blk = model.blocks[l], s = acts.layers[k]
+            // ---- MLP backward. h_out = h_mid + m W_downᵀ, m = silu(g) ⊙ u, g/u = x W_{g,u}ᵀ, x = rms(h_mid)
+            backend.linearBackward(dh, N, blk.wDown, acts.dF, accumulate: false)       // dm [N × F]
+            Ops.swigluBackward(s.g, s.u, acts.dF, acts.dF, acts.dF2, N * F)            // dg → dF, du → dF2
+            backend.linearBackward(acts.dF, N, blk.wGate, dxn, accumulate: false)      // dx = dg W_g
+            backend.linearBackward(acts.dF2, N, blk.wUp, dxn, accumulate: true)        //    + du W_u
+            Ops.rmsnormBackward(s.hMid, blk.ffnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invFfn) // dh_mid = dh_out + …
+            // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
+            if k == 0 {
+                backend.linearBackward(dh, N, blk.wo, grad, accumulate: false)         // dΔ_i = do_i
+                return
+            }
+            let dO = acts.dA
+            backend.linearBackward(dh, N, blk.wo, dO, accumulate: false)               // do [N × A]
+            // ---- attention backward, per row and head (only the token's own q, k, v depend on Δ)
+            let dQ = acts.dQ, dK = acts.dKV, dV = acts.dKV2
+            dK.update(repeating: 0, count: N * KV); dV.update(repeating: 0, count: N * KV)
+            var dp = [Float](repeating: 0, count: ctxMax)
+            for i in 0..<N {
+                let n = promptLengths[i], kc = caches[i].keys(layer: l), vc = caches[i].values(layer: l)
+                for hh in 0..<H {
+                    let g = hh / group
+                    let pr = s.probs + (i * H + hh) * ctxMax
+                    let dov = dO + i * A + hh * hd
+                    let vSelf = s.vSelf + i * KV + g * hd, kSelf = s.kSelf + i * KV + g * hd
+                    // o = Σ_t p_t v_t: dp_t = do · v_t; dv_self += p_self do
+                    var pdp: Float = 0
+                    for t in 0..<(n - 1) { dp[t] = Ops.dot(dov, vc + t * KV + g * hd, hd); pdp += pr[t] * dp[t] }
+                    dp[n - 1] = Ops.dot(dov, vSelf, hd); pdp += pr[n - 1] * dp[n - 1]
+                    Ops.axpy(pr[n - 1], dov, dV + i * KV + g * hd, hd)
+                    // softmax: ds_t = p_t (dp_t − Σ p dp); scores = scale q·k_t
+                    let dq = dQ + i * A + hh * hd
+                    dq.update(repeating: 0, count: hd)
+                    for t in 0..<(n - 1) { Ops.axpy(scale * pr[t] * (dp[t] - pdp), kc + t * KV + g * hd, dq, hd) }
+                    let dsSelf = scale * pr[n - 1] * (dp[n - 1] - pdp)
+                    Ops.axpy(dsSelf, kSelf, dq, hd)
+                    Ops.axpy(dsSelf, s.q + i * A + hh * hd, dK + i * KV + g * hd, hd)
+                }
+                // RoPE backward: rotate the gradients back by −angle
+                let p = promptLengths[i] - 1
+                ropeBackward(dQ + i * A, heads: H, position: p)
+                ropeBackward(dK + i * KV, heads: cfg.nKVHeads, position: p)
+            }
+            // q/k/v = x W_{q,k,v}ᵀ  →  dx = dq W_q + dk W_k + dv W_v
+            backend.linearBackward(dQ, N, blk.wq, dxn, accumulate: false)
+            backend.linearBackward(dK, N, blk.wk, dxn, accumulate: true)
+            backend.linearBackward(dV, N, blk.wv, dxn, accumulate: true)
+            // x = rms(h_in): dh_in = dh_mid + rmsnorm_backward(dx)
+            Ops.rmsnormBackward(s.hIn, blk.attnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invAttn)
+        }
+    }
+
+    func ropeBackward(_ x: UnsafeMutablePointer<Float>, heads: Int, position p: Int) {
+        let (c, s) = lm.model.ropeTables(position: p)
+        let half = cfg.ropeDim / 2, hd = cfg.headDim
+        c.withUnsafeBufferPointer { cb in
+            s.withUnsafeBufferPointer { sb in
+                for h in 0..<heads {
+                    let v = x + h * hd
+                    for i in 0..<half {
+                        let da = v[2 * i], db = v[2 * i + 1]
+                        v[2 * i] = da * cb[i] + db * sb[i]
+                        v[2 * i + 1] = -da * sb[i] + db * cb[i]
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: public API
+
+    /// Loss (mean over rows) and its gradient with respect to a single Δ shared by all rows.
+    public func lossAndGradient(delta: [Float], loss: TaskLoss) -> (loss: Float, grad: [Float]) {
+        let A = cfg.attnDim, N = rows
+        precondition(delta.count == A)
+        var D = [Float](repeating: 0, count: N * A)
+        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
+        var perRow = [Float](repeating: 0, count: N)
+        var G = [Float](repeating: 0, count: N * A)
+        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
+        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow)
+        G.withUnsafeMutableBufferPointer { backward($0.baseAddress!) }
+        var grad = [Float](repeating: 0, count: A)
+        for i in 0..<N { for j in 0..<A { grad[j] += G[i * A + j] } }
+        return (perRow.reduce(0, +) / Float(N), grad)
+    }
+
+    /// Loss only (mean over rows), no backward.
+    public func loss(delta: [Float], loss: TaskLoss) -> Float {
+        let A = cfg.attnDim, N = rows
+        var D = [Float](repeating: 0, count: N * A)
+        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
+        var perRow = [Float](repeating: 0, count: N)
+        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
+        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow)
+        return perRow.reduce(0, +) / Float(N)
+    }
+
+    /// Logits [N × V] of the path for Δ (for checks against a full forward).
+    public func logits(delta: [Float]) -> [Float] {
+        let A = cfg.attnDim, N = rows
+        var D = [Float](repeating: 0, count: N * A)
+        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
+        D.withUnsafeBufferPointer { forward($0.baseAddress!) }
+        return Array(UnsafeBufferPointer(start: acts.logits, count: N * cfg.vocabSize))
+    }
+
+    func lossNeedsLogits(_ l: TaskLoss) -> Bool { if case .nextToken = l { return true } else { return false } }
+}

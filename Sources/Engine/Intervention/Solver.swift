@@ -1,0 +1,181 @@
+import Foundation
+
+/// The sparse group lasso penalty on Δ, groups = heads:  γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂.
+public struct SparseGroupLasso: Sendable {
+    public var gamma: Float
+    public var lambda: Float
+    public var heads: Int
+    public var headDim: Int
+    public init(gamma: Float, lambda: Float, heads: Int, headDim: Int) {
+        self.gamma = gamma; self.lambda = lambda; self.heads = heads; self.headDim = headDim
+    }
+
+    public func value(_ d: [Float]) -> Float {
+        var l1: Float = 0, gl: Float = 0
+        for h in 0..<heads {
+            var s: Float = 0
+            for j in (h * headDim)..<((h + 1) * headDim) { l1 += abs(d[j]); s += d[j] * d[j] }
+            gl += s.squareRoot()
+        }
+        return gamma * l1 + lambda * gl
+    }
+
+    /// The exact proximal operator with step t:  argmin_x ½‖x − v‖² + t·(γ‖x‖₁ + λΣ‖x_h‖₂)
+    /// = per head: soft-threshold by tγ, then shrink the head's norm by tλ (zero if below).
+    /// `steps` (optional, per coordinate) replaces t where a method scales coordinates differently.
+    public func prox(_ v: inout [Float], step t: Float) {
+        for h in 0..<heads {
+            let r = (h * headDim)..<((h + 1) * headDim)
+            var s: Float = 0
+            for j in r {
+                let a = abs(v[j]) - t * gamma
+                v[j] = a > 0 ? (v[j] > 0 ? a : -a) : 0
+                s += v[j] * v[j]
+            }
+            let n = s.squareRoot()
+            let k: Float = n > t * lambda ? 1 - t * lambda / n : 0
+            for j in r { v[j] *= k }
+        }
+    }
+
+    public func nonzeros(_ d: [Float]) -> Int { d.reduce(0) { $0 + ($1 != 0 ? 1 : 0) } }
+    public func activeHeads(_ d: [Float]) -> Int {
+        (0..<heads).reduce(0) { acc, h in acc + (d[(h * headDim)..<((h + 1) * headDim)].contains { $0 != 0 } ? 1 : 0) }
+    }
+}
+
+/// One solver step's report.
+public struct SolverStep: Sendable {
+    public var step: Int
+    public var objective: Float
+    public var loss: Float
+    public var penalty: Float
+    public var nonzeros: Int
+    public var activeHeads: Int
+    public var stepSize: Float
+    public var metrics: [String: Double] {
+        ["objective": Double(objective), "loss": Double(loss), "penalty": Double(penalty),
+         "nonzero": Double(nonzeros), "active_heads": Double(activeHeads), "step_size": Double(stepSize)]
+    }
+}
+
+public enum SolverMethod: String, Sendable, CaseIterable, Codable {
+    /// Adam on the task loss, then the exact prox of the penalty with step lr (proximal Adam).
+    case adam
+    /// Accelerated proximal gradient (FISTA) with backtracking line search and adaptive restart.
+    case fista
+}
+
+public struct SolverOptions: Sendable {
+    public var method: SolverMethod = .adam
+    public var steps: Int = 200
+    public var lr: Float = 0.1
+    /// Stop when the objective's relative change over 10 steps is below this (0 = run all steps).
+    public var tolerance: Float = 0
+    public init(method: SolverMethod = .adam, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0) {
+        self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance
+    }
+}
+
+public struct SolverResult: Sendable {
+    public var delta: [Float]
+    public var history: [SolverStep]
+    public var final: SolverStep { history.last! }
+}
+
+/// Minimises loss(Δ) + γ‖Δ‖₁ + λΣ_h‖Δ_h‖₂ over Δ. Deterministic: Δ starts at 0 and no step
+/// draws random numbers.
+public enum Solver {
+    public static func solve(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
+                             options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
+        switch options.method {
+        case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, onStep: onStep)
+        case .fista: return fista(path: path, loss: loss, penalty: penalty, options: options, onStep: onStep)
+        }
+    }
+
+    static func report(_ step: Int, _ d: [Float], _ l: Float, _ p: SparseGroupLasso, _ t: Float) -> SolverStep {
+        let pen = p.value(d)
+        return SolverStep(step: step, objective: l + pen, loss: l, penalty: pen, nonzeros: p.nonzeros(d),
+                          activeHeads: p.activeHeads(d), stepSize: t)
+    }
+
+    static func converged(_ h: [SolverStep], _ tol: Float) -> Bool {
+        guard tol > 0, h.count > 10 else { return false }
+        let a = h[h.count - 11].objective, b = h[h.count - 1].objective
+        return abs(a - b) <= tol * max(abs(a), 1e-6)
+    }
+
+    static func adam(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
+                     options o: SolverOptions, onStep: ((SolverStep) -> Void)?) -> SolverResult {
+        let n = path.cfg.attnDim
+        var d = [Float](repeating: 0, count: n), m = d, v = d
+        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        var history: [SolverStep] = []
+        var best = (obj: Float.infinity, delta: d)
+        for k in 1...max(o.steps, 1) {
+            let (l, g) = path.lossAndGradient(delta: d, loss: loss)
+            // the report of step k is the objective at the Δ this step starts from
+            let r = report(k - 1, d, l, penalty, o.lr)
+            if r.objective < best.obj { best = (r.objective, d) }
+            history.append(r); onStep?(r)
+            if converged(history, o.tolerance) { break }
+            let c1 = 1 - powf(b1, Float(k)), c2 = 1 - powf(b2, Float(k))
+            for j in 0..<n {
+                m[j] = b1 * m[j] + (1 - b1) * g[j]
+                v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j]
+                d[j] -= o.lr * (m[j] / c1) / ((v[j] / c2).squareRoot() + eps)
+            }
+            penalty.prox(&d, step: o.lr)
+        }
+        // the final Δ, evaluated; keep the best iterate seen (constant-lr Adam can spike late)
+        let lf = path.loss(delta: d, loss: loss)
+        var last = report(history.count, d, lf, penalty, o.lr)
+        if best.obj < last.objective {
+            d = best.delta
+            last = report(history.count, d, path.loss(delta: d, loss: loss), penalty, o.lr)
+        }
+        history.append(last); onStep?(last)
+        return SolverResult(delta: d, history: history)
+    }
+
+    static func fista(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
+                      options o: SolverOptions, onStep: ((SolverStep) -> Void)?) -> SolverResult {
+        let n = path.cfg.attnDim
+        var x = [Float](repeating: 0, count: n), y = x
+        var t: Float = 1                     // momentum parameter
+        var step = o.lr                      // step size, adapted by backtracking
+        var history: [SolverStep] = []
+        var fx = path.loss(delta: x, loss: loss)
+        var objX = fx + penalty.value(x)
+        for k in 1...max(o.steps, 1) {
+            let (fy, g) = path.lossAndGradient(delta: y, loss: loss)
+            var xNew: [Float] = [], fNew: Float = 0
+            step *= 1.5                      // let the step grow again
+            for _ in 0..<30 {
+                xNew = zip(y, g).map { $0 - step * $1 }
+                penalty.prox(&xNew, step: step)
+                fNew = path.loss(delta: xNew, loss: loss)
+                var lin: Float = 0, quad: Float = 0
+                for j in 0..<n { let dj = xNew[j] - y[j]; lin += g[j] * dj; quad += dj * dj }
+                if fNew <= fy + lin + quad / (2 * step) + 1e-6 { break }
+                step *= 0.5
+            }
+            let objNew = fNew + penalty.value(xNew)
+            if objNew > objX {
+                // adaptive restart: drop the momentum, stay at x
+                t = 1; y = x
+                let r = report(k, x, fx, penalty, step); history.append(r); onStep?(r)
+                continue
+            }
+            let tNew = (1 + (1 + 4 * t * t).squareRoot()) / 2
+            let beta = (t - 1) / tNew
+            y = (0..<n).map { xNew[$0] + beta * (xNew[$0] - x[$0]) }
+            x = xNew; fx = fNew; objX = objNew; t = tNew
+            let r = report(k, x, fx, penalty, step)
+            history.append(r); onStep?(r)
+            if converged(history, o.tolerance) { break }
+        }
+        return SolverResult(delta: x, history: history)
+    }
+}

@@ -1,0 +1,43 @@
+import Engine
+import Foundation
+
+/// Runs engine jobs (intervention, zero-shot, few-shot). Keeps every model it loads, so later
+/// jobs on the same model start at once.
+public final class EngineJobRunner: JobRunner {
+    public let threads: Int
+    public let solver: SolverMethod
+    private var models: [String: LanguageModel] = [:]
+    private let registry: TaskRegistry
+
+    public init(threads: Int = 1, solver: SolverMethod = .adam, registry: TaskRegistry = TaskRegistry()) {
+        self.threads = threads; self.solver = solver; self.registry = registry
+    }
+
+    /// Names of the models loaded so far (announced to the coordinator).
+    public var loadedModels: [String] { models.keys.sorted() }
+
+    public func model(_ name: String) throws -> LanguageModel {
+        if let m = models[name] { return m }
+        do {
+            let m = try LanguageModel(name, backend: CPUBackend(threads: threads), threads: max(threads, 2))
+            models[name] = m
+            return m
+        } catch {
+            throw JobError.deterministic("cannot load model \(name): \(error)")
+        }
+    }
+
+    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
+        let lm = try model(spec.model)
+        let exp = Experiment(lm: lm, registry: registry, solverMethod: solver)
+        do {
+            return try exp.run(spec) { phase, done, total, metrics in
+                // Solver steps are the progress the coordinator sees; evaluation counts after them.
+                if phase == "solve" { progress?.progress(step: done, total: total + 1, metrics: metrics) }
+                else if done == total && phase == "eval" { progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:]) }
+            }
+        } catch let e as ExperimentError {
+            throw JobError(e.message, deterministic: e.deterministic)
+        }
+    }
+}

@@ -1,0 +1,213 @@
+import ArgumentParser
+import Engine
+import Foundation
+
+/// Options describing one job, shared by `run` and `bench`.
+public struct JobOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Task name (antonym, synonym, english-french, english-german) or a path to a JSON file of {\"input\",\"output\"} pairs.", valueName: "name-or-path"))
+    public var task: String = "antonym"
+    @Option(name: .long, help: "Layer whose head outputs Δ is added to (0-based).")
+    public var layer: Int = 4
+    @Option(name: .long, help: "Split seed: which pairs train and which test.")
+    public var seed: Int = 0
+    @Option(name: .customLong("train"), help: "Number of training pairs N.")
+    public var trainSize: Int = 10
+    @Option(name: .customLong("test"), help: "Number of test pairs (0 = all that remain).")
+    public var testSize: Int = 200
+    @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
+    public var lambda: Double = 0.01
+    @Option(name: .customLong("gamma"), help: "Element-wise ℓ1 penalty γ.")
+    public var gamma: Double = 0.01
+    @Option(name: .long, help: "Solver steps.")
+    public var steps: Int = 200
+    @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
+    public var lr: Double = 0.1
+    @Option(name: .long, help: "Solver: adam (Adam, then the exact prox) or fista (accelerated proximal gradient with backtracking).")
+    public var solver: SolverMethod = .adam
+    @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
+    public var method: String = "intervention"
+    @Option(name: .long, help: "Demonstrations in few-shot prompts.")
+    public var shots: Int = 10
+    @Option(name: .customLong("max-new-tokens"), help: "Greedy decoding budget per test item (0 = target length + 2).")
+    public var maxNewTokens: Int = 0
+
+    public init() {}
+
+    public func validate() throws {
+        guard layer >= 0 else { throw ValidationError("--layer must be ≥ 0") }
+        guard trainSize >= 1 && trainSize <= 1024 else { throw ValidationError("--train must be between 1 and 1024") }
+        guard testSize >= 0 else { throw ValidationError("--test must be ≥ 0") }
+        guard lambda >= 0, gamma >= 0 else { throw ValidationError("--lambda and --gamma must be ≥ 0") }
+        guard steps >= 1 else { throw ValidationError("--steps must be ≥ 1") }
+        guard lr > 0 else { throw ValidationError("--lr must be > 0") }
+        guard ["intervention", "zero-shot", "few-shot"].contains(method) else {
+            throw ValidationError("--method must be intervention, zero-shot or few-shot")
+        }
+    }
+
+    public func spec(model: String) -> JobSpec {
+        JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
+                trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots)
+    }
+}
+
+extension SolverMethod: ExpressibleByArgument {}
+
+/// A one-line progress display on stderr (redrawn in place on a terminal).
+final class ProgressLine {
+    let tty = isatty(2) != 0
+    var last = Date.distantPast
+    func show(_ s: String, force: Bool = false) {
+        guard force || Date().timeIntervalSince(last) > 0.1 else { return }
+        last = Date()
+        if tty { FileHandle.standardError.write(Data(("\r\u{1B}[2K" + s).utf8)) }
+        else if force { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+    }
+    func done() { if tty { FileHandle.standardError.write(Data("\n".utf8)) } }
+}
+
+/// `worker run`: one job on this machine, end to end.
+public struct RunCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Learn Δ for one task and layer on this machine, evaluate it, and save it.",
+        discussion: """
+        Splits the task by --seed into --train training pairs and --test test pairs, learns a sparse \
+        Δ on the training pairs (objective: mean −log p(first target token) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂), \
+        then decodes the test set greedily with and without Δ.
+
+        Examples:
+          worker run --task antonym --layer 4 --seed 0
+          worker run --task my_pairs.json --layer 2 --steps 300 --out runs/ --json
+          worker run --task antonym --method few-shot --shots 10
+        With --json the last line on stdout is one JSON object (exact_match, \
+        first_token_accuracy, judge_accuracy, zero_shot_exact_match, n_test, final_loss, nonzero, \
+        active_heads, delta_path, timings).
+        """)
+
+    @OptionGroup public var modelOptions: ModelOptions
+    @OptionGroup public var job: JobOptions
+
+    @Option(name: .long, help: "Folder for the Δ artefact (<sha256>.safetensors).")
+    public var out: String = "runs"
+
+    @Flag(name: .long, help: "Print a JSON object as the last line of stdout.")
+    public var json = false
+
+    public init() {}
+
+    public func run() throws {
+        let bar = ProgressLine()
+        bar.show("loading \(modelOptions.model)…", force: true)
+        let lm = try modelOptions.load()
+        let spec = job.spec(model: modelOptions.model)
+        let exp = Experiment(lm: lm, solverMethod: job.solver)
+        let t0 = Date()
+        let outcome: JobOutcome
+        do {
+            outcome = try exp.run(spec) { phase, done, total, m in
+                var s = "\(phase) \(done)/\(total)"
+                if let l = m["loss"], let nz = m["nonzero"], let ah = m["active_heads"] {
+                    s += String(format: "  loss %.4f  nonzero %d  heads %d", l, Int(nz), Int(ah))
+                }
+                bar.show(s, force: done == total)
+            }
+        } catch let e as ExperimentError {
+            bar.done()
+            throw ValidationError(e.message)
+        }
+        bar.done()
+        var m = outcome.metrics
+        m["load_ms"] = lm.loadSeconds * 1000
+        var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method,
+                                  "model": lm.name, "solver": job.solver.rawValue]
+        for (k, v) in m { obj[k] = v.isFinite ? v : nil }
+        if let art = outcome.artefact {
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
+            try art.write(to: URL(fileURLWithPath: path), options: .atomic)
+            obj["delta_path"] = path
+        }
+        if json {
+            let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            print(String(decoding: d, as: UTF8.self))
+        } else {
+            func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
+            print("task \(spec.task)  layer \(spec.layer)  seed \(spec.seed)  method \(spec.method)  (\(Int(m["n_test"] ?? 0)) test pairs)")
+            print("                 exact match   first token   judge")
+            if spec.method == "intervention" {
+                print("  with Δ          \(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
+                print("  zero-shot       \(pct("zero_shot_exact_match"))        \(pct("zero_shot_first_token_accuracy"))        \(pct("zero_shot_judge_accuracy"))")
+                print(String(format: "  Δ: loss %.4f → %.4f, %d non-zeros in %d heads, ‖Δ‖ %.3f", m["initial_loss"] ?? .nan, m["final_loss"] ?? .nan,
+                             Int(m["nonzero"] ?? 0), Int(m["active_heads"] ?? 0), m["delta_l2"] ?? .nan))
+                if let p = obj["delta_path"] { print("  saved \(p)") }
+            } else {
+                print("  \(spec.method.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
+            }
+            print(String(format: "  time: load %.0f ms, total %.1f s", m["load_ms"]!, Date().timeIntervalSince(t0)))
+        }
+    }
+}
+
+/// `worker bench`: the engine's speed on one job's shapes.
+public struct BenchCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time model load, prefill, solver steps and evaluation; print the figures.",
+        discussion: """
+        Example:
+          worker bench --task antonym --layer 4 --steps 50 --threads 1 --json
+        step_ms is the median solver step (loss, gradient and update for N training prompts).
+        """)
+
+    @OptionGroup public var modelOptions: ModelOptions
+    @OptionGroup public var job: JobOptions
+    @Flag(name: .long, help: "Print one JSON object.")
+    public var json = false
+
+    public init() {}
+
+    public func run() throws {
+        let t0 = Date()
+        let lm = try modelOptions.load()
+        let loadMs = Date().timeIntervalSince(t0) * 1000
+        let registry = TaskRegistry()
+        let pairs = try registry.load(job.task)
+        let split = TaskSplit(pairs: pairs, seed: job.seed, trainSize: job.trainSize, testSize: job.testSize)
+        let fmt = PromptFormat.qa
+        let prompts = split.train.map { lm.tokenizer.encode(fmt.prompt($0.input)) }
+        let targets = split.train.map { lm.tokenizer.encode(fmt.targetText($0.output)).first ?? 0 }
+        let ts = Date()
+        let path = InterventionPath(model: lm, layer: job.layer, prompts: prompts)
+        let setupMs = Date().timeIntervalSince(ts) * 1000
+        let penalty = SparseGroupLasso(gamma: Float(job.gamma), lambda: Float(job.lambda), heads: lm.config.nHeads, headDim: lm.config.headDim)
+        var times: [Double] = []
+        var last = Date()
+        let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
+                               options: SolverOptions(method: job.solver, steps: job.steps, lr: Float(job.lr))) { _ in
+            let now = Date(); times.append(now.timeIntervalSince(last) * 1000); last = now
+        }
+        times.removeLast()   // the final report includes a re-evaluation
+        let fwd = Date()
+        for _ in 0..<5 { _ = path.loss(delta: res.delta, loss: .nextToken(targets: targets)) }
+        let fwdMs = Date().timeIntervalSince(fwd) * 1000 / 5
+        let te = Date()
+        let ev = lm.evaluate(prompts: split.test.map { fmt.prompt($0.input) }, pairs: split.test, format: fmt, delta: res.delta,
+                             layer: job.layer, judge: (try? registry.judge(for: job.task)) ?? .exactMatch(task: job.task))
+        let evalMs = Date().timeIntervalSince(te) * 1000
+        let sorted = times.sorted()
+        let median = sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+        var rss = rusage(); getrusage(RUSAGE_SELF.rawValue, &rss)
+        let obj: [String: Any] = [
+            "step_ms": median, "step_ms_min": sorted.first ?? 0, "forward_ms": fwdMs, "load_ms": loadMs, "setup_ms": setupMs,
+            "eval_ms": evalMs, "n_test": ev.n, "n_train": prompts.count, "steps": times.count, "layer": job.layer,
+            "threads": modelOptions.threads, "solver": job.solver.rawValue, "exact_match": ev.exactMatch,
+            "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
+        ]
+        if json {
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            for k in obj.keys.sorted() { print("\(k.padding(toLength: 14, withPad: " ", startingAt: 0)) \(obj[k]!)") }
+        }
+    }
+}

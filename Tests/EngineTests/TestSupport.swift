@@ -1,0 +1,31 @@
+import Engine
+import Foundation
+import XCTest
+
+enum TestPaths {
+    /// The package root (…/main), from this file's location.
+    static let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// ../shared next to the package (datasets and reference outputs; absent for users).
+    static let shared: URL = packageRoot.deletingLastPathComponent().appendingPathComponent("shared")
+    static func sharedFile(_ rel: String) throws -> URL {
+        let u = shared.appendingPathComponent(rel)
+        guard FileManager.default.fileExists(atPath: u.path) else { throw XCTSkip("\(u.path) not present (shared data is only on the developers' machines)") }
+        return u
+    }
+}
+
+/// One model per test process: loading takes a fraction of a second, but there is no reason to
+/// do it in every test.
+enum SharedModel {
+    static let result: Result<LanguageModel, Error> = Result {
+        try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 1), threads: 2)
+    }
+    static func get() throws -> LanguageModel {
+        switch result {
+        case let .success(m): return m
+        case let .failure(e): XCTFail("the default model is needed (run cluster/setup.sh): \(e)"); throw e
+        }
+    }
+}
+
+func loadJSON(_ url: URL) throws -> Any { try JSONSerialization.jsonObject(with: Data(contentsOf: url)) }
