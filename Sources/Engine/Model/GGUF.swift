@@ -77,7 +77,12 @@ public enum GGMLType: UInt32, CustomStringConvertible, Sendable {
     case iq4_xs = 23, i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_m = 29, bf16 = 30
     case tq1_0 = 34, tq2_0 = 35
 
-    public var description: String { "\(self)".uppercased() }
+    public var description: String {
+        let names: [GGMLType: String] = [.f32: "F32", .f16: "F16", .q4_0: "Q4_0", .q4_1: "Q4_1", .q5_0: "Q5_0", .q5_1: "Q5_1",
+            .q8_0: "Q8_0", .q8_1: "Q8_1", .q2_K: "Q2_K", .q3_K: "Q3_K", .q4_K: "Q4_K", .q5_K: "Q5_K", .q6_K: "Q6_K",
+            .q8_K: "Q8_K", .bf16: "BF16", .i8: "I8", .i16: "I16", .i32: "I32", .i64: "I64", .f64: "F64"]
+        return names[self] ?? "type #\(rawValue)"
+    }
 
     /// (elements per block, bytes per block)
     public var blockLayout: (elements: Int, bytes: Int)? {

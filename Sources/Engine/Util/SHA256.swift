@@ -85,6 +85,7 @@ public struct SHA256 {
     public static func hash(_ data: Data) -> [UInt8] { var s = SHA256(); s.update(data); return s.finalize() }
     public static func hex(_ data: Data) -> String { hash(data).map { String(format: "%02x", $0) }.joined() }
     public static func hex(_ bytes: [UInt8]) -> String { hex(Data(bytes)) }
+    public static func hex(_ string: String) -> String { hex(Data(string.utf8)) }
 
     /// Hash of a file, read in 4 MiB chunks.
     public static func hex(fileAt path: String) throws -> String {

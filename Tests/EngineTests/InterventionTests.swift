@@ -1,0 +1,138 @@
+import Engine
+import Foundation
+import XCTest
+
+final class InterventionTests: XCTestCase {
+    /// The ten antonym prompts/targets recorded in parity.json (split seed 0, Q/A format).
+    func trainingBatch(_ lm: LanguageModel) throws -> (prompts: [[Int]], targets: [Int], json: [String: Any]) {
+        let root = try loadJSON(try TestPaths.sharedFile("reference/parity.json")) as! [String: Any]
+        let tr = root["training"] as! [String: Any]
+        let prompts = (tr["prompts"] as! [String]).map { lm.tokenizer.encode($0) }
+        XCTAssertEqual(prompts, tr["prompt_token_ids"] as! [[Int]])
+        return (prompts, tr["target_first_token_ids"] as! [Int], tr)
+    }
+
+    /// The single-token path must give the same logits as a whole forward pass with Δ hooked in.
+    func testPathLogitsEqualFullForwardWithDelta() throws {
+        let lm = try SharedModel.get()
+        let (prompts, _, _) = try trainingBatch(lm)
+        let A = lm.config.attnDim, V = lm.config.vocabSize
+        let delta = (0..<A).map { Float(($0 % 7) - 3) * 0.1 }
+        for layer in [0, 4, 29] {
+            let path = InterventionPath(model: lm, layer: layer, prompts: prompts)
+            let fast = path.logits(delta: delta)
+            let full = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
+                                        hooks: DeltaHook(layer: layer, delta: delta))
+            var worst: Float = 0
+            for i in 0..<(prompts.count * V) { worst = max(worst, abs(fast[i] - full[i])) }
+            XCTAssertLessThan(worst, 2e-3, "layer \(layer)")
+        }
+    }
+
+    /// Loss and gradient at Δ = 0 against the independent PyTorch autograd values.
+    func testLossAndGradientAtZeroMatchReference() throws {
+        let lm = try SharedModel.get()
+        let (prompts, targets, tr) = try trainingBatch(lm)
+        let path = InterventionPath(model: lm, layer: tr["layer"] as! Int, prompts: prompts)
+        let (loss, grad) = path.lossAndGradient(delta: [Float](repeating: 0, count: lm.config.attnDim), loss: .nextToken(targets: targets))
+        let traj = tr["trajectory"] as! [[String: Any]]
+        XCTAssertEqual(Double(loss), traj[0]["ce"] as! Double, accuracy: 1e-3)
+        let g0 = tr["grad_at_zero"] as! [String: Any]
+        let l2 = Double(grad.reduce(0) { $0 + $1 * $1 }.squareRoot())
+        XCTAssertEqual(l2, g0["l2"] as! Double, accuracy: 1e-3 * l2)
+        for (a, b) in zip(grad.prefix(8), g0["first8"] as! [Double]) { XCTAssertEqual(Double(a), b, accuracy: 2e-4) }
+        XCTAssertEqual(grad.indices.max { abs(grad[$0]) < abs(grad[$1]) }, g0["argmax_abs"] as? Int)
+    }
+
+    /// Central differences on random coordinates at a random Δ, for both losses.
+    func testGradientAgainstFiniteDifferences() throws {
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        let A = lm.config.attnDim
+        var rng = SplitMix(seed: 7)
+        let path = InterventionPath(model: lm, layer: 20, prompts: prompts)
+        let delta = (0..<A).map { _ in Float(rng.uniform() - 0.5) }
+        // An opinion-style loss over four "letters" with random target distributions.
+        let letters = ["A", "B", "C", "D"].map { lm.tokenizer.encode(" " + $0)[0] }
+        let pis: [[Float]] = prompts.map { _ in let r = (0..<4).map { _ in Float(rng.uniform() + 0.1) }; let s = r.reduce(0, +); return r.map { $0 / s } }
+        for loss in [TaskLoss.nextToken(targets: targets), .restrictedKL(alphabet: letters, target: pis)] {
+            let (_, grad) = path.lossAndGradient(delta: delta, loss: loss)
+            var worst: Double = 0
+            for _ in 0..<20 {
+                let j = Int(rng.next() % UInt64(A))
+                let eps: Float = 2e-2
+                var dp = delta, dm = delta
+                dp[j] += eps; dm[j] -= eps
+                let fd = Double(path.loss(delta: dp, loss: loss) - path.loss(delta: dm, loss: loss)) / Double(2 * eps)
+                let err = abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2)
+                worst = max(worst, err)
+            }
+            XCTAssertLessThan(worst, 0.02, "\(loss)")
+        }
+    }
+
+    func testProxIsExactAndProducesZeros() {
+        let p = SparseGroupLasso(gamma: 0.1, lambda: 0.5, heads: 3, headDim: 2)
+        var v: [Float] = [0.05, -0.08, 1.0, -2.0, 0.3, 0.2]
+        p.prox(&v, step: 1)
+        // head 0: everything under γ → 0; head 2: soft threshold (0.2, 0.1), norm 0.2236 < λ → 0
+        XCTAssertEqual(Array(v[0..<2]), [0, 0])
+        XCTAssertEqual(Array(v[4..<6]), [0, 0])
+        // head 1: (0.9, −1.9) shrunk by 1 − 0.5/‖·‖
+        let n = (0.9 * 0.9 + 1.9 * 1.9 as Float).squareRoot()
+        XCTAssertEqual(v[2], 0.9 * (1 - 0.5 / n), accuracy: 1e-6)
+        XCTAssertEqual(v[3], -1.9 * (1 - 0.5 / n), accuracy: 1e-6)
+        XCTAssertEqual(p.nonzeros(v), 2); XCTAssertEqual(p.activeHeads(v), 1)
+        // optimality: the prox minimises ½‖x − v‖² + penalty(x) — no random perturbation does better
+        var rng = SplitMix(seed: 1)
+        let v0: [Float] = (0..<6).map { _ in Float(rng.uniform() * 2 - 1) }
+        var x = v0
+        p.prox(&x, step: 0.7)
+        func obj(_ x: [Float]) -> Float { zip(x, v0).reduce(0) { $0 + 0.5 * ($1.0 - $1.1) * ($1.0 - $1.1) } + 0.7 * p.value(x) }
+        for _ in 0..<500 {
+            let y = x.map { $0 + Float(rng.uniform() - 0.5) * 0.02 }
+            XCTAssertGreaterThanOrEqual(obj(y), obj(x) - 1e-6)
+        }
+    }
+
+    func testSolverIsDeterministicAndDecreasesTheObjective() throws {
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        let path = InterventionPath(model: lm, layer: 4, prompts: prompts)
+        let pen = SparseGroupLasso(gamma: 0.01, lambda: 0.01, heads: lm.config.nHeads, headDim: lm.config.headDim)
+        for method in SolverMethod.allCases {
+            let opts = SolverOptions(method: method, steps: 10, lr: 0.1)
+            let a = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: pen, options: opts)
+            let b = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: pen, options: opts)
+            XCTAssertEqual(a.delta, b.delta, "\(method) must be deterministic")
+            XCTAssertLessThan(a.final.objective, a.history[0].objective * 0.95, "\(method)")
+            XCTAssertEqual(a.final.nonzeros, pen.nonzeros(a.delta))
+        }
+    }
+
+    func testSafetensorsRoundTrip() throws {
+        let d: [Float] = [1, -2.5, 0, 3e-7]
+        let data = Safetensors.write(tensors: [("delta", [4], d)], metadata: ["task": "antonym", "layer": "4"])
+        let (t, md) = try Safetensors.read(data)
+        XCTAssertEqual(t["delta"]?.values, d)
+        XCTAssertEqual(t["delta"]?.shape, [4])
+        XCTAssertEqual(md["task"], "antonym")
+        let hlen = data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        XCTAssertEqual((8 + Int(hlen)) % 8, 0)
+        XCTAssertThrowsError(try Safetensors.read(Data([1, 2, 3])))
+    }
+}
+
+/// A tiny deterministic generator for tests.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
