@@ -9,6 +9,8 @@ public final class Weight: @unchecked Sendable {
     public let rows: Int
     public let cols: Int
     public let data: UnsafeMutablePointer<Float>
+    /// The original quantised blocks, when the file had them (see `QuantView`).
+    public var quant: QuantView?
 
     public init(name: String, rows: Int, cols: Int) {
         self.name = name; self.rows = rows; self.cols = cols
@@ -49,14 +51,23 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         name = "cpu (OpenBLAS, \(self.threads) thread\(self.threads == 1 ? "" : "s"))"
     }
 
+    /// Few rows: stream the compact blocks. Many rows: OpenBLAS on the fp32 copy.
+    public static let smallRows = 16
+
     public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
+        if m <= Self.smallRows, let q = w.quant {
+            QuantGEMM.linear(x, m, q, rows: w.rows, cols: w.cols, y, accumulate: accumulate, threads: threads); return
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(w.rows), Int32(w.cols),
                     1, x, Int32(w.cols), w.data, Int32(w.cols), accumulate ? 1 : 0, y, Int32(w.rows))
     }
 
     public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
+        if m <= Self.smallRows, let q = w.quant {
+            QuantGEMM.linearBackward(dy, m, q, rows: w.rows, cols: w.cols, dx, accumulate: accumulate, threads: threads); return
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(w.cols), Int32(w.rows),
                     1, dy, Int32(w.rows), w.data, Int32(w.cols), accumulate ? 1 : 0, dx, Int32(w.cols))
     }

@@ -2,7 +2,7 @@ import Dispatch
 import Foundation
 
 /// IEEE half → single, exact for every input (subnormals, inf, NaN included).
-@inline(__always)
+@inlinable @inline(__always)
 public func halfToFloat(_ h: UInt16) -> Float {
     let sign = UInt32(h & 0x8000) << 16
     let exp = UInt32(h >> 10) & 0x1F

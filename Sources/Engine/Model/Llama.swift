@@ -142,6 +142,10 @@ public final class LlamaModel: @unchecked Sendable {
                 throw ModelFileError.unsupportedTensorType(tensor: name, type: info.type.description)
             }
             let w = Weight(name: name, rows: rows, cols: cols)
+            if QuantView.supports(info.type) && cols % 32 == 0 {
+                w.quant = QuantView(type: info.type, base: f.rawBytes(info).baseAddress!,
+                                    rowBytes: cols / 32 * info.type.blockLayout!.bytes, owner: f)
+            }
             let (be, bb) = info.type.blockLayout!
             let blocks = info.elementCount / be
             let chunks = threads > 1 && blocks >= 8192 ? threads : 1

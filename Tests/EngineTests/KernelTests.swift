@@ -1,0 +1,62 @@
+import Engine
+import Foundation
+import XCTest
+
+/// The compact-weight kernels against OpenBLAS on the fp32 copy of the same weights.
+final class KernelTests: XCTestCase {
+    func compare(_ w: Weight, rows m: Int, file: StaticString = #filePath, line: UInt = #line) {
+        guard let q = w.quant else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
+        var rng = SplitMix(seed: UInt64(m * 31 + w.rows))
+        let x = (0..<(m * w.cols)).map { _ in Float(rng.uniform() * 2 - 1) }
+        let dy = (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) }
+        let blas = CPUBackend(threads: 1)
+        for threads in [1, 2] {
+            var y1 = [Float](repeating: 0.5, count: m * w.rows), y2 = y1
+            QuantGEMM.linear(x, m, q, rows: w.rows, cols: w.cols, &y1, accumulate: true, threads: threads)
+            blas.gemm(transA: false, transB: true, m: m, n: w.rows, k: w.cols, alpha: 1, a: x, lda: w.cols, b: w.data, ldb: w.cols, beta: 1, c: &y2, ldc: w.rows)
+            let e1 = zip(y1, y2).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+            XCTAssertLessThan(e1, 1e-4, "\(w.name) forward m=\(m) threads=\(threads)", file: file, line: line)
+            var d1 = [Float](repeating: 0, count: m * w.cols), d2 = d1
+            QuantGEMM.linearBackward(dy, m, q, rows: w.rows, cols: w.cols, &d1, accumulate: false, threads: threads)
+            blas.gemm(transA: false, transB: false, m: m, n: w.cols, k: w.rows, alpha: 1, a: dy, lda: w.rows, b: w.data, ldb: w.cols, beta: 0, c: &d2, ldc: w.cols)
+            let e2 = zip(d1, d2).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+            // the backward sums over all W rows: allow for the longer fp32 sum (summation order differs)
+            XCTAssertLessThan(e2, 1e-4 * max(1, (Float(w.rows) / 1000).squareRoot()), "\(w.name) backward m=\(m) threads=\(threads)", file: file, line: line)
+        }
+    }
+
+    func testQuantisedProductsMatchFP32() throws {
+        let lm = try SharedModel.get()
+        let b = lm.model.blocks[3]
+        for m in [1, 2, 3, 10, 16] {
+            compare(b.wq, rows: m)      // Q4_1, 576 × 576
+            compare(b.wDown, rows: m)   // Q4_1, 576 × 1536
+            compare(b.wk, rows: m)      // Q4_1, 192 × 576
+        }
+        compare(lm.model.output, rows: 10)  // Q8_0 embedding, 49152 × 576
+    }
+
+    func testQ4_0BlocksThroughTheKernel() throws {
+        // one 7 × 64 Q4_0 weight built by hand: d = 0.5, nibble pattern per row
+        var bytes: [UInt8] = []
+        var ref: [Float] = []
+        for r in 0..<7 {
+            for _ in 0..<2 {
+                bytes += GGUFBuilder.le(floatToHalf(0.5))
+                let qs = (0..<16).map { UInt8((r + $0) % 16) | UInt8((15 - $0) % 16) << 4 }
+                bytes += qs
+                ref += qs.map { Float(Int($0 & 15) - 8) * 0.5 } + qs.map { Float(Int($0 >> 4) - 8) * 0.5 }
+            }
+        }
+        var g = GGUFBuilder()
+        g.tensors.append(("w", [64, 7], 2, bytes))
+        let path = try g.write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let f = try GGUFFile(path: path)
+        let info = try f.tensor("w")
+        XCTAssertEqual(try Dequant.tensor(f, info), ref)
+        let w = Weight(name: "w", rows: 7, cols: 64, values: ref)
+        w.quant = QuantView(type: .q4_0, base: f.rawBytes(info).baseAddress!, rowBytes: 36, owner: f)
+        compare(w, rows: 3)
+    }
+}
