@@ -28,7 +28,7 @@ let package = Package(
         // Wire contract: protobuf messages + ZeroMQ wrapper.
         .target(name: "Protocol", dependencies: [
             "CZMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-        ]),
+        ], exclude: ["intervene.proto"]),
         .target(name: "Worker", dependencies: [
             "Engine", "Protocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

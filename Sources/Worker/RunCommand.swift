@@ -192,8 +192,8 @@ public struct BenchCommand: ParsableCommand {
         for _ in 0..<5 { _ = path.loss(delta: res.delta, loss: .nextToken(targets: targets)) }
         let fwdMs = Date().timeIntervalSince(fwd) * 1000 / 5
         let te = Date()
-        let ev = lm.evaluate(prompts: split.test.map { fmt.prompt($0.input) }, pairs: split.test, format: fmt, delta: res.delta,
-                             layer: job.layer, judge: (try? registry.judge(for: job.task)) ?? .exactMatch(task: job.task))
+        let ev = lm.evaluate(prompts: split.test.map { fmt.prompt($0.input) }, pairs: split.test, format: fmt, deltas: [res.delta],
+                             layer: job.layer, judge: (try? registry.judge(for: job.task)) ?? .exactMatch(task: job.task))[0]
         let evalMs = Date().timeIntervalSince(te) * 1000
         let sorted = times.sorted()
         let median = sorted.isEmpty ? 0 : sorted[sorted.count / 2]

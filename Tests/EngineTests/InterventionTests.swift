@@ -71,6 +71,21 @@ final class InterventionTests: XCTestCase {
         }
     }
 
+    /// Decoding Δ variants with a shared prefix gives what separate full runs give.
+    func testVariantGenerationEqualsSeparateRuns() throws {
+        let lm = try SharedModel.get()
+        let (prompts, _, _) = try trainingBatch(lm)
+        let delta = (0..<lm.config.attnDim).map { Float(($0 % 5) - 2) * 0.3 }
+        let stop = StopRules(maxNewTokens: 6, atNewline: false)
+        let both = lm.generate(prompts: prompts + [[12762, 42]], variants: [delta, nil], layer: 4, stop: stop)
+        let withDelta = lm.generate(prompts: prompts + [[12762, 42]], stop: stop, prefillHooks: DeltaHook(layer: 4, delta: delta))
+        let without = lm.generate(prompts: prompts + [[12762, 42]], stop: stop)
+        XCTAssertEqual(both[0].tokens, withDelta.tokens)
+        XCTAssertEqual(both[0].firstArgmax, withDelta.firstArgmax)
+        XCTAssertEqual(both[1].tokens, without.tokens)
+        XCTAssertNotEqual(both[0].tokens, both[1].tokens, "Δ should change some continuation")
+    }
+
     func testProxIsExactAndProducesZeros() {
         let p = SparseGroupLasso(gamma: 0.1, lambda: 0.5, heads: 3, headDim: 2)
         var v: [Float] = [0.05, -0.08, 1.0, -2.0, 0.3, 0.2]

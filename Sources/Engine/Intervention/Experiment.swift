@@ -42,35 +42,38 @@ public final class DeltaHook: ForwardHooks {
 }
 
 extension LanguageModel {
-    /// Batched greedy evaluation. The answer is the decoded text up to the first newline, trimmed;
-    /// exact match compares it case-insensitively with the expected output; first-token accuracy
-    /// compares the first decoded token with the target's first token; `judge` decides
-    /// `judged`. `maxNewTokens` 0 = the longest target in the batch + 2 tokens.
-    public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, delta: [Float]?, layer: Int,
-                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 50,
-                         progress: ((Int) -> Void)? = nil) -> Evaluation {
-        var items: [Evaluation.Item] = []
+    /// Batched greedy evaluation of one or more Δ variants (nil = no Δ) on the same prompts; the
+    /// positions before each prompt's last are computed once for all variants. The answer is the
+    /// decoded text up to the first newline, trimmed; exact match compares it case-insensitively
+    /// with the expected output; first-token accuracy compares the first decoded token with the
+    /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = the longest target in
+    /// the batch + 2 tokens.
+    public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
+                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100,
+                         progress: ((Int) -> Void)? = nil) -> [Evaluation] {
+        var items = [[Evaluation.Item]](repeating: [], count: deltas.count)
         var b = 0
         while b < prompts.count {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { tokenizer.encode($0) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
             let g = maxNewTokens > 0 ? maxNewTokens : (tgt.map(\.count).max() ?? 1) + 2
-            let gen = generate(prompts: ids, stop: StopRules(maxNewTokens: g, atNewline: true),
-                               prefillHooks: delta.map { DeltaHook(layer: layer, delta: $0) })
-            for (j, p) in pairs[b..<e].enumerated() {
-                let text = tokenizer.decode(gen.tokens[j])
-                let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
-                    .trimmingCharacters(in: .whitespaces)
-                let exact = line.lowercased() == p.output.trimmingCharacters(in: .whitespaces).lowercased()
-                items.append(.init(input: p.input, expected: p.output, prediction: line, exact: exact,
-                                   firstToken: gen.firstArgmax[j] == tgt[j].first,
-                                   judged: judge.accept(input: p.input, prediction: line, expected: p.output)))
+            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: StopRules(maxNewTokens: g, atNewline: true))
+            for (v, gen) in gens.enumerated() {
+                for (j, p) in pairs[b..<e].enumerated() {
+                    let text = tokenizer.decode(gen.tokens[j])
+                    let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                        .trimmingCharacters(in: .whitespaces)
+                    let exact = line.lowercased() == p.output.trimmingCharacters(in: .whitespaces).lowercased()
+                    items[v].append(.init(input: p.input, expected: p.output, prediction: line, exact: exact,
+                                          firstToken: gen.firstArgmax[j] == tgt[j].first,
+                                          judged: judge.accept(input: p.input, prediction: line, expected: p.output)))
+                }
             }
             b = e
             progress?(b)
         }
-        return Evaluation(items: items)
+        return items.map { Evaluation(items: $0) }
     }
 }
 
@@ -160,9 +163,9 @@ public struct Experiment {
         }
         var metrics: [String: Double] = ["n_test": Double(split.test.count), "n_train": Double(split.train.count)]
         let t0 = Date()
-        func eval(_ prompts: [String], _ delta: [Float]?, _ phase: String) -> Evaluation {
-            lm.evaluate(prompts: prompts, pairs: split.test, format: format, delta: delta, layer: spec.layer, judge: judge,
-                        maxNewTokens: spec.maxNewTokens) { progress?(phase, $0, split.test.count, [:]) }
+        func eval(_ prompts: [String], _ deltas: [[Float]?]) -> [Evaluation] {
+            lm.evaluate(prompts: prompts, pairs: split.test, format: format, deltas: deltas, layer: spec.layer, judge: judge,
+                        maxNewTokens: spec.maxNewTokens) { progress?("eval", $0, split.test.count, [:]) }
         }
         let queries = split.test.map { format.prompt($0.input) }
         func record(_ e: Evaluation, prefix: String = "") {
@@ -172,10 +175,10 @@ public struct Experiment {
         }
         switch spec.method {
         case "zero-shot":
-            record(eval(queries, nil, "eval"))
+            record(eval(queries, [nil])[0])
         case "few-shot":
             let demos = Array(split.train.prefix(max(spec.shots, 0)))
-            record(eval(split.test.map { format.fewShot(demos, $0.input) }, nil, "eval"))
+            record(eval(split.test.map { format.fewShot(demos, $0.input) }, [nil])[0])
         case "intervention":
             let prompts = split.train.map { lm.tokenizer.encode(format.prompt($0.input)) }
             let targets = split.train.map { lm.tokenizer.encode(format.targetText($0.output)).first ?? 0 }
@@ -196,9 +199,11 @@ public struct Experiment {
             metrics["delta_l2"] = Double(res.delta.reduce(0) { $0 + $1 * $1 }.squareRoot())
             metrics["initial_loss"] = Double(res.history.first?.loss ?? .nan)
             let te = Date()
-            record(eval(queries, res.delta, "eval"))
-            record(eval(queries, nil, "eval-0shot"), prefix: "zero_shot_")
-            metrics["eval_ms"] = Date().timeIntervalSince(te) * 1000 / 2
+            // Δ and Δ = 0 (zero-shot) share everything before the last prompt position
+            let evs = eval(queries, [res.delta, nil])
+            record(evs[0])
+            record(evs[1], prefix: "zero_shot_")
+            metrics["eval_ms"] = Date().timeIntervalSince(te) * 1000
             var md: [String: String] = [
                 "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": spec.task, "layer": "\(spec.layer)",
                 "seed": "\(spec.seed)", "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "steps": "\(res.history.count - 1)",

@@ -1,0 +1,349 @@
+import Engine
+import Foundation
+import Protocol
+
+/// One problem in a grid.json, located by its field path (`layers[2]`, `solver.steps`).
+public struct GridError: Error, Equatable, CustomStringConvertible, Sendable {
+    public var path: String
+    public var message: String
+    public init(_ path: String, _ message: String) { self.path = path; self.message = message }
+    public var description: String { path.isEmpty ? message : "\(path): \(message)" }
+}
+
+/// Every problem found in a grid (validation reports them all at once).
+public struct GridErrors: Error, CustomStringConvertible, Sendable {
+    public var errors: [GridError]
+    public var description: String {
+        "grid has \(errors.count) error\(errors.count == 1 ? "" : "s"):\n"
+            + errors.map { "  " + $0.description }.joined(separator: "\n")
+    }
+}
+
+/// A validated experiment grid (grid.json). `expand()` turns it into jobs.
+///
+/// ```json
+/// { "experiment": "table1", "model": "smollm2-135m-instruct",
+///   "tasks": ["antonym", "synonym"], "methods": ["zero-shot", "intervention"],
+///   "layers": [3, 5], "lambda": [0.01], "gamma": [0.01], "seeds": [0, 1, 2],
+///   "train_size": 10, "test_size": 50, "solver": {"steps": 60, "lr": 0.1},
+///   "eval": {"max_new_tokens": 4}, "device": "any" }
+/// ```
+public struct Grid: Equatable, Sendable {
+    public var experiment: String
+    public var model: String
+    public var tasks: [String]
+    public var methods: [String]
+    public var layers: [Int]
+    public var lambdas: [Double]
+    public var gammas: [Double]
+    public var seeds: [Int]
+    public var trainSize: Int
+    public var testSize: Int
+    public var steps: Int
+    public var lr: Double
+    public var maxNewTokens: Int
+    public var shots: Int
+    public var device: DeviceRequirement
+
+    /// Top-level keys, in the order the help text lists them.
+    public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
+                              "train_size", "test_size", "shots", "solver", "eval", "device"]
+    public static let solverKeys = ["steps", "lr"]
+    public static let evalKeys = ["max_new_tokens"]
+    /// A grid that expands to more jobs than this is refused.
+    public static let maxJobs = 100_000
+
+    // MARK: parsing and validation
+
+    /// Parses and validates grid.json text. Throws `GridErrors` with every problem found.
+    public static func parse(_ text: String) throws -> Grid {
+        let root: JSONValue
+        do {
+            root = try JSONValue.parse(text)
+        } catch let e as JSONValue.ParseError {
+            throw GridErrors(errors: [GridError("", "not valid JSON at \(e)")])
+        }
+        var v = Validator()
+        let grid = v.grid(root)
+        if !v.errors.isEmpty { throw GridErrors(errors: v.errors) }
+        let n = grid!.jobCount
+        if n > maxJobs {
+            throw GridErrors(errors: [GridError("", "the grid expands to \(n) jobs, more than the limit of \(maxJobs)")])
+        }
+        return grid!
+    }
+
+    public static func parse(contentsOf url: URL) throws -> Grid {
+        let data = try Data(contentsOf: url)
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw GridErrors(errors: [GridError("", "\(url.path) is not UTF-8 text")])
+        }
+        return try parse(text)
+    }
+
+    private struct Validator {
+        var errors: [GridError] = []
+
+        mutating func err(_ path: String, _ message: String) { errors.append(GridError(path, message)) }
+
+        static func typeName(_ v: JSONValue) -> String { v.shortDescription }
+
+        mutating func grid(_ root: JSONValue) -> Grid? {
+            guard case .object(let members) = root else {
+                err("", "expected a JSON object with the grid's fields, got \(root.shortDescription)")
+                return nil
+            }
+            checkKeys(members, allowed: Grid.keys, prefix: "")
+            let defaults = JobSpec(task: "")
+
+            let experiment = string(root["experiment"], "experiment", required: true, pattern: true) ?? ""
+            let model = string(root["model"], "model", required: false) ?? defaults.model
+            let tasks = list(root["tasks"], "tasks", required: true, what: "a task name (non-empty string)") {
+                Validator.nonEmptyString($0)
+            } ?? []
+            let methods = list(root["methods"], "methods", required: false, what: "a method name") { v -> String? in
+                guard case .string(let s) = v, MethodInfo.known.contains(s) else { return nil }
+                return s
+            } ?? ["intervention"]
+            let layers = list(root["layers"], "layers", required: false, what: "a non-negative integer") {
+                Validator.int($0, min: 0, max: 4095)
+            } ?? [defaults.layer]
+            let lambdas = list(root["lambda"], "lambda", required: false, what: "a non-negative number") {
+                Validator.double($0, min: 0)
+            } ?? [defaults.lambda]
+            let gammas = list(root["gamma"], "gamma", required: false, what: "a non-negative number") {
+                Validator.double($0, min: 0)
+            } ?? [defaults.gamma]
+            let seeds = list(root["seeds"], "seeds", required: false, what: "a non-negative integer") {
+                Validator.int($0, min: 0, max: Int(Int32.max))
+            } ?? [defaults.seed]
+            let trainSize = scalarInt(root["train_size"], "train_size", min: 1) ?? defaults.trainSize
+            let testSize = scalarInt(root["test_size"], "test_size", min: 1) ?? defaults.testSize
+            let shots = scalarInt(root["shots"], "shots", min: 0) ?? defaults.shots
+
+            var steps = defaults.steps, lr = defaults.lr, maxNew = defaults.maxNewTokens
+            if let solver = root["solver"] {
+                if case .object(let m) = solver {
+                    checkKeys(m, allowed: Grid.solverKeys, prefix: "solver.")
+                    steps = scalarInt(solver["steps"], "solver.steps", min: 0) ?? steps
+                    if let v = solver["lr"] {
+                        if let d = Validator.double(v, min: 0), d > 0 { lr = d } else {
+                            err("solver.lr", "expected a positive number, got \(v.shortDescription)")
+                        }
+                    }
+                } else {
+                    err("solver", "expected an object like {\"steps\": 200, \"lr\": 0.1}, got \(solver.shortDescription)")
+                }
+            }
+            if let ev = root["eval"] {
+                if case .object(let m) = ev {
+                    checkKeys(m, allowed: Grid.evalKeys, prefix: "eval.")
+                    maxNew = scalarInt(ev["max_new_tokens"], "eval.max_new_tokens", min: 0) ?? maxNew
+                } else {
+                    err("eval", "expected an object like {\"max_new_tokens\": 4}, got \(ev.shortDescription)")
+                }
+            }
+            var device = DeviceRequirement.any
+            if let d = root["device"] {
+                if case .string(let s) = d, let r = DeviceRequirement(rawValue: s) { device = r } else {
+                    err("device", "expected \"cpu\", \"gpu\" or \"any\", got \(d.shortDescription)")
+                }
+            }
+            if methods.contains("few-shot"), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
+                err("shots", "few-shot draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
+            }
+            return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
+                        lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
+                        steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, device: device)
+        }
+
+        mutating func checkKeys(_ members: [(String, JSONValue)], allowed: [String], prefix: String) {
+            var seen = Set<String>()
+            for (k, _) in members {
+                if !seen.insert(k).inserted {
+                    err(prefix + k, "duplicate key")
+                    continue
+                }
+                if !allowed.contains(k) {
+                    var msg = "unknown key"
+                    if let near = allowed.min(by: { editDistance($0, k) < editDistance($1, k) }),
+                       editDistance(near, k) <= 2 {
+                        msg += " (did you mean \"\(near)\"?)"
+                    }
+                    msg += "; expected one of " + allowed.joined(separator: ", ")
+                    err(prefix + k, msg)
+                }
+            }
+        }
+
+        mutating func string(_ v: JSONValue?, _ path: String, required: Bool, pattern: Bool = false) -> String? {
+            guard let v else {
+                if required { err(path, "required; expected a non-empty string") }
+                return nil
+            }
+            guard case .string(let s) = v, !s.isEmpty else {
+                err(path, "expected a non-empty string, got \(v.shortDescription)")
+                return nil
+            }
+            if pattern && !Grid.isValidName(s) {
+                err(path, "expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got \(v.shortDescription)")
+                return nil
+            }
+            return s
+        }
+
+        static func nonEmptyString(_ v: JSONValue) -> String? {
+            if case .string(let s) = v, !s.trimmingCharacters(in: .whitespaces).isEmpty { return s }
+            return nil
+        }
+
+        static func int(_ v: JSONValue, min: Int, max: Int) -> Int? {
+            guard case .number(let d, _) = v, d == d.rounded(), d >= Double(min), d <= Double(max) else { return nil }
+            return Int(d)
+        }
+
+        static func double(_ v: JSONValue, min: Double) -> Double? {
+            guard case .number(let d, _) = v, d >= min else { return nil }
+            return d
+        }
+
+        mutating func scalarInt(_ v: JSONValue?, _ path: String, min: Int) -> Int? {
+            guard let v else { return nil }
+            guard let i = Validator.int(v, min: min, max: Int(Int32.max)) else {
+                err(path, "expected \(min == 0 ? "a non-negative" : "a positive") integer, got \(v.shortDescription)")
+                return nil
+            }
+            return i
+        }
+
+        /// A list-valued field: a non-empty list of items, or one scalar item. Reports every bad
+        /// item with its index, and duplicates.
+        mutating func list<T: Equatable>(_ v: JSONValue?, _ path: String, required: Bool, what: String,
+                                         _ item: (JSONValue) -> T?) -> [T]? {
+            guard let v else {
+                if required { err(path, "required; expected \(what) or a list of them") }
+                return nil
+            }
+            let expected: String
+            if path == "methods" {
+                expected = "expected one of " + MethodInfo.known.map { "\"\($0)\"" }.joined(separator: ", ")
+            } else {
+                expected = "expected \(what)"
+            }
+            guard case .array(let items) = v else {
+                if case .object = v { err(path, "expected \(what) or a list of them, got an object"); return nil }
+                guard let x = item(v) else { err(path, "\(expected), got \(v.shortDescription)"); return nil }
+                return [x]
+            }
+            if items.isEmpty {
+                err(path, "expected a non-empty list, got an empty list")
+                return nil
+            }
+            var out: [T] = []
+            var firstIndex: [Int] = []
+            var ok = true
+            for (i, x) in items.enumerated() {
+                guard let t = item(x) else {
+                    err("\(path)[\(i)]", "\(expected), got \(x.shortDescription)")
+                    ok = false
+                    continue
+                }
+                if let j = out.firstIndex(of: t) {
+                    err("\(path)[\(i)]", "duplicate of \(path)[\(firstIndex[j])] (\(x.shortDescription))")
+                    ok = false
+                    continue
+                }
+                out.append(t)
+                firstIndex.append(i)
+            }
+            return ok ? out : nil
+        }
+    }
+
+    /// Experiment names: 1-64 ASCII letters, digits, '.', '_', '-', starting with a letter or digit.
+    public static func isValidName(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard (1...64).contains(u.count) else { return false }
+        func alnum(_ c: UInt8) -> Bool {
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)
+        }
+        return alnum(u[0]) && u.allSatisfy { alnum($0) || $0 == 46 || $0 == 95 || $0 == 45 }
+    }
+
+    // MARK: expansion
+
+    /// The jobs of this grid: the Cartesian product tasks × methods × layers × λ × γ × seeds, with the
+    /// axes a method ignores collapsed (so a zero-shot baseline gives one job per task × seed), in a
+    /// stable order, without duplicates.
+    public func expand() -> [SubmittedJob] {
+        var out: [SubmittedJob] = []
+        var seen = Set<String>()
+        for task in tasks {
+            for method in methods {
+                let axes = MethodInfo.axes(of: method)
+                let ls = axes.contains(.layer) ? layers : [0]
+                let lams = axes.contains(.lambda) ? lambdas : [0]
+                let gams = axes.contains(.gamma) ? gammas : [0]
+                for layer in ls {
+                    for lam in lams {
+                        for gam in gams {
+                            for seed in seeds {
+                                let spec = MethodInfo.normalise(JobSpec(
+                                    model: model, task: task, method: method, layer: layer, lambda: lam,
+                                    gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
+                                    steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots))
+                                let id = Grid.jobID(spec)
+                                if seen.insert(id).inserted {
+                                    out.append(SubmittedJob(id: id, spec: spec, device: device))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// How many jobs `expand()` gives, computed without expanding.
+    public var jobCount: Int {
+        methods.reduce(0) { sum, m in
+            let a = MethodInfo.axes(of: m)
+            return sum + tasks.count * seeds.count * (a.contains(.layer) ? layers.count : 1)
+                * (a.contains(.lambda) ? lambdas.count : 1) * (a.contains(.gamma) ? gammas.count : 1)
+        }
+    }
+
+    /// The canonical JSON of a job's parameters: the JobSpec's Codable form with sorted keys and
+    /// canonical numbers. New JobSpec fields take part automatically.
+    public static func canonicalJSON(_ spec: JobSpec) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        guard let data = try? enc.encode(spec), let v = try? JSONValue.parse(data) else {
+            return "\(spec)"
+        }
+        return v.canonical
+    }
+
+    /// A job's id: the first 16 hex digits of SHA-256 of its normalised parameters' canonical JSON.
+    public static func jobID(_ spec: JobSpec) -> String {
+        String(SHA256.hex(canonicalJSON(MethodInfo.normalise(spec))).prefix(16))
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count)
+    var cur = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        cur[0] = i
+        for j in 1...b.count {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}

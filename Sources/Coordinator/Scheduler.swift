@@ -1,0 +1,641 @@
+import Engine
+import Foundation
+
+/// Tunables of the scheduler.
+public struct SchedulerConfig: Sendable {
+    /// A running job's lease; renewed by every heartbeat or step report of its worker.
+    public var leaseSeconds: Double
+    /// A worker not heard from (Ready, heartbeat, anything) for this long is forgotten.
+    public var workerTimeoutSeconds: Double
+    /// How many times a job may be lost (or fail transiently) before it is failed.
+    public var maxAttempts: Int
+
+    public init(leaseSeconds: Double = 30, workerTimeoutSeconds: Double = 60, maxAttempts: Int = 3) {
+        self.leaseSeconds = leaseSeconds
+        self.workerTimeoutSeconds = workerTimeoutSeconds
+        self.maxAttempts = maxAttempts
+    }
+}
+
+/// One cell of a submitted grid, as the scheduler receives it.
+public struct SubmittedJob: Equatable, Sendable {
+    public var id: String
+    public var spec: JobSpec
+    public var device: DeviceRequirement
+    public init(id: String, spec: JobSpec, device: DeviceRequirement) {
+        self.id = id; self.spec = spec; self.device = device
+    }
+}
+
+/// An input of the state machine. Every event is handled at a time `now` given by the caller.
+public enum SchedulerEvent: Equatable, Sendable {
+    /// A worker announced itself (protocol Hello). It is not idle until it says `workerReady`.
+    case workerHello(worker: String, capabilities: WorkerCapabilities)
+    /// A worker is idle and asks for a job (protocol Ready; repeated by idle workers).
+    case workerReady(worker: String)
+    /// A worker confirmed it received an assignment (protocol Ack{JOB, accepted}).
+    case assignmentAccepted(worker: String, job: String, attempt: Int)
+    /// A worker refused an assignment (it was busy).
+    case assignmentRefused(worker: String, job: String, attempt: Int)
+    /// A running job is alive (protocol Heartbeat, or StepMetrics).
+    case heartbeat(worker: String, job: String, attempt: Int, step: Int, total: Int)
+    /// A job finished. The artefact, if any, is already verified and stored by the caller.
+    case result(worker: String, job: String, attempt: Int, metrics: [String: Double],
+                artefactSHA256: String?, artefactPath: String?)
+    /// A job failed; `deterministic` failures are final at once, others count like a loss.
+    case failure(worker: String, job: String, attempt: Int, reason: String, deterministic: Bool)
+    /// The clock moved: leases and silent workers expire.
+    case tick
+    /// A grid was expanded: queue what is new, requeue what had failed or was cancelled.
+    case submit(experiment: String, gridJSON: String, jobs: [SubmittedJob])
+    /// Cancel an experiment's unfinished jobs (or just `jobs` of it, when non-empty). A job also
+    /// needed by another experiment that is not cancelled keeps running.
+    case cancel(experiment: String, jobs: [String])
+    /// A worker left (Goodbye) or was replaced; its job, if any, is requeued at once.
+    case workerGone(worker: String, reason: String)
+}
+
+/// What the I/O shell must do in answer to an event.
+public enum Directive: Equatable, Sendable {
+    /// Send this job to this worker.
+    case assign(worker: String, job: String, attempt: Int, spec: JobSpec, experiment: String, leaseSeconds: Double)
+    /// Acknowledge a worker's message (Hello, Ready with nothing to do, Result, Failure).
+    case ack(worker: String, kind: AckKind, job: String, attempt: Int)
+    /// Answer a heartbeat; `abandon` tells the worker to drop the job (lease lost, cancelled, done).
+    case heartbeatAck(worker: String, job: String, attempt: Int, abandon: Bool)
+    /// The sender is not registered (e.g. the coordinator restarted): ask it to say Hello again.
+    case unknownWorker(worker: String)
+    /// State changes of a job; the shell persists the job's record and publishes an update.
+    case requeue(job: String, attempt: Int, reason: String)
+    case markRunning(job: String, worker: String, attempt: Int)
+    case markDone(job: String, worker: String, attempt: Int)
+    case markFailed(job: String, reason: String)
+    case markCancelled(job: String)
+    case markQueued(job: String)
+    /// Publish this snapshot of a job on the update stream.
+    case publish(JobRecord)
+    /// An experiment's record changed (submitted, cancelled): persist it.
+    case persistExperiment(String)
+    /// Summary of a submit, for the reply.
+    case submitted(experiment: String, new: Int, reused: Int, requeued: Int, total: Int)
+    /// Summary of a cancel, for the reply.
+    case cancelled(experiment: String, count: Int)
+    /// A message was ignored as stale or unknown (counted, logged).
+    case ignored(String)
+
+    public enum AckKind: String, Sendable { case hello, ready, result, failure }
+
+    /// The job whose stored record this directive changes, if any.
+    public var changedJob: String? {
+        switch self {
+        case .requeue(let j, _, _), .markRunning(let j, _, _), .markDone(let j, _, _),
+             .markFailed(let j, _), .markCancelled(let j), .markQueued(let j):
+            return j
+        default: return nil
+        }
+    }
+}
+
+/// The coordinator's scheduling logic as a pure state machine, in the manner of SWIM.Instance:
+/// no sockets, no clock of its own. The shell feeds it events with the current time and carries
+/// out the directives it returns (send, persist, publish).
+///
+/// Dispatch is pull-based: a worker that says Ready is idle until a job that fits it (device, method
+/// family) is queued; jobs are served in submission order. A running job holds a lease renewed by
+/// its worker's heartbeats; when the lease expires the job is lost and requeued with attempt + 1,
+/// up to `maxAttempts` losses, after which it is failed. Results are idempotent by job id: the first
+/// result of any attempt wins, later ones are acknowledged and dropped.
+public struct Scheduler {
+    public private(set) var config: SchedulerConfig
+    public private(set) var jobs: [String: JobRecord] = [:]
+    public private(set) var experiments: [String: ExperimentRecord] = [:]
+    /// Job id → experiments it belongs to.
+    public private(set) var membership: [String: Set<String>] = [:]
+    public private(set) var workers: [String: WorkerRecord] = [:]
+    /// Counters for diagnostics.
+    public private(set) var duplicateResults = 0
+    public private(set) var staleMessages = 0
+
+    public struct WorkerRecord: Equatable, Sendable {
+        public var id: String
+        public var capabilities: WorkerCapabilities?
+        public var lastSeen: Double
+        public var idle: Bool
+        public var idleSince: Double
+        public var job: String?
+        public var attempt: Int
+        public var step: Int
+        public var total: Int
+        /// The worker confirmed its current assignment (acked it or heartbeated it). Until then a
+        /// Ready from it may have crossed the assignment on the wire and is not taken as "idle".
+        public var confirmed: Bool
+    }
+
+    private var queue = DeviceQueues()
+    private var running: Set<String> = []
+    private var nextSeq = 0
+
+    public init(config: SchedulerConfig = SchedulerConfig(), jobs: [JobRecord] = [], experiments: [ExperimentRecord] = []) {
+        self.config = config
+        for e in experiments {
+            self.experiments[e.name] = e
+            for j in e.jobIDs { membership[j, default: []].insert(e.name) }
+        }
+        for j in jobs {
+            self.jobs[j.id] = j
+            nextSeq = max(nextSeq, j.seq + 1)
+            switch j.state {
+            case .queued: queue.push(j)
+            case .running: running.insert(j.id)
+            case .lost:
+                // A job caught between lost and requeued: requeue it on the first tick.
+                running.insert(j.id)
+            default: break
+            }
+        }
+    }
+
+    // MARK: queries
+
+    public func job(_ id: String) -> JobRecord? { jobs[id] }
+
+    /// The jobs of an experiment, in expansion order.
+    public func jobs(of experiment: String) -> [JobRecord] {
+        experiments[experiment]?.jobIDs.compactMap { jobs[$0] } ?? []
+    }
+
+    /// The primary experiment of a job (the first it was submitted with), for assignments.
+    public func experimentsOf(_ job: String) -> [String] {
+        (membership[job] ?? []).sorted()
+    }
+
+    /// Why a queued job waits.
+    public func pendingReason(_ id: String) -> String? {
+        guard let j = jobs[id], j.state == .queued else { return nil }
+        return waitReason(device: j.device, method: j.spec.method)
+    }
+
+    /// Why each of these jobs waits (nil entries for jobs that are not queued); one computation per
+    /// kind of job, so it stays cheap for long queues.
+    public func pendingReasons<S: Sequence>(_ ids: S) -> [String: String] where S.Element == String {
+        var memo: [String: String] = [:]
+        var out: [String: String] = [:]
+        for id in ids {
+            guard let j = jobs[id], j.state == .queued else { continue }
+            let key = j.device.rawValue + "|" + MethodInfo.family(of: j.spec.method)
+            if let r = memo[key] { out[id] = r; continue }
+            let r = waitReason(device: j.device, method: j.spec.method)
+            memo[key] = r
+            out[id] = r
+        }
+        return out
+    }
+
+    private func waitReason(device: DeviceRequirement, method: String) -> String {
+        let live = workers.values.filter { $0.capabilities != nil }
+        if live.isEmpty { return "no worker connected" }
+        let family = MethodInfo.family(of: method)
+        let byMethod = live.filter { $0.capabilities!.runs(method) }
+        if byMethod.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
+        let fitting = byMethod.filter { device.fits($0.capabilities!.device) }
+        let need = device == .any ? "" : "needs \(device.rawValue), "
+        let kind = device == .any ? "" : device.rawValue + " "
+        if fitting.isEmpty { return "\(need)no \(kind)worker connected" }
+        if fitting.allSatisfy({ !$0.idle }) { return "\(need)no idle \(kind)worker (\(fitting.count) busy)" }
+        return "waiting for dispatch"
+    }
+
+    // MARK: events
+
+    public mutating func handle(_ event: SchedulerEvent, now: Double) -> [Directive] {
+        var out: [Directive] = []
+        switch event {
+        case let .workerHello(w, caps):
+            var rec = workers[w] ?? WorkerRecord(id: w, capabilities: nil, lastSeen: now, idle: false,
+                                                 idleSince: now, job: nil, attempt: 0, step: 0, total: 0, confirmed: true)
+            rec.capabilities = caps
+            // A new connection: nothing is in flight to it any more.
+            rec.confirmed = true
+            rec.lastSeen = now
+            rec.idle = false
+            if rec.job == nil {
+                // A worker we thought held a job comes back through its heartbeats; otherwise adopt a
+                // running job the store says it holds (coordinator restart).
+                if let j = running.first(where: { jobs[$0]?.worker == w && jobs[$0]?.state == .running }) {
+                    rec.job = j; rec.attempt = jobs[j]!.attempt
+                }
+            }
+            workers[w] = rec
+            out.append(.ack(worker: w, kind: .hello, job: "", attempt: 0))
+
+        case let .workerReady(w):
+            guard var rec = workers[w], rec.capabilities != nil else {
+                out.append(.unknownWorker(worker: w)); break
+            }
+            rec.lastSeen = now
+            if rec.job != nil, !rec.confirmed {
+                // This Ready crossed our assignment on the wire; the worker will ack the job.
+                workers[w] = rec
+                out.append(.ack(worker: w, kind: .ready, job: "", attempt: 0))
+                break
+            }
+            if let j = rec.job {
+                // It says it is idle, so it no longer runs the job we think it holds.
+                rec.job = nil
+                workers[w] = rec
+                if let job = jobs[j], job.state == .running, job.worker == w {
+                    lose(j, reason: "worker \(w) reported idle", now: now, into: &out)
+                }
+                rec = workers[w]!
+            }
+            if !rec.idle { rec.idle = true; rec.idleSince = now }
+            workers[w] = rec
+            let before = out.count
+            dispatch(now: now, into: &out)
+            let assigned = out[before...].contains { if case .assign(let ww, _, _, _, _, _) = $0 { return ww == w }; return false }
+            if !assigned { out.append(.ack(worker: w, kind: .ready, job: "", attempt: 0)) }
+
+        case let .assignmentAccepted(w, j, a):
+            if var rec = workers[w] {
+                rec.lastSeen = now
+                if rec.job == j, rec.attempt == a { rec.confirmed = true }
+                workers[w] = rec
+            }
+
+        case let .assignmentRefused(w, j, a):
+            if var rec = workers[w] {
+                rec.lastSeen = now
+                if rec.job == j { rec.job = nil }
+                rec.idle = false
+                workers[w] = rec
+            }
+            if var job = jobs[j], job.state == .running, job.attempt == a, job.worker == w {
+                job.state = .queued; job.leaseExpiry = nil; job.updated = now
+                jobs[j] = job
+                running.remove(j)
+                queue.push(job)
+                out.append(.markQueued(job: j))
+                out.append(.publish(jobs[j]!))
+                dispatch(now: now, into: &out)
+            }
+
+        case let .heartbeat(w, j, a, step, total):
+            guard var rec = workers[w] else { out.append(.unknownWorker(worker: w)); break }
+            rec.lastSeen = now
+            guard var job = jobs[j], job.state == .running, job.attempt == a else {
+                staleMessages += 1
+                if rec.job == j { rec.job = nil }
+                workers[w] = rec
+                out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
+                break
+            }
+            if job.worker != w {
+                // Another worker holds this attempt now: this one is stale.
+                staleMessages += 1
+                workers[w] = rec
+                out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
+                break
+            }
+            rec.job = j; rec.attempt = a; rec.idle = false; rec.step = step; rec.total = total; rec.confirmed = true
+            workers[w] = rec
+            job.leaseExpiry = now + config.leaseSeconds
+            jobs[j] = job
+            out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: false))
+
+        case let .result(w, j, a, metrics, sha, path):
+            if var rec = workers[w] {
+                rec.lastSeen = now
+                if rec.job == j { rec.job = nil }
+                workers[w] = rec
+            }
+            out.append(.ack(worker: w, kind: .result, job: j, attempt: a))
+            guard var job = jobs[j] else { staleMessages += 1; out.append(.ignored("result for unknown job \(j)")); break }
+            if job.state == .done {
+                duplicateResults += 1
+                out.append(.ignored("duplicate result for \(j) (attempt \(a) from \(w))"))
+                break
+            }
+            // First result wins, whatever the attempt: the computation is deterministic per job.
+            if job.state == .running, let holder = job.worker, holder != w, var other = workers[holder], other.job == j {
+                other.job = nil   // it learns on its next heartbeat (abandon)
+                workers[holder] = other
+            }
+            job.state = .done
+            job.worker = w
+            job.attempt = max(1, a)
+            job.metrics = metrics
+            job.artefactSHA256 = sha
+            job.artefactPath = path
+            job.error = nil
+            job.leaseExpiry = nil
+            job.pendingReason = nil
+            job.ended = now
+            job.updated = now
+            jobs[j] = job
+            running.remove(j)
+            out.append(.markDone(job: j, worker: w, attempt: a))
+            out.append(.publish(jobs[j]!))
+
+        case let .failure(w, j, a, reason, deterministic):
+            if var rec = workers[w] {
+                rec.lastSeen = now
+                if rec.job == j { rec.job = nil }
+                workers[w] = rec
+            }
+            out.append(.ack(worker: w, kind: .failure, job: j, attempt: a))
+            guard let job = jobs[j], job.state == .running, job.attempt == a else {
+                staleMessages += 1
+                out.append(.ignored("stale failure for \(j) attempt \(a) from \(w)"))
+                break
+            }
+            if deterministic {
+                fail(j, reason: reason, worker: w, now: now, into: &out)
+            } else {
+                lose(j, reason: "failed on \(w): \(reason)", now: now, into: &out, failureReason: reason)
+            }
+            dispatch(now: now, into: &out)
+
+        case .tick:
+            for j in running.sorted() {
+                guard let job = jobs[j] else { running.remove(j); continue }
+                if job.state == .lost || (job.leaseExpiry ?? 0) <= now {
+                    if let w = job.worker, var rec = workers[w], rec.job == j { rec.job = nil; workers[w] = rec }
+                    lose(j, reason: "lease expired on worker \(job.worker ?? "?")", now: now, into: &out)
+                }
+            }
+            for (id, w) in workers where w.lastSeen + config.workerTimeoutSeconds <= now {
+                workers[id] = nil
+                out.append(.ignored("worker \(id) timed out"))
+            }
+            dispatch(now: now, into: &out)
+
+        case let .submit(name, grid, submitted):
+            var new = 0, reused = 0, requeued = 0
+            var ids: [String] = []
+            var seen = Set<String>()
+            for s in submitted where seen.insert(s.id).inserted {
+                ids.append(s.id)
+                membership[s.id, default: []].insert(name)
+                if var job = jobs[s.id] {
+                    reused += 1
+                    switch job.state {
+                    case .failed, .cancelled:
+                        job.state = .queued
+                        job.attempt += 1
+                        job.losses = 0
+                        job.error = nil
+                        job.worker = nil
+                        job.device = s.device
+                        job.ended = nil
+                        job.updated = now
+                        jobs[s.id] = job
+                        queue.push(job)
+                        requeued += 1
+                        out.append(.requeue(job: s.id, attempt: job.attempt, reason: "resubmitted"))
+                        out.append(.publish(jobs[s.id]!))
+                    case .queued where job.device != s.device:
+                        // The latest submission's device requirement applies to a job not yet started.
+                        job.device = s.device
+                        job.updated = now
+                        jobs[s.id] = job
+                        queue.push(job)
+                        out.append(.markQueued(job: s.id))
+                    default: break
+                    }
+                } else {
+                    new += 1
+                    let job = JobRecord(id: s.id, spec: s.spec, device: s.device, seq: nextSeq, created: now)
+                    nextSeq += 1
+                    jobs[s.id] = job
+                    queue.push(job)
+                    out.append(.markQueued(job: s.id))
+                    out.append(.publish(jobs[s.id]!))
+                }
+            }
+            if let old = experiments[name] {
+                // The experiment now means this grid; jobs only the old grid had stay in the store.
+                for j in Set(old.jobIDs).subtracting(seen) { membership[j]?.remove(name) }
+            }
+            experiments[name] = ExperimentRecord(name: name, gridJSON: grid, submitted: now, cancelled: false, jobIDs: ids)
+            out.insert(.persistExperiment(name), at: 0)
+            out.append(.submitted(experiment: name, new: new, reused: reused, requeued: requeued, total: ids.count))
+            dispatch(now: now, into: &out)
+
+        case let .cancel(name, only):
+            guard var exp = experiments[name] else {
+                out.append(.cancelled(experiment: name, count: 0)); break
+            }
+            if only.isEmpty { exp.cancelled = true }
+            experiments[name] = exp
+            out.append(.persistExperiment(name))
+            let targets = only.isEmpty ? exp.jobIDs : exp.jobIDs.filter { Set(only).contains($0) }
+            var count = 0
+            for j in targets {
+                guard var job = jobs[j], job.state == .queued || job.state == .running || job.state == .lost else { continue }
+                let others = (membership[j] ?? []).subtracting([name])
+                if others.contains(where: { experiments[$0]?.cancelled == false }) { continue }
+                if let w = job.worker, job.state == .running, var rec = workers[w], rec.job == j {
+                    rec.job = nil   // told to abandon on its next heartbeat
+                    workers[w] = rec
+                }
+                running.remove(j)
+                job.state = .cancelled
+                job.leaseExpiry = nil
+                job.error = "cancelled"
+                job.ended = now
+                job.updated = now
+                jobs[j] = job
+                count += 1
+                out.append(.markCancelled(job: j))
+                out.append(.publish(jobs[j]!))
+            }
+            out.append(.cancelled(experiment: name, count: count))
+
+        case let .workerGone(w, reason):
+            if let rec = workers.removeValue(forKey: w), let j = rec.job,
+               let job = jobs[j], job.state == .running, job.worker == w {
+                lose(j, reason: "worker \(w) left: \(reason)", now: now, into: &out)
+            }
+            dispatch(now: now, into: &out)
+        }
+        return out
+    }
+
+    // MARK: transitions
+
+    /// A running job's worker is gone: requeue it with attempt + 1, or fail it at the cap.
+    private mutating func lose(_ j: String, reason: String, now: Double, into out: inout [Directive],
+                               failureReason: String? = nil) {
+        guard var job = jobs[j] else { return }
+        running.remove(j)
+        job.losses += 1
+        job.leaseExpiry = nil
+        job.updated = now
+        let last = job.worker ?? "?"
+        if job.losses >= config.maxAttempts {
+            job.state = .failed
+            if let f = failureReason {
+                job.error = "failed \(job.losses) times (last on worker \(last): \(f))"
+            } else {
+                job.error = "lost \(job.losses) times (last worker \(last))"
+            }
+            job.ended = now
+            jobs[j] = job
+            out.append(.markFailed(job: j, reason: job.error!))
+            out.append(.publish(jobs[j]!))
+            return
+        }
+        // Publish the loss itself, then the requeue.
+        job.state = .lost
+        job.error = reason
+        jobs[j] = job
+        out.append(.publish(jobs[j]!))
+        job.state = .queued
+        job.attempt += 1
+        job.started = nil
+        jobs[j] = job
+        queue.push(job)
+        out.append(.requeue(job: j, attempt: job.attempt, reason: reason))
+        out.append(.publish(jobs[j]!))
+    }
+
+    private mutating func fail(_ j: String, reason: String, worker: String, now: Double, into out: inout [Directive]) {
+        guard var job = jobs[j] else { return }
+        running.remove(j)
+        job.state = .failed
+        job.error = reason
+        job.worker = worker
+        job.leaseExpiry = nil
+        job.ended = now
+        job.updated = now
+        jobs[j] = job
+        out.append(.markFailed(job: j, reason: reason))
+        out.append(.publish(jobs[j]!))
+    }
+
+    /// Pairs idle workers (longest idle first) with the earliest queued job that fits each.
+    private mutating func dispatch(now: Double, into out: inout [Directive]) {
+        if queue.isEmpty { return }
+        let idle = workers.values.filter { $0.idle && $0.job == nil && $0.capabilities != nil }
+            .sorted { ($0.idleSince, $0.id) < ($1.idleSince, $1.id) }
+        for w in idle {
+            let caps = w.capabilities!
+            // Move the queue out while the closures read `jobs` (no overlapping access, no copy).
+            var q = queue
+            queue = DeviceQueues()
+            let picked = q.popFirst(for: caps.device, fits: { jobs[$0].map { caps.runs($0.spec.method) } ?? false },
+                                    isLive: { jobs[$0]?.state == .queued })
+            queue = q
+            guard let j = picked else { continue }
+            var job = jobs[j]!
+            job.state = .running
+            job.worker = w.id
+            job.leaseExpiry = now + config.leaseSeconds
+            job.started = now
+            job.error = nil
+            job.pendingReason = nil
+            job.updated = now
+            jobs[j] = job
+            running.insert(j)
+            var rec = w
+            rec.idle = false
+            rec.job = j
+            rec.attempt = job.attempt
+            rec.step = 0
+            rec.total = job.spec.steps
+            rec.confirmed = false
+            workers[w.id] = rec
+            let exp = experimentsOf(j).first ?? ""
+            out.append(.assign(worker: w.id, job: j, attempt: job.attempt, spec: job.spec, experiment: exp,
+                               leaseSeconds: config.leaseSeconds))
+            out.append(.markRunning(job: j, worker: w.id, attempt: job.attempt))
+            out.append(.publish(jobs[j]!))
+            if queue.isEmpty { break }
+        }
+    }
+}
+
+/// One queue per device requirement; a worker draws from the queues its device fits.
+struct DeviceQueues {
+    private var heaps: [DeviceRequirement: JobHeap] = [.cpu: JobHeap(), .gpu: JobHeap(), .any: JobHeap()]
+
+    var isEmpty: Bool { heaps.values.allSatisfy { $0.isEmpty } }
+
+    mutating func push(_ job: JobRecord) { heaps[job.device]!.push(job) }
+
+    /// The lowest-sequence live job that fits a worker of this device.
+    mutating func popFirst(for device: WorkerDevice, fits: (String) -> Bool, isLive: (String) -> Bool) -> String? {
+        var best: (req: DeviceRequirement, seq: Int, id: String)?
+        for req in DeviceRequirement.allCases where req.fits(device) {
+            guard let c = heaps[req]!.popFirst(where: fits, isLive: isLive) else { continue }
+            if let b = best {
+                if c.seq < b.seq { heaps[b.req]!.pushRaw(seq: b.seq, id: b.id); best = (req, c.seq, c.id) }
+                else { heaps[req]!.pushRaw(seq: c.seq, id: c.id) }
+            } else {
+                best = (req, c.seq, c.id)
+            }
+        }
+        return best?.id
+    }
+}
+
+/// The queue of job ids ordered by submission sequence, with lazy deletion: entries whose job is
+/// no longer queued are dropped when they reach the top.
+struct JobHeap {
+    private var heap: [(seq: Int, id: String)] = []
+
+    var isEmpty: Bool { heap.isEmpty }
+    var count: Int { heap.count }
+
+    mutating func push(_ job: JobRecord) { pushRaw(seq: job.seq, id: job.id) }
+
+    mutating func pushRaw(seq: Int, id: String) {
+        heap.append((seq, id))
+        siftUp(heap.count - 1)
+    }
+
+    private mutating func popTop() -> (seq: Int, id: String)? {
+        guard !heap.isEmpty else { return nil }
+        let top = heap[0]
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < heap.count, heap[l].seq < heap[m].seq { m = l }
+                if r < heap.count, heap[r].seq < heap[m].seq { m = r }
+                if m == i { break }
+                heap.swapAt(m, i); i = m
+            }
+        }
+        return top
+    }
+
+    /// Pops the lowest-sequence live entry for which `fits` is true. Entries that do not fit are
+    /// kept; dead entries (`isLive` false) met on the way are dropped.
+    mutating func popFirst(where fits: (String) -> Bool, isLive: (String) -> Bool) -> (seq: Int, id: String)? {
+        var skipped: [(seq: Int, id: String)] = []
+        var found: (seq: Int, id: String)?
+        var seenLive = Set<String>()
+        while let top = popTop() {
+            guard isLive(top.id), seenLive.insert(top.id).inserted else { continue }
+            if fits(top.id) { found = top; break }
+            skipped.append(top)
+            // Bound the scan so a long queue of jobs no idle worker fits stays cheap.
+            if skipped.count > 4096 { break }
+        }
+        for s in skipped { heap.append(s); siftUp(heap.count - 1) }
+        return found
+    }
+
+    private mutating func siftUp(_ start: Int) {
+        var i = start
+        while i > 0 {
+            let p = (i - 1) / 2
+            if heap[p].seq <= heap[i].seq { break }
+            heap.swapAt(p, i); i = p
+        }
+    }
+}

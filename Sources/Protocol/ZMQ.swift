@@ -1,0 +1,327 @@
+import CZMQ
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A libzmq error, with zmq_strerror's text.
+public struct ZMQError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let code: Int32
+    public let operation: String
+    public var message: String { String(cString: zmq_strerror(code)) }
+    public var description: String { "zmq \(operation): \(message) (errno \(code))" }
+
+    public init(_ operation: String, code: Int32 = zmq_errno()) {
+        self.operation = operation; self.code = code
+    }
+
+    /// The socket would block (high-water mark reached, or a send timed out).
+    public var isWouldBlock: Bool { code == EAGAIN }
+    /// ROUTER_MANDATORY: no peer with that identity is connected.
+    public var isHostUnreachable: Bool { code == EHOSTUNREACH }
+    /// The context was shut down.
+    public var isTerminated: Bool { code == ZMQError.ETERM }
+    static let ETERM: Int32 = 156_384_712 + 53
+}
+
+/// A libzmq context. Thread-safe. Sockets keep their context alive, so the context is terminated
+/// (deinit) only after every socket made from it has been released.
+public final class ZContext: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+
+    public init(ioThreads: Int32 = 1) throws {
+        guard let h = zmq_ctx_new() else { throw ZMQError("zmq_ctx_new") }
+        handle = h
+        if ioThreads != 1 { zmq_ctx_set(h, ZMQ_IO_THREADS, ioThreads) }
+    }
+
+    private let termLock = NSLock()
+    private var terminated = false
+
+    /// Makes every blocking call on this context's sockets return ETERM. Sockets must still be closed.
+    public func shutdown() { zmq_ctx_shutdown(handle) }
+
+    /// Terminates the context: waits until every socket is closed and its queued messages are sent
+    /// (each socket waits at most its linger), so a process can exit without losing its last
+    /// messages. Call only after closing every socket of this context (it blocks until then).
+    /// Idempotent; deinit does it otherwise.
+    public func terminate() {
+        termLock.lock(); defer { termLock.unlock() }
+        guard !terminated else { return }
+        terminated = true
+        while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
+    }
+
+    deinit { terminate() }
+
+    /// libzmq's version, e.g. "4.3.4".
+    public static var libraryVersion: String {
+        var a: Int32 = 0, b: Int32 = 0, c: Int32 = 0
+        zmq_version(&a, &b, &c)
+        return "\(a).\(b).\(c)"
+    }
+}
+
+public enum ZSocketType: Sendable {
+    case router, dealer, pub, sub, pair
+    var raw: Int32 {
+        switch self {
+        case .router: return ZMQ_ROUTER
+        case .dealer: return ZMQ_DEALER
+        case .pub: return ZMQ_PUB
+        case .sub: return ZMQ_SUB
+        case .pair: return ZMQ_PAIR
+        }
+    }
+}
+
+/// Options applied when a socket is created (before bind/connect).
+public struct ZSocketOptions: Sendable {
+    /// Milliseconds unsent messages may delay close/context termination. Never infinite.
+    public var lingerMs: Int32 = 200
+    /// Largest inbound message in bytes; a peer sending more is disconnected by libzmq and the
+    /// message never surfaces. -1 = unlimited.
+    public var maxMessageSize: Int64 = -1
+    public var sendHighWaterMark: Int32 = 1000
+    public var receiveHighWaterMark: Int32 = 1000
+    /// DEALER/ROUTER routing identity (ZMQ_IDENTITY), at most 255 bytes, must not start with 0.
+    public var identity: Data? = nil
+    /// ROUTER: fail sends to unknown peers with EHOSTUNREACH (and EAGAIN at HWM) instead of dropping.
+    public var routerMandatory: Bool = true
+    /// ROUTER: a new connection with an identity already in use takes it over.
+    public var routerHandover: Bool = false
+    /// Only queue messages to completed connections (ZMQ_IMMEDIATE).
+    public var immediate: Bool = false
+    public var reconnectIntervalMs: Int32 = 100
+    public var reconnectIntervalMaxMs: Int32 = 0
+    /// ZMTP heartbeats (libzmq ≥ 4.2): PING every interval, drop the connection after timeout. 0 = off.
+    public var zmtpHeartbeatIntervalMs: Int32 = 0
+    public var zmtpHeartbeatTimeoutMs: Int32 = 0
+    public init() {}
+}
+
+public struct ZPollEvents: OptionSet, Sendable {
+    public let rawValue: Int16
+    public init(rawValue: Int16) { self.rawValue = rawValue }
+    public static let readable = ZPollEvents(rawValue: Int16(ZMQ_POLLIN))
+    public static let writable = ZPollEvents(rawValue: Int16(ZMQ_POLLOUT))
+}
+
+/// One ZeroMQ socket. Not thread-safe: use it from ONE thread (create it there or hand it over
+/// before use). Every wait takes a timeout; nothing blocks forever. Call `close()` explicitly.
+public final class ZSocket: @unchecked Sendable {
+    private var handle: UnsafeMutableRawPointer?
+    public let type: ZSocketType
+    public let context: ZContext
+
+    public init(_ context: ZContext, _ type: ZSocketType, options: ZSocketOptions = ZSocketOptions()) throws {
+        guard let h = zmq_socket(context.handle, type.raw) else { throw ZMQError("zmq_socket") }
+        self.handle = h; self.type = type; self.context = context
+        do {
+            try setInt(ZMQ_LINGER, options.lingerMs)
+            try setInt64(ZMQ_MAXMSGSIZE, options.maxMessageSize)
+            try setInt(ZMQ_SNDHWM, options.sendHighWaterMark)
+            try setInt(ZMQ_RCVHWM, options.receiveHighWaterMark)
+            try setInt(ZMQ_RECONNECT_IVL, options.reconnectIntervalMs)
+            try setInt(ZMQ_RECONNECT_IVL_MAX, options.reconnectIntervalMaxMs)
+            if options.immediate { try setInt(ZMQ_IMMEDIATE, 1) }
+            if options.zmtpHeartbeatIntervalMs > 0 {
+                try setInt(ZMQ_HEARTBEAT_IVL, options.zmtpHeartbeatIntervalMs)
+                try setInt(ZMQ_HEARTBEAT_TIMEOUT, options.zmtpHeartbeatTimeoutMs)
+            }
+            if let id = options.identity, type == .dealer || type == .router {
+                try setBytes(ZMQ_IDENTITY, id)
+            }
+            if type == .router {
+                if options.routerMandatory { try setInt(ZMQ_ROUTER_MANDATORY, 1) }
+                if options.routerHandover { try setInt(ZMQ_ROUTER_HANDOVER, 1) }
+            }
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    public var isClosed: Bool { handle == nil }
+
+    /// Closes the socket (idempotent). Pending outbound messages get at most `lingerMs`.
+    public func close() {
+        if let h = handle {
+            zmq_close(h)
+            handle = nil
+        }
+    }
+
+    private func live(_ op: String) throws -> UnsafeMutableRawPointer {
+        guard let h = handle else { throw ZMQError(op, code: ENOTSOCK) }
+        return h
+    }
+
+    // MARK: options
+
+    public func setInt(_ option: Int32, _ value: Int32) throws {
+        var v = value
+        if zmq_setsockopt(try live("setsockopt"), option, &v, MemoryLayout<Int32>.size) != 0 {
+            throw ZMQError("setsockopt(\(option))")
+        }
+    }
+
+    public func setInt64(_ option: Int32, _ value: Int64) throws {
+        var v = value
+        if zmq_setsockopt(try live("setsockopt"), option, &v, MemoryLayout<Int64>.size) != 0 {
+            throw ZMQError("setsockopt(\(option))")
+        }
+    }
+
+    public func setBytes(_ option: Int32, _ value: Data) throws {
+        let h = try live("setsockopt")
+        let rc = value.withUnsafeBytes { zmq_setsockopt(h, option, $0.baseAddress, value.count) }
+        if rc != 0 { throw ZMQError("setsockopt(\(option))") }
+    }
+
+    public func getInt(_ option: Int32) throws -> Int32 {
+        var v: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        if zmq_getsockopt(try live("getsockopt"), option, &v, &size) != 0 { throw ZMQError("getsockopt(\(option))") }
+        return v
+    }
+
+    /// SUB: receive messages whose first frame starts with `prefix` ("" = everything).
+    public func subscribe(_ prefix: Data = Data()) throws { try setBytes(ZMQ_SUBSCRIBE, prefix) }
+    public func subscribe(_ prefix: String) throws { try subscribe(Data(prefix.utf8)) }
+    public func unsubscribe(_ prefix: Data) throws { try setBytes(ZMQ_UNSUBSCRIBE, prefix) }
+
+    // MARK: endpoints
+
+    public func bind(_ endpoint: String) throws {
+        if zmq_bind(try live("bind"), endpoint) != 0 { throw ZMQError("bind \(endpoint)") }
+    }
+
+    public func connect(_ endpoint: String) throws {
+        if zmq_connect(try live("connect"), endpoint) != 0 { throw ZMQError("connect \(endpoint)") }
+    }
+
+    public func disconnect(_ endpoint: String) throws {
+        if zmq_disconnect(try live("disconnect"), endpoint) != 0 { throw ZMQError("disconnect \(endpoint)") }
+    }
+
+    /// The endpoint actually bound, e.g. "tcp://127.0.0.1:41873" after binding "tcp://127.0.0.1:*".
+    public var lastEndpoint: String {
+        guard let h = handle else { return "" }
+        var buf = [CChar](repeating: 0, count: 512)
+        var size = buf.count
+        if zmq_getsockopt(h, ZMQ_LAST_ENDPOINT, &buf, &size) != 0 { return "" }
+        return String(cString: buf)
+    }
+
+    // MARK: poll
+
+    /// Waits at most `timeoutMs` (≥ 0) for `events`; returns the events that are ready (empty on timeout).
+    public func poll(_ events: ZPollEvents = .readable, timeoutMs: Int) throws -> ZPollEvents {
+        precondition(timeoutMs >= 0, "ZSocket.poll: an infinite wait is not allowed")
+        var item = zmq_pollitem_t(socket: try live("poll"), fd: 0, events: events.rawValue, revents: 0)
+        let rc = zmq_poll(&item, 1, timeoutMs)
+        if rc < 0 {
+            if zmq_errno() == EINTR { return [] }
+            throw ZMQError("poll")
+        }
+        return ZPollEvents(rawValue: item.revents)
+    }
+
+    /// Polls several sockets at once; returns the ready events per socket (all empty on timeout).
+    public static func poll(_ items: [(ZSocket, ZPollEvents)], timeoutMs: Int) throws -> [ZPollEvents] {
+        precondition(timeoutMs >= 0, "ZSocket.poll: an infinite wait is not allowed")
+        var raw = try items.map { zmq_pollitem_t(socket: try $0.0.live("poll"), fd: 0, events: $0.1.rawValue, revents: 0) }
+        let rc = zmq_poll(&raw, Int32(raw.count), timeoutMs)
+        if rc < 0 {
+            if zmq_errno() == EINTR { return items.map { _ in [] } }
+            throw ZMQError("poll")
+        }
+        return raw.map { ZPollEvents(rawValue: $0.revents) }
+    }
+
+    // MARK: send / receive
+
+    /// Sends a multipart message atomically. Waits at most `timeoutMs` for room (0 = don't wait).
+    /// Throws ZMQError: `isWouldBlock` when it timed out (HWM reached / no peer yet for DEALER with
+    /// IMMEDIATE), `isHostUnreachable` on a ROUTER whose first frame names no connected peer.
+    public func send(_ frames: [Data], timeoutMs: Int = 0) throws {
+        precondition(!frames.isEmpty, "ZSocket.send: no frames")
+        precondition(timeoutMs >= 0, "ZSocket.send: an infinite wait is not allowed")
+        let h = try live("send")
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
+        // First frame: retry on EAGAIN until the deadline. Once it is queued, the rest of a
+        // multipart message is always accepted (libzmq queues multipart messages atomically).
+        while true {
+            let rc = Self.sendFrame(h, frames[0], more: frames.count > 1)
+            if rc >= 0 { break }
+            let err = zmq_errno()
+            if err == EINTR { continue }
+            guard err == EAGAIN else { throw ZMQError("send", code: err) }
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { throw ZMQError("send", code: EAGAIN) }
+            let left = Int((deadline - now) / 1_000_000)
+            _ = try poll(.writable, timeoutMs: max(1, left))
+        }
+        for i in 1..<frames.count {
+            while Self.sendFrame(h, frames[i], more: i < frames.count - 1) < 0 {
+                let err = zmq_errno()
+                if err != EINTR && err != EAGAIN { throw ZMQError("send", code: err) }
+            }
+        }
+    }
+
+    public func send(_ frame: Data, timeoutMs: Int = 0) throws { try send([frame], timeoutMs: timeoutMs) }
+
+    private static func sendFrame(_ h: UnsafeMutableRawPointer, _ data: Data, more: Bool) -> Int32 {
+        let flags = ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)
+        if data.isEmpty { return zmq_send(h, nil, 0, flags) }
+        return data.withUnsafeBytes { zmq_send(h, $0.baseAddress, data.count, flags) }
+    }
+
+    /// Receives one multipart message, waiting at most `timeoutMs` (0 = only if one is queued).
+    /// Returns nil on timeout.
+    public func receive(timeoutMs: Int) throws -> [Data]? {
+        precondition(timeoutMs >= 0, "ZSocket.receive: an infinite wait is not allowed")
+        let h = try live("receive")
+        if let frames = try receiveNow(h) { return frames }
+        if timeoutMs == 0 { return nil }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return nil }
+            let left = max(1, Int((deadline - now) / 1_000_000))
+            if try poll(.readable, timeoutMs: left).contains(.readable) {
+                if let frames = try receiveNow(h) { return frames }
+            }
+        }
+    }
+
+    private func receiveNow(_ h: UnsafeMutableRawPointer) throws -> [Data]? {
+        var frames: [Data] = []
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        defer { zmq_msg_close(&msg) }
+        var flags = ZMQ_DONTWAIT
+        while true {
+            let rc = zmq_msg_recv(&msg, h, flags)
+            if rc < 0 {
+                let err = zmq_errno()
+                if err == EINTR { continue }
+                if err == EAGAIN && frames.isEmpty { return nil }
+                if err == EAGAIN { continue }  // rest of a multipart message is already queued
+                throw ZMQError("receive", code: err)
+            }
+            let size = zmq_msg_size(&msg)
+            if size == 0 {
+                frames.append(Data())
+            } else {
+                frames.append(Data(bytes: zmq_msg_data(&msg), count: size))
+            }
+            if zmq_msg_more(&msg) == 0 { return frames }
+            flags = 0  // remaining parts are already here
+        }
+    }
+}

@@ -1,0 +1,75 @@
+import Engine
+import Foundation
+
+/// An error that knows whether retrying the same job could help. Throw one (or any error
+/// conforming to `DeterministicJobFailure`) from a runner: deterministic failures (unknown task,
+/// bad parameters, a model that does not exist) are marked failed at once instead of retried.
+public protocol DeterministicJobFailure: Error {
+    var isDeterministic: Bool { get }
+}
+
+public struct JobError: DeterministicJobFailure, CustomStringConvertible, Equatable {
+    public var message: String
+    public var isDeterministic: Bool
+    public init(_ message: String, deterministic: Bool) {
+        self.message = message; self.isDeterministic = deterministic
+    }
+    /// Bad parameters, unknown task/method/model: the same job will fail the same way.
+    public static func deterministic(_ message: String) -> JobError { JobError(message, deterministic: true) }
+    /// Something that may not happen again (resources, I/O).
+    public static func transient(_ message: String) -> JobError { JobError(message, deterministic: false) }
+    public var description: String { message }
+
+    /// How a thrown error is reported: its text, and whether it is deterministic. Errors that do
+    /// not conform to `DeterministicJobFailure` count as transient (the coordinator caps retries).
+    public static func classify(_ error: Error) -> (reason: String, deterministic: Bool) {
+        if let e = error as? DeterministicJobFailure {
+            return ("\(e)", e.isDeterministic)
+        }
+        if error is DecodingError { return ("\(error)", true) }
+        return ("\(error)", false)
+    }
+}
+
+/// Chooses the runner for a job: methods starting with "synthetic" run `SyntheticJobRunner`;
+/// everything else runs the engine. Runners are made once and kept for the worker's life (the
+/// engine runner caches loaded models). Use from one thread (the compute thread).
+public final class RunnerRegistry {
+    public typealias Factory = () throws -> JobRunner
+    private let makeEngine: Factory
+    private let makeSynthetic: () -> JobRunner
+    private var engine: JobRunner?
+    private var synthetic: JobRunner?
+
+    public init(synthetic: @escaping () -> JobRunner = { SyntheticJobRunner() },
+                engine: @escaping Factory = RunnerRegistry.makeEngineRunner) {
+        self.makeSynthetic = synthetic
+        self.makeEngine = engine
+    }
+
+    public static func isSynthetic(_ method: String) -> Bool { method.hasPrefix("synthetic") }
+
+    /// Method families this build can run (sent in Hello).
+    public static let methodFamilies = ["synthetic", "engine"]
+
+    public func runner(for spec: JobSpec) throws -> JobRunner {
+        if Self.isSynthetic(spec.method) {
+            if let r = synthetic { return r }
+            let r = makeSynthetic()
+            synthetic = r
+            return r
+        }
+        if let r = engine { return r }
+        let r = try makeEngine()
+        engine = r
+        return r
+    }
+
+    /// Runs `spec` on the right runner.
+    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
+        try runner(for: spec).run(spec, progress: progress)
+    }
+
+    /// The engine runner (one BLAS thread unless told otherwise).
+    public static func makeEngineRunner() throws -> JobRunner { EngineJobRunner() }
+}

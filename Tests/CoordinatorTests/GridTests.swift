@@ -1,0 +1,196 @@
+import Engine
+import XCTest
+@testable import Coordinator
+
+final class GridTests: XCTestCase {
+    func errors(_ json: String, file: StaticString = #filePath, line: UInt = #line) -> [String] {
+        do {
+            _ = try Grid.parse(json)
+            XCTFail("expected errors", file: file, line: line)
+            return []
+        } catch let e as GridErrors {
+            return e.errors.map(\.description)
+        } catch {
+            XCTFail("unexpected \(error)", file: file, line: line)
+            return []
+        }
+    }
+
+    // MARK: validation
+
+    func testBadLayerItemNamesItsIndex() {
+        let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "layers": [3, 5, "x"]}"#)
+        XCTAssertEqual(e, [#"layers[2]: expected a non-negative integer, got "x""#])
+    }
+
+    func testAllErrorsAreReportedAtOnce() {
+        let e = errors("""
+        {"experiment": "bad name!", "tasks": [], "methods": ["intervention", "fv2"],
+         "layers": [-1, 2.5], "lambda": "0.1", "seeds": [0, 0], "train_size": 0,
+         "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
+        """)
+        let expected = [
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, device"#,
+            #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
+            "tasks: expected a non-empty list, got an empty list",
+            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
+            "layers[0]: expected a non-negative integer, got -1",
+            "layers[1]: expected a non-negative integer, got 2.5",
+            #"lambda: expected a non-negative number, got "0.1""#,
+            "seeds[1]: duplicate of seeds[0] (0)",
+            "train_size: expected a positive integer, got 0",
+            "solver.momentum: unknown key; expected one of steps, lr",
+            "solver.steps: expected a non-negative integer, got -3",
+            "solver.lr: expected a positive number, got 0",
+            #"eval: expected an object like {"max_new_tokens": 4}, got 4"#,
+            #"device: expected "cpu", "gpu" or "any", got "tpu""#,
+        ]
+        XCTAssertEqual(e, expected)
+    }
+
+    func testMissingRequiredFields() {
+        XCTAssertEqual(errors("{}"), [
+            "experiment: required; expected a non-empty string",
+            "tasks: required; expected a task name (non-empty string) or a list of them",
+        ])
+    }
+
+    func testNotAnObjectAndInvalidJSON() {
+        XCTAssertEqual(errors("[1, 2]"), ["expected a JSON object with the grid's fields, got a list"])
+        let e = errors("{\"experiment\": \"x\",\n  \"tasks\": [\"a\" \"b\"]}")
+        XCTAssertEqual(e, ["not valid JSON at line 2, column 17: expected ',' or ']' in a list"])
+    }
+
+    func testDuplicateKeyAndNestedTypeErrors() {
+        let e = errors(#"{"experiment": "x", "tasks": "a", "tasks": "b", "solver": [1], "seeds": {"a": 1}}"#)
+        XCTAssertEqual(e, [
+            "tasks: duplicate key",
+            "seeds: expected a non-negative integer or a list of them, got an object",
+            #"solver: expected an object like {"steps": 200, "lr": 0.1}, got a list"#,
+        ])
+    }
+
+    func testFewShotNeedsEnoughTrainingExamples() {
+        let e = errors(#"{"experiment": "x", "tasks": "a", "methods": "few-shot", "train_size": 5, "shots": 8}"#)
+        XCTAssertEqual(e, ["shots: few-shot draws its 8 demonstrations from the training set, so shots must be at most train_size (5)"])
+    }
+
+    func testBooleansAreNotNumbers() {
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": "a", "layers": [true]}"#),
+                       ["layers[0]: expected a non-negative integer, got true"])
+    }
+
+    // MARK: expansion
+
+    func testScalarsAndDefaults() throws {
+        let g = try Grid.parse(#"{"experiment": "x", "tasks": "antonym", "layers": 3, "seeds": 7}"#)
+        XCTAssertEqual(g.tasks, ["antonym"])
+        XCTAssertEqual(g.layers, [3])
+        XCTAssertEqual(g.methods, ["intervention"])
+        XCTAssertEqual(g.device, .any)
+        let jobs = g.expand()
+        XCTAssertEqual(jobs.count, 1)
+        let d = JobSpec(task: "antonym")
+        XCTAssertEqual(jobs[0].spec, JobSpec(model: d.model, task: "antonym", method: "intervention", layer: 3,
+                                             lambda: d.lambda, gamma: d.gamma, seed: 7, trainSize: d.trainSize,
+                                             testSize: d.testSize, steps: d.steps, lr: d.lr,
+                                             maxNewTokens: d.maxNewTokens, shots: 0))
+    }
+
+    func testCartesianProductWithCollapsedAxes() throws {
+        let g = try Grid.parse("""
+        {"experiment": "t1", "tasks": ["antonym", "synonym"], "methods": ["zero-shot", "few-shot", "intervention"],
+         "layers": [3, 4, 5], "lambda": [0.01, 0.1], "gamma": [0.01], "seeds": [0, 1, 2],
+         "train_size": 10, "test_size": 50, "shots": 5, "solver": {"steps": 60, "lr": 0.05},
+         "eval": {"max_new_tokens": 3}, "device": "cpu"}
+        """)
+        let jobs = g.expand()
+        let by = Dictionary(grouping: jobs, by: { $0.spec.method })
+        XCTAssertEqual(by["zero-shot"]?.count, 2 * 3, "zero-shot: task × seed")
+        XCTAssertEqual(by["few-shot"]?.count, 2 * 3, "few-shot: task × seed")
+        XCTAssertEqual(by["intervention"]?.count, 2 * 3 * 2 * 1 * 3, "intervention: task × layer × λ × γ × seed")
+        XCTAssertEqual(jobs.count, 6 + 6 + 36)
+        XCTAssertEqual(g.jobCount, jobs.count)
+        XCTAssertEqual(Set(jobs.map(\.id)).count, jobs.count, "ids are unique")
+        XCTAssertTrue(jobs.allSatisfy { $0.device == .cpu })
+        let zs = by["zero-shot"]![0].spec
+        XCTAssertEqual([zs.layer, zs.steps, zs.shots], [0, 0, 0])
+        XCTAssertEqual(zs.lambda, 0)
+        XCTAssertEqual(zs.maxNewTokens, 3)
+        XCTAssertEqual(by["few-shot"]![0].spec.shots, 5)
+        let iv = by["intervention"]![0].spec
+        XCTAssertEqual(iv.steps, 60)
+        XCTAssertEqual(iv.lr, 0.05)
+        XCTAssertEqual(iv.testSize, 50)
+        XCTAssertEqual(iv.shots, 0, "intervention does not depend on shots")
+    }
+
+    func testJobIDsAreStableAcrossSubmissionsAndKeyOrder() throws {
+        let a = try Grid.parse("""
+        {"experiment": "e", "tasks": ["antonym"], "layers": [3, 5], "lambda": 0.01, "gamma": 0.01,
+         "seeds": [0, 1, 2], "solver": {"steps": 60, "lr": 0.1}, "test_size": 50}
+        """)
+        let b = try Grid.parse("""
+        {"test_size": 50, "solver": {"lr": 0.1, "steps": 60}, "seeds": [0, 1, 2], "gamma": [0.01],
+         "lambda": [1e-2], "layers": [3, 5], "tasks": "antonym", "experiment": "other-name"}
+        """)
+        XCTAssertEqual(a.expand().map(\.id), b.expand().map(\.id))
+        XCTAssertEqual(try Grid.parse(a.canonicalSource).expand().map(\.id), a.expand().map(\.id))
+        // A known value: the id is a 16-hex-digit SHA-256 prefix of the canonical parameters.
+        let spec = a.expand()[0].spec
+        XCTAssertEqual(Grid.jobID(spec).count, 16)
+        XCTAssertTrue(Grid.canonicalJSON(spec).hasPrefix(#"{"gamma":0.01,"lambda":0.01,"layer":3,"lr":0.1,"maxNewTokens":"#), Grid.canonicalJSON(spec))
+        // Changing any parameter changes the id; an irrelevant one (zero-shot's layer) does not.
+        var other = spec
+        other.seed = 99
+        XCTAssertNotEqual(Grid.jobID(other), Grid.jobID(spec))
+        var z1 = JobSpec(task: "antonym", method: "zero-shot", layer: 1)
+        let z2 = JobSpec(task: "antonym", method: "zero-shot", layer: 9)
+        XCTAssertEqual(Grid.jobID(z1), Grid.jobID(z2))
+        z1.seed = 1
+        XCTAssertNotEqual(Grid.jobID(z1), Grid.jobID(z2))
+    }
+
+    func testTooLargeGridIsRefused() {
+        let seeds = (0..<1000).map(String.init).joined(separator: ",")
+        let layers = (0..<101).map(String.init).joined(separator: ",")
+        let e = errors(#"{"experiment": "big", "tasks": "a", "layers": [\#(layers)], "seeds": [\#(seeds)]}"#)
+        XCTAssertEqual(e, ["the grid expands to 101000 jobs, more than the limit of 100000"])
+    }
+
+    func testShippedGridsAreValid() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let quick = try Grid.parse(contentsOf: root.appendingPathComponent("cluster/grids/quickstart.json"))
+        XCTAssertEqual(quick.expand().count, 6)
+        XCTAssertEqual(quick.tasks, ["antonym"])
+        XCTAssertEqual(quick.layers, [3, 5])
+        let syn = try Grid.parse(contentsOf: root.appendingPathComponent("cluster/grids/synthetic.json"))
+        XCTAssertTrue(syn.methods.allSatisfy { $0.hasPrefix("synthetic") })
+    }
+
+    // MARK: JSON
+
+    func testJSONParserEdgeCases() throws {
+        XCTAssertEqual(try JSONValue.parse(#"{"a": [1, 2.5, -3e2, true, null, "\u00e9\n"]}"#).canonical,
+                       #"{"a":[1,2.5,-300,true,null,"é\n"]}"#)
+        XCTAssertThrowsError(try JSONValue.parse("[01]"))
+        XCTAssertThrowsError(try JSONValue.parse("{} x"))
+        XCTAssertThrowsError(try JSONValue.parse(String(repeating: "[", count: 100) + String(repeating: "]", count: 100)))
+    }
+}
+
+extension Grid {
+    /// The grid written back as JSON (for round-trip tests).
+    var canonicalSource: String {
+        func list<T>(_ xs: [T], _ f: (T) -> String) -> String { "[" + xs.map(f).joined(separator: ",") + "]" }
+        return """
+        {"experiment": \(JSONValue.quote(experiment)), "model": \(JSONValue.quote(model)),
+         "tasks": \(list(tasks, JSONValue.quote)), "methods": \(list(methods, JSONValue.quote)),
+         "layers": \(list(layers, String.init)), "lambda": \(list(lambdas, { "\($0)" })),
+         "gamma": \(list(gammas, { "\($0)" })), "seeds": \(list(seeds, String.init)),
+         "train_size": \(trainSize), "test_size": \(testSize), "shots": \(shots),
+         "solver": {"steps": \(steps), "lr": \(lr)}, "eval": {"max_new_tokens": \(maxNewTokens)},
+         "device": "\(device.rawValue)"}
+        """
+    }
+}

@@ -1,0 +1,340 @@
+import Engine
+import XCTest
+@testable import Coordinator
+
+/// The scheduler as a pure state machine, driven by a fake clock.
+final class SchedulerTests: XCTestCase {
+    var s = Scheduler()
+    var now = 1000.0
+
+    let cpu = WorkerCapabilities(device: .cpu)
+    let gpu = WorkerCapabilities(device: .gpu, deviceIndex: 0)
+
+    override func setUp() {
+        s = Scheduler(config: SchedulerConfig(leaseSeconds: 10, workerTimeoutSeconds: 60, maxAttempts: 3))
+        now = 1000
+    }
+
+    @discardableResult
+    func on(_ e: SchedulerEvent) -> [Directive] { s.handle(e, now: now) }
+
+    func jobs(_ n: Int, method: String = "synthetic", device: DeviceRequirement = .any) -> [SubmittedJob] {
+        (0..<n).map { i in
+            let spec = JobSpec(task: "t", method: method, seed: i, steps: 10)
+            return SubmittedJob(id: Grid.jobID(spec), spec: spec, device: device)
+        }
+    }
+
+    func assignments(_ ds: [Directive]) -> [(worker: String, job: String, attempt: Int)] {
+        ds.compactMap { if case let .assign(w, j, a, _, _, _) = $0 { return (w, j, a) }; return nil }
+    }
+
+    func connect(_ w: String, _ caps: WorkerCapabilities) -> [Directive] {
+        on(.workerHello(worker: w, capabilities: caps))
+        return on(.workerReady(worker: w))
+    }
+
+    // MARK: dispatch
+
+    func testIdleWorkerGetsJobsInSubmissionOrder() {
+        XCTAssertTrue(assignments(connect("w1", cpu)).isEmpty, "nothing queued yet")
+        let js = jobs(3)
+        let ds = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        let a = assignments(ds)
+        XCTAssertEqual(a.count, 1)
+        XCTAssertEqual(a[0].job, js[0].id)
+        XCTAssertEqual(a[0].attempt, 1)
+        XCTAssertEqual(s.job(js[0].id)?.state, .running)
+        XCTAssertEqual(s.job(js[0].id)?.leaseExpiry, now + 10)
+        XCTAssertTrue(ds.contains(.submitted(experiment: "e", new: 3, reused: 0, requeued: 0, total: 3)))
+
+        // Result, then Ready: the next job in order.
+        now += 1
+        let r = on(.result(worker: "w1", job: js[0].id, attempt: 1, metrics: ["exact_match": 1], artefactSHA256: nil, artefactPath: nil))
+        XCTAssertTrue(r.contains(.ack(worker: "w1", kind: .result, job: js[0].id, attempt: 1)))
+        XCTAssertTrue(r.contains(.markDone(job: js[0].id, worker: "w1", attempt: 1)))
+        XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [js[1].id])
+    }
+
+    func testReadyWithNothingQueuedIsAcked() {
+        let ds = connect("w1", cpu)
+        XCTAssertTrue(ds.contains(.ack(worker: "w1", kind: .ready, job: "", attempt: 0)))
+    }
+
+    func testReadyFromUnknownWorkerAsksForHello() {
+        XCTAssertEqual(on(.workerReady(worker: "ghost")), [.unknownWorker(worker: "ghost")])
+    }
+
+    func testCapabilityMismatchGivesPendingReason() {
+        _ = connect("c1", cpu)
+        let js = jobs(1, device: .gpu)
+        XCTAssertTrue(assignments(on(.submit(experiment: "e", gridJSON: "{}", jobs: js))).isEmpty)
+        XCTAssertEqual(s.job(js[0].id)?.state, .queued)
+        XCTAssertEqual(s.pendingReason(js[0].id), "needs gpu, no gpu worker connected")
+
+        // A busy GPU worker: a different reason.
+        on(.workerHello(worker: "g1", capabilities: gpu))
+        let other = jobs(2, device: .gpu)[1]
+        _ = on(.submit(experiment: "e2", gridJSON: "{}", jobs: [other]))
+        XCTAssertEqual(s.pendingReason(js[0].id), "needs gpu, no idle gpu worker (1 busy)")
+
+        // The GPU worker says Ready: it takes the oldest GPU job.
+        XCTAssertEqual(assignments(on(.workerReady(worker: "g1"))).map(\.job), [js[0].id])
+    }
+
+    func testNoWorkerAndMethodFamilyReasons() {
+        let js = jobs(1, method: "intervention")
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        XCTAssertEqual(s.pendingReason(js[0].id), "no worker connected")
+        _ = connect("syn", WorkerCapabilities(device: .cpu, methods: ["synthetic"]))
+        XCTAssertEqual(s.job(js[0].id)?.state, .queued)
+        XCTAssertEqual(s.pendingReason(js[0].id), "needs a worker that runs engine jobs, none connected")
+    }
+
+    func testCPUWorkerSkipsGPUJobsButTakesLaterCPUJob() {
+        _ = connect("c1", cpu)
+        let g = jobs(1, device: .gpu)
+        var c = jobs(2, device: .cpu)
+        c.removeFirst()
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: g + c))
+        XCTAssertEqual(s.job(c[0].id)?.state, .running)
+        XCTAssertEqual(s.job(g[0].id)?.state, .queued)
+    }
+
+    // MARK: leases and losses
+
+    func testLostWorkerRequeuesWithNextAttempt() {
+        _ = connect("w1", cpu)
+        _ = connect("w2", cpu)
+        let js = jobs(1)
+        let a = assignments(on(.submit(experiment: "e", gridJSON: "{}", jobs: js)))
+        XCTAssertEqual(a.count, 1)
+        let first = a[0].worker
+        let other = first == "w1" ? "w2" : "w1"
+
+        // Heartbeats renew the lease.
+        now += 8
+        XCTAssertEqual(on(.heartbeat(worker: first, job: js[0].id, attempt: 1, step: 3, total: 10)),
+                       [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: false)])
+        now += 8
+        XCTAssertTrue(assignments(on(.tick)).isEmpty)
+        XCTAssertEqual(s.job(js[0].id)?.state, .running)
+
+        // Silence past the lease: lost, requeued as attempt 2, given to the idle worker.
+        now += 11
+        let ds = on(.tick)
+        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "lease expired on worker \(first)")))
+        XCTAssertTrue(ds.contains { if case .publish(let r) = $0 { return r.state == .lost }; return false },
+                      "the loss itself is published")
+        let re = assignments(ds)
+        XCTAssertEqual(re.count, 1)
+        XCTAssertEqual(re[0].worker, other)
+        XCTAssertEqual(re[0].attempt, 2)
+        XCTAssertEqual(s.job(js[0].id)?.losses, 1)
+
+        // The presumed-dead worker's heartbeat for attempt 1 is told to abandon.
+        XCTAssertEqual(on(.heartbeat(worker: first, job: js[0].id, attempt: 1, step: 5, total: 10)),
+                       [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: true)])
+    }
+
+    func testAttemptsAreCappedWithMessageNamingLastWorker() {
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        for attempt in 1...3 {
+            let w = "w\(attempt)"
+            let a = assignments(connect(w, cpu))
+            XCTAssertEqual(a.first?.attempt, attempt)
+            now += 11
+            _ = on(.tick)
+        }
+        let j = s.job(js[0].id)!
+        XCTAssertEqual(j.state, .failed)
+        XCTAssertEqual(j.error, "lost 3 times (last worker w3)")
+        XCTAssertEqual(j.attempt, 3)
+    }
+
+    func testWorkerGoneRequeuesAtOnce() {
+        _ = connect("w1", cpu)
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        let ds = on(.workerGone(worker: "w1", reason: "goodbye"))
+        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "worker w1 left: goodbye")))
+        XCTAssertEqual(s.job(js[0].id)?.state, .queued)
+        XCTAssertNil(s.workers["w1"])
+    }
+
+    func testRestartedWorkerSayingReadyLosesItsJob() {
+        _ = connect("w1", cpu)
+        let js = jobs(2)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        _ = on(.assignmentAccepted(worker: "w1", job: js[0].id, attempt: 1))
+        // Same worker name, new process: Hello, Ready. Its old job is lost; it gets the oldest job.
+        on(.workerHello(worker: "w1", capabilities: cpu))
+        let ds = on(.workerReady(worker: "w1"))
+        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "worker w1 reported idle")))
+        XCTAssertEqual(assignments(ds).map(\.job), [js[0].id])
+    }
+
+    func testReadyCrossingAnAssignmentIsNotALoss() {
+        _ = connect("w1", cpu)
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        // A periodic Ready sent before the assignment arrived.
+        let ds = on(.workerReady(worker: "w1"))
+        XCTAssertEqual(ds, [.ack(worker: "w1", kind: .ready, job: "", attempt: 0)])
+        XCTAssertEqual(s.job(js[0].id)?.state, .running)
+    }
+
+    func testRefusedAssignmentGoesBackToQueueWithoutLoss() {
+        _ = connect("w1", cpu)
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        _ = on(.assignmentRefused(worker: "w1", job: js[0].id, attempt: 1))
+        let j = s.job(js[0].id)!
+        XCTAssertEqual(j.state, .queued)
+        XCTAssertEqual(j.losses, 0)
+        XCTAssertEqual(j.attempt, 1)
+    }
+
+    func testSilentWorkerIsForgotten() {
+        _ = connect("w1", cpu)
+        now += 61
+        _ = on(.tick)
+        XCTAssertNil(s.workers["w1"])
+    }
+
+    // MARK: results
+
+    func testDuplicateAndLateResultsCountOnce() {
+        _ = connect("w1", cpu)
+        _ = connect("w2", cpu)
+        let js = jobs(1)
+        let first = assignments(on(.submit(experiment: "e", gridJSON: "{}", jobs: js)))[0].worker
+        let other = first == "w1" ? "w2" : "w1"
+        now += 11
+        _ = on(.tick)   // lost; attempt 2 goes to the other worker
+        XCTAssertEqual(s.job(js[0].id)?.worker, other)
+
+        // The presumed-dead worker's late result for attempt 1 arrives first: accepted.
+        let late = on(.result(worker: first, job: js[0].id, attempt: 1, metrics: ["exact_match": 0.5],
+                              artefactSHA256: "aa", artefactPath: "artefacts/aa.safetensors"))
+        XCTAssertTrue(late.contains(.markDone(job: js[0].id, worker: first, attempt: 1)))
+        XCTAssertEqual(s.job(js[0].id)?.metrics, ["exact_match": 0.5])
+
+        // The other worker's result, and a resend of the first: acked, not counted again.
+        for (w, a) in [(other, 2), (first, 1)] {
+            let d = on(.result(worker: w, job: js[0].id, attempt: a, metrics: ["exact_match": 0.9],
+                               artefactSHA256: nil, artefactPath: nil))
+            XCTAssertTrue(d.contains(.ack(worker: w, kind: .result, job: js[0].id, attempt: a)))
+            XCTAssertFalse(d.contains { $0.changedJob != nil }, "no state change for a duplicate")
+        }
+        XCTAssertEqual(s.duplicateResults, 2)
+        XCTAssertEqual(s.job(js[0].id)?.metrics, ["exact_match": 0.5])
+        XCTAssertEqual(s.jobs.values.filter { $0.state == .done }.count, 1)
+
+        // The other worker, still computing attempt 2, is told to abandon it.
+        XCTAssertEqual(on(.heartbeat(worker: other, job: js[0].id, attempt: 2, step: 1, total: 10)),
+                       [.heartbeatAck(worker: other, job: js[0].id, attempt: 2, abandon: true)])
+    }
+
+    func testDeterministicFailureIsFinalAtOnce() {
+        _ = connect("w1", cpu)
+        let js = jobs(1, method: "synthetic-fail")
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        let ds = on(.failure(worker: "w1", job: js[0].id, attempt: 1, reason: "boom at step 5", deterministic: true))
+        XCTAssertTrue(ds.contains(.markFailed(job: js[0].id, reason: "boom at step 5")))
+        XCTAssertTrue(ds.contains(.ack(worker: "w1", kind: .failure, job: js[0].id, attempt: 1)))
+        let j = s.job(js[0].id)!
+        XCTAssertEqual(j.state, .failed)
+        XCTAssertEqual(j.attempt, 1)
+        XCTAssertEqual(j.error, "boom at step 5")
+    }
+
+    func testTransientFailuresRetryUpToTheCap() {
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        _ = connect("w1", cpu)
+        for attempt in 1...3 {
+            XCTAssertEqual(s.job(js[0].id)?.state, .running)
+            _ = on(.failure(worker: "w1", job: js[0].id, attempt: attempt, reason: "out of memory", deterministic: false))
+            _ = on(.workerReady(worker: "w1"))
+        }
+        let j = s.job(js[0].id)!
+        XCTAssertEqual(j.state, .failed)
+        XCTAssertEqual(j.error, "failed 3 times (last on worker w1: out of memory)")
+    }
+
+    // MARK: submit and cancel
+
+    func testResubmitReusesDoneAndRequeuesFailed() {
+        _ = connect("w1", cpu)
+        let js = jobs(2)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        _ = on(.result(worker: "w1", job: js[0].id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+        _ = on(.workerReady(worker: "w1"))
+        _ = on(.failure(worker: "w1", job: js[1].id, attempt: 1, reason: "bad", deterministic: true))
+        let ds = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        XCTAssertTrue(ds.contains(.submitted(experiment: "e", new: 0, reused: 2, requeued: 1, total: 2)))
+        XCTAssertEqual(s.job(js[0].id)?.state, .done)
+        XCTAssertEqual(s.job(js[1].id)?.state, .queued)
+        XCTAssertEqual(s.job(js[1].id)?.attempt, 2)
+    }
+
+    func testJobSharedByTwoExperimentsRunsOnce() {
+        let js = jobs(2)
+        _ = on(.submit(experiment: "a", gridJSON: "{}", jobs: js))
+        let ds = on(.submit(experiment: "b", gridJSON: "{}", jobs: [js[1]]))
+        XCTAssertTrue(ds.contains(.submitted(experiment: "b", new: 0, reused: 1, requeued: 0, total: 1)))
+        XCTAssertEqual(s.jobs.count, 2)
+        XCTAssertEqual(s.experimentsOf(js[1].id), ["a", "b"])
+        // Cancelling a keeps the job b needs.
+        let c = on(.cancel(experiment: "a", jobs: []))
+        XCTAssertTrue(c.contains(.cancelled(experiment: "a", count: 1)))
+        XCTAssertEqual(s.job(js[0].id)?.state, .cancelled)
+        XCTAssertEqual(s.job(js[1].id)?.state, .queued)
+    }
+
+    func testCancelDropsQueuedAndAbandonsRunning() {
+        _ = connect("w1", cpu)
+        let js = jobs(3)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        _ = on(.result(worker: "w1", job: js[0].id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+        _ = on(.workerReady(worker: "w1"))   // takes js[1]
+        XCTAssertEqual(s.job(js[1].id)?.state, .running)
+        let ds = on(.cancel(experiment: "e", jobs: []))
+        XCTAssertTrue(ds.contains(.cancelled(experiment: "e", count: 2)))
+        XCTAssertEqual(s.job(js[0].id)?.state, .done, "finished results stay")
+        XCTAssertEqual(s.job(js[1].id)?.state, .cancelled)
+        XCTAssertEqual(s.job(js[2].id)?.state, .cancelled)
+        XCTAssertEqual(on(.heartbeat(worker: "w1", job: js[1].id, attempt: 1, step: 2, total: 10)),
+                       [.heartbeatAck(worker: "w1", job: js[1].id, attempt: 1, abandon: true)])
+        // Nothing is dispatched any more.
+        XCTAssertTrue(assignments(on(.workerReady(worker: "w1"))).isEmpty)
+        // Resubmitting queues them again.
+        let re = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        XCTAssertTrue(re.contains(.submitted(experiment: "e", new: 0, reused: 3, requeued: 2, total: 3)))
+    }
+
+    // MARK: restart
+
+    func testRestoredSchedulerRequeuesExpiredLeasesAndAdoptsLiveOnes() {
+        let js = jobs(3)
+        var a = JobRecord(id: js[0].id, spec: js[0].spec, device: .any, seq: 0, state: .done, created: 0)
+        a.metrics = ["exact_match": 1]
+        let b = JobRecord(id: js[1].id, spec: js[1].spec, device: .any, seq: 1, state: .running, leaseExpiry: now - 1,
+                          worker: "old", created: 0)
+        let c = JobRecord(id: js[2].id, spec: js[2].spec, device: .any, seq: 2, state: .running, leaseExpiry: now + 5,
+                          worker: "alive", created: 0)
+        s = Scheduler(config: SchedulerConfig(leaseSeconds: 10), jobs: [a, b, c],
+                      experiments: [ExperimentRecord(name: "e", gridJSON: "{}", submitted: 0, jobIDs: js.map(\.id))])
+        let ds = on(.tick)
+        XCTAssertTrue(ds.contains(.requeue(job: js[1].id, attempt: 2, reason: "lease expired on worker old")))
+        XCTAssertEqual(s.job(js[0].id)?.state, .done)
+        XCTAssertEqual(s.job(js[2].id)?.state, .running)
+        // The live worker re-introduces itself and heartbeats: its lease is renewed.
+        on(.workerHello(worker: "alive", capabilities: cpu))
+        XCTAssertEqual(on(.heartbeat(worker: "alive", job: js[2].id, attempt: 1, step: 1, total: 10)),
+                       [.heartbeatAck(worker: "alive", job: js[2].id, attempt: 1, abandon: false)])
+        XCTAssertEqual(s.job(js[2].id)?.leaseExpiry, now + 10)
+    }
+}
