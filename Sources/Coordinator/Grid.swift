@@ -43,12 +43,14 @@ public struct Grid: Equatable, Sendable {
     public var lr: Double
     public var maxNewTokens: Int
     public var shots: Int
+    /// Solver method name for intervention jobs ("" = the worker's default).
+    public var solver: String = ""
     public var device: DeviceRequirement
 
     /// Top-level keys, in the order the help text lists them.
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
                               "train_size", "test_size", "shots", "solver", "eval", "device"]
-    public static let solverKeys = ["steps", "lr"]
+    public static let solverKeys = ["steps", "lr", "method"]
     public static let evalKeys = ["max_new_tokens"]
     /// A grid that expands to more jobs than this is refused.
     public static let maxJobs = 100_000
@@ -121,11 +123,16 @@ public struct Grid: Equatable, Sendable {
             let testSize = scalarInt(root["test_size"], "test_size", min: 1) ?? defaults.testSize
             let shots = scalarInt(root["shots"], "shots", min: 0) ?? defaults.shots
 
-            var steps = defaults.steps, lr = defaults.lr, maxNew = defaults.maxNewTokens
+            var steps = defaults.steps, lr = defaults.lr, maxNew = defaults.maxNewTokens, solverMethod = defaults.solver
             if let solver = root["solver"] {
                 if case .object(let m) = solver {
                     checkKeys(m, allowed: Grid.solverKeys, prefix: "solver.")
                     steps = scalarInt(solver["steps"], "solver.steps", min: 0) ?? steps
+                    if let v = solver["method"] {
+                        if case .string(let s) = v, SolverMethod(rawValue: s) != nil { solverMethod = s } else {
+                            err("solver.method", "expected one of \(SolverMethod.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(v.shortDescription)")
+                        }
+                    }
                     if let v = solver["lr"] {
                         if let d = Validator.double(v, min: 0), d > 0 { lr = d } else {
                             err("solver.lr", "expected a positive number, got \(v.shortDescription)")
@@ -154,7 +161,7 @@ public struct Grid: Equatable, Sendable {
             }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
-                        steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, device: device)
+                        steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod, device: device)
         }
 
         mutating func checkKeys(_ members: [(String, JSONValue)], allowed: [String], prefix: String) {
@@ -291,7 +298,7 @@ public struct Grid: Equatable, Sendable {
                                 let spec = MethodInfo.normalise(JobSpec(
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
-                                    steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots))
+                                    steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver))
                                 let id = Grid.jobID(spec)
                                 if seen.insert(id).inserted {
                                     out.append(SubmittedJob(id: id, spec: spec, device: device))

@@ -74,7 +74,7 @@ public enum MethodInfo {
         if !a.contains(.layer) { s.layer = 0 }
         if !a.contains(.lambda) { s.lambda = 0 }
         if !a.contains(.gamma) { s.gamma = 0 }
-        if !a.contains(.solver) { s.steps = 0; s.lr = 0 }
+        if !a.contains(.solver) { s.steps = 0; s.lr = 0; s.solver = "" }
         if !a.contains(.trainSize) { s.trainSize = 0 }
         if !a.contains(.shots) { s.shots = 0 }
         return s

@@ -23,15 +23,34 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     public var maxNewTokens: Int
     /// Number of demonstrations for "few-shot".
     public var shots: Int
+    /// Solver for "intervention" (a `SolverMethod` name: adam, adam-uniform, adam-subgradient,
+    /// fista); empty = the default.
+    public var solver: String
 
     public init(model: String = "smollm2-135m-instruct", task: String, method: String = "intervention",
                 layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
                 trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
-                maxNewTokens: Int = 0, shots: Int = 10) {
+                maxNewTokens: Int = 0, shots: Int = 10, solver: String = "") {
         self.model = model; self.task = task; self.method = method; self.layer = layer
         self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
         self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
-        self.shots = shots
+        self.shots = shots; self.solver = solver
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots, solver
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(model: try c.decode(String.self, forKey: .model), task: try c.decode(String.self, forKey: .task),
+                  method: try c.decode(String.self, forKey: .method), layer: try c.decode(Int.self, forKey: .layer),
+                  lambda: try c.decode(Double.self, forKey: .lambda), gamma: try c.decode(Double.self, forKey: .gamma),
+                  seed: try c.decode(Int.self, forKey: .seed), trainSize: try c.decode(Int.self, forKey: .trainSize),
+                  testSize: try c.decode(Int.self, forKey: .testSize), steps: try c.decode(Int.self, forKey: .steps),
+                  lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
+                  shots: try c.decode(Int.self, forKey: .shots),
+                  solver: try c.decodeIfPresent(String.self, forKey: .solver) ?? "")
     }
 }
 

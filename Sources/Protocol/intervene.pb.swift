@@ -335,6 +335,9 @@ public nonisolated struct Intervene_V1_JobParams: Sendable {
 
   public var shots: Int32 = 0
 
+  /// SolverMethod name; empty = the worker's default
+  public var solver: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1512,7 +1515,7 @@ nonisolated extension Intervene_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1533,6 +1536,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       case 11: try { try decoder.decodeSingularDoubleField(value: &self.lr) }()
       case 12: try { try decoder.decodeSingularInt32Field(value: &self.maxNewTokens) }()
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.shots) }()
+      case 14: try { try decoder.decodeSingularStringField(value: &self.solver) }()
       default: break
       }
     }
@@ -1578,6 +1582,9 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     if self.shots != 0 {
       try visitor.visitSingularInt32Field(value: self.shots, fieldNumber: 13)
     }
+    if !self.solver.isEmpty {
+      try visitor.visitSingularStringField(value: self.solver, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1595,6 +1602,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     if lhs.lr != rhs.lr {return false}
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
     if lhs.shots != rhs.shots {return false}
+    if lhs.solver != rhs.solver {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

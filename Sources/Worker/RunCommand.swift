@@ -22,7 +22,7 @@ public struct JobOptions: ParsableArguments {
     public var steps: Int = 200
     @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
     public var lr: Double = 0.1
-    @Option(name: .long, help: "Solver: adam (Adam, then the exact prox) or fista (accelerated proximal gradient with backtracking).")
+    @Option(name: .long, help: "Solver: adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
     public var solver: SolverMethod = .adam
     @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
     public var method: String = "intervention"
@@ -47,7 +47,8 @@ public struct JobOptions: ParsableArguments {
 
     public func spec(model: String) -> JobSpec {
         JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
-                trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots)
+                trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots,
+                solver: solver.rawValue)
     }
 }
 

@@ -228,6 +228,43 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(tail.output.contains("6/6 ended (6 done)"), tail.output)
     }
 
+    /// Real engine jobs on real workers: intervention and zero-shot on the built-in antonym task
+    /// with the default model (few steps, few test pairs). Every Δ lands in the store and loads.
+    func testRealInterventionGridRunsOnTwoWorkers() throws {
+        guard (try? ModelRegistry.resolve(ModelRegistry.defaultModel)) != nil else {
+            return XCTFail("the default model is needed (run cluster/setup.sh)")
+        }
+        let (_, ep) = try serve(lease: 30)
+        try worker("real-a", ep)
+        try worker("real-b", ep)
+        let gridPath = try writeGrid("""
+        {"experiment": "real", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"],
+         "layers": [3, 5], "seeds": [0, 1], "train_size": 10, "test_size": 8,
+         "solver": {"steps": 5, "lr": 0.1}}
+        """)
+        let submit = try cli(["submit", gridPath, "--wait", "--coordinator", ep], timeout: 240)
+        XCTAssertEqual(submit.status, 0, submit.output)
+        let (status, json) = try cli(["results", "real", "--format", "json", "--coordinator", ep])
+        XCTAssertEqual(status, 0, json)
+        let arr = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
+        XCTAssertEqual(arr.count, 6, "4 intervention jobs (2 layers × 2 seeds) + 2 zero-shot jobs (one per seed)")
+        for o in arr {
+            XCTAssertEqual(o["state"] as? String, "done", "\(o)")
+            let m = try XCTUnwrap(o["metrics"] as? [String: Double])
+            XCTAssertEqual(m["n_test"], 8)
+            XCTAssertNotNil(m["exact_match"]); XCTAssertNotNil(m["judge_accuracy"])
+            let params = try XCTUnwrap(o["params"] as? [String: Any])
+            guard params["method"] as? String == "intervention" else { continue }
+            XCTAssertLessThan(try XCTUnwrap(m["final_loss"]), try XCTUnwrap(m["initial_loss"]))
+            let data = try Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(o["artefact_path"] as? String)))
+            let (tensors, md) = try Safetensors.read(data)
+            XCTAssertEqual(tensors["delta"]?.shape, [576])
+            XCTAssertEqual(md["layer"], "\(params["layer"] as? Int ?? -1)")
+            XCTAssertEqual(md["task"], "antonym")
+            XCTAssertEqual(md["model_sha256"], ModelRegistry.known[0].sha256)
+        }
+    }
+
     /// A job that fails deterministically is failed at once with its reason; one that crashes its
     /// worker every time is failed after the cap; `submit --wait` exits non-zero.
     func testFailuresAndCrashesAreReported() throws {

@@ -39,13 +39,26 @@ final class GridTests: XCTestCase {
             #"lambda: expected a non-negative number, got "0.1""#,
             "seeds[1]: duplicate of seeds[0] (0)",
             "train_size: expected a positive integer, got 0",
-            "solver.momentum: unknown key; expected one of steps, lr",
+            "solver.momentum: unknown key; expected one of steps, lr, method",
             "solver.steps: expected a non-negative integer, got -3",
             "solver.lr: expected a positive number, got 0",
             #"eval: expected an object like {"max_new_tokens": 4}, got 4"#,
             #"device: expected "cpu", "gpu" or "any", got "tpu""#,
         ]
         XCTAssertEqual(e, expected)
+    }
+
+    func testSolverMethodIsValidatedAndCarried() throws {
+        let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "sgd"}}"#)
+        XCTAssertEqual(e.count, 1)
+        XCTAssertTrue(e[0].hasPrefix("solver.method: expected one of \"adam\""), e[0])
+        XCTAssertTrue(e[0].hasSuffix("got \"sgd\""), e[0])
+        let g = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"], "solver": {"method": "fista"}}"#)
+        let jobs = g.expand()
+        XCTAssertEqual(jobs.first { $0.spec.method == "intervention" }?.spec.solver, "fista")
+        XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.solver, "", "zero-shot has no solver axis")
+        let other = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "adam"}}"#).expand()
+        XCTAssertNotEqual(jobs.first { $0.spec.method == "intervention" }?.id, other[0].id, "the solver is part of a job's identity")
     }
 
     func testMissingRequiredFields() {

@@ -60,3 +60,25 @@ final class KernelTests: XCTestCase {
         compare(w, rows: 3)
     }
 }
+
+final class OpsTests: XCTestCase {
+    func testVectorExpAndSoftmax() {
+        var worst: Float = 0
+        var x: Float = -87
+        while x < 88 {
+            let v = SIMD16<Float>((0..<16).map { x + Float($0) * 0.0137 })
+            let e = Ops.exp16(v)
+            for l in 0..<16 { worst = max(worst, abs(e[l] - expf(v[l])) / expf(v[l])) }
+            x += 0.219
+        }
+        XCTAssertLessThan(worst, 1e-6)
+        var rng = SplitMix(seed: 3)
+        var row = (0..<1000).map { _ in Float(rng.uniform() * 40 - 20) }
+        let ref = row.map { expf($0 - row.max()!) }
+        let lse = Ops.softmax(&row, row.count)
+        let z = ref.reduce(0, +)
+        for (a, b) in zip(row, ref) { XCTAssertEqual(a, b / z, accuracy: 1e-6 * max(1, b / z)) }
+        XCTAssertEqual(row.reduce(0, +), 1, accuracy: 1e-5)
+        XCTAssertFalse(lse.isNaN)
+    }
+}

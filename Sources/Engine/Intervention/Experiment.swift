@@ -151,7 +151,7 @@ public struct Experiment {
         guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
             throw ExperimentError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
         }
-        guard spec.trainSize >= 1 && spec.trainSize <= SmallGEMM.maxRows * 64 else { throw ExperimentError("train_size must be ≥ 1") }
+        guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw ExperimentError("train_size must be between 1 and 1024") }
         guard spec.testSize >= 0 else { throw ExperimentError("test_size must be ≥ 0") }
         let pairs: [TaskPair]
         let judge: Judge
@@ -187,8 +187,15 @@ public struct Experiment {
             metrics["setup_ms"] = Date().timeIntervalSince(tp) * 1000
             let penalty = SparseGroupLasso(gamma: Float(spec.gamma), lambda: Float(spec.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
             let ts = Date()
+            let method: SolverMethod
+            if spec.solver.isEmpty { method = solverMethod } else {
+                guard let m = SolverMethod(rawValue: spec.solver) else {
+                    throw ExperimentError("unknown solver \"\(spec.solver)\" (known: \(SolverMethod.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                method = m
+            }
             let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
-                                   options: SolverOptions(method: solverMethod, steps: spec.steps, lr: Float(spec.lr))) { s in
+                                   options: SolverOptions(method: method, steps: spec.steps, lr: Float(spec.lr))) { s in
                 progress?("solve", s.step, spec.steps, s.metrics)
             }
             metrics["solve_ms"] = Date().timeIntervalSince(ts) * 1000
@@ -207,7 +214,7 @@ public struct Experiment {
             var md: [String: String] = [
                 "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": spec.task, "layer": "\(spec.layer)",
                 "seed": "\(spec.seed)", "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "steps": "\(res.history.count - 1)",
-                "lr": "\(spec.lr)", "solver": solverMethod.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
+                "lr": "\(spec.lr)", "solver": method.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
                 "head_dim": "\(cfg.headDim)", "train_size": "\(spec.trainSize)", "prompt_format": format.query,
             ]
             md["exact_match"] = "\(metrics["exact_match"]!)"

@@ -38,6 +38,40 @@ public struct SparseGroupLasso: Sendable {
         }
     }
 
+    /// The prox in a diagonal metric (step η_j per coordinate), as Adam scales each coordinate:
+    /// the ℓ1 part is exact (soft threshold by η_j·γ); the group part, which has no closed form
+    /// for unequal steps, shrinks each head by the mean step of its coordinates.
+    public func prox(_ v: inout [Float], steps eta: [Float]) {
+        for h in 0..<heads {
+            let r = (h * headDim)..<((h + 1) * headDim)
+            var s: Float = 0, mean: Float = 0
+            for j in r {
+                let a = abs(v[j]) - eta[j] * gamma
+                v[j] = a > 0 ? (v[j] > 0 ? a : -a) : 0
+                s += v[j] * v[j]
+                mean += eta[j]
+            }
+            mean /= Float(headDim)
+            let n = s.squareRoot()
+            let k: Float = n > mean * lambda ? 1 - mean * lambda / n : 0
+            for j in r { v[j] *= k }
+        }
+    }
+
+    /// g += γ·sign(Δ) + λ·Δ_h/‖Δ_h‖ (taking sign(0) = 0 and 0 for a zero head, as autograd does).
+    public func addSubgradient(_ d: [Float], to g: inout [Float]) {
+        for h in 0..<heads {
+            let r = (h * headDim)..<((h + 1) * headDim)
+            var s: Float = 0
+            for j in r { s += d[j] * d[j] }
+            let n = s.squareRoot()
+            for j in r {
+                g[j] += gamma * (d[j] > 0 ? 1 : (d[j] < 0 ? -1 : 0))
+                if n > 0 { g[j] += lambda * d[j] / n }
+            }
+        }
+    }
+
     public func nonzeros(_ d: [Float]) -> Int { d.reduce(0) { $0 + ($1 != 0 ? 1 : 0) } }
     public func activeHeads(_ d: [Float]) -> Int {
         (0..<heads).reduce(0) { acc, h in acc + (d[(h * headDim)..<((h + 1) * headDim)].contains { $0 != 0 } ? 1 : 0) }
@@ -60,8 +94,15 @@ public struct SolverStep: Sendable {
 }
 
 public enum SolverMethod: String, Sendable, CaseIterable, Codable {
-    /// Adam on the task loss, then the exact prox of the penalty with step lr (proximal Adam).
+    /// Adam on the task loss, then the prox of the penalty in Adam's own diagonal metric (each
+    /// coordinate's threshold scaled by its Adam step lr/(√v̂+ε)): coordinates the loss no longer
+    /// pulls on are driven to exact zeros at Adam's pace.
     case adam
+    /// Adam on the task loss, then the exact prox of the penalty with the uniform step lr.
+    case adamUniform = "adam-uniform"
+    /// The PyTorch reference's method: Adam on loss + penalty with the penalty's subgradient
+    /// (sign(0) = 0); no prox, so no exact zeros. For comparisons with the reference.
+    case adamSubgradient = "adam-subgradient"
     /// Accelerated proximal gradient (FISTA) with backtracking line search and adaptive restart.
     case fista
 }
@@ -89,7 +130,9 @@ public enum Solver {
     public static func solve(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
                              options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
         switch options.method {
-        case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, onStep: onStep)
+        case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
+        case .adamUniform: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: false, onStep: onStep)
+        case .adamSubgradient: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: false, subgradient: true, onStep: onStep)
         case .fista: return fista(path: path, loss: loss, penalty: penalty, options: options, onStep: onStep)
         }
     }
@@ -107,34 +150,31 @@ public enum Solver {
     }
 
     static func adam(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
-                     options o: SolverOptions, onStep: ((SolverStep) -> Void)?) -> SolverResult {
+                     options o: SolverOptions, metric: Bool, subgradient: Bool = false,
+                     onStep: ((SolverStep) -> Void)?) -> SolverResult {
         let n = path.cfg.attnDim
-        var d = [Float](repeating: 0, count: n), m = d, v = d
+        var d = [Float](repeating: 0, count: n), m = d, v = d, eta = d
         let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
         var history: [SolverStep] = []
-        var best = (obj: Float.infinity, delta: d)
         for k in 1...max(o.steps, 1) {
-            let (l, g) = path.lossAndGradient(delta: d, loss: loss)
+            var (l, g) = path.lossAndGradient(delta: d, loss: loss)
+            if subgradient { penalty.addSubgradient(d, to: &g) }
             // the report of step k is the objective at the Δ this step starts from
             let r = report(k - 1, d, l, penalty, o.lr)
-            if r.objective < best.obj { best = (r.objective, d) }
             history.append(r); onStep?(r)
             if converged(history, o.tolerance) { break }
             let c1 = 1 - powf(b1, Float(k)), c2 = 1 - powf(b2, Float(k))
             for j in 0..<n {
                 m[j] = b1 * m[j] + (1 - b1) * g[j]
                 v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j]
-                d[j] -= o.lr * (m[j] / c1) / ((v[j] / c2).squareRoot() + eps)
+                eta[j] = o.lr / ((v[j] / c2).squareRoot() + eps)
+                d[j] -= eta[j] * (m[j] / c1)
             }
-            penalty.prox(&d, step: o.lr)
+            if subgradient { continue }
+            if metric { penalty.prox(&d, steps: eta) } else { penalty.prox(&d, step: o.lr) }
         }
-        // the final Δ, evaluated; keep the best iterate seen (constant-lr Adam can spike late)
-        let lf = path.loss(delta: d, loss: loss)
-        var last = report(history.count, d, lf, penalty, o.lr)
-        if best.obj < last.objective {
-            d = best.delta
-            last = report(history.count, d, path.loss(delta: d, loss: loss), penalty, o.lr)
-        }
+        // the final Δ (as the reference does), evaluated
+        let last = report(history.count, d, path.loss(delta: d, loss: loss), penalty, o.lr)
         history.append(last); onStep?(last)
         return SolverResult(delta: d, history: history)
     }

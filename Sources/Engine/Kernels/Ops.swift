@@ -83,15 +83,57 @@ public enum Ops {
         }
     }
 
+    /// e^x for 16 lanes: x = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial
+    /// (relative error < 2e-7), 2^k put straight into the exponent bits. Integer-only rounding
+    /// (the 1.5·2²³ trick), since SIMD float→int conversion is scalarised.
+    @inline(__always)
+    public static func exp16(_ x: SIMD16<Float>) -> SIMD16<Float> {
+        let lo = SIMD16<Float>(repeating: -87.3), hi = SIMD16<Float>(repeating: 88.3)
+        var v = x.replacing(with: lo, where: x .< lo)
+        v = v.replacing(with: hi, where: v .> hi)
+        let magic = SIMD16<Float>(repeating: 12_582_912)           // 1.5·2²³
+        let t = v * 1.442_695_04 + magic                             // round(x·log2 e) in the low bits
+        let k = t - magic
+        let r = (v - k * 0.693_145_75) - k * 1.428_606_8e-6          // ln2 = hi + lo
+        var p = r * (1.0 / 720) + (1.0 / 120)
+        p = p * r + (1.0 / 24); p = p * r + (1.0 / 6); p = p * r + 0.5; p = p * r + 1; p = p * r + 1
+        let ki = unsafeBitCast(t, to: SIMD16<Int32>.self) &- unsafeBitCast(magic, to: SIMD16<Int32>.self)
+        let scale = unsafeBitCast((ki &+ 127) &<< 23, to: SIMD16<Float>.self)
+        return p * scale
+    }
+
     /// In-place softmax of one row; returns log Σ exp (the log-partition).
     @discardableResult
     public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
         var m = -Float.infinity
-        for i in 0..<n where x[i] > m { m = x[i] }
+        var i = 0
+        let raw = UnsafeMutableRawPointer(x)
+        if n >= 16 {
+            var mv = SIMD16<Float>(repeating: -.infinity)
+            while i + 16 <= n {
+                let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+                mv = mv.replacing(with: v, where: v .> mv)
+                i += 16
+            }
+            m = mv.max()
+        }
+        while i < n { if x[i] > m { m = x[i] }; i += 1 }
         var s: Float = 0
-        for i in 0..<n { let e = expf(x[i] - m); x[i] = e; s += e }
+        i = 0
+        if n >= 16 {
+            var acc = SIMD16<Float>(repeating: 0)
+            let mv = SIMD16<Float>(repeating: m)
+            while i + 16 <= n {
+                let e = exp16(raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self) - mv)
+                raw.storeBytes(of: e, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+                acc += e
+                i += 16
+            }
+            s = acc.sum()
+        }
+        while i < n { let e = expf(x[i] - m); x[i] = e; s += e; i += 1 }
         let inv = 1 / s
-        for i in 0..<n { x[i] *= inv }
+        for j in 0..<n { x[j] *= inv }
         return m + logf(s)
     }
 

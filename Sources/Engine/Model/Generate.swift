@@ -23,33 +23,40 @@ extension LanguageModel {
     /// Greedy decoding of a batch of prompts, all sequences stepping together (one GEMM per
     /// projection per step). `prefillHooks` see the prompt pass only — that is where Δ goes.
     public func generate(prompts: [[Int]], stop: StopRules, prefillHooks: ForwardHooks? = nil) -> Generation {
-        let V = config.vocabSize
         let caches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
-        var logits = model.forward(tokens: prompts, caches: caches, hooks: prefillHooks)
-        var out = [[Int]](repeating: [], count: prompts.count)
-        var first = [Int](repeating: 0, count: prompts.count)
-        var active = Array(0..<prompts.count)
+        let logits = model.forward(tokens: prompts, caches: caches, hooks: prefillHooks)
+        let (out, first) = decode(caches: caches, logits: logits, stop: stop)
+        return Generation(tokens: out, firstArgmax: first)
+    }
+
+    /// Greedy decoding from `logits` (one row per cache, the prompt pass's last position) until each
+    /// sequence meets its stop rule. Returns the new tokens and the first argmax per sequence.
+    func decode(caches: [KVCache], logits first: [Float], stop: StopRules) -> (tokens: [[Int]], first: [Int]) {
+        let V = config.vocabSize, S = caches.count
+        var logits = first
+        var out = [[Int]](repeating: [], count: S)
+        var firstIDs = [Int](repeating: 0, count: S)
+        var active = Array(0..<S)
         var step = 0
         while !active.isEmpty && stop.maxNewTokens > 0 {
-            var next: [Int] = []
-            var stillActive: [Int] = []
+            var next: [Int] = [], still: [Int] = []
             logits.withUnsafeBufferPointer { lb in
                 for (i, s) in active.enumerated() {
                     let id = Ops.argmax(lb.baseAddress! + i * V, V)
-                    if step == 0 { first[s] = id }
+                    if step == 0 { firstIDs[s] = id }
                     if stop.atEOS && (id == tokenizer.eosID || tokenizer.isControl(id)) { continue }
                     out[s].append(id)
                     if out[s].count >= stop.maxNewTokens { continue }
                     if stop.atNewline && tokenizer.bytes(of: id).contains(10) { continue }
-                    next.append(id); stillActive.append(s)
+                    next.append(id); still.append(s)
                 }
             }
-            active = stillActive
+            active = still
             step += 1
             if active.isEmpty { break }
             logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] })
         }
-        return Generation(tokens: out, firstArgmax: first)
+        return (out, firstIDs)
     }
 }
 
@@ -88,14 +95,30 @@ extension LanguageModel {
     /// all variants in one batch. Returns one `Generation` per variant.
     public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules) -> [Generation] {
         precondition(prompts.allSatisfy { !$0.isEmpty })
-        let V = config.vocabSize, P = prompts.count
-        // 1. the shared prefixes (all but the last token), where a prompt has one
-        let withPrefix = (0..<P).filter { prompts[$0].count > 1 }
-        let prefixCaches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
-        if !withPrefix.isEmpty {
-            _ = model.forward(tokens: withPrefix.map { Array(prompts[$0].dropLast()) }, caches: withPrefix.map { prefixCaches[$0] })
+        let P = prompts.count
+        // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
+        var common = prompts[0].count - 1
+        for p in prompts.dropFirst() {
+            common = min(common, p.count - 1)
+            var j = 0
+            while j < common && p[j] == prompts[0][j] { j += 1 }
+            common = j
         }
-        // 2. one sequence per (variant, prompt); the first variant takes the prefix cache itself
+        let prefixCaches: [KVCache]
+        if common > 0 && P > 1 {
+            let shared = model.makeCache(capacity: common)
+            _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared])
+            prefixCaches = prompts.map { shared.copy(extra: $0.count - common + stop.maxNewTokens + 1) }
+        } else {
+            prefixCaches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
+        }
+        // 2. then each prompt's own tokens but the last (Δ cannot reach them), for all variants at once
+        let withRest = (0..<P).filter { prompts[$0].count - 1 > prefixCaches[$0].length }
+        if !withRest.isEmpty {
+            _ = model.forward(tokens: withRest.map { Array(prompts[$0][prefixCaches[$0].length..<(prompts[$0].count - 1)]) },
+                              caches: withRest.map { prefixCaches[$0] })
+        }
+        // 3. one sequence per (variant, prompt); the first variant takes the prefix cache itself
         var caches: [KVCache] = []
         var deltas: [[Float]?] = []
         for (vi, d) in variants.enumerated() {
@@ -105,31 +128,10 @@ extension LanguageModel {
             }
         }
         let S = caches.count
-        var logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
+        let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
                                    hooks: PerSequenceDelta(layer: layer, deltas: deltas))
-        // 3. decode all sequences together
-        var out = [[Int]](repeating: [], count: S)
-        var first = [Int](repeating: 0, count: S)
-        var active = Array(0..<S)
-        var step = 0
-        while !active.isEmpty && stop.maxNewTokens > 0 {
-            var next: [Int] = [], still: [Int] = []
-            logits.withUnsafeBufferPointer { lb in
-                for (i, s) in active.enumerated() {
-                    let id = Ops.argmax(lb.baseAddress! + i * V, V)
-                    if step == 0 { first[s] = id }
-                    if stop.atEOS && (id == tokenizer.eosID || tokenizer.isControl(id)) { continue }
-                    out[s].append(id)
-                    if out[s].count >= stop.maxNewTokens { continue }
-                    if stop.atNewline && tokenizer.bytes(of: id).contains(10) { continue }
-                    next.append(id); still.append(s)
-                }
-            }
-            active = still
-            step += 1
-            if active.isEmpty { break }
-            logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] })
-        }
+        // 4. decode all sequences together
+        let (out, first) = decode(caches: caches, logits: logits, stop: stop)
         return (0..<variants.count).map { vi in
             Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
         }
