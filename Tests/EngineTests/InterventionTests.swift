@@ -125,6 +125,20 @@ final class InterventionTests: XCTestCase {
         }
     }
 
+    /// A job with bad parameters fails with a message that says what is wrong, before any work.
+    func testExperimentRefusesBadJobsClearly() throws {
+        let lm = try SharedModel.get()
+        let exp = Experiment(lm: lm)
+        func message(_ spec: JobSpec) -> String {
+            do { _ = try exp.run(spec); return "no error" } catch { return "\(error)" }
+        }
+        XCTAssertTrue(message(JobSpec(task: "antonym", layer: 30)).contains("layer 30 is outside 0…29"))
+        XCTAssertTrue(message(JobSpec(task: "no-such-task")).contains("antonym"), "lists the known tasks")
+        XCTAssertTrue(message(JobSpec(task: "antonym", method: "magic")).contains("unknown method"))
+        XCTAssertTrue(message(JobSpec(task: "antonym", solver: "sgd")).contains("unknown solver"))
+        XCTAssertTrue(message(JobSpec(task: "/nonexistent/pairs.json")).contains("/nonexistent/pairs.json"))
+    }
+
     func testSafetensorsRoundTrip() throws {
         let d: [Float] = [1, -2.5, 0, 3e-7]
         let data = Safetensors.write(tensors: [("delta", [4], d)], metadata: ["task": "antonym", "layer": "4"])

@@ -153,6 +153,13 @@ public struct Experiment {
         }
         guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw ExperimentError("train_size must be between 1 and 1024") }
         guard spec.testSize >= 0 else { throw ExperimentError("test_size must be ≥ 0") }
+        let method: SolverMethod
+        if spec.solver.isEmpty { method = solverMethod } else {
+            guard let m = SolverMethod(rawValue: spec.solver) else {
+                throw ExperimentError("unknown solver \"\(spec.solver)\" (known: \(SolverMethod.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            method = m
+        }
         let pairs: [TaskPair]
         let judge: Judge
         do { pairs = try registry.load(spec.task); judge = try registry.judge(for: spec.task) }
@@ -187,13 +194,6 @@ public struct Experiment {
             metrics["setup_ms"] = Date().timeIntervalSince(tp) * 1000
             let penalty = SparseGroupLasso(gamma: Float(spec.gamma), lambda: Float(spec.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
             let ts = Date()
-            let method: SolverMethod
-            if spec.solver.isEmpty { method = solverMethod } else {
-                guard let m = SolverMethod(rawValue: spec.solver) else {
-                    throw ExperimentError("unknown solver \"\(spec.solver)\" (known: \(SolverMethod.allCases.map(\.rawValue).joined(separator: ", ")))")
-                }
-                method = m
-            }
             let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
                                    options: SolverOptions(method: method, steps: spec.steps, lr: Float(spec.lr))) { s in
                 progress?("solve", s.step, spec.steps, s.metrics)

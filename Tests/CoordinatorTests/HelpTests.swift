@@ -1,0 +1,39 @@
+import ArgumentParser
+import XCTest
+@testable import Coordinator
+@testable import Worker
+
+/// The help a person reads: every subcommand is listed with its abstract, and the examples and
+/// defaults that matter are there.
+final class HelpTests: XCTestCase {
+    func testWorkerHelp() {
+        let root = WorkerCommand.helpMessage(columns: 100)
+        for s in ["serve (default)", "run", "inspect", "bench"] { XCTAssertTrue(root.contains(s), root) }
+        let run = WorkerCommand.helpMessage(for: RunCommand.self, columns: 100)
+        for s in ["--task <name-or-path>", "--layer", "--lambda", "--gamma", "--solver", "--json", "Examples:",
+                  "worker run --task antonym --layer 4 --seed 0", "(default: 200)"] {
+            XCTAssertTrue(run.contains(s), "missing \(s) in:\n\(run)")
+        }
+        let inspect = WorkerCommand.helpMessage(for: InspectCommand.self, columns: 100)
+        XCTAssertTrue(inspect.contains("--prompt") && inspect.contains("--top") && inspect.contains("--json"), inspect)
+    }
+
+    func testCoordinatorHelp() {
+        let root = CoordinatorCommand.helpMessage(columns: 100)
+        for s in ["serve", "submit", "status", "tail", "results", "cancel", "INTERVENE_COORDINATOR"] {
+            XCTAssertTrue(root.contains(s), "missing \(s) in:\n\(root)")
+        }
+    }
+
+    func testBadWorkerArgumentsAreRefusedClearly() {
+        XCTAssertThrowsError(try RunCommand.parse(["--layer", "-1"])) { e in
+            XCTAssertTrue(RunCommand.message(for: e).contains("--layer"), RunCommand.message(for: e))
+        }
+        XCTAssertThrowsError(try RunCommand.parse(["--method", "magic"])) { e in
+            XCTAssertTrue(RunCommand.message(for: e).contains("--method"), RunCommand.message(for: e))
+        }
+        XCTAssertThrowsError(try RunCommand.parse(["--solver", "sgd"])) { e in
+            XCTAssertTrue(RunCommand.message(for: e).contains("sgd"), RunCommand.message(for: e))
+        }
+    }
+}
