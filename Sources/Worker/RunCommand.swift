@@ -89,6 +89,12 @@ public struct RunCommand: ParsableCommand {
     @OptionGroup public var modelOptions: ModelOptions
     @OptionGroup public var job: JobOptions
 
+    @Option(name: .long, help: ArgumentHelp("Prompt template; {input} is replaced by the pair's input, \\n is a newline. (The bare \"{input}:\" form overfits on this model.)", valueName: "text"))
+    public var template: String = "Q: {input}\\nA:"
+
+    @Option(name: .customLong("target-template"), help: ArgumentHelp("Target template; {output} is replaced by the pair's output.", valueName: "text"))
+    public var targetTemplate: String = PromptFormat.qa.target
+
     @Option(name: .long, help: "Folder for the Δ artefact (<sha256>.safetensors).")
     public var out: String = "runs"
 
@@ -102,7 +108,14 @@ public struct RunCommand: ParsableCommand {
         bar.show("loading \(modelOptions.model)…", force: true)
         let lm = try modelOptions.load()
         let spec = job.spec(model: modelOptions.model)
-        let exp = Experiment(lm: lm, solverMethod: job.solver)
+        guard template.contains("{input}") else { throw ValidationError("--template must contain {input}") }
+        guard targetTemplate.contains("{output}") else { throw ValidationError("--target-template must contain {output}") }
+        // "\n" and "\t" typed on a command line mean a newline and a tab. A k-shot demonstration
+        // is the query followed by the target, then a blank line.
+        func unescape(_ s: String) -> String { s.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\t", with: "\t") }
+        let format = PromptFormat(query: unescape(template), target: unescape(targetTemplate),
+                                  demo: unescape(template) + unescape(targetTemplate) + "\n\n")
+        let exp = Experiment(lm: lm, format: format, solverMethod: job.solver)
         let t0 = Date()
         let outcome: JobOutcome
         do {

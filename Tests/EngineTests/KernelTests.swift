@@ -81,4 +81,21 @@ final class OpsTests: XCTestCase {
         XCTAssertEqual(row.reduce(0, +), 1, accuracy: 1e-5)
         XCTAssertFalse(lse.isNaN)
     }
+
+    func testSwiGLUVectorPathMatchesScalarFormula() {
+        var rng = SplitMix(seed: 9)
+        let n = 16 * 7 + 5
+        let g = (0..<n).map { _ in Float(rng.uniform() * 60 - 30) }
+        let u = (0..<n).map { _ in Float(rng.uniform() * 4 - 2) }
+        let dh = (0..<n).map { _ in Float(rng.uniform() * 2 - 1) }
+        var h = [Float](repeating: 0, count: n), dg = h, du = h
+        Ops.swiglu(g, u, &h, n)
+        Ops.swigluBackward(g, u, dh, &dg, &du, n)
+        for i in 0..<n {
+            let s = 1 / (1 + expf(-g[i]))
+            XCTAssertEqual(h[i], g[i] * s * u[i], accuracy: 1e-5 * max(1, abs(h[i])))
+            XCTAssertEqual(du[i], dh[i] * g[i] * s, accuracy: 1e-5 * max(1, abs(du[i])))
+            XCTAssertEqual(dg[i], dh[i] * u[i] * s * (1 + g[i] * (1 - s)), accuracy: 1e-5 * max(1, abs(dg[i])))
+        }
+    }
 }

@@ -68,18 +68,41 @@ public enum Ops {
 
     @inline(__always) public static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
 
-    /// SwiGLU forward: h = silu(g) ⊙ u (element-wise over n values).
+    /// SwiGLU forward: h = silu(g) ⊙ u (element-wise over n values; h may alias g).
     public static func swiglu(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ h: UnsafeMutablePointer<Float>, _ n: Int) {
-        for i in 0..<n { h[i] = silu(g[i]) * u[i] }
+        var i = 0
+        let rg = UnsafeRawPointer(g), ru = UnsafeRawPointer(u), rh = UnsafeMutableRawPointer(h)
+        let one = SIMD16<Float>(repeating: 1)
+        while i + 16 <= n {
+            let gv = rg.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let uv = ru.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            rh.storeBytes(of: gv / (one + exp16(-gv)) * uv, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n { h[i] = silu(g[i]) * u[i]; i += 1 }
     }
 
-    /// SwiGLU backward: dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))), du = dh ⊙ silu(g).
+    /// SwiGLU backward: dg = dh ⊙ u ⊙ σ(g)(1 + g(1 − σ(g))), du = dh ⊙ silu(g) (dg may alias dh).
     public static func swigluBackward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ dh: UnsafePointer<Float>,
                                       _ dg: UnsafeMutablePointer<Float>, _ du: UnsafeMutablePointer<Float>, _ n: Int) {
-        for i in 0..<n {
+        var i = 0
+        let rg = UnsafeRawPointer(g), ru = UnsafeRawPointer(u), rdh = UnsafeRawPointer(dh)
+        let rdg = UnsafeMutableRawPointer(dg), rdu = UnsafeMutableRawPointer(du)
+        let one = SIMD16<Float>(repeating: 1)
+        while i + 16 <= n {
+            let gv = rg.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let uv = ru.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let d = rdh.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let sg = one / (one + exp16(-gv))
+            rdu.storeBytes(of: d * gv * sg, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            rdg.storeBytes(of: d * uv * sg * (one + gv * (one - sg)), toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n {
             let s = 1 / (1 + expf(-g[i]))
             du[i] = dh[i] * g[i] * s
             dg[i] = dh[i] * u[i] * s * (1 + g[i] * (1 - s))
+            i += 1
         }
     }
 
