@@ -178,7 +178,7 @@ public final class InterventionPath {
 
     /// Per-row loss and dL/dz (or directly dL/dh_norm for the restricted KL), each row's loss
     /// weighted by `rowWeight[i]` (1/N for a plain mean).
-    func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: inout [Float]) {
+    func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: inout [Float], gradient: Bool = true) {
         let N = rows, D = cfg.dModel, V = cfg.vocabSize
         let W = lm.model.output
         let dhn = acts.dxn
@@ -196,7 +196,7 @@ public final class InterventionPath {
                 for v in 0..<V { z[v] *= w }
                 z[t] -= w
             }
-            backend.linearBackward(acts.logits, N, W, dhn, accumulate: false)
+            if gradient { backend.linearBackward(acts.logits, N, W, dhn, accumulate: false) }
         case let .restrictedKL(alphabet, target):
             precondition(target.count == N)
             dhn.update(repeating: 0, count: N * D)
@@ -328,7 +328,7 @@ public final class InterventionPath {
         for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
         var perRow = [Float](repeating: 0, count: N)
         D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
-        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow)
+        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow, gradient: false)
         return perRow.reduce(0, +) / Float(N)
     }
 

@@ -129,13 +129,13 @@ public enum QuantGEMM {
                             let u = xa.loadUnaligned(fromByteOffset: c, as: W8.self)
                             let v = xb.loadUnaligned(fromByteOffset: c, as: W8.self)
                             let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a0 += u * p0; b0 += v * p0
+                            a0.addProduct(u, p0); b0.addProduct(v, p0)
                             let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a1 += u * p1; b1 += v * p1
+                            a1.addProduct(u, p1); b1.addProduct(v, p1)
                             let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a2 += u * p2; b2 += v * p2
+                            a2.addProduct(u, p2); b2.addProduct(v, p2)
                             let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a3 += u * p3; b3 += v * p3
+                            a3.addProduct(u, p3); b3.addProduct(v, p3)
                             c += 32
                         }
                         let ya = y + i * n + r, yb = y + (i + 1) * n + r
@@ -154,10 +154,10 @@ public enum QuantGEMM {
                         var c = 0
                         while c < 4 * k {
                             let xv = xi.loadUnaligned(fromByteOffset: c, as: V.self)
-                            a0 += xv * w0.loadUnaligned(fromByteOffset: c, as: V.self)
-                            a1 += xv * w1.loadUnaligned(fromByteOffset: c, as: V.self)
-                            a2 += xv * w2.loadUnaligned(fromByteOffset: c, as: V.self)
-                            a3 += xv * w3.loadUnaligned(fromByteOffset: c, as: V.self)
+                            a0.addProduct(xv, w0.loadUnaligned(fromByteOffset: c, as: V.self))
+                            a1.addProduct(xv, w1.loadUnaligned(fromByteOffset: c, as: V.self))
+                            a2.addProduct(xv, w2.loadUnaligned(fromByteOffset: c, as: V.self))
+                            a3.addProduct(xv, w3.loadUnaligned(fromByteOffset: c, as: V.self))
                             c += 64
                         }
                         let yi = y + i * n + r
@@ -216,13 +216,13 @@ public enum QuantGEMM {
                             var a = oa.loadUnaligned(fromByteOffset: c, as: W8.self)
                             var b = ob.loadUnaligned(fromByteOffset: c, as: W8.self)
                             let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a += g0 * p0; b += h0 * p0
+                            a.addProduct(g0, p0); b.addProduct(h0, p0)
                             let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a += g1 * p1; b += h1 * p1
+                            a.addProduct(g1, p1); b.addProduct(h1, p1)
                             let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a += g2 * p2; b += h2 * p2
+                            a.addProduct(g2, p2); b.addProduct(h2, p2)
                             let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a += g3 * p3; b += h3 * p3
+                            a.addProduct(g3, p3); b.addProduct(h3, p3)
                             oa.storeBytes(of: a, toByteOffset: c, as: W8.self)
                             ob.storeBytes(of: b, toByteOffset: c, as: W8.self)
                             c += 32
@@ -236,10 +236,10 @@ public enum QuantGEMM {
                         var c = 0
                         while c < 4 * k {
                             var acc = o.loadUnaligned(fromByteOffset: c, as: V.self)
-                            acc += g0 * w0.loadUnaligned(fromByteOffset: c, as: V.self)
-                            acc += g1 * w1.loadUnaligned(fromByteOffset: c, as: V.self)
-                            acc += g2 * w2.loadUnaligned(fromByteOffset: c, as: V.self)
-                            acc += g3 * w3.loadUnaligned(fromByteOffset: c, as: V.self)
+                            acc.addProduct(g0, w0.loadUnaligned(fromByteOffset: c, as: V.self))
+                            acc.addProduct(g1, w1.loadUnaligned(fromByteOffset: c, as: V.self))
+                            acc.addProduct(g2, w2.loadUnaligned(fromByteOffset: c, as: V.self))
+                            acc.addProduct(g3, w3.loadUnaligned(fromByteOffset: c, as: V.self))
                             o.storeBytes(of: acc, toByteOffset: c, as: V.self)
                             c += 64
                         }
