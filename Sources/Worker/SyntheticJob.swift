@@ -145,58 +145,10 @@ public final class SyntheticJobRunner: JobRunner {
             "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "seed": "\(spec.seed)",
             "steps": "\(spec.steps)", "final_loss": "\(loss + penalty())", "format": "synthetic",
         ]
-        return JobOutcome(metrics: metrics, artefact: Self.safetensors(delta: w.map(Float.init), metadata: meta))
+        return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: [("delta", [w.count], w.map(Float.init))], metadata: meta))
     }
 
     enum Mode { case normal, fail, crash }
-
-    /// A minimal safetensors file: one F32 tensor "delta" of shape [count] plus string metadata.
-    public static func safetensors(delta: [Float], metadata: [String: String]) -> Data {
-        func quote(_ s: String) -> String {
-            var out = "\""
-            for u in s.unicodeScalars {
-                switch u {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-                default: out.unicodeScalars.append(u)
-                }
-            }
-            return out + "\""
-        }
-        let meta = metadata.keys.sorted().map { "\(quote($0)):\(quote(metadata[$0]!))" }.joined(separator: ",")
-        var header = "{\"__metadata__\":{\(meta)},\"delta\":{\"dtype\":\"F32\",\"shape\":[\(delta.count)],\"data_offsets\":[0,\(delta.count * 4)]}}"
-        while (header.utf8.count + 8) % 8 != 0 { header += " " }
-        var data = Data()
-        var n = UInt64(header.utf8.count).littleEndian
-        withUnsafeBytes(of: &n) { data.append(contentsOf: $0) }
-        data.append(contentsOf: header.utf8)
-        for f in delta {
-            var b = f.bitPattern.littleEndian
-            withUnsafeBytes(of: &b) { data.append(contentsOf: $0) }
-        }
-        return data
-    }
-}
-
-/// Small deterministic PRNG (SplitMix64).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    mutating func uniform() -> Double { Double(next() >> 11) * 0x1.0p-53 }
-    /// Standard normal (Box–Muller).
-    mutating func normal() -> Double {
-        let u1 = max(uniform(), 1e-300), u2 = uniform()
-        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
-    }
 }
 
 /// FNV-1a, stable across processes (unlike Hasher).

@@ -49,7 +49,7 @@ final class InterventionTests: XCTestCase {
         let lm = try SharedModel.get()
         let (prompts, targets, _) = try trainingBatch(lm)
         let A = lm.config.attnDim
-        var rng = SplitMix(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let path = InterventionPath(model: lm, layer: 20, prompts: prompts)
         let delta = (0..<A).map { _ in Float(rng.uniform() - 0.5) }
         // An opinion-style loss over four "letters" with random target distributions.
@@ -99,7 +99,7 @@ final class InterventionTests: XCTestCase {
         XCTAssertEqual(v[3], -1.9 * (1 - 0.5 / n), accuracy: 1e-6)
         XCTAssertEqual(p.nonzeros(v), 2); XCTAssertEqual(p.activeHeads(v), 1)
         // optimality: the prox minimises ½‖x − v‖² + penalty(x) — no random perturbation does better
-        var rng = SplitMix(seed: 1)
+        var rng = SplitMix64(seed: 1)
         let v0: [Float] = (0..<6).map { _ in Float(rng.uniform() * 2 - 1) }
         var x = v0
         p.prox(&x, step: 0.7)
@@ -150,18 +150,4 @@ final class InterventionTests: XCTestCase {
         XCTAssertEqual((8 + Int(hlen)) % 8, 0)
         XCTAssertThrowsError(try Safetensors.read(Data([1, 2, 3])))
     }
-}
-
-/// A tiny deterministic generator for tests.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }

@@ -6,7 +6,7 @@ import XCTest
 final class KernelTests: XCTestCase {
     func compare(_ w: Weight, rows m: Int, file: StaticString = #filePath, line: UInt = #line) {
         guard let q = w.quant else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
-        var rng = SplitMix(seed: UInt64(m * 31 + w.rows))
+        var rng = SplitMix64(seed: UInt64(m * 31 + w.rows))
         let x = (0..<(m * w.cols)).map { _ in Float(rng.uniform() * 2 - 1) }
         let dy = (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) }
         let blas = CPUBackend(threads: 1)
@@ -72,7 +72,7 @@ final class OpsTests: XCTestCase {
             x += 0.219
         }
         XCTAssertLessThan(worst, 1e-6)
-        var rng = SplitMix(seed: 3)
+        var rng = SplitMix64(seed: 3)
         var row = (0..<1000).map { _ in Float(rng.uniform() * 40 - 20) }
         let ref = row.map { expf($0 - row.max()!) }
         let lse = Ops.softmax(&row, row.count)
@@ -83,7 +83,7 @@ final class OpsTests: XCTestCase {
     }
 
     func testSwiGLUVectorPathMatchesScalarFormula() {
-        var rng = SplitMix(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let n = 16 * 7 + 5
         let g = (0..<n).map { _ in Float(rng.uniform() * 60 - 30) }
         let u = (0..<n).map { _ in Float(rng.uniform() * 4 - 2) }
