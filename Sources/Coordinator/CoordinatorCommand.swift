@@ -160,7 +160,9 @@ extension CoordinatorCommand {
 
             grid.json fields: experiment (name), model, tasks, methods, layers, lambda, gamma, seeds \
             (each a value or a list: the grid is their Cartesian product; a method's irrelevant axes \
-            collapse), train_size, test_size, shots, solver {steps, lr}, eval {max_new_tokens}, \
+            collapse), train_size, test_size, shots, solver {steps, lr, method (adam | adam-uniform | \
+            adam-subgradient | fista)}, eval {max_new_tokens}, prompt {query ("Q: {input}\\nA:"), target \
+            (" {output}")}, \
             device ("cpu" | "gpu" | "any").
 
             Examples:

@@ -45,11 +45,15 @@ public struct Grid: Equatable, Sendable {
     public var shots: Int
     /// Solver method name for intervention jobs ("" = the worker's default).
     public var solver: String = ""
+    /// Prompt and target templates ("" = the Q/A default).
+    public var promptTemplate: String = ""
+    public var targetTemplate: String = ""
     public var device: DeviceRequirement
 
     /// Top-level keys, in the order the help text lists them.
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
-                              "train_size", "test_size", "shots", "solver", "eval", "device"]
+                              "train_size", "test_size", "shots", "solver", "eval", "prompt", "device"]
+    public static let promptKeys = ["query", "target"]
     public static let solverKeys = ["steps", "lr", "method"]
     public static let evalKeys = ["max_new_tokens"]
     /// A grid that expands to more jobs than this is refused.
@@ -150,6 +154,24 @@ public struct Grid: Equatable, Sendable {
                     err("eval", "expected an object like {\"max_new_tokens\": 4}, got \(ev.shortDescription)")
                 }
             }
+            var promptTemplate = "", targetTemplate = ""
+            if let pr = root["prompt"] {
+                if case .object(let m) = pr {
+                    checkKeys(m, allowed: Grid.promptKeys, prefix: "prompt.")
+                    if let v = pr["query"] {
+                        if case .string(let s) = v, s.contains("{input}") { promptTemplate = s } else {
+                            err("prompt.query", "expected a string containing {input}, got \(v.shortDescription)")
+                        }
+                    }
+                    if let v = pr["target"] {
+                        if case .string(let s) = v, s.contains("{output}") { targetTemplate = s } else {
+                            err("prompt.target", "expected a string containing {output}, got \(v.shortDescription)")
+                        }
+                    }
+                } else {
+                    err("prompt", "expected an object like {\"query\": \"Q: {input}\\nA:\", \"target\": \" {output}\"}, got \(pr.shortDescription)")
+                }
+            }
             var device = DeviceRequirement.any
             if let d = root["device"] {
                 if case .string(let s) = d, let r = DeviceRequirement(rawValue: s) { device = r } else {
@@ -161,7 +183,8 @@ public struct Grid: Equatable, Sendable {
             }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
-                        steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod, device: device)
+                        steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,
+                        promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device)
         }
 
         mutating func checkKeys(_ members: [(String, JSONValue)], allowed: [String], prefix: String) {
@@ -298,7 +321,8 @@ public struct Grid: Equatable, Sendable {
                                 let spec = MethodInfo.normalise(JobSpec(
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
-                                    steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver))
+                                    steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver,
+                                    promptTemplate: promptTemplate, targetTemplate: targetTemplate))
                                 let id = Grid.jobID(spec)
                                 if seen.insert(id).inserted {
                                     out.append(SubmittedJob(id: id, spec: spec, device: device))

@@ -26,19 +26,26 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     /// Solver for "intervention" (a `SolverMethod` name: adam, adam-uniform, adam-subgradient,
     /// fista); empty = the default.
     public var solver: String
+    /// Prompt template with `{input}` ("" = "Q: {input}\nA:") and target template with
+    /// `{output}` ("" = " {output}").
+    public var promptTemplate: String
+    public var targetTemplate: String
 
     public init(model: String = "smollm2-135m-instruct", task: String, method: String = "intervention",
                 layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
                 trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
-                maxNewTokens: Int = 0, shots: Int = 10, solver: String = "") {
+                maxNewTokens: Int = 0, shots: Int = 10, solver: String = "",
+                promptTemplate: String = "", targetTemplate: String = "") {
         self.model = model; self.task = task; self.method = method; self.layer = layer
         self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
         self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
         self.shots = shots; self.solver = solver
+        self.promptTemplate = promptTemplate; self.targetTemplate = targetTemplate
     }
 
     enum CodingKeys: String, CodingKey {
         case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots, solver
+        case promptTemplate, targetTemplate
     }
 
     public init(from decoder: Decoder) throws {
@@ -50,7 +57,9 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
                   testSize: try c.decode(Int.self, forKey: .testSize), steps: try c.decode(Int.self, forKey: .steps),
                   lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
                   shots: try c.decode(Int.self, forKey: .shots),
-                  solver: try c.decodeIfPresent(String.self, forKey: .solver) ?? "")
+                  solver: try c.decodeIfPresent(String.self, forKey: .solver) ?? "",
+                  promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
+                  targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
     }
 }
 

@@ -338,6 +338,12 @@ public nonisolated struct Intervene_V1_JobParams: Sendable {
   /// SolverMethod name; empty = the worker's default
   public var solver: String = String()
 
+  /// with {input}; empty = "Q: {input}\nA:"
+  public var promptTemplate: String = String()
+
+  /// with {output}; empty = " {output}"
+  public var targetTemplate: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1515,7 +1521,7 @@ nonisolated extension Intervene_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1537,6 +1543,8 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       case 12: try { try decoder.decodeSingularInt32Field(value: &self.maxNewTokens) }()
       case 13: try { try decoder.decodeSingularInt32Field(value: &self.shots) }()
       case 14: try { try decoder.decodeSingularStringField(value: &self.solver) }()
+      case 15: try { try decoder.decodeSingularStringField(value: &self.promptTemplate) }()
+      case 16: try { try decoder.decodeSingularStringField(value: &self.targetTemplate) }()
       default: break
       }
     }
@@ -1585,6 +1593,12 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     if !self.solver.isEmpty {
       try visitor.visitSingularStringField(value: self.solver, fieldNumber: 14)
     }
+    if !self.promptTemplate.isEmpty {
+      try visitor.visitSingularStringField(value: self.promptTemplate, fieldNumber: 15)
+    }
+    if !self.targetTemplate.isEmpty {
+      try visitor.visitSingularStringField(value: self.targetTemplate, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1603,6 +1617,8 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     if lhs.maxNewTokens != rhs.maxNewTokens {return false}
     if lhs.shots != rhs.shots {return false}
     if lhs.solver != rhs.solver {return false}
+    if lhs.promptTemplate != rhs.promptTemplate {return false}
+    if lhs.targetTemplate != rhs.targetTemplate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

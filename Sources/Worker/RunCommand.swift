@@ -107,15 +107,14 @@ public struct RunCommand: ParsableCommand {
         let bar = ProgressLine()
         bar.show("loading \(modelOptions.model)…", force: true)
         let lm = try modelOptions.load()
-        let spec = job.spec(model: modelOptions.model)
+        var spec = job.spec(model: modelOptions.model)
         guard template.contains("{input}") else { throw ValidationError("--template must contain {input}") }
         guard targetTemplate.contains("{output}") else { throw ValidationError("--target-template must contain {output}") }
-        // "\n" and "\t" typed on a command line mean a newline and a tab. A k-shot demonstration
-        // is the query followed by the target, then a blank line.
+        // "\n" and "\t" typed on a command line mean a newline and a tab.
         func unescape(_ s: String) -> String { s.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\t", with: "\t") }
-        let format = PromptFormat(query: unescape(template), target: unescape(targetTemplate),
-                                  demo: unescape(template) + unescape(targetTemplate) + "\n\n")
-        let exp = Experiment(lm: lm, format: format, solverMethod: job.solver)
+        if unescape(template) != PromptFormat.qa.query { spec.promptTemplate = unescape(template) }
+        if unescape(targetTemplate) != PromptFormat.qa.target { spec.targetTemplate = unescape(targetTemplate) }
+        let exp = Experiment(lm: lm, solverMethod: job.solver)
         let t0 = Date()
         let outcome: JobOutcome
         do {

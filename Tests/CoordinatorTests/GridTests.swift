@@ -30,7 +30,7 @@ final class GridTests: XCTestCase {
          "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
         """)
         let expected = [
-            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, device"#,
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device"#,
             #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
             "tasks: expected a non-empty list, got an empty list",
             #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
@@ -59,6 +59,18 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.solver, "", "zero-shot has no solver axis")
         let other = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "adam"}}"#).expand()
         XCTAssertNotEqual(jobs.first { $0.spec.method == "intervention" }?.id, other[0].id, "the solver is part of a job's identity")
+    }
+
+    func testPromptTemplatesAreValidatedAndCarried() throws {
+        let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "prompt": {"query": "Q: x", "target": 3, "style": "y"}}"#)
+        XCTAssertEqual(e.count, 3, "\(e)")
+        XCTAssertTrue(e.contains { $0.hasPrefix("prompt.style: unknown key") }, "\(e)")
+        XCTAssertTrue(e.contains { $0.hasPrefix("prompt.query: expected a string containing {input}") }, "\(e)")
+        XCTAssertTrue(e.contains { $0.hasPrefix("prompt.target: expected a string containing {output}") }, "\(e)")
+        let jobs = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "prompt": {"query": "{input} ->", "target": " {output}"}}"#).expand()
+        XCTAssertEqual(jobs[0].spec.promptTemplate, "{input} ->")
+        let plain = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"]}"#).expand()
+        XCTAssertNotEqual(jobs[0].id, plain[0].id, "the template is part of a job's identity")
     }
 
     func testMissingRequiredFields() {

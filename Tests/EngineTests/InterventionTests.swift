@@ -139,6 +139,17 @@ final class InterventionTests: XCTestCase {
         XCTAssertTrue(message(JobSpec(task: "/nonexistent/pairs.json")).contains("/nonexistent/pairs.json"))
     }
 
+    func testJobPromptTemplates() throws {
+        let lm = try SharedModel.get()
+        let exp = Experiment(lm: lm)
+        XCTAssertEqual(try exp.format(for: JobSpec(task: "t")), .qa)
+        let f = try exp.format(for: JobSpec(task: "t", promptTemplate: "{input} =>", targetTemplate: " {output}."))
+        XCTAssertEqual(f.prompt("hot"), "hot =>")
+        XCTAssertEqual(f.targetText("cold"), " cold.")
+        XCTAssertEqual(f.fewShot([TaskPair(input: "up", output: "down")], "hot"), "up => down.\n\nhot =>")
+        XCTAssertThrowsError(try exp.format(for: JobSpec(task: "t", promptTemplate: "no placeholder")))
+    }
+
     func testSafetensorsRoundTrip() throws {
         let d: [Float] = [1, -2.5, 0, 3e-7]
         let data = Safetensors.write(tensors: [("delta", [4], d)], metadata: ["task": "antonym", "layer": "4"])

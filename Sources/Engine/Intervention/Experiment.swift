@@ -146,8 +146,19 @@ public struct Experiment {
     /// Progress: phase name, done, total, metrics of the latest solver step (if any).
     public typealias Progress = (_ phase: String, _ done: Int, _ total: Int, _ metrics: [String: Double]) -> Void
 
+    /// The job's prompt format: its own templates where it has them, else this experiment's.
+    public func format(for spec: JobSpec) throws -> PromptFormat {
+        guard !spec.promptTemplate.isEmpty || !spec.targetTemplate.isEmpty else { return format }
+        let q = spec.promptTemplate.isEmpty ? format.query : spec.promptTemplate
+        let t = spec.targetTemplate.isEmpty ? format.target : spec.targetTemplate
+        guard q.contains("{input}") else { throw ExperimentError("the prompt template must contain {input}: \(q.debugDescription)") }
+        guard t.contains("{output}") else { throw ExperimentError("the target template must contain {output}: \(t.debugDescription)") }
+        return PromptFormat(query: q, target: t, demo: q + t + "\n\n")
+    }
+
     public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
         let cfg = lm.config
+        let format = try format(for: spec)
         guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
             throw ExperimentError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
         }
@@ -215,7 +226,7 @@ public struct Experiment {
                 "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": spec.task, "layer": "\(spec.layer)",
                 "seed": "\(spec.seed)", "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "steps": "\(res.history.count - 1)",
                 "lr": "\(spec.lr)", "solver": method.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
-                "head_dim": "\(cfg.headDim)", "train_size": "\(spec.trainSize)", "prompt_format": format.query,
+                "head_dim": "\(cfg.headDim)", "train_size": "\(spec.trainSize)", "prompt_format": format.query, "target_format": format.target,
             ]
             md["exact_match"] = "\(metrics["exact_match"]!)"
             metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
