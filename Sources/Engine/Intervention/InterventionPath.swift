@@ -171,7 +171,6 @@ public final class InterventionPath {
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
         Ops.rmsnorm(acts.hFinal, model.outputNorm.data, acts.hNorm, rows: N, dim: D, eps: cfg.rmsEps, invRMS: acts.invFinal)
         if wantLogits { backend.linear(acts.hNorm, N, model.output, acts.logits, accumulate: false) }
-        _ = ctxMax
     }
 
     // MARK: loss
