@@ -95,6 +95,9 @@ public struct RunCommand: ParsableCommand {
     @Option(name: .customLong("target-template"), help: ArgumentHelp("Target template; {output} is replaced by the pair's output.", valueName: "text"))
     public var targetTemplate: String = PromptFormat.qa.target
 
+    @Option(name: .long, help: ArgumentHelp("Several split seeds, e.g. 0,1,2,3,4: their intervention jobs are solved together on one path (one weight read per step for all), then each is evaluated on its own split.", valueName: "list"))
+    public var seeds: String?
+
     @Option(name: .long, help: "Folder for the Δ artefact (<sha256>.safetensors).")
     public var out: String = "runs"
 
@@ -116,35 +119,47 @@ public struct RunCommand: ParsableCommand {
         if unescape(targetTemplate) != PromptFormat.qa.target { spec.targetTemplate = unescape(targetTemplate) }
         let exp = Experiment(lm: lm, solverMethod: job.solver)
         let t0 = Date()
-        let outcome: JobOutcome
+        let seedList = seeds.map { $0.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? [spec.seed]
+        if let seeds, seedList.isEmpty || seedList.count != seeds.split(separator: ",").count || seedList.contains(where: { $0 < 0 }) {
+            throw ValidationError("--seeds takes a comma-separated list of non-negative integers, got \(seeds.debugDescription)")
+        }
+        guard seedList.count == 1 || spec.method == "intervention" else {
+            throw ValidationError("--seeds with several seeds fuses intervention jobs; use --seed for \(spec.method)")
+        }
+        let specs = seedList.map { s -> JobSpec in var x = spec; x.seed = s; return x }
+        let outcomes: [JobOutcome]
         do {
-            outcome = try exp.run(spec) { phase, done, total, m in
+            let show: Experiment.Progress = { phase, done, total, m in
                 var s = "\(phase) \(done)/\(total)"
                 if let l = m["loss"], let nz = m["nonzero"], let ah = m["active_heads"] {
                     s += String(format: "  loss %.4f  nonzero %d  heads %d", l, Int(nz), Int(ah))
                 }
                 bar.show(s, force: done == total)
             }
+            outcomes = specs.count == 1 ? [try exp.run(specs[0], progress: show)] : try exp.runFused(specs, progress: show)
         } catch let e as ExperimentError {
             bar.done()
             throw ValidationError(e.message)
         }
         bar.done()
-        var m = outcome.metrics
-        m["load_ms"] = lm.loadSeconds * 1000
-        var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method,
-                                  "model": lm.name, "solver": job.solver.rawValue]
-        for (k, v) in m { obj[k] = v.isFinite ? v : nil }
-        if let art = outcome.artefact {
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
-            try art.write(to: URL(fileURLWithPath: path), options: .atomic)
-            obj["delta_path"] = path
-        }
-        if json {
-            let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
-            print(String(decoding: d, as: UTF8.self))
-        } else {
+        var summaries: [[String: Any]] = []
+        for (spec, outcome) in zip(specs, outcomes) {
+            var m = outcome.metrics
+            m["load_ms"] = lm.loadSeconds * 1000
+            var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method,
+                                      "model": lm.name, "solver": job.solver.rawValue]
+            for (k, v) in m { obj[k] = v.isFinite ? v : nil }
+            if let art = outcome.artefact {
+                try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+                let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
+                try art.write(to: URL(fileURLWithPath: path), options: .atomic)
+                obj["delta_path"] = path
+            }
+            summaries.append(obj)
+            if json {
+                if specs.count == 1 { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }
+                continue
+            }
             func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
             print("task \(spec.task)  layer \(spec.layer)  seed \(spec.seed)  method \(spec.method)  (\(Int(m["n_test"] ?? 0)) test pairs)")
             print("                 exact match   first token   judge")
@@ -157,7 +172,32 @@ public struct RunCommand: ParsableCommand {
             } else {
                 print("  \(spec.method.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
             }
-            print(String(format: "  time: load %.0f ms, total %.1f s", m["load_ms"]!, Date().timeIntervalSince(t0)))
+        }
+        if specs.count > 1 {
+            // mean ± std over the seeds; with --json one object whose `per_seed` holds each job's
+            func stats(_ k: String) -> (Double, Double) {
+                let v = summaries.compactMap { $0[k] as? Double }
+                let mean = v.reduce(0, +) / Double(max(v.count, 1))
+                let sd = v.count > 1 ? (v.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(v.count - 1)).squareRoot() : 0
+                return (mean, sd)
+            }
+            let keys = ["exact_match", "first_token_accuracy", "judge_accuracy", "zero_shot_exact_match", "final_loss", "nonzero"]
+            if json {
+                var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seeds": seedList, "method": spec.method,
+                                          "solver": job.solver.rawValue, "per_seed": summaries,
+                                          "step_ms": summaries.first?["step_ms"] ?? 0, "fused_jobs": specs.count]
+                for k in keys { let (a, b) = stats(k); obj[k] = a; obj[k + "_std"] = b }
+                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            } else {
+                print("over seeds \(seedList.map(String.init).joined(separator: ","))  (\(specs.count) jobs solved together)")
+                for k in keys {
+                    let (a, b) = stats(k)
+                    print("  \(k.padding(toLength: 24, withPad: " ", startingAt: 0)) \(String(format: "%.3f ± %.3f", a, b))")
+                }
+            }
+        }
+        if !json {
+            print(String(format: "  time: load %.0f ms, total %.1f s", lm.loadSeconds * 1000, Date().timeIntervalSince(t0)))
         }
     }
 }

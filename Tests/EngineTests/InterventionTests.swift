@@ -150,6 +150,30 @@ final class InterventionTests: XCTestCase {
         XCTAssertThrowsError(try exp.format(for: JobSpec(task: "t", promptTemplate: "no placeholder")))
     }
 
+    /// Jobs fused on one path get the losses and gradients they would get alone.
+    func testFusedJobsMatchSeparateJobs() throws {
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        let A = lm.config.attnDim
+        let d1 = (0..<A).map { Float(($0 % 7) - 3) * 0.05 }, d2 = (0..<A).map { Float(($0 % 5) - 2) * 0.07 }
+        let a = InterventionPath(model: lm, layer: 20, prompts: Array(prompts[0..<6]))
+        let b = InterventionPath(model: lm, layer: 20, prompts: Array(prompts[6..<10]))
+        let both = InterventionPath(model: lm, layer: 20, prompts: prompts)
+        let ra = a.lossAndGradient(delta: d1, loss: .nextToken(targets: Array(targets[0..<6])))
+        let rb = b.lossAndGradient(delta: d2, loss: .nextToken(targets: Array(targets[6..<10])))
+        let fused = both.lossesAndGradients(deltas: [d1, d2], jobs: [0..<6, 6..<10], loss: .nextToken(targets: targets))
+        for (alone, f) in [(ra, fused[0]), (rb, fused[1])] {
+            XCTAssertEqual(f.loss, alone.loss, accuracy: 1e-5 * max(1, abs(alone.loss)))
+            for c in 0..<A { XCTAssertEqual(f.grad[c], alone.grad[c], accuracy: 1e-5 + 1e-4 * abs(alone.grad[c])) }
+        }
+        // a single job through the fused solver is the single-job solver
+        let pen = SparseGroupLasso(gamma: 0.01, lambda: 0.01, heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let opts = SolverOptions(method: .adam, steps: 3, lr: 0.1)
+        let one = Solver.solve(path: a, loss: .nextToken(targets: Array(targets[0..<6])), penalty: pen, options: opts)
+        let viaJobs = Solver.solveJobs(path: a, jobs: [0..<6], loss: .nextToken(targets: Array(targets[0..<6])), penalty: pen, options: opts)
+        XCTAssertEqual(one.delta, viaJobs[0].delta)
+    }
+
     func testSafetensorsRoundTrip() throws {
         let d: [Float] = [1, -2.5, 0, 3e-7]
         let data = Safetensors.write(tensors: [("delta", [4], d)], metadata: ["task": "antonym", "layer": "4"])

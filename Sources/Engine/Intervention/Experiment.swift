@@ -156,7 +156,16 @@ public struct Experiment {
         return PromptFormat(query: q, target: t, demo: q + t + "\n\n")
     }
 
-    public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
+    /// A job checked and split, ready to run.
+    struct Prepared {
+        let spec: JobSpec
+        let format: PromptFormat
+        let method: SolverMethod
+        let split: TaskSplit
+        let judge: Judge
+    }
+
+    func prepare(_ spec: JobSpec) throws -> Prepared {
         let cfg = lm.config
         let format = try format(for: spec)
         guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
@@ -171,6 +180,9 @@ public struct Experiment {
             }
             method = m
         }
+        guard ["intervention", "zero-shot", "few-shot"].contains(spec.method) else {
+            throw ExperimentError("unknown method \"\(spec.method)\" (known: intervention, zero-shot, few-shot)")
+        }
         let pairs: [TaskPair]
         let judge: Judge
         do { pairs = try registry.load(spec.task); judge = try registry.judge(for: spec.task) }
@@ -179,38 +191,77 @@ public struct Experiment {
         guard split.train.count == spec.trainSize else {
             throw ExperimentError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
         }
-        var metrics: [String: Double] = ["n_test": Double(split.test.count), "n_train": Double(split.train.count)]
+        return Prepared(spec: spec, format: format, method: method, split: split, judge: judge)
+    }
+
+    func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], progress: Progress?) -> [Evaluation] {
+        lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: deltas, layer: p.spec.layer, judge: p.judge,
+                    maxNewTokens: p.spec.maxNewTokens) { progress?("eval", $0, p.split.test.count, [:]) }
+    }
+
+    static func record(_ e: Evaluation, into metrics: inout [String: Double], prefix: String = "") {
+        metrics[prefix + "exact_match"] = e.exactMatch
+        metrics[prefix + "first_token_accuracy"] = e.firstTokenAccuracy
+        metrics[prefix + "judge_accuracy"] = e.judgeAccuracy
+    }
+
+    public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
+        let p = try prepare(spec)
         let t0 = Date()
-        func eval(_ prompts: [String], _ deltas: [[Float]?]) -> [Evaluation] {
-            lm.evaluate(prompts: prompts, pairs: split.test, format: format, deltas: deltas, layer: spec.layer, judge: judge,
-                        maxNewTokens: spec.maxNewTokens) { progress?("eval", $0, split.test.count, [:]) }
-        }
-        let queries = split.test.map { format.prompt($0.input) }
-        func record(_ e: Evaluation, prefix: String = "") {
-            metrics[prefix + "exact_match"] = e.exactMatch
-            metrics[prefix + "first_token_accuracy"] = e.firstTokenAccuracy
-            metrics[prefix + "judge_accuracy"] = e.judgeAccuracy
-        }
+        var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count)]
         switch spec.method {
         case "zero-shot":
-            record(eval(queries, [nil])[0])
+            Self.record(evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [nil], progress: progress)[0], into: &metrics)
         case "few-shot":
-            let demos = Array(split.train.prefix(max(spec.shots, 0)))
-            record(eval(split.test.map { format.fewShot(demos, $0.input) }, [nil])[0])
-        case "intervention":
-            let prompts = split.train.map { lm.tokenizer.encode(format.prompt($0.input)) }
-            let targets = split.train.map { lm.tokenizer.encode(format.targetText($0.output)).first ?? 0 }
-            let tp = Date()
-            let path = InterventionPath(model: lm, layer: spec.layer, prompts: prompts)
-            metrics["setup_ms"] = Date().timeIntervalSince(tp) * 1000
-            let penalty = SparseGroupLasso(gamma: Float(spec.gamma), lambda: Float(spec.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
-            let ts = Date()
-            let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
-                                   options: SolverOptions(method: method, steps: spec.steps, lr: Float(spec.lr))) { s in
-                progress?("solve", s.step, spec.steps, s.metrics)
+            let demos = Array(p.split.train.prefix(max(spec.shots, 0)))
+            Self.record(evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, deltas: [nil], progress: progress)[0],
+                        into: &metrics)
+        default:  // intervention
+            return try runFused([spec], progress: progress)[0]
+        }
+        metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
+        return JobOutcome(metrics: metrics)
+    }
+
+    /// Intervention jobs that share the model, task, layer, penalty and solver settings and differ
+    /// in their split seed, solved together on one path (one weight read per step for all); each
+    /// is then evaluated on its own test split. One spec is an ordinary single job.
+    public func runFused(_ specs: [JobSpec], progress: Progress? = nil) throws -> [JobOutcome] {
+        precondition(!specs.isEmpty)
+        let cfg = lm.config
+        let jobs = try specs.map(prepare)
+        let first = specs[0]
+        for s in specs {
+            var a = s, b = first
+            a.seed = 0; b.seed = 0
+            guard a == b, s.method == "intervention" else {
+                throw ExperimentError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
-            metrics["solve_ms"] = Date().timeIntervalSince(ts) * 1000
-            metrics["step_ms"] = metrics["solve_ms"]! / Double(max(res.history.count, 1))
+        }
+        if jobs.count > 1 && jobs[0].method == .fista { throw ExperimentError("the fista solver runs one job at a time; use an Adam solver to fuse seeds") }
+        let t0 = Date()
+        var prompts: [[Int]] = [], targets: [Int] = [], rows: [Range<Int>] = []
+        for p in jobs {
+            let start = prompts.count
+            prompts += p.split.train.map { lm.tokenizer.encode(p.format.prompt($0.input)) }
+            targets += p.split.train.map { lm.tokenizer.encode(p.format.targetText($0.output)).first ?? 0 }
+            rows.append(start..<prompts.count)
+        }
+        let tp = Date()
+        let path = InterventionPath(model: lm, layer: first.layer, prompts: prompts)
+        let setupMs = Date().timeIntervalSince(tp) * 1000
+        let penalty = SparseGroupLasso(gamma: Float(first.gamma), lambda: Float(first.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
+        let ts = Date()
+        let results = Solver.solveJobs(path: path, jobs: rows, loss: .nextToken(targets: targets), penalty: penalty,
+                                       options: SolverOptions(method: jobs[0].method, steps: first.steps, lr: Float(first.lr))) { j, s in
+            if j == 0 { progress?("solve", s.step, first.steps, s.metrics) }
+        }
+        let solveMs = Date().timeIntervalSince(ts) * 1000
+        var outcomes: [JobOutcome] = []
+        for (p, res) in zip(jobs, results) {
+            var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
+                                             "setup_ms": setupMs, "solve_ms": solveMs, "fused_jobs": Double(jobs.count)]
+            metrics["step_ms"] = solveMs / Double(max(res.history.count, 1))
             let f = res.final
             metrics["final_loss"] = Double(f.loss); metrics["final_objective"] = Double(f.objective)
             metrics["nonzero"] = Double(f.nonzeros); metrics["active_heads"] = Double(f.activeHeads)
@@ -218,23 +269,22 @@ public struct Experiment {
             metrics["initial_loss"] = Double(res.history.first?.loss ?? .nan)
             let te = Date()
             // Δ and Δ = 0 (zero-shot) share everything before the last prompt position
-            let evs = eval(queries, [res.delta, nil])
-            record(evs[0])
-            record(evs[1], prefix: "zero_shot_")
+            let evs = evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [res.delta, nil], progress: progress)
+            Self.record(evs[0], into: &metrics)
+            Self.record(evs[1], into: &metrics, prefix: "zero_shot_")
             metrics["eval_ms"] = Date().timeIntervalSince(te) * 1000
-            var md: [String: String] = [
-                "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": spec.task, "layer": "\(spec.layer)",
-                "seed": "\(spec.seed)", "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "steps": "\(res.history.count - 1)",
-                "lr": "\(spec.lr)", "solver": method.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
-                "head_dim": "\(cfg.headDim)", "train_size": "\(spec.trainSize)", "prompt_format": format.query, "target_format": format.target,
+            let s = p.spec
+            let md: [String: String] = [
+                "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": s.task, "layer": "\(s.layer)",
+                "seed": "\(s.seed)", "lambda": "\(s.lambda)", "gamma": "\(s.gamma)", "steps": "\(res.history.count - 1)",
+                "lr": "\(s.lr)", "solver": p.method.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
+                "head_dim": "\(cfg.headDim)", "train_size": "\(s.trainSize)", "prompt_format": p.format.query,
+                "target_format": p.format.target, "exact_match": "\(metrics["exact_match"]!)",
             ]
-            md["exact_match"] = "\(metrics["exact_match"]!)"
             metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-            return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: [("delta", [cfg.attnDim], res.delta)], metadata: md))
-        default:
-            throw ExperimentError("unknown method \"\(spec.method)\" (known: intervention, zero-shot, few-shot)")
+            outcomes.append(JobOutcome(metrics: metrics,
+                                       artefact: Safetensors.write(tensors: [("delta", [cfg.attnDim], res.delta)], metadata: md)))
         }
-        metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-        return JobOutcome(metrics: metrics)
+        return outcomes
     }
 }

@@ -304,31 +304,43 @@ public final class InterventionPath {
 
     // MARK: public API
 
+    /// Several jobs on one path (DESIGN idea 4): job j owns the rows `jobs[j]` and its own Δ_j.
+    /// Returns each job's loss (the mean over its rows) and, when asked, its gradient ∂loss_j/∂Δ_j.
+    /// All jobs share every weight read: one GEMM per projection for all rows.
+    public func lossesAndGradients(deltas: [[Float]], jobs: [Range<Int>], loss: TaskLoss,
+                                   gradient: Bool = true) -> [(loss: Float, grad: [Float])] {
+        let A = cfg.attnDim, N = rows
+        precondition(deltas.count == jobs.count && deltas.allSatisfy { $0.count == A })
+        precondition(jobs.reduce(0) { $0 + $1.count } == N, "the jobs' rows must cover the path's rows")
+        var D = [Float](repeating: 0, count: N * A)
+        var weight = [Float](repeating: 0, count: N)
+        for (j, r) in jobs.enumerated() {
+            for i in r {
+                for c in 0..<A { D[i * A + c] = deltas[j][c] }
+                weight[i] = 1 / Float(r.count)
+            }
+        }
+        var perRow = [Float](repeating: 0, count: N)
+        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
+        lossHead(loss, rowWeight: weight, perRow: &perRow, gradient: gradient)
+        var G = [Float](repeating: 0, count: gradient ? N * A : 0)
+        if gradient { G.withUnsafeMutableBufferPointer { backward($0.baseAddress!) } }
+        return jobs.map { r in
+            var grad = [Float](repeating: 0, count: gradient ? A : 0)
+            if gradient { for i in r { for c in 0..<A { grad[c] += G[i * A + c] } } }
+            return (r.reduce(0) { $0 + perRow[$1] } / Float(r.count), grad)
+        }
+    }
+
     /// Loss (mean over rows) and its gradient with respect to a single Δ shared by all rows.
     public func lossAndGradient(delta: [Float], loss: TaskLoss) -> (loss: Float, grad: [Float]) {
-        let A = cfg.attnDim, N = rows
-        precondition(delta.count == A)
-        var D = [Float](repeating: 0, count: N * A)
-        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
-        var perRow = [Float](repeating: 0, count: N)
-        var G = [Float](repeating: 0, count: N * A)
-        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
-        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow)
-        G.withUnsafeMutableBufferPointer { backward($0.baseAddress!) }
-        var grad = [Float](repeating: 0, count: A)
-        for i in 0..<N { for j in 0..<A { grad[j] += G[i * A + j] } }
-        return (perRow.reduce(0, +) / Float(N), grad)
+        let r = lossesAndGradients(deltas: [delta], jobs: [0..<rows], loss: loss)[0]
+        return (r.loss, r.grad)
     }
 
     /// Loss only (mean over rows), no backward.
     public func loss(delta: [Float], loss: TaskLoss) -> Float {
-        let A = cfg.attnDim, N = rows
-        var D = [Float](repeating: 0, count: N * A)
-        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
-        var perRow = [Float](repeating: 0, count: N)
-        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
-        lossHead(loss, rowWeight: [Float](repeating: 1 / Float(N), count: N), perRow: &perRow, gradient: false)
-        return perRow.reduce(0, +) / Float(N)
+        lossesAndGradients(deltas: [delta], jobs: [0..<rows], loss: loss, gradient: false)[0].loss
     }
 
     /// Logits [N × V] of the path for Δ (for checks against a full forward).

@@ -149,34 +149,64 @@ public enum Solver {
         return abs(a - b) <= tol * max(abs(a), 1e-6)
     }
 
+    /// Solves several jobs that share the path's prompts-by-rows (job j owns rows `jobs[j]`):
+    /// independent Δs and optimiser states, one forward/backward per step for all of them.
+    /// Adam variants only (FISTA's line search is per job).
+    public static func solveJobs(path: InterventionPath, jobs: [Range<Int>], loss: TaskLoss, penalty: SparseGroupLasso,
+                                 options: SolverOptions, onStep: ((_ job: Int, SolverStep) -> Void)? = nil) -> [SolverResult] {
+        switch options.method {
+        case .adam: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
+        case .adamUniform: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: false, onStep: onStep)
+        case .adamSubgradient:
+            return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: false, subgradient: true, onStep: onStep)
+        case .fista:
+            precondition(jobs.count == 1, "FISTA runs one job per path")
+            return [fista(path: path, loss: loss, penalty: penalty, options: options) { onStep?(0, $0) }]
+        }
+    }
+
     static func adam(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
                      options o: SolverOptions, metric: Bool, subgradient: Bool = false,
                      onStep: ((SolverStep) -> Void)?) -> SolverResult {
-        let n = path.cfg.attnDim
-        var d = [Float](repeating: 0, count: n), m = d, v = d, eta = d
+        adam(path: path, jobs: [0..<path.rows], loss: loss, penalty: penalty, options: o, metric: metric,
+             subgradient: subgradient) { _, s in onStep?(s) }[0]
+    }
+
+    static func adam(path: InterventionPath, jobs: [Range<Int>], loss: TaskLoss, penalty: SparseGroupLasso,
+                     options o: SolverOptions, metric: Bool, subgradient: Bool = false,
+                     onStep: ((Int, SolverStep) -> Void)?) -> [SolverResult] {
+        let n = path.cfg.attnDim, K = jobs.count
+        let zero = [Float](repeating: 0, count: n)
+        var d = [[Float]](repeating: zero, count: K), m = d, v = d, eta = d
         let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
-        var history: [SolverStep] = []
+        var history = [[SolverStep]](repeating: [], count: K)
         for k in 1...max(o.steps, 1) {
-            var (l, g) = path.lossAndGradient(delta: d, loss: loss)
-            if subgradient { penalty.addSubgradient(d, to: &g) }
-            // the report of step k is the objective at the Δ this step starts from
-            let r = report(k - 1, d, l, penalty, o.lr)
-            history.append(r); onStep?(r)
-            if converged(history, o.tolerance) { break }
+            let lg = path.lossesAndGradients(deltas: d, jobs: jobs, loss: loss)
             let c1 = 1 - powf(b1, Float(k)), c2 = 1 - powf(b2, Float(k))
-            for j in 0..<n {
-                m[j] = b1 * m[j] + (1 - b1) * g[j]
-                v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j]
-                eta[j] = o.lr / ((v[j] / c2).squareRoot() + eps)
-                d[j] -= eta[j] * (m[j] / c1)
+            for j in 0..<K {
+                var g = lg[j].grad
+                if subgradient { penalty.addSubgradient(d[j], to: &g) }
+                // the report of step k is the objective at the Δ this step starts from
+                let r = report(k - 1, d[j], lg[j].loss, penalty, o.lr)
+                history[j].append(r); onStep?(j, r)
+                for c in 0..<n {
+                    m[j][c] = b1 * m[j][c] + (1 - b1) * g[c]
+                    v[j][c] = b2 * v[j][c] + (1 - b2) * g[c] * g[c]
+                    eta[j][c] = o.lr / ((v[j][c] / c2).squareRoot() + eps)
+                    d[j][c] -= eta[j][c] * (m[j][c] / c1)
+                }
+                if subgradient { continue }
+                if metric { penalty.prox(&d[j], steps: eta[j]) } else { penalty.prox(&d[j], step: o.lr) }
             }
-            if subgradient { continue }
-            if metric { penalty.prox(&d, steps: eta) } else { penalty.prox(&d, step: o.lr) }
+            if history.allSatisfy({ converged($0, o.tolerance) }) { break }
         }
-        // the final Δ (as the reference does), evaluated
-        let last = report(history.count, d, path.loss(delta: d, loss: loss), penalty, o.lr)
-        history.append(last); onStep?(last)
-        return SolverResult(delta: d, history: history)
+        // the final Δs (as the reference does), evaluated
+        let final = path.lossesAndGradients(deltas: d, jobs: jobs, loss: loss, gradient: false)
+        return (0..<K).map { j in
+            let last = report(history[j].count, d[j], final[j].loss, penalty, o.lr)
+            history[j].append(last); onStep?(j, last)
+            return SolverResult(delta: d[j], history: history[j])
+        }
     }
 
     static func fista(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
