@@ -2,6 +2,12 @@ import ArgumentParser
 import Engine
 import Foundation
 
+/// A failure while running (not a usage mistake): printed as "Error: …" without the usage text.
+public struct CLIError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
 /// Shared by every subcommand that loads a model.
 public struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Model registry name or path to a .gguf file.", valueName: "name-or-path"))
@@ -18,7 +24,7 @@ public struct ModelOptions: ParsableArguments {
 
     public func load() throws -> LanguageModel {
         do { return try LanguageModel(model, backend: CPUBackend(threads: threads), threads: max(threads, 2)) }
-        catch { throw ValidationError("\(error)") }
+        catch { throw CLIError("\(error)") }
     }
 }
 

@@ -139,7 +139,7 @@ public struct RunCommand: ParsableCommand {
             outcomes = specs.count == 1 ? [try exp.run(specs[0], progress: show)] : try exp.runFused(specs, progress: show)
         } catch let e as ExperimentError {
             bar.done()
-            throw ValidationError(e.message)
+            throw CLIError(e.message)
         }
         bar.done()
         var summaries: [[String: Any]] = []
@@ -225,7 +225,8 @@ public struct BenchCommand: ParsableCommand {
         let lm = try modelOptions.load()
         let loadMs = Date().timeIntervalSince(t0) * 1000
         let registry = TaskRegistry()
-        let pairs = try registry.load(job.task)
+        let pairs: [TaskPair]
+        do { pairs = try registry.load(job.task) } catch { throw CLIError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
         let split = TaskSplit(pairs: pairs, seed: job.seed, trainSize: job.trainSize, testSize: job.testSize)
         let fmt = PromptFormat.qa
         let prompts = split.train.map { lm.tokenizer.encode(fmt.prompt($0.input)) }

@@ -186,7 +186,7 @@ public struct Experiment {
         let pairs: [TaskPair]
         let judge: Judge
         do { pairs = try registry.load(spec.task); judge = try registry.judge(for: spec.task) }
-        catch { throw ExperimentError("\(error)") }
+        catch { throw ExperimentError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
         let split = TaskSplit(pairs: pairs, seed: spec.seed, trainSize: spec.trainSize, testSize: spec.testSize)
         guard split.train.count == spec.trainSize else {
             throw ExperimentError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
