@@ -27,16 +27,20 @@ public struct Evaluation: Sendable {
     public var judgeAccuracy: Double { n == 0 ? 0 : Double(items.filter(\.judged).count) / Double(n) }
 }
 
-/// Adds Δ to layer ℓ's head outputs at each sequence's last row (the prompt pass only).
+/// Adds Δ to layer ℓ's head outputs at each sequence's last row (used for the prompt pass only):
+/// one Δ for every sequence, or one per sequence (nil = none).
 public final class DeltaHook: ForwardHooks {
     public let layer: Int
-    public let delta: [Float]
-    public init(layer: Int, delta: [Float]) { self.layer = layer; self.delta = delta }
+    let shared: [Float]?
+    let perSequence: [[Float]?]
+    public init(layer: Int, delta: [Float]) { self.layer = layer; shared = delta; perSequence = [] }
+    public init(layer: Int, perSequence: [[Float]?]) { self.layer = layer; shared = nil; self.perSequence = perSequence }
     public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
     public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         guard layer == self.layer else { return }
-        delta.withUnsafeBufferPointer { d in
-            for s in 0..<layout.rowCount.count { Ops.add(d.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
+        for s in 0..<layout.rowCount.count {
+            guard let d = shared ?? perSequence[s] else { continue }
+            d.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
         }
     }
 }

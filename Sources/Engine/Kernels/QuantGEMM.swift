@@ -110,12 +110,7 @@ public enum QuantGEMM {
         permute(x, xp, count: m * k)
         let x = UnsafePointer(xp)
         let work = { (r0: Int, r1: Int) in
-            let strip = UnsafeMutablePointer<Float>.allocate(capacity: 4 * k)
-            defer { strip.deallocate() }
-            var r = r0
-            while r < r1 {
-                let nr = min(4, r1 - r)
-                for j in 0..<nr { dequantRow(q, r + j, 0, k, strip + j * k) }
+            forEachStrip(q, r0, r1, k) { r, nr, strip in
                 if nr == 4 {
                     let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
                     let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
@@ -174,7 +169,6 @@ public enum QuantGEMM {
                         }
                     }
                 }
-                r += nr
             }
         }
         parallelRows(n, threads, work)
@@ -196,12 +190,7 @@ public enum QuantGEMM {
             let out = ti == 0 ? dx : partial + (ti - 1) * m * k
             if ti > 0 || !accumulate { out.update(repeating: 0, count: m * k) }
             guard r0 < r1 else { return }
-            let strip = UnsafeMutablePointer<Float>.allocate(capacity: 4 * k)
-            defer { strip.deallocate() }
-            var r = r0
-            while r < r1 {
-                let nr = min(4, r1 - r)
-                for j in 0..<nr { dequantRow(q, r + j, 0, k, strip + j * k) }
+            forEachStrip(q, r0, r1, k) { r, nr, strip in
                 if nr == 4 {
                     let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
                     let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
@@ -250,7 +239,6 @@ public enum QuantGEMM {
                         for i in 0..<m { Ops.axpy(dy[i * n + r + j], strip + j * k, out + i * k, k) }
                     }
                 }
-                r += nr
             }
         }
         for ti in 1..<max(t, 1) { Ops.add(partial + (ti - 1) * m * k, into: dx, m * k) }
@@ -259,6 +247,22 @@ public enum QuantGEMM {
             Ops.add(partial, into: dxOut, m * k)
         } else {
             permute(dx, dxOut, count: m * k)
+        }
+    }
+
+    /// Walks weight rows [r0, r1) four at a time, dequantising each group into an L1-resident
+    /// strip (P order) that `body(firstRow, count, strip)` then uses for every activation row.
+    @inline(__always)
+    static func forEachStrip(_ q: QuantView, _ r0: Int, _ r1: Int, _ k: Int,
+                             _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        let strip = UnsafeMutablePointer<Float>.allocate(capacity: 4 * k)
+        defer { strip.deallocate() }
+        var r = r0
+        while r < r1 {
+            let nr = min(4, r1 - r)
+            for j in 0..<nr { dequantRow(q, r + j, 0, k, strip + j * k) }
+            body(r, nr, strip)
+            r += nr
         }
     }
 

@@ -60,21 +60,6 @@ extension LanguageModel {
     }
 }
 
-/// Adds a per-sequence Δ (nil = none) at layer ℓ to each sequence's last row.
-final class PerSequenceDelta: ForwardHooks {
-    let layer: Int
-    let deltas: [[Float]?]
-    init(layer: Int, deltas: [[Float]?]) { self.layer = layer; self.deltas = deltas }
-    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
-    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-        guard layer == self.layer else { return }
-        for s in 0..<layout.rowCount.count {
-            guard let d = deltas[s] else { continue }
-            d.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
-        }
-    }
-}
-
 extension KVCache {
     /// A copy holding the first `length` positions.
     func copy(extra: Int) -> KVCache {
@@ -129,7 +114,7 @@ extension LanguageModel {
         }
         let S = caches.count
         let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
-                                   hooks: PerSequenceDelta(layer: layer, deltas: deltas))
+                                   hooks: DeltaHook(layer: layer, perSequence: deltas))
         // 4. decode all sequences together
         let (out, first) = decode(caches: caches, logits: logits, stop: stop)
         return (0..<variants.count).map { vi in
