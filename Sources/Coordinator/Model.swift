@@ -45,8 +45,8 @@ public enum MethodInfo {
     }
 
     /// Known method names, in the order the help text lists them.
-    public static let known: [String] = [
-        "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash",
+    public static let known: [String] = Experiment.methods + [
+        "synthetic", "synthetic-fail", "synthetic-crash",
     ]
 
     /// The axes a method's result depends on (task, seed, test_size, max_new_tokens and the model

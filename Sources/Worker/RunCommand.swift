@@ -40,8 +40,8 @@ public struct JobOptions: ParsableArguments {
         guard lambda >= 0, gamma >= 0 else { throw ValidationError("--lambda and --gamma must be ≥ 0") }
         guard steps >= 1 else { throw ValidationError("--steps must be ≥ 1") }
         guard lr > 0 else { throw ValidationError("--lr must be > 0") }
-        guard ["intervention", "zero-shot", "few-shot"].contains(method) else {
-            throw ValidationError("--method must be intervention, zero-shot or few-shot")
+        guard Experiment.methods.contains(method) else {
+            throw ValidationError("--method must be one of \(Experiment.methods.joined(separator: ", "))")
         }
     }
 

@@ -160,6 +160,9 @@ public struct Experiment {
         return PromptFormat(query: q, target: t, demo: q + t + "\n\n")
     }
 
+    /// The methods the engine runs.
+    public static let methods = ["intervention", "zero-shot", "few-shot"]
+
     /// A job checked and split, ready to run.
     struct Prepared {
         let spec: JobSpec
@@ -184,8 +187,8 @@ public struct Experiment {
             }
             method = m
         }
-        guard ["intervention", "zero-shot", "few-shot"].contains(spec.method) else {
-            throw ExperimentError("unknown method \"\(spec.method)\" (known: intervention, zero-shot, few-shot)")
+        guard Self.methods.contains(spec.method) else {
+            throw ExperimentError("unknown method \"\(spec.method)\" (known: \(Self.methods.joined(separator: ", ")))")
         }
         let pairs: [TaskPair]
         let judge: Judge
