@@ -4,19 +4,24 @@
 //   decode_tok_s   tokens/s of batched greedy decoding (10 sequences, 32 steps)
 //   decode1_tok_s  tokens/s decoding a single sequence
 //   peak_rss_mb
-// Usage: engine-bench [--model NAME_OR_PATH] [--threads N]
+// With --kernels: the few-row products alone instead (m = 10 rows, the solver's shape) on the
+// model's own weights: µs and GFLOP/s per matrix, forward (y = x·Wᵀ) and backward (dx = dy·W),
+// and `step_kernels_ms`, their sum over one solver step at layer 4 (26 layers and the head).
+// Usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]
 import Engine
 import Foundation
 
 var model = ModelRegistry.defaultModel
 var threads = 1
+var kernels = false
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
     case "--model": model = args.popFirst() ?? model
     case "--threads": threads = Int(args.popFirst() ?? "") ?? threads
+    case "--kernels": kernels = true
     case "-h", "--help":
-        print("usage: engine-bench [--model NAME_OR_PATH] [--threads N]"); exit(0)
+        print("usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]"); exit(0)
     default:
         FileHandle.standardError.write(Data("engine-bench: unknown argument \(a)\n".utf8)); exit(2)
     }
@@ -25,6 +30,36 @@ do {
     let t0 = Date()
     let lm = try LanguageModel(model, backend: CPUBackend(threads: threads), threads: max(threads, 2))
     let loadMs = Date().timeIntervalSince(t0) * 1000
+    if kernels {
+        let m = 10
+        let blk = lm.model.blocks[5]
+        var out: [String: Any] = ["threads": threads, "rows": m]
+        var stepS = 0.0
+        // (name, matrix, how many of it one layer has); the head once per step
+        for (name, w, perLayer) in [("q", blk.wq, 1), ("k", blk.wk, 2), ("o", blk.wo, 1), ("gate", blk.wGate, 2),
+                                    ("down", blk.wDown, 1), ("head", lm.model.output, 0)] {
+            guard let q = w.packed else { continue }
+            let size = m * max(w.rows, w.cols)
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: size), y = UnsafeMutablePointer<Float>.allocate(capacity: size)
+            defer { x.deallocate(); y.deallocate() }
+            for i in 0..<size { x[i] = Float(i % 97) / 97 - 0.5 }
+            let reps = max(3, 20_000_000 / (w.rows * w.cols))
+            func best(_ body: () -> Void) -> Double {
+                var b = Double.infinity
+                for _ in 0..<3 { let t = Date(); for _ in 0..<reps { body() }; b = min(b, Date().timeIntervalSince(t) / Double(reps)) }
+                return b
+            }
+            let f = best { QuantGEMM.linear(x, m, q, y, accumulate: false, threads: threads) }
+            let b = best { QuantGEMM.linearBackward(x, m, q, y, accumulate: false, threads: threads) }
+            let flop = 2.0 * Double(m * w.rows * w.cols)
+            out["\(name)_fwd_us"] = f * 1e6; out["\(name)_fwd_gflops"] = flop / f / 1e9
+            out["\(name)_bwd_us"] = b * 1e6; out["\(name)_bwd_gflops"] = flop / b / 1e9
+            stepS += (perLayer == 0 ? 1 : Double(perLayer * (lm.config.nLayers - 4))) * (f + b)
+        }
+        out["step_kernels_ms"] = stepS * 1000
+        print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
+        exit(0)
+    }
     let words = ["hot", "simultaneous", "pedestrian", "frivolous", "swift", "dense", "eternal", "decent", "escalate", "obedience"]
     let prompts = words.map { lm.tokenizer.encode("Q: What is the opposite of \($0)?\nA:") }
     let nTok = prompts.map(\.count).reduce(0, +)

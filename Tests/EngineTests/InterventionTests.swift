@@ -71,6 +71,22 @@ final class InterventionTests: XCTestCase {
         }
     }
 
+    /// The threaded path (rows split between threads, fused q/k/v and gate/up products, partial
+    /// sums added at the end) gives the single-threaded loss and gradient up to summation order.
+    func testTwoThreadsGiveTheSameLossAndGradient() throws {
+        let lm1 = try SharedModel.get()
+        let lm2 = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
+        let (prompts, targets, _) = try trainingBatch(lm1)
+        var rng = SplitMix64(seed: 11)
+        let delta = (0..<lm1.config.attnDim).map { _ in Float(rng.uniform() - 0.5) }
+        let r1 = InterventionPath(model: lm1, layer: 4, prompts: prompts).lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        let r2 = InterventionPath(model: lm2, layer: 4, prompts: prompts).lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        XCTAssertEqual(r1.loss, r2.loss, accuracy: 1e-4 * max(1, abs(r1.loss)))
+        let norm = r1.grad.map { $0 * $0 }.reduce(0, +).squareRoot()
+        let diff = zip(r1.grad, r2.grad).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+        XCTAssertLessThan(diff / norm, 1e-4, "gradient differs between 1 and 2 threads")
+    }
+
     /// Decoding Δ variants with a shared prefix gives what separate full runs give.
     func testVariantGenerationEqualsSeparateRuns() throws {
         let lm = try SharedModel.get()

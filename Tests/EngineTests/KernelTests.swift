@@ -5,19 +5,19 @@ import XCTest
 /// The compact-weight kernels against OpenBLAS on the fp32 copy of the same weights.
 final class KernelTests: XCTestCase {
     func compare(_ w: Weight, rows m: Int, file: StaticString = #filePath, line: UInt = #line) {
-        guard let q = w.quant else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
+        guard let q = w.packed else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
         var rng = SplitMix64(seed: UInt64(m * 31 + w.rows))
         let x = (0..<(m * w.cols)).map { _ in Float(rng.uniform() * 2 - 1) }
         let dy = (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) }
         let blas = CPUBackend(threads: 1)
         for threads in [1, 2] {
             var y1 = [Float](repeating: 0.5, count: m * w.rows), y2 = y1
-            QuantGEMM.linear(x, m, q, rows: w.rows, cols: w.cols, &y1, accumulate: true, threads: threads)
+            QuantGEMM.linear(x, m, q, &y1, accumulate: true, threads: threads)
             blas.gemm(transA: false, transB: true, m: m, n: w.rows, k: w.cols, alpha: 1, a: x, lda: w.cols, b: w.data, ldb: w.cols, beta: 1, c: &y2, ldc: w.rows)
             let e1 = zip(y1, y2).map { abs($0 - $1) / max(1, abs($1)) }.max()!
             XCTAssertLessThan(e1, 1e-4, "\(w.name) forward m=\(m) threads=\(threads)", file: file, line: line)
             var d1 = [Float](repeating: 0, count: m * w.cols), d2 = d1
-            QuantGEMM.linearBackward(dy, m, q, rows: w.rows, cols: w.cols, &d1, accumulate: false, threads: threads)
+            QuantGEMM.linearBackward(dy, m, q, &d1, accumulate: false, threads: threads)
             blas.gemm(transA: false, transB: false, m: m, n: w.cols, k: w.rows, alpha: 1, a: dy, lda: w.rows, b: w.data, ldb: w.cols, beta: 0, c: &d2, ldc: w.cols)
             let e2 = zip(d1, d2).map { abs($0 - $1) / max(1, abs($1)) }.max()!
             // the backward sums over all W rows: allow for the longer fp32 sum (summation order differs)
@@ -34,6 +34,47 @@ final class KernelTests: XCTestCase {
             compare(b.wk, rows: m)      // Q4_1, 192 × 576
         }
         compare(lm.model.output, rows: 10)  // Q8_0 embedding, 49152 × 576
+    }
+
+    /// The repacked copy decodes to exactly the fp32 values of the dequantised file, bit for bit.
+    func testPackedRowsDecodeToTheDequantisedValues() throws {
+        let lm = try SharedModel.get()
+        for w in [lm.model.blocks[7].wq, lm.model.blocks[7].wDown, lm.model.output] {
+            let q = try XCTUnwrap(w.packed)
+            var row = [Float](repeating: 0, count: w.cols)
+            for r in [0, 1, 17, w.rows - 1] {
+                q.decode(row: r, into: &row)
+                XCTAssertEqual(row.map(\.bitPattern), (0..<w.cols).map { w.data[r * w.cols + $0].bitPattern }, "\(w.name) row \(r)")
+            }
+        }
+        // Q4_1 with an odd number of blocks per row (96 columns: one and a half packed chunks)
+        var bytes: [UInt8] = [], ref: [Float] = []
+        for r in 0..<5 {
+            for b in 0..<3 {
+                let d = Float(r + 1) * 0.013, m = -Float(b) * 0.21
+                bytes += GGUFBuilder.le(floatToHalf(d)) + GGUFBuilder.le(floatToHalf(m))
+                let qs = (0..<16).map { UInt8((r * 3 + b + $0) % 16) | UInt8((7 * $0 + b) % 16) << 4 }
+                bytes += qs
+                let dh = halfToFloat(floatToHalf(d)), mh = halfToFloat(floatToHalf(m))
+                ref += qs.map { dh * Float($0 & 15) + mh } + qs.map { dh * Float($0 >> 4) + mh }
+            }
+        }
+        var g = GGUFBuilder()
+        g.tensors.append(("w", [96, 5], 3, bytes))
+        let path = try g.write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let f = try GGUFFile(path: path)
+        let info = try f.tensor("w")
+        XCTAssertEqual(try Dequant.tensor(f, info), ref)
+        let w = Weight(name: "w", rows: 5, cols: 96, values: ref)
+        w.quant = QuantView(type: .q4_1, base: f.rawBytes(info).baseAddress!, rowBytes: 60, owner: f)
+        var row = [Float](repeating: 0, count: 96)
+        for r in 0..<5 {
+            w.packed!.decode(row: r, into: &row)
+            XCTAssertEqual(row, Array(ref[(r * 96)..<((r + 1) * 96)]))
+        }
+        compare(w, rows: 3)
+        compare(w, rows: 10)
     }
 
     func testQ4_0BlocksThroughTheKernel() throws {

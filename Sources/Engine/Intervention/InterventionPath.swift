@@ -132,9 +132,8 @@ public final class InterventionPath {
                 if s.hIn != h { s.hIn.update(from: h, count: N * D) }
                 // ---- attention of layer l for the last token, over its cached prefix
                 Ops.rmsnorm(s.hIn, blk.attnNorm.data, s.xnAttn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invAttn)
-                backend.linear(s.xnAttn, N, blk.wq, s.q, accumulate: false)        // q [N × A]
-                backend.linear(s.xnAttn, N, blk.wk, s.kSelf, accumulate: false)    // k [N × KV]
-                backend.linear(s.xnAttn, N, blk.wv, s.vSelf, accumulate: false)    // v [N × KV]
+                // q [N × A], k [N × KV], v [N × KV]: one pass over the three weights
+                backend.linear(s.xnAttn, N, [(blk.wq, s.q), (blk.wk, s.kSelf), (blk.wv, s.vSelf)])
                 for i in 0..<N {
                     let p = promptLengths[i] - 1
                     model.rope(s.q + i * A, rows: 1, stride: A, heads: H) { _ in p }
@@ -160,8 +159,7 @@ public final class InterventionPath {
             backend.linear(s.o, N, blk.wo, s.hMid, accumulate: true)
             // ---- SwiGLU MLP: h_out = h_mid + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h_mid)
             Ops.rmsnorm(s.hMid, blk.ffnNorm.data, s.xnFfn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invFfn)
-            backend.linear(s.xnFfn, N, blk.wGate, s.g, accumulate: false)         // g [N × F]
-            backend.linear(s.xnFfn, N, blk.wUp, s.u, accumulate: false)           // u [N × F]
+            backend.linear(s.xnFfn, N, [(blk.wGate, s.g), (blk.wUp, s.u)])        // g, u [N × F]
             Ops.swiglu(s.g, s.u, acts.dF, N * F)                                  // m [N × F] (scratch)
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
             out.update(from: s.hMid, count: N * D)
@@ -237,8 +235,7 @@ public final class InterventionPath {
             // ---- MLP backward. h_out = h_mid + m W_downᵀ, m = silu(g) ⊙ u, g/u = x W_{g,u}ᵀ, x = rms(h_mid)
             backend.linearBackward(dh, N, blk.wDown, acts.dF, accumulate: false)       // dm [N × F]
             Ops.swigluBackward(s.g, s.u, acts.dF, acts.dF, acts.dF2, N * F)            // dg → dF, du → dF2
-            backend.linearBackward(acts.dF, N, blk.wGate, dxn, accumulate: false)      // dx = dg W_g
-            backend.linearBackward(acts.dF2, N, blk.wUp, dxn, accumulate: true)        //    + du W_u
+            backend.linearBackward([(UnsafePointer(acts.dF), blk.wGate), (UnsafePointer(acts.dF2), blk.wUp)], N, dxn, accumulate: false) // dx = dg W_g + du W_u
             Ops.rmsnormBackward(s.hMid, blk.ffnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invFfn) // dh_mid = dh_out + …
             // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
             if k == 0 {
@@ -277,9 +274,7 @@ public final class InterventionPath {
                 ropeBackward(dK + i * KV, heads: cfg.nKVHeads, position: p)
             }
             // q/k/v = x W_{q,k,v}ᵀ  →  dx = dq W_q + dk W_k + dv W_v
-            backend.linearBackward(dQ, N, blk.wq, dxn, accumulate: false)
-            backend.linearBackward(dK, N, blk.wk, dxn, accumulate: true)
-            backend.linearBackward(dV, N, blk.wv, dxn, accumulate: true)
+            backend.linearBackward([(UnsafePointer(dQ), blk.wq), (UnsafePointer(dK), blk.wk), (UnsafePointer(dV), blk.wv)], N, dxn, accumulate: false)
             // x = rms(h_in): dh_in = dh_mid + rmsnorm_backward(dx)
             Ops.rmsnormBackward(s.hIn, blk.attnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invAttn)
         }

@@ -9,8 +9,12 @@ public final class Weight: @unchecked Sendable {
     public let rows: Int
     public let cols: Int
     public let data: UnsafeMutablePointer<Float>
-    /// The original quantised blocks, when the file had them (see `QuantView`).
-    public var quant: QuantView?
+    /// The original quantised blocks, when the file had them (see `QuantView`). Setting them
+    /// builds `packed`, the copy the few-row kernels read.
+    public var quant: QuantView? {
+        didSet { packed = quant.map { PackedWeight($0, rows: rows, cols: cols) } }
+    }
+    public private(set) var packed: PackedWeight?
 
     public init(name: String, rows: Int, cols: Int) {
         self.name = name; self.rows = rows; self.cols = cols
@@ -34,6 +38,10 @@ public protocol Backend: AnyObject, Sendable {
     func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// dX[m × k] (+)= dY[m × n] · W, W [n × k].            (backward of a linear layer w.r.t. X)
     func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// Several products of one X, Y_p[m × n_p] = X · W_pᵀ (q/k/v, gate/up): one pass where the backend can.
+    func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)])
+    /// dX[m × k] (+)= Σ_p dY_p · W_p: the backward of the fused forward above.
+    func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// C[m × n] = α·op(A)·op(B) + β·C, general strided matrix product (attention uses it).
     func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -56,8 +64,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
-        if m <= Self.smallRows, let q = w.quant {
-            QuantGEMM.linear(x, m, q, rows: w.rows, cols: w.cols, y, accumulate: accumulate, threads: threads); return
+        if m <= Self.smallRows, let q = w.packed {
+            QuantGEMM.linear(x, m, q, y, accumulate: accumulate, threads: threads); return
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(w.rows), Int32(w.cols),
                     1, x, Int32(w.cols), w.data, Int32(w.cols), accumulate ? 1 : 0, y, Int32(w.rows))
@@ -65,11 +73,31 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
-        if m <= Self.smallRows, let q = w.quant {
-            QuantGEMM.linearBackward(dy, m, q, rows: w.rows, cols: w.cols, dx, accumulate: accumulate, threads: threads); return
+        if m <= Self.smallRows, let q = w.packed {
+            QuantGEMM.linearBackward(dy, m, q, dx, accumulate: accumulate, threads: threads); return
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(w.cols), Int32(w.rows),
                     1, dy, Int32(w.rows), w.data, Int32(w.cols), accumulate ? 1 : 0, dx, Int32(w.cols))
+    }
+
+    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)]) {
+        guard m > 0 else { return }
+        if m <= Self.smallRows, outs.allSatisfy({ $0.0.packed != nil && $0.0.cols == outs[0].0.cols }) {
+            QuantGEMM.linear(x, m, cols: outs[0].0.cols, outs.map { .init($0.0.packed!, $0.1) },
+                             accumulate: false, threads: threads)
+            return
+        }
+        for (w, y) in outs { linear(x, m, w, y, accumulate: false) }
+    }
+
+    public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard m > 0 else { return }
+        if m <= Self.smallRows, ins.allSatisfy({ $0.1.packed != nil && $0.1.cols == ins[0].1.cols }) {
+            QuantGEMM.linearBackward(ins.map { .init($0.1.packed!, $0.0) }, m, cols: ins[0].1.cols, dx,
+                                     accumulate: accumulate, threads: threads)
+            return
+        }
+        for (p, (dy, w)) in ins.enumerated() { linearBackward(dy, m, w, dx, accumulate: accumulate || p > 0) }
     }
 
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,

@@ -20,258 +20,391 @@ public struct QuantView: @unchecked Sendable {
     public static func supports(_ t: GGMLType) -> Bool { t == .q4_1 || t == .q8_0 || t == .q4_0 }
 }
 
+/// A weight's blocks repacked once, at load, so that the few-row kernels decode them with as
+/// little work as possible: every weight decodes to exactly the fp32 value `Dequant` gives (the
+/// same multiply and add, in the same order), in natural column order.
+///
+/// - Q4_1 / Q4_0: 64 weights (two GGUF blocks) per 48-byte chunk: four fp32s (d₀, m₀, d₁, m₁)
+///   then eight 32-bit lanes whose nibble g holds weight 8g + lane. Group g is then one shift
+///   and one mask of the whole vector: eight consecutive weights, no shuffles.
+/// - Q8_0: 32 weights per 36-byte block: fp32 d, then the 32 signed bytes.
+public final class PackedWeight: @unchecked Sendable {
+    public let type: GGMLType
+    public let rows: Int, cols: Int
+    public let rowBytes: Int
+    let base: UnsafeMutableRawPointer
+
+    public init(_ q: QuantView, rows: Int, cols: Int) {
+        precondition(cols % 32 == 0 && QuantView.supports(q.type))
+        type = q.type; self.rows = rows; self.cols = cols
+        let blocks = cols / 32
+        rowBytes = q.type == .q8_0 ? blocks * 36 : (blocks + 1) / 2 * 48
+        base = .allocate(byteCount: max(rows * rowBytes, 1), alignment: 64)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
+        for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
+    }
+    deinit { base.deallocate() }
+
+    static func pack(_ q: QuantView, row r: Int, blocks: Int, into dst: UnsafeMutableRawPointer) {
+        let src = q.base + r * q.rowBytes
+        switch q.type {
+        case .q8_0:
+            for b in 0..<blocks {
+                let blk = src + b * 34, out = dst + b * 36
+                out.storeBytes(of: halfToFloat(blk.loadUnaligned(as: UInt16.self)), as: Float.self)
+                (out + 4).copyMemory(from: blk + 2, byteCount: 32)
+            }
+        case .q4_1, .q4_0:
+            let blockBytes = q.type == .q4_1 ? 20 : 18, qOff = q.type == .q4_1 ? 4 : 2
+            for c in 0..<(blocks + 1) / 2 {
+                let out = dst + c * 48
+                let l = (out + 16).bindMemory(to: UInt32.self, capacity: 8)
+                for h in 0..<2 where 2 * c + h < blocks {
+                    let blk = src + (2 * c + h) * blockBytes
+                    out.storeBytes(of: halfToFloat(blk.loadUnaligned(as: UInt16.self)), toByteOffset: 8 * h, as: Float.self)
+                    let m = q.type == .q4_1 ? halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) : 0
+                    out.storeBytes(of: m, toByteOffset: 8 * h + 4, as: Float.self)
+                    for j in 0..<16 {
+                        // block weight j (low nibble) is chunk weight i = 32h + j; j + 16 (high) is i + 16:
+                        // same lane (i mod 8), nibble i/8 and i/8 + 2
+                        let byte = UInt32(blk.load(fromByteOffset: qOff + j, as: UInt8.self))
+                        let shift = UInt32(4 * ((32 * h + j) >> 3))
+                        l[j & 7] |= (byte & 0xF) << shift | (byte >> 4) << (shift + 8)
+                    }
+                }
+            }
+        default:
+            preconditionFailure("PackedWeight: unsupported type \(q.type)")
+        }
+    }
+
+    @inline(__always) func row(_ r: Int) -> UnsafeRawPointer { UnsafeRawPointer(base + r * rowBytes) }
+
+    /// Decodes row `r` (all `cols` weights) into `dst`.
+    public func decode(row r: Int, into dst: UnsafeMutablePointer<Float>) {
+        switch type {
+        case .q4_1: QuantGEMM.decodeRow(DecodeQ4_1.self, row(r), cols, dst)
+        case .q4_0: QuantGEMM.decodeRow(DecodeQ4_0.self, row(r), cols, dst)
+        default: QuantGEMM.decodeRow(DecodeQ8_0.self, row(r), cols, dst)
+        }
+    }
+}
+
+/// Decodes the eight weights at columns [col, col + 8) of a packed row (col a multiple of 8).
+protocol Decode8 {
+    static func decode8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float>
+}
+
+/// Small non-negative integers (< 2²³) to float exactly, with integer ops only.
+@inline(__always) func smallToFloat(_ u: SIMD8<UInt32>) -> SIMD8<Float> {
+    unsafeBitCast(u | 0x4B00_0000, to: SIMD8<Float>.self) - SIMD8<Float>(repeating: 8_388_608)
+}
+
+enum DecodeQ4_1: Decode8 {
+    @inline(__always) static func decode8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
+        let chunk = row + (col >> 6) * 48, g = (col >> 3) & 7
+        let lanes = chunk.loadUnaligned(fromByteOffset: 16, as: SIMD8<UInt32>.self)
+        let d = chunk.load(fromByteOffset: (g >> 2) * 8, as: Float.self)
+        let m = chunk.load(fromByteOffset: (g >> 2) * 8 + 4, as: Float.self)
+        let q = SIMD8<Float>(unsafeBitCast((lanes &>> UInt32(truncatingIfNeeded: 4 * g)) & 0xF, to: SIMD8<Int32>.self))
+        return SIMD8(repeating: d) * q + SIMD8(repeating: m)        // d·q + m, as Dequant computes it
+    }
+}
+
+enum DecodeQ4_0: Decode8 {
+    @inline(__always) static func decode8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
+        let chunk = row + (col >> 6) * 48, g = (col >> 3) & 7
+        let lanes = chunk.loadUnaligned(fromByteOffset: 16, as: SIMD8<UInt32>.self)
+        let d = chunk.load(fromByteOffset: (g >> 2) * 8, as: Float.self)
+        let q = smallToFloat((lanes &>> UInt32(truncatingIfNeeded: 4 * g)) & 0xF)
+        return SIMD8(repeating: d) * (q - SIMD8(repeating: 8))      // d·(q − 8)
+    }
+}
+
+enum DecodeQ8_0: Decode8 {
+    @inline(__always) static func decode8(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
+        let blk = row + (col >> 5) * 36
+        let q = SIMD8<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 4 + (col & 31), as: SIMD8<Int8>.self))
+        return SIMD8(repeating: blk.load(as: Float.self)) * SIMD8<Float>(q)   // d·q
+    }
+}
+
+/// Where a kernel's column loop puts one more decoded chunk per iteration: nowhere, or the
+/// next strip's row. Interleaving the next strip's decoding with this strip's multiply-adds
+/// lets the integer/add ports work while the FMA ports are busy.
+protocol ColumnSink { func put(_ byteOffset: Int) }
+struct NoSink: ColumnSink { @inline(__always) func put(_ byteOffset: Int) {} }
+struct DecodeSink<D: Decode8>: ColumnSink {
+    let src: UnsafeRawPointer, dst: UnsafeMutableRawPointer
+    @inline(__always) func put(_ byteOffset: Int) {
+        dst.storeBytes(of: D.decode8(src, byteOffset >> 2), toByteOffset: byteOffset, as: SIMD8<Float>.self)
+    }
+}
+
 public enum QuantGEMM {
     typealias V = SIMD16<Float>
     typealias W8 = SIMD8<Float>
 
-    /// Within every 16-element chunk, the kernels hold element P(L) = 4·(L mod 4) + L/4 at lane L:
-    /// the order in which 16 bytes, read as four 32-bit words, come apart with per-lane shifts and
-    /// no shuffles. P is its own inverse. Activations are put into this order once per call.
-    @inline(__always) static func perm(_ l: Int) -> Int { 4 * (l & 3) + (l >> 2) }
-
-    /// Reorders (or restores, P being an involution) every 16-chunk of `count` values.
-    static func permute(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
-        var c = 0
-        while c < count {
-            for l in 0..<16 { dst[c + l] = src[c + perm(l)] }
-            c += 16
-        }
+    /// One output of a fused forward product: y [m × rows] (+)= x · Wᵀ.
+    public struct Output {
+        public let q: PackedWeight, y: UnsafeMutablePointer<Float>
+        public var rows: Int { q.rows }
+        public init(_ q: PackedWeight, _ y: UnsafeMutablePointer<Float>) { self.q = q; self.y = y }
+    }
+    /// One input of a fused backward product: dx (+)= dy [m × rows] · W.
+    public struct Input {
+        public let q: PackedWeight, dy: UnsafePointer<Float>
+        public var rows: Int { q.rows }
+        public init(_ q: PackedWeight, _ dy: UnsafePointer<Float>) { self.q = q; self.dy = dy }
     }
 
-    @inline(__always) static func spread(_ p: UnsafeRawPointer) -> SIMD16<UInt32> {
-        let v = p.loadUnaligned(as: SIMD4<UInt32>.self)
-        let v8 = SIMD8(lowHalf: v, highHalf: v)
-        return SIMD16(lowHalf: v8, highHalf: v8)
-    }
-    /// Small non-negative integers (< 2²³) to float exactly, with integer ops only.
-    @inline(__always) static func toFloat(_ u: SIMD16<UInt32>) -> V {
-        unsafeBitCast(u | 0x4B00_0000, to: V.self) - V(repeating: 8_388_608)
-    }
-    /// Signed integers (|i| < 2²²) to float exactly.
-    @inline(__always) static func toFloat(_ i: SIMD16<Int32>) -> V {
-        unsafeBitCast(i &+ 0x4B40_0000, to: V.self) - V(repeating: 12_582_912)
-    }
-
-    /// Dequantises columns [c0, c1) (multiples of 32) of row `r` into `dst`, in the P order.
-    @inline(__always)
-    static func dequantRow(_ q: QuantView, _ r: Int, _ c0: Int, _ c1: Int, _ dst: UnsafeMutablePointer<Float>) {
-        let row = q.base + r * q.rowBytes
-        let d = UnsafeMutableRawPointer(dst)
-        let mask = SIMD16<UInt32>(repeating: 0xF)
-        let shiftLo = SIMD16<UInt32>(0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24)
-        let shiftHi = shiftLo &+ 4
-        let shiftS8 = SIMD16<Int32>(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0)
-        switch q.type {
-        case .q4_1:
-            var b = c0 / 32, o = 0
-            while b < c1 / 32 {
-                let blk = row + b * 20
-                let sc = V(repeating: halfToFloat(blk.loadUnaligned(as: UInt16.self)))
-                let mn = V(repeating: halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self)))
-                let w = spread(blk + 4)
-                d.storeBytes(of: toFloat((w &>> shiftLo) & mask) * sc + mn, toByteOffset: o, as: V.self)
-                d.storeBytes(of: toFloat((w &>> shiftHi) & mask) * sc + mn, toByteOffset: o + 64, as: V.self)
-                b += 1; o += 128
-            }
-        case .q4_0:
-            var b = c0 / 32, o = 0
-            let eight = V(repeating: 8)
-            while b < c1 / 32 {
-                let blk = row + b * 18
-                let sc = V(repeating: halfToFloat(blk.loadUnaligned(as: UInt16.self)))
-                let w = spread(blk + 2)
-                d.storeBytes(of: (toFloat((w &>> shiftLo) & mask) - eight) * sc, toByteOffset: o, as: V.self)
-                d.storeBytes(of: (toFloat((w &>> shiftHi) & mask) - eight) * sc, toByteOffset: o + 64, as: V.self)
-                b += 1; o += 128
-            }
-        case .q8_0:
-            var b = c0 / 32, o = 0
-            while b < c1 / 32 {
-                let blk = row + b * 34
-                let sc = V(repeating: halfToFloat(blk.loadUnaligned(as: UInt16.self)))
-                // byte k of each word: shift it to the top, then arithmetic-shift down (sign extends)
-                let w0 = unsafeBitCast(spread(blk + 2), to: SIMD16<Int32>.self)
-                let w1 = unsafeBitCast(spread(blk + 18), to: SIMD16<Int32>.self)
-                d.storeBytes(of: toFloat((w0 &<< shiftS8) &>> 24) * sc, toByteOffset: o, as: V.self)
-                d.storeBytes(of: toFloat((w1 &<< shiftS8) &>> 24) * sc, toByteOffset: o + 64, as: V.self)
-                b += 1; o += 128
-            }
-        default:
-            preconditionFailure("QuantGEMM: unsupported type \(q.type)")
-        }
-    }
-
-    /// y[m × n] (+)= x[m × k] · Wᵀ for W given by its blocks. Rows of W split over `threads`.
-    public static func linear(_ x: UnsafePointer<Float>, _ m: Int, _ q: QuantView, rows n: Int, cols k: Int,
+    /// y[m × n] (+)= x[m × k] · Wᵀ for W given by its blocks.
+    public static func linear(_ x: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight,
                               _ y: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
-        precondition(k % 32 == 0)
-        let xp = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
-        defer { xp.deallocate() }
-        permute(x, xp, count: m * k)
-        let x = UnsafePointer(xp)
-        let work = { (r0: Int, r1: Int) in
-            forEachStrip(q, r0, r1, k) { r, nr, strip in
-                if nr == 4 {
-                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-                    // two activation rows × four weight rows per pass: 8 accumulators of 8 lanes
-                    var i = 0
-                    while i + 2 <= m {
-                        let xa = UnsafeRawPointer(x + i * k), xb = UnsafeRawPointer(x + (i + 1) * k)
-                        var a0 = W8(), a1 = W8(), a2 = W8(), a3 = W8(), b0 = W8(), b1 = W8(), b2 = W8(), b3 = W8()
-                        var c = 0
-                        while c < 4 * k {
-                            let u = xa.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            let v = xb.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a0.addProduct(u, p0); b0.addProduct(v, p0)
-                            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a1.addProduct(u, p1); b1.addProduct(v, p1)
-                            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a2.addProduct(u, p2); b2.addProduct(v, p2)
-                            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a3.addProduct(u, p3); b3.addProduct(v, p3)
-                            c += 32
-                        }
-                        let ya = y + i * n + r, yb = y + (i + 1) * n + r
-                        if accumulate {
-                            ya[0] += a0.sum(); ya[1] += a1.sum(); ya[2] += a2.sum(); ya[3] += a3.sum()
-                            yb[0] += b0.sum(); yb[1] += b1.sum(); yb[2] += b2.sum(); yb[3] += b3.sum()
-                        } else {
-                            ya[0] = a0.sum(); ya[1] = a1.sum(); ya[2] = a2.sum(); ya[3] = a3.sum()
-                            yb[0] = b0.sum(); yb[1] = b1.sum(); yb[2] = b2.sum(); yb[3] = b3.sum()
-                        }
-                        i += 2
-                    }
-                    while i < m {
-                        let xi = UnsafeRawPointer(x + i * k)
-                        var a0 = V(), a1 = V(), a2 = V(), a3 = V()
-                        var c = 0
-                        while c < 4 * k {
-                            let xv = xi.loadUnaligned(fromByteOffset: c, as: V.self)
-                            a0.addProduct(xv, w0.loadUnaligned(fromByteOffset: c, as: V.self))
-                            a1.addProduct(xv, w1.loadUnaligned(fromByteOffset: c, as: V.self))
-                            a2.addProduct(xv, w2.loadUnaligned(fromByteOffset: c, as: V.self))
-                            a3.addProduct(xv, w3.loadUnaligned(fromByteOffset: c, as: V.self))
-                            c += 64
-                        }
-                        let yi = y + i * n + r
-                        if accumulate { yi[0] += a0.sum(); yi[1] += a1.sum(); yi[2] += a2.sum(); yi[3] += a3.sum() }
-                        else { yi[0] = a0.sum(); yi[1] = a1.sum(); yi[2] = a2.sum(); yi[3] = a3.sum() }
-                        i += 1
-                    }
-                } else {
-                    for j in 0..<nr {
-                        let wr = strip + j * k
-                        for i in 0..<m {
-                            let s = Ops.dot(x + i * k, wr, k)
-                            if accumulate { y[i * n + r + j] += s } else { y[i * n + r + j] = s }
-                        }
-                    }
-                }
-            }
-        }
-        parallelRows(n, threads, work)
+        linear(x, m, cols: q.cols, [Output(q, y)], accumulate: accumulate, threads: threads)
     }
 
-    /// dx[m × k] (+)= dy[m × n] · W. Rows of W split over `threads`, each with its own partial dx.
-    public static func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ q: QuantView, rows n: Int, cols k: Int,
-                                      _ dx: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
-        precondition(k % 32 == 0)
-        let t = threads > 1 && n >= 256 ? threads : 1
-        let partial = UnsafeMutablePointer<Float>.allocate(capacity: max(t - 1, 1) * m * k)
-        let dxp = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
-        defer { partial.deallocate(); dxp.deallocate() }
-        let accumulateInto = accumulate, dxOut = dx
-        let dx = dxp, accumulate = false
-        let per = ((n + t - 1) / t + 3) / 4 * 4
-        DispatchQueue.concurrentPerform(iterations: t) { ti in
-            let r0 = ti * per, r1 = min(n, r0 + per)
-            let out = ti == 0 ? dx : partial + (ti - 1) * m * k
-            if ti > 0 || !accumulate { out.update(repeating: 0, count: m * k) }
-            guard r0 < r1 else { return }
-            forEachStrip(q, r0, r1, k) { r, nr, strip in
-                if nr == 4 {
-                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-                    var i = 0
-                    while i + 2 <= m {
-                        let g = dy + i * n + r, h = dy + (i + 1) * n + r
-                        let g0 = W8(repeating: g[0]), g1 = W8(repeating: g[1]), g2 = W8(repeating: g[2]), g3 = W8(repeating: g[3])
-                        let h0 = W8(repeating: h[0]), h1 = W8(repeating: h[1]), h2 = W8(repeating: h[2]), h3 = W8(repeating: h[3])
-                        let oa = UnsafeMutableRawPointer(out + i * k), ob = UnsafeMutableRawPointer(out + (i + 1) * k)
-                        var c = 0
-                        while c < 4 * k {
-                            var a = oa.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            var b = ob.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a.addProduct(g0, p0); b.addProduct(h0, p0)
-                            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a.addProduct(g1, p1); b.addProduct(h1, p1)
-                            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a.addProduct(g2, p2); b.addProduct(h2, p2)
-                            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-                            a.addProduct(g3, p3); b.addProduct(h3, p3)
-                            oa.storeBytes(of: a, toByteOffset: c, as: W8.self)
-                            ob.storeBytes(of: b, toByteOffset: c, as: W8.self)
-                            c += 32
-                        }
-                        i += 2
-                    }
-                    while i < m {
-                        let g = dy + i * n + r
-                        let g0 = V(repeating: g[0]), g1 = V(repeating: g[1]), g2 = V(repeating: g[2]), g3 = V(repeating: g[3])
-                        let o = UnsafeMutableRawPointer(out + i * k)
-                        var c = 0
-                        while c < 4 * k {
-                            var acc = o.loadUnaligned(fromByteOffset: c, as: V.self)
-                            acc.addProduct(g0, w0.loadUnaligned(fromByteOffset: c, as: V.self))
-                            acc.addProduct(g1, w1.loadUnaligned(fromByteOffset: c, as: V.self))
-                            acc.addProduct(g2, w2.loadUnaligned(fromByteOffset: c, as: V.self))
-                            acc.addProduct(g3, w3.loadUnaligned(fromByteOffset: c, as: V.self))
-                            o.storeBytes(of: acc, toByteOffset: c, as: V.self)
-                            c += 64
-                        }
-                        i += 1
-                    }
-                } else {
-                    for j in 0..<nr {
-                        for i in 0..<m { Ops.axpy(dy[i * n + r + j], strip + j * k, out + i * k, k) }
-                    }
-                }
+    /// Several products of the same x (q/k/v, gate/up) as one parallel region: the weights' rows
+    /// are laid end to end and split between the threads.
+    public static func linear(_ x: UnsafePointer<Float>, _ m: Int, cols k: Int, _ outs: [Output],
+                              accumulate: Bool, threads: Int) {
+        precondition(k % 32 == 0 && outs.allSatisfy { $0.q.cols == k })
+        forEachPart(outs.map(\.rows), threads: threads) { _, p, r0, r1 in
+            let o = outs[p]
+            switch o.q.type {
+            case .q4_1: linearRows(DecodeQ4_1.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
+            case .q4_0: linearRows(DecodeQ4_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
+            default: linearRows(DecodeQ8_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
             }
-        }
-        for ti in 1..<max(t, 1) { Ops.add(partial + (ti - 1) * m * k, into: dx, m * k) }
-        if accumulateInto {
-            permute(dx, partial, count: m * k)
-            Ops.add(partial, into: dxOut, m * k)
-        } else {
-            permute(dx, dxOut, count: m * k)
         }
     }
 
-    /// Walks weight rows [r0, r1) four at a time, dequantising each group into an L1-resident
-    /// strip (P order) that `body(firstRow, count, strip)` then uses for every activation row.
+    static func decodeRow<D: Decode8>(_: D.Type, _ src: UnsafeRawPointer, _ k: Int, _ dst: UnsafeMutablePointer<Float>) {
+        let sink = DecodeSink<D>(src: src, dst: UnsafeMutableRawPointer(dst))
+        var c = 0
+        while c < 4 * k { sink.put(c); c += 32 }
+    }
+
+    /// Walks weight rows [r0, r1) four at a time through a double-buffered strip: while `body`
+    /// multiplies strip s, it decodes up to four rows of strip s + 1 through the sink it is given
+    /// (one row per activation-row pair); rows it did not reach are decoded afterwards.
+    /// `body(firstRow, count, strip, next)` returns how many rows of the next strip it decoded
+    /// (`next(j)` is the sink for its row j, nil past the last row).
     @inline(__always)
-    static func forEachStrip(_ q: QuantView, _ r0: Int, _ r1: Int, _ k: Int,
-                             _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
-        let strip = UnsafeMutablePointer<Float>.allocate(capacity: 4 * k)
-        defer { strip.deallocate() }
-        var r = r0
+    static func forEachStrip<D: Decode8>(_: D.Type, _ q: PackedWeight, _ r0: Int, _ r1: Int, _ k: Int,
+                                         _ body: (Int, Int, UnsafeMutablePointer<Float>, (Int) -> DecodeSink<D>?) -> Int) {
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: 8 * k)
+        defer { buf.deallocate() }
+        var cur = buf, nxt = buf + 4 * k
+        var r = r0, nr = min(4, r1 - r0)
+        for j in 0..<max(nr, 0) { decodeRow(D.self, q.row(r + j), k, cur + j * k) }
         while r < r1 {
-            let nr = min(4, r1 - r)
-            for j in 0..<nr { dequantRow(q, r + j, 0, k, strip + j * k) }
-            body(r, nr, strip)
-            r += nr
+            let rn = r + nr, nrn = max(0, min(4, r1 - rn))
+            let next = nxt
+            let used = body(r, nr, cur) { j in
+                j < nrn ? DecodeSink<D>(src: q.row(rn + j), dst: UnsafeMutableRawPointer(next + j * k)) : nil
+            }
+            for j in used..<nrn { decodeRow(D.self, q.row(rn + j), k, nxt + j * k) }
+            swap(&cur, &nxt)
+            r = rn; nr = nrn
         }
     }
 
-    static func parallelRows(_ n: Int, _ threads: Int, _ work: (Int, Int) -> Void) {
-        if threads <= 1 || n < 256 { work(0, n); return }
-        let per = ((n + threads - 1) / threads + 3) / 4 * 4
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            let r0 = t * per, r1 = min(n, r0 + per)
-            if r0 < r1 { work(r0, r1) }
+    /// y[i, r…r+3] for two activation rows: 8 accumulators of 8 lanes, one decode per iteration.
+    @inline(__always)
+    static func pairForward<S: ColumnSink>(_ xa: UnsafeRawPointer, _ xb: UnsafeRawPointer, _ strip: UnsafeMutablePointer<Float>,
+                                           _ k: Int, _ ya: UnsafeMutablePointer<Float>, _ yb: UnsafeMutablePointer<Float>,
+                                           _ accumulate: Bool, _ sink: S) {
+        let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
+        let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
+        var a0 = W8(), a1 = W8(), a2 = W8(), a3 = W8(), b0 = W8(), b1 = W8(), b2 = W8(), b3 = W8()
+        var c = 0
+        while c < 4 * k {
+            let u = xa.loadUnaligned(fromByteOffset: c, as: W8.self)
+            let v = xb.loadUnaligned(fromByteOffset: c, as: W8.self)
+            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a0.addProduct(u, p0); b0.addProduct(v, p0)
+            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a1.addProduct(u, p1); b1.addProduct(v, p1)
+            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a2.addProduct(u, p2); b2.addProduct(v, p2)
+            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a3.addProduct(u, p3); b3.addProduct(v, p3)
+            sink.put(c)
+            c += 32
         }
+        if accumulate {
+            ya[0] += a0.sum(); ya[1] += a1.sum(); ya[2] += a2.sum(); ya[3] += a3.sum()
+            yb[0] += b0.sum(); yb[1] += b1.sum(); yb[2] += b2.sum(); yb[3] += b3.sum()
+        } else {
+            ya[0] = a0.sum(); ya[1] = a1.sum(); ya[2] = a2.sum(); ya[3] = a3.sum()
+            yb[0] = b0.sum(); yb[1] = b1.sum(); yb[2] = b2.sum(); yb[3] = b3.sum()
+        }
+    }
+
+    /// Rows [r0, r1) of one forward product.
+    @inline(__always)
+    static func linearRows<D: Decode8>(_: D.Type, _ x: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, cols k: Int,
+                                       _ y: UnsafeMutablePointer<Float>, accumulate: Bool, _ r0: Int, _ r1: Int) {
+        let n = q.rows
+        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
+            var used = 0
+            if nr == 4 {
+                var i = 0
+                while i + 2 <= m {
+                    let xa = UnsafeRawPointer(x + i * k), xb = UnsafeRawPointer(x + (i + 1) * k)
+                    if let sink = next(used) {
+                        pairForward(xa, xb, strip, k, y + i * n + r, y + (i + 1) * n + r, accumulate, sink)
+                        used += 1
+                    } else {
+                        pairForward(xa, xb, strip, k, y + i * n + r, y + (i + 1) * n + r, accumulate, NoSink())
+                    }
+                    i += 2
+                }
+                if i < m {
+                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
+                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
+                    let xi = UnsafeRawPointer(x + i * k)
+                    var a0 = V(), a1 = V(), a2 = V(), a3 = V()
+                    var c = 0
+                    while c < 4 * k {
+                        let xv = xi.loadUnaligned(fromByteOffset: c, as: V.self)
+                        a0.addProduct(xv, w0.loadUnaligned(fromByteOffset: c, as: V.self))
+                        a1.addProduct(xv, w1.loadUnaligned(fromByteOffset: c, as: V.self))
+                        a2.addProduct(xv, w2.loadUnaligned(fromByteOffset: c, as: V.self))
+                        a3.addProduct(xv, w3.loadUnaligned(fromByteOffset: c, as: V.self))
+                        c += 64
+                    }
+                    let yi = y + i * n + r
+                    if accumulate { yi[0] += a0.sum(); yi[1] += a1.sum(); yi[2] += a2.sum(); yi[3] += a3.sum() }
+                    else { yi[0] = a0.sum(); yi[1] = a1.sum(); yi[2] = a2.sum(); yi[3] = a3.sum() }
+                }
+            } else {
+                for j in 0..<nr {
+                    let wr = strip + j * k
+                    for i in 0..<m {
+                        let s = Ops.dot(x + i * k, wr, k)
+                        if accumulate { y[i * n + r + j] += s } else { y[i * n + r + j] = s }
+                    }
+                }
+            }
+            return used
+        }
+    }
+
+    /// dx[m × k] (+)= dy[m × n] · W.
+    public static func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight,
+                                      _ dx: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
+        linearBackward([Input(q, dy)], m, cols: q.cols, dx, accumulate: accumulate, threads: threads)
+    }
+
+    /// dx[m × k] (+)= Σ_p dy_p · W_p as one parallel region (q/k/v, gate/up): each thread sums
+    /// its share of the rows into its own partial dx; the partials are added at the end.
+    public static func linearBackward(_ ins: [Input], _ m: Int, cols k: Int, _ dxOut: UnsafeMutablePointer<Float>,
+                                      accumulate: Bool, threads: Int) {
+        precondition(k % 32 == 0 && ins.allSatisfy { $0.q.cols == k })
+        let total = ins.reduce(0) { $0 + $1.rows }
+        let t = threads > 1 && total >= 256 ? threads : 1   // as forEachPart decides
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: t * m * k)
+        defer { partial.deallocate() }
+        partial.update(repeating: 0, count: t * m * k)
+        forEachPart(ins.map(\.rows), threads: t) { ti, p, r0, r1 in
+            let i = ins[p], out = partial + ti * m * k
+            switch i.q.type {
+            case .q4_1: backwardRows(DecodeQ4_1.self, i.dy, m, i.q, cols: k, out, r0, r1)
+            case .q4_0: backwardRows(DecodeQ4_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
+            default: backwardRows(DecodeQ8_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
+            }
+        }
+        for ti in 1..<t { Ops.add(partial + ti * m * k, into: partial, m * k) }
+        if accumulate { Ops.add(partial, into: dxOut, m * k) } else { dxOut.update(from: partial, count: m * k) }
+    }
+
+    /// out[i…i+1, :] += dy[i…i+1, r…r+3] · W[r…r+3, :], one decode per iteration.
+    @inline(__always)
+    static func pairBackward<S: ColumnSink>(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, _ strip: UnsafeMutablePointer<Float>,
+                                            _ k: Int, _ oa: UnsafeMutableRawPointer, _ ob: UnsafeMutableRawPointer, _ sink: S) {
+        let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
+        let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
+        let g0 = W8(repeating: g[0]), g1 = W8(repeating: g[1]), g2 = W8(repeating: g[2]), g3 = W8(repeating: g[3])
+        let h0 = W8(repeating: h[0]), h1 = W8(repeating: h[1]), h2 = W8(repeating: h[2]), h3 = W8(repeating: h[3])
+        var c = 0
+        while c < 4 * k {
+            var a = oa.loadUnaligned(fromByteOffset: c, as: W8.self)
+            var b = ob.loadUnaligned(fromByteOffset: c, as: W8.self)
+            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a.addProduct(g0, p0); b.addProduct(h0, p0)
+            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a.addProduct(g1, p1); b.addProduct(h1, p1)
+            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a.addProduct(g2, p2); b.addProduct(h2, p2)
+            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
+            a.addProduct(g3, p3); b.addProduct(h3, p3)
+            oa.storeBytes(of: a, toByteOffset: c, as: W8.self)
+            ob.storeBytes(of: b, toByteOffset: c, as: W8.self)
+            sink.put(c)
+            c += 32
+        }
+    }
+
+    /// Rows [r0, r1) of one backward product, accumulated into `out`.
+    @inline(__always)
+    static func backwardRows<D: Decode8>(_: D.Type, _ dy: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, cols k: Int,
+                                         _ out: UnsafeMutablePointer<Float>, _ r0: Int, _ r1: Int) {
+        let n = q.rows
+        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
+            var used = 0
+            if nr == 4 {
+                var i = 0
+                while i + 2 <= m {
+                    let g = dy + i * n + r, h = dy + (i + 1) * n + r
+                    let oa = UnsafeMutableRawPointer(out + i * k), ob = UnsafeMutableRawPointer(out + (i + 1) * k)
+                    if let sink = next(used) { pairBackward(g, h, strip, k, oa, ob, sink); used += 1 }
+                    else { pairBackward(g, h, strip, k, oa, ob, NoSink()) }
+                    i += 2
+                }
+                if i < m {
+                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
+                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
+                    let g = dy + i * n + r
+                    let g0 = V(repeating: g[0]), g1 = V(repeating: g[1]), g2 = V(repeating: g[2]), g3 = V(repeating: g[3])
+                    let o = UnsafeMutableRawPointer(out + i * k)
+                    var c = 0
+                    while c < 4 * k {
+                        var acc = o.loadUnaligned(fromByteOffset: c, as: V.self)
+                        acc.addProduct(g0, w0.loadUnaligned(fromByteOffset: c, as: V.self))
+                        acc.addProduct(g1, w1.loadUnaligned(fromByteOffset: c, as: V.self))
+                        acc.addProduct(g2, w2.loadUnaligned(fromByteOffset: c, as: V.self))
+                        acc.addProduct(g3, w3.loadUnaligned(fromByteOffset: c, as: V.self))
+                        o.storeBytes(of: acc, toByteOffset: c, as: V.self)
+                        c += 64
+                    }
+                }
+            } else {
+                for j in 0..<nr {
+                    for i in 0..<m { Ops.axpy(dy[i * n + r + j], strip + j * k, out + i * k, k) }
+                }
+            }
+            return used
+        }
+    }
+
+    /// Splits the rows of several matrices, laid end to end, into `threads` contiguous shares
+    /// (multiples of 4) and calls `body(thread, part, r0, r1)` for each piece of a share that
+    /// falls in one matrix, on the shared spin pool.
+    static func forEachPart(_ rows: [Int], threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
+        let total = rows.reduce(0, +)
+        let t = threads > 1 && total >= 256 ? threads : 1
+        let per = ((total + t - 1) / t + 3) / 4 * 4
+        func share(_ ti: Int) {
+            let s0 = ti * per, s1 = min(total, s0 + per)
+            var base = 0
+            for (p, n) in rows.enumerated() {
+                let a = max(s0, base), b = min(s1, base + n)
+                if a < b { body(ti, p, a - base, b - base) }
+                base += n
+            }
+        }
+        if t == 1 { share(0) } else { SpinPool.shared(threads: t).run(t, share) }
     }
 }
