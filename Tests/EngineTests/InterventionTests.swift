@@ -84,7 +84,9 @@ final class InterventionTests: XCTestCase {
         XCTAssertEqual(r1.loss, r2.loss, accuracy: 1e-4 * max(1, abs(r1.loss)))
         let norm = r1.grad.map { $0 * $0 }.reduce(0, +).squareRoot()
         let diff = zip(r1.grad, r2.grad).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
-        XCTAssertLessThan(diff / norm, 1e-4, "gradient differs between 1 and 2 threads")
+        // fp32 sums in another order through 26 layers differ by ~1e-4 relative; a race or a lost
+        // partial sum would differ by far more
+        XCTAssertLessThan(diff / norm, 1e-3, "gradient differs between 1 and 2 threads")
     }
 
     /// Decoding Δ variants with a shared prefix gives what separate full runs give.

@@ -316,8 +316,19 @@ public final class InterventionPath {
             }
         }
         var perRow = [Float](repeating: 0, count: N)
-        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss)) }
-        lossHead(loss, rowWeight: weight, perRow: &perRow, gradient: gradient)
+        // Cross-entropy with a gradient: logits, softmax and dz·W_emb in one pass over W_emb.
+        var fusedTargets: [Int]? = nil
+        if gradient, case let .nextToken(targets) = loss, backend.fusesHead(lm.model.output, rows: N) { fusedTargets = targets }
+        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss) && fusedTargets == nil) }
+        if let targets = fusedTargets {
+            precondition(targets.count == N)
+            perRow.withUnsafeMutableBufferPointer {
+                backend.crossEntropyHead(acts.hNorm, N, lm.model.output, targets: targets, rowWeight: weight,
+                                         loss: $0.baseAddress!, dh: acts.dxn)
+            }
+        } else {
+            lossHead(loss, rowWeight: weight, perRow: &perRow, gradient: gradient)
+        }
         var G = [Float](repeating: 0, count: gradient ? N * A : 0)
         if gradient { G.withUnsafeMutableBufferPointer { backward($0.baseAddress!) } }
         return jobs.map { r in

@@ -42,6 +42,12 @@ public protocol Backend: AnyObject, Sendable {
     func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)])
     /// dX[m × k] (+)= Σ_p dY_p · W_p: the backward of the fused forward above.
     func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// Whether `crossEntropyHead` can run for this output matrix and row count.
+    func fusesHead(_ w: Weight, rows m: Int) -> Bool
+    /// Next-token cross-entropy on z = H · Wᵀ and its gradient dH in one pass over W (no logits
+    /// stored): loss_i = logsumexp(z_i) − z_i,t_i, dH_i = w_i (softmax(z_i) W − W_t_i).
+    func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
+                          loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>)
     /// C[m × n] = α·op(A)·op(B) + β·C, general strided matrix product (attention uses it).
     func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -98,6 +104,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
             return
         }
         for (p, (dy, w)) in ins.enumerated() { linearBackward(dy, m, w, dx, accumulate: accumulate || p > 0) }
+    }
+
+    public func fusesHead(_ w: Weight, rows m: Int) -> Bool { m <= Self.smallRows && w.packed != nil }
+
+    public func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
+                                 loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>) {
+        precondition(fusesHead(w, rows: m))
+        QuantGEMM.crossEntropyHead(h, m, w.packed!, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh, threads: threads)
     }
 
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,

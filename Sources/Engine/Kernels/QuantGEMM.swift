@@ -408,3 +408,121 @@ public enum QuantGEMM {
         if t == 1 { share(0) } else { SpinPool.shared(threads: t).run(t, share) }
     }
 }
+
+extension QuantGEMM {
+    /// The next-token cross-entropy head in ONE pass over the output matrix W [V × D] (decoded
+    /// once, where the two-pass form decodes it for the logits and again for the gradient):
+    ///
+    ///   z_i = h_i · Wᵀ                              (logits, never stored)
+    ///   loss_i = log Σ_v exp(z_iv) − z_i,t_i
+    ///   dh_i = w_i · (Σ_v softmax(z_i)_v W_v − W_t_i)
+    ///
+    /// Online softmax: each thread keeps, per row, the running max M_i, S_i = Σ exp(z − M_i) and
+    /// G_i = Σ exp(z − M_i) W_v, rescaling S and G when M grows; the threads' states are merged at
+    /// the end. `h` [m × D], `loss` [m], `dh` [m × D] (overwritten).
+    public static func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, targets: [Int],
+                                        rowWeight: [Float], loss: UnsafeMutablePointer<Float>,
+                                        dh: UnsafeMutablePointer<Float>, threads: Int) {
+        let k = q.cols, V = q.rows
+        precondition(targets.count == m && rowWeight.count == m && targets.allSatisfy { $0 >= 0 && $0 < V })
+        let t = threads > 1 && V >= 256 ? threads : 1
+        // per thread: M [m], S [m], G [m × k]
+        let M = UnsafeMutablePointer<Float>.allocate(capacity: t * m), S = UnsafeMutablePointer<Float>.allocate(capacity: t * m)
+        let G = UnsafeMutablePointer<Float>.allocate(capacity: t * m * k)
+        defer { M.deallocate(); S.deallocate(); G.deallocate() }
+        M.update(repeating: -.infinity, count: t * m); S.update(repeating: 0, count: t * m)
+        G.update(repeating: 0, count: t * m * k)
+        forEachPart([V], threads: t) { ti, _, r0, r1 in
+            switch q.type {
+            case .q4_1: headRows(DecodeQ4_1.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
+            case .q4_0: headRows(DecodeQ4_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
+            default: headRows(DecodeQ8_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
+            }
+        }
+        let wt = UnsafeMutablePointer<Float>.allocate(capacity: k)
+        defer { wt.deallocate() }
+        for i in 0..<m {
+            // merge the threads' states under the overall max
+            var mx = -Float.infinity
+            for ti in 0..<t { mx = max(mx, M[ti * m + i]) }
+            var s: Float = 0
+            let g = dh + i * k
+            g.update(repeating: 0, count: k)
+            for ti in 0..<t where S[ti * m + i] > 0 {
+                let c = expf(M[ti * m + i] - mx)
+                s += c * S[ti * m + i]
+                Ops.axpy(c, G + (ti * m + i) * k, g, k)
+            }
+            q.decode(row: targets[i], into: wt)
+            let zt = Ops.dot(h + i * k, wt, k)
+            loss[i] = mx + logf(s) - zt
+            // dh_i = w_i (G_i / S_i − W_t)
+            let a = rowWeight[i] / s
+            for c in 0..<k { g[c] = a * g[c] - rowWeight[i] * wt[c] }
+        }
+    }
+
+    /// Vocabulary rows [r0, r1) of the one-pass head, into one thread's (M, S, G).
+    @inline(__always)
+    static func headRows<D: Decode8>(_: D.Type, _ h: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, _ r0: Int, _ r1: Int,
+                                     _ M: UnsafeMutablePointer<Float>, _ S: UnsafeMutablePointer<Float>, _ G: UnsafeMutablePointer<Float>) {
+        let k = q.cols
+        // z (then exp(z − M)) for the strip's ≤ 4 rows, 4 per activation row, padded to SIMD16
+        let zCount = (4 * m + 15) / 16 * 16
+        let z = UnsafeMutablePointer<Float>.allocate(capacity: zCount)
+        defer { z.deallocate() }
+        z.update(repeating: 0, count: zCount)
+        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
+            var used = 0
+            // ---- forward: z[i, j] = h_i · W_{r+j}
+            var i = 0
+            if nr == 4 {
+                while i + 2 <= m {
+                    let xa = UnsafeRawPointer(h + i * k), xb = UnsafeRawPointer(h + (i + 1) * k)
+                    if let sink = next(used) { pairForward(xa, xb, strip, k, z + 4 * i, z + 4 * (i + 1), false, sink); used += 1 }
+                    else { pairForward(xa, xb, strip, k, z + 4 * i, z + 4 * (i + 1), false, NoSink()) }
+                    i += 2
+                }
+            }
+            while i < m {
+                for j in 0..<4 { z[4 * i + j] = j < nr ? Ops.dot(h + i * k, strip + j * k, k) : -.infinity }
+                i += 1
+            }
+            // ---- running max and rescale, then e = exp(z − M)
+            for i in 0..<m {
+                let zi = z + 4 * i
+                let mx = max(max(zi[0], zi[1]), max(zi[2], zi[3]))
+                if mx > M[i] {
+                    let c = expf(M[i] - mx)          // 0 on the first strip (M = −∞)
+                    S[i] *= c
+                    let g = G + i * k
+                    for col in 0..<k { g[col] *= c }
+                    M[i] = mx
+                }
+                for j in 0..<4 { zi[j] -= M[i] }
+            }
+            var o = 0
+            while o < zCount {
+                let e = Ops.exp16(UnsafeRawPointer(z).loadUnaligned(fromByteOffset: 4 * o, as: SIMD16<Float>.self))
+                UnsafeMutableRawPointer(z).storeBytes(of: e, toByteOffset: 4 * o, as: SIMD16<Float>.self)
+                o += 16
+            }
+            for i in 0..<m { S[i] += z[4 * i] + z[4 * i + 1] + z[4 * i + 2] + z[4 * i + 3] }
+            // ---- backward: G_i += Σ_j e[i, j] W_{r+j}
+            i = 0
+            if nr == 4 {
+                while i + 2 <= m {
+                    let oa = UnsafeMutableRawPointer(G + i * k), ob = UnsafeMutableRawPointer(G + (i + 1) * k)
+                    if let sink = next(used) { pairBackward(z + 4 * i, z + 4 * (i + 1), strip, k, oa, ob, sink); used += 1 }
+                    else { pairBackward(z + 4 * i, z + 4 * (i + 1), strip, k, oa, ob, NoSink()) }
+                    i += 2
+                }
+            }
+            while i < m {
+                for j in 0..<nr { Ops.axpy(z[4 * i + j], strip + j * k, G + i * k, k) }
+                i += 1
+            }
+            return used
+        }
+    }
+}
