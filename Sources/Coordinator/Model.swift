@@ -75,6 +75,8 @@ public enum MethodInfo {
         if !a.contains(.lambda) { s.lambda = 0 }
         if !a.contains(.gamma) { s.gamma = 0 }
         if !a.contains(.solver) { s.steps = 0; s.lr = 0; s.solver = "" }
+        // name the default solver, so a job's id says which solver ran it even if the default changes
+        else if s.solver.isEmpty { s.solver = SolverMethod.defaultMethod.rawValue }
         if !a.contains(.trainSize) { s.trainSize = 0 }
         if !a.contains(.shots) { s.shots = 0 }
         return s

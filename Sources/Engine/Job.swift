@@ -23,8 +23,8 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     public var maxNewTokens: Int
     /// Number of demonstrations for "few-shot".
     public var shots: Int
-    /// Solver for "intervention" (a `SolverMethod` name: adam, adam-uniform, adam-subgradient,
-    /// fista); empty = the default.
+    /// Solver for "intervention" (a `SolverMethod` name: adam-avg, adam, adam-uniform,
+    /// adam-subgradient, fista); empty = `SolverMethod.defaultMethod`.
     public var solver: String
     /// Prompt template with `{input}` ("" = "Q: {input}\nA:") and target template with
     /// `{output}` ("" = " {output}").

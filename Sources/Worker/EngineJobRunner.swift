@@ -9,7 +9,7 @@ public final class EngineJobRunner: JobRunner {
     private var models: [String: LanguageModel] = [:]
     private let registry: TaskRegistry
 
-    public init(threads: Int = 1, solver: SolverMethod = .adam, registry: TaskRegistry = TaskRegistry()) {
+    public init(threads: Int = 1, solver: SolverMethod = .defaultMethod, registry: TaskRegistry = TaskRegistry()) {
         self.threads = threads; self.solver = solver; self.registry = registry
     }
 

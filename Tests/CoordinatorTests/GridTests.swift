@@ -51,7 +51,7 @@ final class GridTests: XCTestCase {
     func testSolverMethodIsValidatedAndCarried() throws {
         let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "sgd"}}"#)
         XCTAssertEqual(e.count, 1)
-        XCTAssertTrue(e[0].hasPrefix("solver.method: expected one of \"adam\""), e[0])
+        XCTAssertTrue(e[0].hasPrefix("solver.method: expected one of \"adam-avg\", \"adam\""), e[0])
         XCTAssertTrue(e[0].hasSuffix("got \"sgd\""), e[0])
         let g = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"], "solver": {"method": "fista"}}"#)
         let jobs = g.expand()
@@ -119,7 +119,9 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(jobs[0].spec, JobSpec(model: d.model, task: "antonym", method: "intervention", layer: 3,
                                              lambda: d.lambda, gamma: d.gamma, seed: 7, trainSize: d.trainSize,
                                              testSize: d.testSize, steps: d.steps, lr: d.lr,
-                                             maxNewTokens: d.maxNewTokens, shots: 0))
+                                             maxNewTokens: d.maxNewTokens, shots: 0,
+                                             solver: SolverMethod.defaultMethod.rawValue),
+                       "a grid that names no solver gets the default, by name")
     }
 
     func testCartesianProductWithCollapsedAxes() throws {

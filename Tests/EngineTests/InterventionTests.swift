@@ -143,6 +143,24 @@ final class InterventionTests: XCTestCase {
         }
     }
 
+    /// Tail averaging returns something other than the last iterate, and its final prox still
+    /// gives exact zeros.
+    func testAveragedAdamReturnsTheProxOfTheTailMean() throws {
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        let path = InterventionPath(model: lm, layer: 4, prompts: prompts)
+        let pen = SparseGroupLasso(gamma: 0.05, lambda: 0.05, heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let last = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: pen,
+                                options: SolverOptions(method: .adam, steps: 12, lr: 0.1))
+        let avg = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: pen,
+                               options: SolverOptions(method: .adamAveraged, steps: 12, lr: 0.1))
+        XCTAssertEqual(Array(last.history.prefix(12).map(\.loss)), Array(avg.history.prefix(12).map(\.loss)),
+                       "the same trajectory")
+        XCTAssertNotEqual(last.delta, avg.delta)
+        XCTAssertLessThan(pen.nonzeros(avg.delta), avg.delta.count, "exact zeros")
+        XCTAssertEqual(avg.final.loss, path.loss(delta: avg.delta, loss: .nextToken(targets: targets)), accuracy: 1e-5)
+    }
+
     /// A job with bad parameters fails with a message that says what is wrong, before any work.
     func testExperimentRefusesBadJobsClearly() throws {
         let lm = try SharedModel.get()

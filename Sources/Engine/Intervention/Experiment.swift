@@ -141,9 +141,9 @@ public struct Experiment {
     public var lm: LanguageModel
     public var registry: TaskRegistry
     public var format: PromptFormat = .qa
-    public var solverMethod: SolverMethod = .adam
+    public var solverMethod: SolverMethod = .defaultMethod
 
-    public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa, solverMethod: SolverMethod = .adam) {
+    public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa, solverMethod: SolverMethod = .defaultMethod) {
         self.lm = lm; self.registry = registry; self.format = format; self.solverMethod = solverMethod
     }
 

@@ -94,6 +94,13 @@ public struct SolverStep: Sendable {
 }
 
 public enum SolverMethod: String, Sendable, CaseIterable, Codable {
+    /// `adam`, then Polyak–Ruppert tail averaging: the result is the prox (in Adam's metric) of
+    /// the mean of the iterates of the second half of the run, not the last iterate. With lr 0.1
+    /// Adam's iterates keep jumping (training loss 0.1 → 5 → 4 between steps 150 and 200 on
+    /// antonym seed 0); their mean is the steadier Δ. Measured on antonym, 15 seeds: exact
+    /// match 0.298 ± 0.057 against 0.262 ± 0.09 for `adam` and 0.254 ± 0.08 for the reference's
+    /// `adam-subgradient` (see README). The default.
+    case adamAveraged = "adam-avg"
     /// Adam on the task loss, then the prox of the penalty in Adam's own diagonal metric (each
     /// coordinate's threshold scaled by its Adam step lr/(√v̂+ε)): coordinates the loss no longer
     /// pulls on are driven to exact zeros at Adam's pace.
@@ -107,13 +114,18 @@ public enum SolverMethod: String, Sendable, CaseIterable, Codable {
     case fista
 }
 
+extension SolverMethod {
+    /// What a job that names no solver gets.
+    public static let defaultMethod: SolverMethod = .adamAveraged
+}
+
 public struct SolverOptions: Sendable {
-    public var method: SolverMethod = .adam
+    public var method: SolverMethod = .defaultMethod
     public var steps: Int = 200
     public var lr: Float = 0.1
     /// Stop when the objective's relative change over 10 steps is below this (0 = run all steps).
     public var tolerance: Float = 0
-    public init(method: SolverMethod = .adam, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0) {
+    public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0) {
         self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance
     }
 }
@@ -131,6 +143,8 @@ public enum Solver {
                              options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
         switch options.method {
         case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
+        case .adamAveraged:
+            return adam(path: path, loss: loss, penalty: penalty, options: options, metric: true, averageTail: true, onStep: onStep)
         case .adamUniform: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: false, onStep: onStep)
         case .adamSubgradient: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: false, subgradient: true, onStep: onStep)
         case .fista: return fista(path: path, loss: loss, penalty: penalty, options: options, onStep: onStep)
@@ -156,6 +170,8 @@ public enum Solver {
                                  options: SolverOptions, onStep: ((_ job: Int, SolverStep) -> Void)? = nil) -> [SolverResult] {
         switch options.method {
         case .adam: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
+        case .adamAveraged:
+            return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: true, averageTail: true, onStep: onStep)
         case .adamUniform: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: false, onStep: onStep)
         case .adamSubgradient:
             return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: false, subgradient: true, onStep: onStep)
@@ -166,20 +182,23 @@ public enum Solver {
     }
 
     static func adam(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
-                     options o: SolverOptions, metric: Bool, subgradient: Bool = false,
+                     options o: SolverOptions, metric: Bool, subgradient: Bool = false, averageTail: Bool = false,
                      onStep: ((SolverStep) -> Void)?) -> SolverResult {
         adam(path: path, jobs: [0..<path.rows], loss: loss, penalty: penalty, options: o, metric: metric,
-             subgradient: subgradient) { _, s in onStep?(s) }[0]
+             subgradient: subgradient, averageTail: averageTail) { _, s in onStep?(s) }[0]
     }
 
     static func adam(path: InterventionPath, jobs: [Range<Int>], loss: TaskLoss, penalty: SparseGroupLasso,
-                     options o: SolverOptions, metric: Bool, subgradient: Bool = false,
+                     options o: SolverOptions, metric: Bool, subgradient: Bool = false, averageTail: Bool = false,
                      onStep: ((Int, SolverStep) -> Void)?) -> [SolverResult] {
         let n = path.cfg.attnDim, K = jobs.count
         let zero = [Float](repeating: 0, count: n)
         var d = [[Float]](repeating: zero, count: K), m = d, v = d, eta = d
         let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
         var history = [[SolverStep]](repeating: [], count: K)
+        // tail averaging: Σ of the iterates after step `averageFrom` (the second half of the run)
+        let averageFrom = averageTail ? max(o.steps, 1) / 2 + 1 : Int.max
+        var sum = d, summed = 0
         for k in 1...max(o.steps, 1) {
             let lg = path.lossesAndGradients(deltas: d, jobs: jobs, loss: loss)
             let c1 = 1 - powf(b1, Float(k)), c2 = 1 - powf(b2, Float(k))
@@ -198,9 +217,21 @@ public enum Solver {
                 if subgradient { continue }
                 if metric { penalty.prox(&d[j], steps: eta[j]) } else { penalty.prox(&d[j], step: o.lr) }
             }
+            if k >= averageFrom {
+                summed += 1
+                for j in 0..<K { for c in 0..<n { sum[j][c] += d[j][c] } }
+            }
             if history.allSatisfy({ converged($0, o.tolerance) }) { break }
         }
-        // the final Δs (as the reference does), evaluated
+        if summed > 0 {
+            // the mean of the tail, then the penalty's prox once more (the last Adam steps'
+            // metric), so coordinates the tail keeps near zero are exactly zero
+            for j in 0..<K {
+                d[j] = sum[j].map { $0 / Float(summed) }
+                penalty.prox(&d[j], steps: eta[j])
+            }
+        }
+        // the final Δs (the last iterate, as the reference does, or the tail's mean), evaluated
         let final = path.lossesAndGradients(deltas: d, jobs: jobs, loss: loss, gradient: false)
         return (0..<K).map { j in
             let last = report(history[j].count, d[j], final[j].loss, penalty, o.lr)
