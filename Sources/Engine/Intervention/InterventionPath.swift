@@ -134,7 +134,7 @@ public final class InterventionPath {
                 Ops.rmsnorm(s.hIn, blk.attnNorm.data, s.xnAttn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invAttn)
                 // q [N × A], k [N × KV], v [N × KV]: one pass over the three weights
                 backend.linear(s.xnAttn, N, [(blk.wq, s.q), (blk.wk, s.kSelf), (blk.wv, s.vSelf)])
-                for i in 0..<N {
+                forEachRow { i in
                     let p = promptLengths[i] - 1
                     model.rope(s.q + i * A, rows: 1, stride: A, heads: H) { _ in p }
                     model.rope(s.kSelf + i * KV, rows: 1, stride: KV, heads: cfg.nKVHeads) { _ in p }
@@ -160,7 +160,7 @@ public final class InterventionPath {
             // ---- SwiGLU MLP: h_out = h_mid + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h_mid)
             Ops.rmsnorm(s.hMid, blk.ffnNorm.data, s.xnFfn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invFfn)
             backend.linear(s.xnFfn, N, [(blk.wGate, s.g), (blk.wUp, s.u)])        // g, u [N × F]
-            Ops.swiglu(s.g, s.u, acts.dF, N * F)                                  // m [N × F] (scratch)
+            forEachRow { i in Ops.swiglu(s.g + i * F, s.u + i * F, acts.dF + i * F, F) }   // m [N × F] (scratch)
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
             out.update(from: s.hMid, count: N * D)
             backend.linear(acts.dF, N, blk.wDown, out, accumulate: true)
@@ -234,7 +234,9 @@ public final class InterventionPath {
             let blk = model.blocks[l], s = acts.layers[k]
             // ---- MLP backward. h_out = h_mid + m W_downᵀ, m = silu(g) ⊙ u, g/u = x W_{g,u}ᵀ, x = rms(h_mid)
             backend.linearBackward(dh, N, blk.wDown, acts.dF, accumulate: false)       // dm [N × F]
-            Ops.swigluBackward(s.g, s.u, acts.dF, acts.dF, acts.dF2, N * F)            // dg → dF, du → dF2
+            forEachRow { i in                                                          // dg → dF, du → dF2
+                Ops.swigluBackward(s.g + i * F, s.u + i * F, acts.dF + i * F, acts.dF + i * F, acts.dF2 + i * F, F)
+            }
             backend.linearBackward([(UnsafePointer(acts.dF), blk.wGate), (UnsafePointer(acts.dF2), blk.wUp)], N, dxn, accumulate: false) // dx = dg W_g + du W_u
             Ops.rmsnormBackward(s.hMid, blk.ffnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invFfn) // dh_mid = dh_out + …
             // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
@@ -247,8 +249,8 @@ public final class InterventionPath {
             // ---- attention backward, per row and head (only the token's own q, k, v depend on Δ)
             let dQ = acts.dQ, dK = acts.dKV, dV = acts.dKV2
             dK.update(repeating: 0, count: N * KV); dV.update(repeating: 0, count: N * KV)
-            var dp = [Float](repeating: 0, count: ctxMax)
-            for i in 0..<N {
+            forEachRow { i in
+                var dp = [Float](repeating: 0, count: ctxMax)
                 let n = promptLengths[i], kc = caches[i].keys(layer: l), vc = caches[i].values(layer: l)
                 for hh in 0..<H {
                     let g = hh / group
@@ -277,6 +279,17 @@ public final class InterventionPath {
             backend.linearBackward([(UnsafePointer(dQ), blk.wq), (UnsafePointer(dK), blk.wk), (UnsafePointer(dV), blk.wv)], N, dxn, accumulate: false)
             // x = rms(h_in): dh_in = dh_mid + rmsnorm_backward(dx)
             Ops.rmsnormBackward(s.hIn, blk.attnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invAttn)
+        }
+    }
+
+    /// Runs `body(i)` for every row, the rows split between the backend's threads (the per-row
+    /// attention and SwiGLU work between two products; each row writes only its own slices).
+    func forEachRow(_ body: (Int) -> Void) {
+        let t = min(backend.threads, rows)
+        if t <= 1 { for i in 0..<rows { body(i) }; return }
+        let per = (rows + t - 1) / t
+        SpinPool.shared(threads: t).run(t) { ti in
+            for i in (ti * per)..<min(rows, (ti + 1) * per) { body(i) }
         }
     }
 

@@ -34,6 +34,8 @@ public final class Weight: @unchecked Sendable {
 /// vectorised Swift. A CUDA backend would implement the same ops on device-resident buffers.
 public protocol Backend: AnyObject, Sendable {
     var name: String { get }
+    /// CPU threads the backend may use (also for the element-wise work around its products).
+    var threads: Int { get }
     /// Y[m × n] (+)= X[m × k] · Wᵀ, W [n × k].            (forward of a linear layer)
     func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// dX[m × k] (+)= dY[m × n] · W, W [n × k].            (backward of a linear layer w.r.t. X)
