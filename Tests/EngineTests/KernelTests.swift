@@ -28,7 +28,7 @@ final class KernelTests: XCTestCase {
     func testQuantisedProductsMatchFP32() throws {
         let lm = try SharedModel.get()
         let b = lm.model.blocks[3]
-        for m in [1, 2, 3, 10, 16] {
+        for m in [1, 2, 3, 10, 16, 50] {
             compare(b.wq, rows: m)      // Q4_1, 576 × 576
             compare(b.wDown, rows: m)   // Q4_1, 576 × 1536
             compare(b.wk, rows: m)      // Q4_1, 192 × 576
