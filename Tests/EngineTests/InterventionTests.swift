@@ -104,6 +104,22 @@ final class InterventionTests: XCTestCase {
         XCTAssertNotEqual(both[0].tokens, both[1].tokens, "Δ should change some continuation")
     }
 
+    /// Per-prompt decoding budgets: each sequence stops at its own budget (every variant of a
+    /// prompt at that prompt's), and what it decodes is the start of an unlimited run.
+    func testPerPromptBudgets() throws {
+        let lm = try SharedModel.get()
+        let (prompts, _, _) = try trainingBatch(lm)
+        let budgets = prompts.indices.map { $0 % 4 }          // 0, 1, 2, 3, 0, …
+        let delta = (0..<lm.config.attnDim).map { Float(($0 % 5) - 2) * 0.3 }
+        let full = lm.generate(prompts: prompts, variants: [delta, nil], layer: 4, stop: StopRules(maxNewTokens: 3, atNewline: false))
+        let cut = lm.generate(prompts: prompts, variants: [delta, nil], layer: 4, stop: StopRules(perPrompt: budgets, atNewline: false))
+        for v in 0..<2 {
+            for (i, b) in budgets.enumerated() {
+                XCTAssertEqual(cut[v].tokens[i], Array(full[v].tokens[i].prefix(b)), "variant \(v) prompt \(i)")
+            }
+        }
+    }
+
     func testProxIsExactAndProducesZeros() {
         let p = SparseGroupLasso(gamma: 0.1, lambda: 0.5, heads: 3, headDim: 2)
         var v: [Float] = [0.05, -0.08, 1.0, -2.0, 0.3, 0.2]

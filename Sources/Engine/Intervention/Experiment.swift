@@ -50,8 +50,8 @@ extension LanguageModel {
     /// positions before each prompt's last are computed once for all variants. The answer is the
     /// decoded text up to the first newline, trimmed; exact match compares it case-insensitively
     /// with the expected output; first-token accuracy compares the first decoded token with the
-    /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = the longest target in
-    /// the batch + 2 tokens.
+    /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = each item's target length
+    /// + 2 tokens.
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
@@ -61,8 +61,10 @@ extension LanguageModel {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { tokenizer.encode($0) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
-            let g = maxNewTokens > 0 ? maxNewTokens : (tgt.map(\.count).max() ?? 1) + 2
-            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: StopRules(maxNewTokens: g, atNewline: true))
+            // each item's own budget, so an item's answer does not depend on the batch it is in
+            let stop = maxNewTokens > 0 ? StopRules(maxNewTokens: maxNewTokens, atNewline: true)
+                                        : StopRules(perPrompt: tgt.map { max($0.count, 1) + 2 }, atNewline: true)
+            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: stop)
             for (v, gen) in gens.enumerated() {
                 for (j, p) in pairs[b..<e].enumerated() {
                     let text = tokenizer.decode(gen.tokens[j])

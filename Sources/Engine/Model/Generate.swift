@@ -3,12 +3,24 @@ import Foundation
 /// When greedy decoding of a sequence stops.
 public struct StopRules: Sendable {
     public var maxNewTokens: Int
+    /// Per-prompt budgets (each ≤ `maxNewTokens`), or nil for `maxNewTokens` everywhere. With
+    /// variants, every variant of prompt p gets budget p.
+    public var perPrompt: [Int]?
     /// Stop after a token whose text contains a newline (the token is kept).
     public var atNewline: Bool
     /// Stop at EOS or any control token (not kept).
     public var atEOS: Bool
     public init(maxNewTokens: Int, atNewline: Bool = true, atEOS: Bool = true) {
         self.maxNewTokens = maxNewTokens; self.atNewline = atNewline; self.atEOS = atEOS
+    }
+    /// A budget per prompt; `maxNewTokens` is their maximum.
+    public init(perPrompt: [Int], atNewline: Bool = true, atEOS: Bool = true) {
+        self.init(maxNewTokens: perPrompt.max() ?? 0, atNewline: atNewline, atEOS: atEOS)
+        self.perPrompt = perPrompt
+    }
+    func budget(sequence s: Int) -> Int {
+        guard let p = perPrompt, !p.isEmpty else { return maxNewTokens }
+        return p[s % p.count]
     }
 }
 
@@ -44,9 +56,10 @@ extension LanguageModel {
                 for (i, s) in active.enumerated() {
                     let id = Ops.argmax(lb.baseAddress! + i * V, V)
                     if step == 0 { firstIDs[s] = id }
+                    if stop.budget(sequence: s) <= 0 { continue }     // a zero budget: first id only
                     if stop.atEOS && (id == tokenizer.eosID || tokenizer.isControl(id)) { continue }
                     out[s].append(id)
-                    if out[s].count >= stop.maxNewTokens { continue }
+                    if out[s].count >= stop.budget(sequence: s) { continue }
                     if stop.atNewline && tokenizer.bytes(of: id).contains(10) { continue }
                     next.append(id); still.append(s)
                 }
