@@ -22,7 +22,7 @@ public struct JobOptions: ParsableArguments {
     public var steps: Int = 200
     @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
     public var lr: Double = 0.1
-    @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; the best measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
+    @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; exact zeros, at least as accurate as the others measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
     public var solver: SolverMethod = .defaultMethod
     @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
     public var method: String = "intervention"
