@@ -53,9 +53,11 @@ final class InterventionTests: XCTestCase {
         let path = InterventionPath(model: lm, layer: 20, prompts: prompts)
         let delta = (0..<A).map { _ in Float(rng.uniform() - 0.5) }
         // An opinion-style loss over four "letters" with random target distributions.
-        let letters = ["A", "B", "C", "D"].map { lm.tokenizer.encode(" " + $0)[0] }
-        let pis: [[Float]] = prompts.map { _ in let r = (0..<4).map { _ in Float(rng.uniform() + 0.1) }; let s = r.reduce(0, +); return r.map { $0 / s } }
-        for loss in [TaskLoss.nextToken(targets: targets), .restrictedKL(alphabet: letters, target: pis)] {
+        // opinion-style losses over 2–5 "letters" per row, with random target distributions
+        let letters = ["A", "B", "C", "D", "E"].map { lm.tokenizer.encode(" " + $0)[0] }
+        let alphabets = prompts.indices.map { Array(letters.prefix(2 + $0 % 4)) }
+        let pis: [[Float]] = alphabets.map { a in let r = a.map { _ in Float(rng.uniform() + 0.1) }; let s = r.reduce(0, +); return r.map { $0 / s } }
+        for loss in [TaskLoss.nextToken(targets: targets), .restrictedKL(alphabets: alphabets, target: pis)] {
             let (_, grad) = path.lossAndGradient(delta: delta, loss: loss)
             var worst: Double = 0
             for _ in 0..<20 {

@@ -4,9 +4,15 @@ import Foundation
 public enum TaskLoss: Sendable {
     /// Rule tasks: −log p(target first token), one target id per prompt.
     case nextToken(targets: [Int])
-    /// Opinion tasks: KL(p_Δ restricted to `alphabet` and renormalised ‖ π_i), one distribution π_i
-    /// (over the alphabet, summing to 1) per prompt.
-    case restrictedKL(alphabet: [Int], target: [[Float]])
+    /// Opinion tasks: KL(p_Δ restricted to row i's answer tokens `alphabets[i]` and renormalised
+    /// ‖ π_i), one distribution π_i (over that row's alphabet, summing to 1) per prompt. Rows may
+    /// have different numbers of options.
+    case restrictedKL(alphabets: [[Int]], target: [[Float]])
+
+    /// The same alphabet for every row.
+    public static func restrictedKL(alphabet: [Int], target: [[Float]]) -> TaskLoss {
+        .restrictedKL(alphabets: Array(repeating: alphabet, count: target.count), target: target)
+    }
 }
 
 /// Δ's single-token path, prefix-cached (see DESIGN.md, "Why it can be fast").
@@ -194,19 +200,15 @@ public final class InterventionPath {
                 z[t] -= w
             }
             if gradient { backend.linearBackward(acts.logits, N, W, dhn, accumulate: false) }
-        case let .restrictedKL(alphabet, target):
-            precondition(target.count == N)
+        case let .restrictedKL(alphabets, target):
+            precondition(target.count == N && alphabets.count == N)
             dhn.update(repeating: 0, count: N * D)
-            let K = alphabet.count
-            var zs = [Float](repeating: 0, count: K)
             for i in 0..<N {
-                for (a, id) in alphabet.enumerated() { zs[a] = Ops.dot(acts.hNorm + i * D, W.data + id * D, D) }
-                let m = zs.max()!
-                var q = zs.map { expf($0 - m) }
-                let sum = q.reduce(0, +)
-                q = q.map { $0 / sum }
+                let alphabet = alphabets[i]
+                precondition(alphabet.count == target[i].count && !alphabet.isEmpty)
+                let q = restricted(row: i, alphabet: alphabet)
                 var kl: Float = 0
-                for a in 0..<K where q[a] > 0 { kl += q[a] * (logf(q[a]) - logf(max(target[i][a], 1e-12))) }
+                for a in 0..<q.count where q[a] > 0 { kl += q[a] * (logf(q[a]) - logf(max(target[i][a], 1e-12))) }
                 perRow[i] = kl
                 // dKL/dz_a = q_a (log(q_a/π_a) − KL)
                 for (a, id) in alphabet.enumerated() {
@@ -215,6 +217,27 @@ public final class InterventionPath {
                 }
             }
         }
+    }
+
+    /// softmax over `alphabet` of row i's logits, from the last forward's final hidden state.
+    func restricted(row i: Int, alphabet: [Int]) -> [Float] {
+        let D = cfg.dModel, W = lm.model.output
+        let zs = alphabet.map { Ops.dot(acts.hNorm + i * D, W.data + $0 * D, D) }
+        let m = zs.max()!
+        let e = zs.map { expf($0 - m) }
+        let sum = e.reduce(0, +)
+        return e.map { $0 / sum }
+    }
+
+    /// Each row's next-token distribution restricted to its `alphabets[i]` and renormalised, for Δ
+    /// shared by all rows (opinion evaluation).
+    public func restrictedDistributions(delta: [Float], alphabets: [[Int]]) -> [[Float]] {
+        let A = cfg.attnDim, N = rows
+        precondition(delta.count == A && alphabets.count == N)
+        var D = [Float](repeating: 0, count: N * A)
+        for i in 0..<N { for j in 0..<A { D[i * A + j] = delta[j] } }
+        D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: false) }
+        return (0..<N).map { restricted(row: $0, alphabet: alphabets[$0]) }
     }
 
     // MARK: backward

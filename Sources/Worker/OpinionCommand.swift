@@ -1,0 +1,103 @@
+import ArgumentParser
+import Engine
+import Foundation
+
+/// `worker opinion`: steer the model's answers to multiple-choice survey questions towards one
+/// population's answer distribution (OpinionQA), on this machine.
+public struct OpinionCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "opinion",
+        abstract: "Learn Δ that makes the model answer survey questions like one population, and measure it.",
+        discussion: """
+        Splits the group's questions by --seed into --train training and --test test questions, \
+        learns a sparse Δ minimising the mean KL(p_Δ restricted to the answer letters ‖ the group's \
+        answer distribution) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂, then reports, on the test questions, the \
+        alignment 1 − W₁/(span of the ordinal scale) (OpinionQA's measure, 1 = identical) and the KL, \
+        with Δ and without.
+
+        The data file has the OpinionQA layout: {"questions": [{"qkey", "question", "options", \
+        "option_ordinal", "dist": {"<group>": [share per option]}}]} (e.g. \
+        ../shared/data/opinionqa/opinionqa_4groups.json).
+
+        Examples:
+          worker opinion --data opinionqa_4groups.json --group Northeast --layer 4 --seed 0
+          worker opinion --data opinionqa_4groups.json --group "Less than $30,000" --train 20 --json
+        """)
+
+    @OptionGroup public var modelOptions: ModelOptions
+    @Option(name: .long, help: ArgumentHelp("Questions with group distributions (OpinionQA layout).", valueName: "path"))
+    public var data: String
+    @Option(name: .long, help: "The population whose answers Δ should match (a key of each question's \"dist\").")
+    public var group: String
+    @Option(name: .long, help: "Layer whose head outputs Δ is added to (0-based).")
+    public var layer: Int = 4
+    @Option(name: .long, help: "Split seed.")
+    public var seed: Int = 0
+    @Option(name: .long, help: "Training questions.")
+    public var train: Int = 10
+    @Option(name: .long, help: "Test questions (0 = all that remain).")
+    public var test: Int = 200
+    @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
+    public var lambda: Double = 0.01
+    @Option(name: .long, help: "Element-wise ℓ1 penalty γ.")
+    public var gamma: Double = 0.01
+    @Option(name: .long, help: "Solver steps.")
+    public var steps: Int = 200
+    @Option(name: .long, help: "Solver step size.")
+    public var lr: Double = 0.1
+    @Option(name: .long, help: "Solver (as for `worker run`).")
+    public var solver: SolverMethod = .defaultMethod
+    @Option(name: .long, help: "Folder for the Δ artefact (<sha256>.safetensors).")
+    public var out: String = "runs"
+    @Flag(name: .long, help: "Print a JSON object as the last line of stdout.")
+    public var json = false
+
+    public init() {}
+
+    public func validate() throws {
+        guard train >= 1 else { throw ValidationError("--train must be at least 1") }
+        guard test >= 0 else { throw ValidationError("--test must be 0 (all) or more") }
+        guard steps >= 1, lr > 0, lambda >= 0, gamma >= 0 else { throw ValidationError("--steps ≥ 1, --lr > 0, --lambda and --gamma ≥ 0") }
+    }
+
+    public func run() throws {
+        let bar = ProgressLine()
+        let task: OpinionTask
+        do { task = try OpinionTask.load(path: data) } catch { throw CLIError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
+        bar.show("loading \(modelOptions.model)…", force: true)
+        let lm = try modelOptions.load()
+        guard layer >= 0 && layer < lm.config.nLayers else { throw CLIError("layer \(layer) is outside 0…\(lm.config.nLayers - 1)") }
+        let t0 = Date()
+        let pen = SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let r: OpinionRun
+        do {
+            r = try lm.runOpinion(task: task, group: group, layer: layer, seed: seed, train: train, test: test, penalty: pen,
+                                  options: SolverOptions(method: solver, steps: steps, lr: Float(lr))) { s in
+                bar.show("solve \(s.step)/\(steps)  KL \(String(format: "%.4f", s.loss))  nonzero \(s.nonzeros)  heads \(s.activeHeads)")
+            }
+        } catch let e as OpinionTaskError { throw CLIError(e.errorDescription ?? "\(e)") }
+        bar.done()
+        let md = ["model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": "opinion:\(group)", "data": data,
+                  "layer": "\(layer)", "seed": "\(seed)", "lambda": "\(lambda)", "gamma": "\(gamma)", "steps": "\(steps)",
+                  "solver": solver.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
+                  "heads": "\(lm.config.nHeads)", "head_dim": "\(lm.config.headDim)"]
+        let art = Safetensors.write(tensors: [("delta", [lm.config.attnDim], r.delta)], metadata: md)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
+        try art.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let last = r.history.last!
+        let obj: [String: Any] = [
+            "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solver.rawValue,
+            "alignment": r.alignment, "zero_shot_alignment": r.zeroShotAlignment, "kl": r.kl, "zero_shot_kl": r.zeroShotKL,
+            "final_loss": Double(last.loss), "initial_loss": Double(r.history.first?.loss ?? .nan),
+            "nonzero": last.nonzeros, "active_heads": last.activeHeads, "delta_path": path,
+            "total_ms": Date().timeIntervalSince(t0) * 1000,
+        ]
+        print("group \(group)  layer \(layer)  seed \(seed)  (\(r.nTrain) training, \(r.nTest) test questions)")
+        print("                 alignment   KL")
+        print(String(format: "with Δ           %.4f      %.4f", r.alignment, r.kl))
+        print(String(format: "without Δ        %.4f      %.4f", r.zeroShotAlignment, r.zeroShotKL))
+        print("Δ: \(last.nonzeros) non-zero, \(last.activeHeads) heads → \(path)")
+        if json { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }
+    }
+}

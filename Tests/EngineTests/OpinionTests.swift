@@ -1,0 +1,58 @@
+import Engine
+import Foundation
+import XCTest
+
+final class OpinionTests: XCTestCase {
+    func testAlignmentOnTheOrdinalScale() {
+        let ord = [1.0, 2.0, 3.0, 4.0]
+        XCTAssertEqual(OpinionTask.alignment([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], ordinal: ord), 1, accuracy: 1e-9)
+        XCTAssertEqual(OpinionTask.alignment([1, 0, 0, 0], [0, 0, 0, 1], ordinal: ord), 0, accuracy: 1e-9)
+        // all mass one step apart: W₁ = 1 on a span of 3
+        XCTAssertEqual(OpinionTask.alignment([1, 0, 0, 0], [0, 1, 0, 0], ordinal: ord), 2.0 / 3, accuracy: 1e-6)
+        // the ordinal positions, not the list order, define the scale
+        XCTAssertEqual(OpinionTask.alignment([1, 0, 0], [0, 1, 0], ordinal: [1, 3, 2]), 0, accuracy: 1e-6)
+        XCTAssertEqual(OpinionTask.kl([0.5, 0.5], [0.5, 0.5]), 0, accuracy: 1e-9)
+    }
+
+    func testLoadSplitAndErrors() throws {
+        let qs = (0..<12).map { i in
+            ["qkey": "Q\(i)", "question": "Question \(i)?", "options": ["Yes", "No", "Unsure"], "option_ordinal": [1, 2, 3],
+             "dist": ["North": [2, 1, 1], "South": i % 3 == 0 ? [1, 1] : [0, 1, 3]]] as [String: Any]
+        }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("opinion-\(UUID().uuidString).json")
+        try JSONSerialization.data(withJSONObject: ["questions": qs]).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let task = try OpinionTask.load(path: url.path)
+        XCTAssertEqual(task.groups, ["North", "South"])
+        XCTAssertEqual(task.questions[0].dist["North"]!, [0.5, 0.25, 0.25])
+        XCTAssertNil(task.questions[0].dist["South"], "a distribution of the wrong length is dropped")
+        XCTAssertEqual(OpinionTask.prompt(task.questions[1]), "Question: Question 1?\nA. Yes\nB. No\nC. Unsure\nAnswer:")
+        let a = try task.split(group: "North", seed: 3, train: 4, test: 5)
+        let b = try task.split(group: "North", seed: 3, train: 4, test: 5)
+        XCTAssertEqual(a.train, b.train); XCTAssertEqual(a.test, b.test)
+        XCTAssertTrue(Set(a.train.map(\.key)).isDisjoint(with: a.test.map(\.key)))
+        XCTAssertEqual(try task.split(group: "South", seed: 0, train: 3, test: 0).test.count, 5, "8 usable questions")
+        XCTAssertThrowsError(try task.split(group: "West", seed: 0, train: 2, test: 2)) {
+            XCTAssertEqual($0 as? OpinionTaskError, .unknownGroup("West", known: ["North", "South"]))
+        }
+        XCTAssertThrowsError(try task.split(group: "South", seed: 0, train: 8, test: 1))
+        XCTAssertThrowsError(try OpinionTask.load(path: "/nonexistent/q.json"))
+    }
+
+    /// A short run on the shared OpinionQA file: the solver lowers the training KL and the test
+    /// measures are proper.
+    func testShortOpinionRun() throws {
+        let path = try TestPaths.sharedFile("data/opinionqa/opinionqa_4groups.json").path
+        let lm = try SharedModel.get()
+        let task = try OpinionTask.load(path: path)
+        XCTAssertEqual(task.questions.count, 684)
+        XCTAssertTrue(task.groups.contains("Northeast"))
+        let pen = SparseGroupLasso(gamma: 0.01, lambda: 0.01, heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let r = try lm.runOpinion(task: task, group: "Northeast", layer: 4, seed: 0, train: 4, test: 6, penalty: pen,
+                                  options: SolverOptions(method: .adam, steps: 8, lr: 0.1))
+        XCTAssertLessThan(r.history.last!.loss, r.history.first!.loss)
+        XCTAssertEqual(r.nTest, 6)
+        for v in [r.alignment, r.zeroShotAlignment] { XCTAssertTrue(v > 0 && v <= 1, "\(v)") }
+        XCTAssertGreaterThanOrEqual(r.zeroShotKL, 0)
+    }
+}
