@@ -37,16 +37,7 @@ public struct OpinionCommand: ParsableCommand {
     public var train: Int = 10
     @Option(name: .long, help: "Test questions (0 = all that remain).")
     public var test: Int = 200
-    @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
-    public var lambda: Double = 0.01
-    @Option(name: .long, help: "Element-wise ℓ1 penalty γ.")
-    public var gamma: Double = 0.01
-    @Option(name: .long, help: "Solver steps.")
-    public var steps: Int = 200
-    @Option(name: .long, help: "Solver step size.")
-    public var lr: Double = 0.1
-    @Option(name: .long, help: "Solver (as for `worker run`).")
-    public var solver: SolverMethod = .defaultMethod
+    @OptionGroup public var solve: SolveOptions
     @Option(name: .long, help: "Folder for the Δ artefact (<sha256>.safetensors).")
     public var out: String = "runs"
     @Flag(name: .long, help: "Print a JSON object as the last line of stdout.")
@@ -57,7 +48,6 @@ public struct OpinionCommand: ParsableCommand {
     public func validate() throws {
         guard train >= 1 else { throw ValidationError("--train must be at least 1") }
         guard test >= 0 else { throw ValidationError("--test must be 0 (all) or more") }
-        guard steps >= 1, lr > 0, lambda >= 0, gamma >= 0 else { throw ValidationError("--steps ≥ 1, --lr > 0, --lambda and --gamma ≥ 0") }
     }
 
     public func run() throws {
@@ -68,18 +58,18 @@ public struct OpinionCommand: ParsableCommand {
         let lm = try modelOptions.load()
         guard layer >= 0 && layer < lm.config.nLayers else { throw CLIError("layer \(layer) is outside 0…\(lm.config.nLayers - 1)") }
         let t0 = Date()
-        let pen = SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let pen = solve.penalty(lm.config), steps = solve.steps
         let r: OpinionRun
         do {
             r = try lm.runOpinion(task: task, group: group, layer: layer, seed: seed, train: train, test: test, penalty: pen,
-                                  options: SolverOptions(method: solver, steps: steps, lr: Float(lr))) { s in
+                                  options: solve.options) { s in
                 bar.show("solve \(s.step)/\(steps)  KL \(String(format: "%.4f", s.loss))  nonzero \(s.nonzeros)  heads \(s.activeHeads)")
             }
         } catch let e as OpinionTaskError { throw CLIError(e.errorDescription ?? "\(e)") }
         bar.done()
         let md = ["model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": "opinion:\(group)", "data": data,
-                  "layer": "\(layer)", "seed": "\(seed)", "lambda": "\(lambda)", "gamma": "\(gamma)", "steps": "\(steps)",
-                  "solver": solver.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
+                  "layer": "\(layer)", "seed": "\(seed)", "lambda": "\(solve.lambda)", "gamma": "\(solve.gamma)",
+                  "steps": "\(steps)", "solver": solve.solver.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
                   "heads": "\(lm.config.nHeads)", "head_dim": "\(lm.config.headDim)"]
         let art = Safetensors.write(tensors: [("delta", [lm.config.attnDim], r.delta)], metadata: md)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -87,7 +77,7 @@ public struct OpinionCommand: ParsableCommand {
         try art.write(to: URL(fileURLWithPath: path), options: .atomic)
         let last = r.history.last!
         let obj: [String: Any] = [
-            "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solver.rawValue,
+            "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solve.solver.rawValue,
             "alignment": r.alignment, "zero_shot_alignment": r.zeroShotAlignment, "kl": r.kl, "zero_shot_kl": r.zeroShotKL,
             "final_loss": Double(last.loss), "initial_loss": Double(r.history.first?.loss ?? .nan),
             "nonzero": last.nonzeros, "active_heads": last.activeHeads, "delta_path": path,

@@ -14,16 +14,12 @@ public struct JobOptions: ParsableArguments {
     public var trainSize: Int = 10
     @Option(name: .customLong("test"), help: "Number of test pairs (0 = all that remain).")
     public var testSize: Int = 200
-    @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
-    public var lambda: Double = 0.01
-    @Option(name: .customLong("gamma"), help: "Element-wise ℓ1 penalty γ.")
-    public var gamma: Double = 0.01
-    @Option(name: .long, help: "Solver steps.")
-    public var steps: Int = 200
-    @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
-    public var lr: Double = 0.1
-    @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; exact zeros, at least as accurate as the others measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
-    public var solver: SolverMethod = .defaultMethod
+    @OptionGroup public var solve: SolveOptions
+    public var lambda: Double { solve.lambda }
+    public var gamma: Double { solve.gamma }
+    public var steps: Int { solve.steps }
+    public var lr: Double { solve.lr }
+    public var solver: SolverMethod { solve.solver }
     @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
     public var method: String = "intervention"
     @Option(name: .long, help: "Demonstrations in few-shot prompts.")
@@ -37,9 +33,6 @@ public struct JobOptions: ParsableArguments {
         guard layer >= 0 else { throw ValidationError("--layer must be ≥ 0") }
         guard trainSize >= 1 && trainSize <= 1024 else { throw ValidationError("--train must be between 1 and 1024") }
         guard testSize >= 0 else { throw ValidationError("--test must be ≥ 0") }
-        guard lambda >= 0, gamma >= 0 else { throw ValidationError("--lambda and --gamma must be ≥ 0") }
-        guard steps >= 1 else { throw ValidationError("--steps must be ≥ 1") }
-        guard lr > 0 else { throw ValidationError("--lr must be > 0") }
         guard Experiment.methods.contains(method) else {
             throw ValidationError("--method must be one of \(Experiment.methods.joined(separator: ", "))")
         }
@@ -50,6 +43,33 @@ public struct JobOptions: ParsableArguments {
                 trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots,
                 solver: solver.rawValue)
     }
+}
+
+/// The objective's penalties and the solver: shared by `run`, `bench` and `opinion`.
+public struct SolveOptions: ParsableArguments {
+    @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
+    public var lambda: Double = 0.01
+    @Option(name: .customLong("gamma"), help: "Element-wise ℓ1 penalty γ.")
+    public var gamma: Double = 0.01
+    @Option(name: .long, help: "Solver steps.")
+    public var steps: Int = 200
+    @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
+    public var lr: Double = 0.1
+    @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; exact zeros, at least as accurate as the others measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
+    public var solver: SolverMethod = .defaultMethod
+
+    public init() {}
+
+    public func validate() throws {
+        guard lambda >= 0, gamma >= 0 else { throw ValidationError("--lambda and --gamma must be ≥ 0") }
+        guard steps >= 1 else { throw ValidationError("--steps must be ≥ 1") }
+        guard lr > 0 else { throw ValidationError("--lr must be > 0") }
+    }
+
+    public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
+        SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)
+    }
+    public var options: SolverOptions { SolverOptions(method: solver, steps: steps, lr: Float(lr)) }
 }
 
 extension SolverMethod: ExpressibleByArgument {}
@@ -234,11 +254,11 @@ public struct BenchCommand: ParsableCommand {
         let ts = Date()
         let path = InterventionPath(model: lm, layer: job.layer, prompts: prompts)
         let setupMs = Date().timeIntervalSince(ts) * 1000
-        let penalty = SparseGroupLasso(gamma: Float(job.gamma), lambda: Float(job.lambda), heads: lm.config.nHeads, headDim: lm.config.headDim)
+        let penalty = job.solve.penalty(lm.config)
         var times: [Double] = []
         var last = Date()
         let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
-                               options: SolverOptions(method: job.solver, steps: job.steps, lr: Float(job.lr))) { _ in
+                               options: job.solve.options) { _ in
             let now = Date(); times.append(now.timeIntervalSince(last) * 1000); last = now
         }
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
