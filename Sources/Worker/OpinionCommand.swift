@@ -13,7 +13,8 @@ public struct OpinionCommand: ParsableCommand {
         learns a sparse Δ minimising the mean KL(p_Δ restricted to the answer letters ‖ the group's \
         answer distribution) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂, then reports, on the test questions, the \
         alignment 1 − W₁/(span of the ordinal scale) (OpinionQA's measure, 1 = identical) and the KL, \
-        with Δ and without.
+        with Δ and without, and the alignment with every other group's answers on the same questions \
+        (is the change specific to the target group?).
 
         The data file has the OpinionQA layout: {"questions": [{"qkey", "question", "options", \
         "option_ordinal", "dist": {"<group>": [share per option]}}]} (e.g. \
@@ -82,12 +83,20 @@ public struct OpinionCommand: ParsableCommand {
             "final_loss": Double(last.loss), "initial_loss": Double(r.history.first?.loss ?? .nan),
             "nonzero": last.nonzeros, "active_heads": last.activeHeads, "delta_path": path,
             "total_ms": Date().timeIntervalSince(t0) * 1000,
+            "alignment_by_group": r.alignmentByGroup, "zero_shot_alignment_by_group": r.zeroShotAlignmentByGroup,
         ]
         print("group \(group)  layer \(layer)  seed \(seed)  (\(r.nTrain) training, \(r.nTest) test questions)")
         print("                 alignment   KL")
         print(String(format: "with Δ           %.4f      %.4f", r.alignment, r.kl))
         print(String(format: "without Δ        %.4f      %.4f", r.zeroShotAlignment, r.zeroShotKL))
         print("Δ: \(last.nonzeros) non-zero, \(last.activeHeads) heads → \(path)")
+        if r.alignmentByGroup.count > 1 {
+            print("alignment with each group's answers (same test questions):")
+            for g in r.alignmentByGroup.keys.sorted() {
+                print(String(format: "  %@ %.4f → %.4f%@", g.padding(toLength: 24, withPad: " ", startingAt: 0),
+                             r.zeroShotAlignmentByGroup[g] ?? .nan, r.alignmentByGroup[g]!, g == group ? "   (target)" : ""))
+            }
+        }
         if json { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }
     }
 }

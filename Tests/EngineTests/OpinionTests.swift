@@ -54,5 +54,7 @@ final class OpinionTests: XCTestCase {
         XCTAssertEqual(r.nTest, 6)
         for v in [r.alignment, r.zeroShotAlignment] { XCTAssertTrue(v > 0 && v <= 1, "\(v)") }
         XCTAssertGreaterThanOrEqual(r.zeroShotKL, 0)
+        XCTAssertEqual(Set(r.alignmentByGroup.keys), Set(task.groups))
+        XCTAssertEqual(r.alignmentByGroup["Northeast"]!, r.alignment, accuracy: 1e-12, "the target group's entry is the headline figure")
     }
 }

@@ -108,6 +108,10 @@ public struct OpinionRun: Sendable {
     public var alignment: Double, zeroShotAlignment: Double
     public var kl: Double, zeroShotKL: Double
     public var nTrain: Int, nTest: Int
+    /// Alignment of the Δ-steered answers with every group's answers on the same test questions
+    /// (those where the group has a distribution): is the gain specific to the target group?
+    public var alignmentByGroup: [String: Double]
+    public var zeroShotAlignmentByGroup: [String: Double]
 }
 
 extension LanguageModel {
@@ -126,6 +130,7 @@ extension LanguageModel {
                                penalty: penalty, options: options, onStep: onStep)
         let b = encode(te)
         var align = (0.0, 0.0), kls = (0.0, 0.0)
+        var byGroup: [String: (with: Double, without: Double, n: Int)] = [:]
         // the test questions in chunks that stay on the few-row kernels
         var start = 0
         while start < te.count {
@@ -139,11 +144,20 @@ extension LanguageModel {
                 align.0 += OpinionTask.alignment(with[j], pi, ordinal: q.ordinal)
                 align.1 += OpinionTask.alignment(without[j], pi, ordinal: q.ordinal)
                 kls.0 += OpinionTask.kl(with[j], pi); kls.1 += OpinionTask.kl(without[j], pi)
+                for (g, d) in q.dist {
+                    var e = byGroup[g] ?? (0, 0, 0)
+                    e.with += OpinionTask.alignment(with[j], d, ordinal: q.ordinal)
+                    e.without += OpinionTask.alignment(without[j], d, ordinal: q.ordinal)
+                    e.n += 1
+                    byGroup[g] = e
+                }
             }
             start = end
         }
         let n = Double(max(te.count, 1))
         return OpinionRun(delta: res.delta, history: res.history, alignment: align.0 / n, zeroShotAlignment: align.1 / n,
-                          kl: kls.0 / n, zeroShotKL: kls.1 / n, nTrain: tr.count, nTest: te.count)
+                          kl: kls.0 / n, zeroShotKL: kls.1 / n, nTrain: tr.count, nTest: te.count,
+                          alignmentByGroup: byGroup.mapValues { $0.with / Double($0.n) },
+                          zeroShotAlignmentByGroup: byGroup.mapValues { $0.without / Double($0.n) })
     }
 }
