@@ -73,9 +73,7 @@ public struct OpinionCommand: ParsableCommand {
                   "steps": "\(steps)", "solver": solve.solver.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
                   "heads": "\(lm.config.nHeads)", "head_dim": "\(lm.config.headDim)"]
         let art = Safetensors.write(tensors: [("delta", [lm.config.attnDim], r.delta)], metadata: md)
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
-        try art.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let path = try saveArtefact(art, in: out)
         let last = r.history.last!
         let obj: [String: Any] = [
             "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solve.solver.rawValue,

@@ -74,6 +74,14 @@ public struct SolveOptions: ParsableArguments {
 
 extension SolverMethod: ExpressibleByArgument {}
 
+/// Writes a Δ artefact as `<dir>/<sha256>.safetensors` (atomically) and returns its path.
+func saveArtefact(_ art: Data, in dir: String) throws -> String {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let path = (dir as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
+    try art.write(to: URL(fileURLWithPath: path), options: .atomic)
+    return path
+}
+
 /// A one-line progress display on stderr (redrawn in place on a terminal).
 final class ProgressLine {
     let tty = isatty(2) != 0
@@ -169,12 +177,7 @@ public struct RunCommand: ParsableCommand {
             var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method,
                                       "model": lm.name, "solver": job.solver.rawValue]
             for (k, v) in m { obj[k] = v.isFinite ? v : nil }
-            if let art = outcome.artefact {
-                try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-                let path = (out as NSString).appendingPathComponent(SHA256.hex(art) + ".safetensors")
-                try art.write(to: URL(fileURLWithPath: path), options: .atomic)
-                obj["delta_path"] = path
-            }
+            if let art = outcome.artefact { obj["delta_path"] = try saveArtefact(art, in: out) }
             summaries.append(obj)
             if json {
                 if specs.count == 1 { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }

@@ -39,6 +39,24 @@ final class OpinionTests: XCTestCase {
         XCTAssertThrowsError(try OpinionTask.load(path: "/nonexistent/q.json"))
     }
 
+    /// Δ = 0's restricted distributions come from the prefill's logits; they equal those of the
+    /// single-token path run with Δ = 0.
+    func testBaseDistributionsEqualTheZeroDeltaPath() throws {
+        let lm = try SharedModel.get()
+        let q = OpinionQuestion(key: "k", question: "Is the sky blue?", options: ["Yes", "No", "Sometimes"],
+                                ordinal: [1, 2, 3], dist: [:])
+        let prompts = [q, q].enumerated().map { i, q in lm.tokenizer.encode(OpinionTask.prompt(q) + (i == 0 ? "" : " ")) }
+        let alphabets = [OpinionTask.letterTokens(lm.tokenizer, count: 3), OpinionTask.letterTokens(lm.tokenizer, count: 2)]
+        let path = InterventionPath(model: lm, layer: 6, prompts: prompts)
+        let base = path.restrictedBaseDistributions(alphabets: alphabets)
+        let zero = path.restrictedDistributions(delta: [Float](repeating: 0, count: lm.config.attnDim), alphabets: alphabets)
+        for (a, b) in zip(base, zero) {
+            XCTAssertEqual(a.count, b.count)
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-4) }
+            XCTAssertEqual(a.reduce(0, +), 1, accuracy: 1e-5)
+        }
+    }
+
     /// A short run on the shared OpinionQA file: the solver lowers the training KL and the test
     /// measures are proper.
     func testShortOpinionRun() throws {

@@ -222,11 +222,21 @@ public final class InterventionPath {
     /// softmax over `alphabet` of row i's logits, from the last forward's final hidden state.
     func restricted(row i: Int, alphabet: [Int]) -> [Float] {
         let D = cfg.dModel, W = lm.model.output
-        let zs = alphabet.map { Ops.dot(acts.hNorm + i * D, W.data + $0 * D, D) }
+        return Self.softmax(alphabet.map { Ops.dot(acts.hNorm + i * D, W.data + $0 * D, D) })
+    }
+
+    static func softmax(_ zs: [Float]) -> [Float] {
         let m = zs.max()!
         let e = zs.map { expf($0 - m) }
         let sum = e.reduce(0, +)
         return e.map { $0 / sum }
+    }
+
+    /// The same for Δ = 0, from the prefill's logits (no forward).
+    public func restrictedBaseDistributions(alphabets: [[Int]]) -> [[Float]] {
+        let V = cfg.vocabSize
+        precondition(alphabets.count == rows)
+        return (0..<rows).map { i in Self.softmax(alphabets[i].map { baseLogits[i * V + $0] }) }
     }
 
     /// Each row's next-token distribution restricted to its `alphabets[i]` and renormalised, for Δ

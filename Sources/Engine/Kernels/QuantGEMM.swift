@@ -1,11 +1,7 @@
-import Dispatch
 import Foundation
 
-/// A weight's original GGUF blocks, kept (memory-mapped) beside its fp32 copy. Products with few
-/// activation rows read these instead: 0.625 bytes per weight for Q4_1 and 1.06 for Q8_0 against
-/// 4 for fp32, and those products are bound by memory traffic. Each block is dequantised once
-/// into an L1-resident strip and used for every activation row, so the arithmetic is the same
-/// fp32 arithmetic on the same values as the fp32 path.
+/// A weight's original GGUF blocks in the memory-mapped file: the source `PackedWeight` is
+/// built from at load.
 public struct QuantView: @unchecked Sendable {
     public let type: GGMLType
     public let base: UnsafeRawPointer
@@ -313,7 +309,7 @@ public enum QuantGEMM {
                                       accumulate: Bool, threads: Int) {
         precondition(k % 32 == 0 && ins.allSatisfy { $0.q.cols == k })
         let total = ins.reduce(0) { $0 + $1.rows }
-        let t = threads > 1 && total >= 256 ? threads : 1   // as forEachPart decides
+        let t = threadCount(rows: total, threads: threads)
         let partial = UnsafeMutablePointer<Float>.allocate(capacity: t * m * k)
         defer { partial.deallocate() }
         partial.update(repeating: 0, count: t * m * k)
@@ -402,12 +398,15 @@ public enum QuantGEMM {
         }
     }
 
+    /// How many threads `forEachPart` uses for `rows` weight rows: one below 256 rows.
+    static func threadCount(rows: Int, threads: Int) -> Int { threads > 1 && rows >= 256 ? threads : 1 }
+
     /// Splits the rows of several matrices, laid end to end, into `threads` contiguous shares
     /// (multiples of 4) and calls `body(thread, part, r0, r1)` for each piece of a share that
     /// falls in one matrix, on the shared spin pool.
     static func forEachPart(_ rows: [Int], threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
         let total = rows.reduce(0, +)
-        let t = threads > 1 && total >= 256 ? threads : 1
+        let t = threadCount(rows: total, threads: threads)
         let per = ((total + t - 1) / t + 3) / 4 * 4
         func share(_ ti: Int) {
             let s0 = ti * per, s1 = min(total, s0 + per)
@@ -438,7 +437,7 @@ extension QuantGEMM {
                                         dh: UnsafeMutablePointer<Float>, threads: Int) {
         let k = q.cols, V = q.rows
         precondition(targets.count == m && rowWeight.count == m && targets.allSatisfy { $0 >= 0 && $0 < V })
-        let t = threads > 1 && V >= 256 ? threads : 1
+        let t = threadCount(rows: V, threads: threads)
         // per thread: M [m], S [m], G [m × k]
         let M = UnsafeMutablePointer<Float>.allocate(capacity: t * m), S = UnsafeMutablePointer<Float>.allocate(capacity: t * m)
         let G = UnsafeMutablePointer<Float>.allocate(capacity: t * m * k)

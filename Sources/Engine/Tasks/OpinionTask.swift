@@ -10,6 +10,9 @@ public struct OpinionQuestion: Sendable, Equatable {
     /// Numeric position of each option on its ordinal scale (for the Wasserstein distance).
     public var ordinal: [Double]
     public var dist: [String: [Float]]
+    public init(key: String, question: String, options: [String], ordinal: [Double], dist: [String: [Float]]) {
+        self.key = key; self.question = question; self.options = options; self.ordinal = ordinal; self.dist = dist
+    }
 }
 
 public enum OpinionTaskError: Error, LocalizedError, Equatable {
@@ -138,7 +141,7 @@ extension LanguageModel {
             let p = InterventionPath(model: self, layer: layer, prompts: Array(b.prompts[start..<end]))
             let al = Array(b.alphabets[start..<end])
             let with = p.restrictedDistributions(delta: res.delta, alphabets: al)
-            let without = p.restrictedDistributions(delta: [Float](repeating: 0, count: res.delta.count), alphabets: al)
+            let without = p.restrictedBaseDistributions(alphabets: al)
             for (j, q) in te[start..<end].enumerated() {
                 let pi = q.dist[group]!
                 align.0 += OpinionTask.alignment(with[j], pi, ordinal: q.ordinal)
