@@ -320,21 +320,13 @@ public struct Scheduler {
                 other.job = nil   // it learns on its next heartbeat (abandon)
                 workers[holder] = other
             }
-            job.state = .done
             job.worker = w
             job.attempt = max(1, a)
             job.metrics = metrics
             job.artefactSHA256 = sha
             job.artefactPath = path
-            job.error = nil
-            job.leaseExpiry = nil
             job.pendingReason = nil
-            job.ended = now
-            job.updated = now
-            jobs[j] = job
-            running.remove(j)
-            out.append(.markDone(job: j, worker: w, attempt: a))
-            out.append(.publish(jobs[j]!))
+            end(job, .done, error: nil, now: now, mark: .markDone(job: j, worker: w, attempt: a), into: &out)
 
         case let .failure(w, j, a, reason, deterministic):
             if var rec = workers[w] {
@@ -431,23 +423,15 @@ public struct Scheduler {
             let targets = only.isEmpty ? exp.jobIDs : exp.jobIDs.filter { Set(only).contains($0) }
             var count = 0
             for j in targets {
-                guard var job = jobs[j], job.state == .queued || job.state == .running || job.state == .lost else { continue }
+                guard let job = jobs[j], job.state == .queued || job.state == .running || job.state == .lost else { continue }
                 let others = (membership[j] ?? []).subtracting([name])
                 if others.contains(where: { experiments[$0]?.cancelled == false }) { continue }
                 if let w = job.worker, job.state == .running, var rec = workers[w], rec.job == j {
                     rec.job = nil   // told to abandon on its next heartbeat
                     workers[w] = rec
                 }
-                running.remove(j)
-                job.state = .cancelled
-                job.leaseExpiry = nil
-                job.error = "cancelled"
-                job.ended = now
-                job.updated = now
-                jobs[j] = job
+                end(job, .cancelled, error: "cancelled", now: now, mark: .markCancelled(job: j), into: &out)
                 count += 1
-                out.append(.markCancelled(job: j))
-                out.append(.publish(jobs[j]!))
             }
             out.append(.cancelled(experiment: name, count: count))
 
@@ -473,16 +457,9 @@ public struct Scheduler {
         job.updated = now
         let last = job.worker ?? "?"
         if job.losses >= config.maxAttempts {
-            job.state = .failed
-            if let f = failureReason {
-                job.error = "failed \(job.losses) times (last on worker \(last): \(f))"
-            } else {
-                job.error = "lost \(job.losses) times (last worker \(last))"
-            }
-            job.ended = now
-            jobs[j] = job
-            out.append(.markFailed(job: j, reason: job.error!))
-            out.append(.publish(jobs[j]!))
+            let error = failureReason.map { "failed \(job.losses) times (last on worker \(last): \($0))" }
+                ?? "lost \(job.losses) times (last worker \(last))"
+            end(job, .failed, error: error, now: now, mark: .markFailed(job: j, reason: error), into: &out)
             return
         }
         // Publish the loss itself, then the requeue.
@@ -501,16 +478,24 @@ public struct Scheduler {
 
     private mutating func fail(_ j: String, reason: String, worker: String, now: Double, into out: inout [Directive]) {
         guard var job = jobs[j] else { return }
-        running.remove(j)
-        job.state = .failed
-        job.error = reason
         job.worker = worker
+        end(job, .failed, error: reason, now: now, mark: .markFailed(job: j, reason: reason), into: &out)
+    }
+
+    /// Ends a job in `state` (done, failed, cancelled): no lease, an end time, no longer running;
+    /// the store is told `mark`, subscribers get the record.
+    private mutating func end(_ job: JobRecord, _ state: JobState, error: String?, now: Double, mark: Directive,
+                              into out: inout [Directive]) {
+        var job = job
+        job.state = state
+        job.error = error
         job.leaseExpiry = nil
         job.ended = now
         job.updated = now
-        jobs[j] = job
-        out.append(.markFailed(job: j, reason: reason))
-        out.append(.publish(jobs[j]!))
+        jobs[job.id] = job
+        running.remove(job.id)
+        out.append(mark)
+        out.append(.publish(job))
     }
 
     /// Pairs idle workers (longest idle first) with the earliest queued job that fits each.
