@@ -23,8 +23,11 @@ let package = Package(
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
 
+        // AVX-512 VNNI int8 kernels (C: Swift has no vpdpbusd), picked at run time.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
+
         // Model, tokenizer, intervention, solver, tasks. No networking.
-        .target(name: "Engine", dependencies: ["CBLAS"], swiftSettings: optimised),
+        .target(name: "Engine", dependencies: ["CBLAS", "CKernels"], swiftSettings: optimised),
         // Wire contract: protobuf messages + ZeroMQ wrapper.
         .target(name: "Protocol", dependencies: [
             "CZMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -6,7 +6,8 @@
 //   peak_rss_mb
 // With --kernels: the few-row products alone instead (m = 10 rows, the solver's shape) on the
 // model's own weights: µs and GFLOP/s per matrix, forward (y = x·Wᵀ) and backward (dx = dy·W),
-// and `step_kernels_ms`, their sum over one solver step at layer 4 (26 layers and the head).
+// and `step_kernels_ms`, their sum over one solver step at layer 4 (26 layers and the head);
+// where the CPU has VNNI, also the int8 forward (`*_fwd_int8_*`) and `step_kernels_int8_ms`.
 // Usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]
 import Engine
 import Foundation
@@ -34,7 +35,7 @@ do {
         let m = 10
         let blk = lm.model.blocks[5]
         var out: [String: Any] = ["threads": threads, "rows": m]
-        var stepS = 0.0
+        var stepS = 0.0, stepInt8S = 0.0
         // (name, matrix, how many of it one layer has); the head once per step
         for (name, w, perLayer) in [("q", blk.wq, 1), ("k", blk.wk, 2), ("o", blk.wo, 1), ("gate", blk.wGate, 2),
                                     ("down", blk.wDown, 1), ("head", lm.model.output, 0)] {
@@ -54,9 +55,18 @@ do {
             let flop = 2.0 * Double(m * w.rows * w.cols)
             out["\(name)_fwd_us"] = f * 1e6; out["\(name)_fwd_gflops"] = flop / f / 1e9
             out["\(name)_bwd_us"] = b * 1e6; out["\(name)_bwd_gflops"] = flop / b / 1e9
-            stepS += (perLayer == 0 ? 1 : Double(perLayer * (lm.config.nLayers - 4))) * (f + b)
+            let times = perLayer == 0 ? 1 : Double(perLayer * (lm.config.nLayers - 4))
+            stepS += times * (f + b)
+            if q.int8 != nil {
+                let f8 = best { QuantGEMM.linearInt8(x, m, cols: w.cols, [.init(q, y)], accumulate: false, threads: threads) }
+                out["\(name)_fwd_int8_us"] = f8 * 1e6; out["\(name)_fwd_int8_gflops"] = flop / f8 / 1e9
+                stepInt8S += times * (f8 + b)
+            } else {
+                stepInt8S += times * (f + b)
+            }
         }
         out["step_kernels_ms"] = stepS * 1000
+        if QuantGEMM.int8Available { out["step_kernels_int8_ms"] = stepInt8S * 1000 }   // int8 forward, fp32 backward
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
         exit(0)
     }

@@ -91,6 +91,27 @@ final class InterventionTests: XCTestCase {
         XCTAssertLessThan(diff / norm, 1e-3, "gradient differs between 1 and 2 threads")
     }
 
+    /// The int8 forward (`Precision.int8`) against fp32 at a random Δ: the loss and its gradient
+    /// (an fp32 backward on the int8 forward's activations) stay close to the exact ones.
+    func testInt8ForwardStaysCloseToFP32() throws {
+        guard Precision.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        var rng = SplitMix64(seed: 5)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) }
+        let path = InterventionPath(model: lm, layer: 4, prompts: prompts)
+        let exact = path.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        path.precision = .int8
+        let fast = path.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        XCTAssertNotEqual(exact.loss, fast.loss, "int8 must round something (else this test checks nothing)")
+        XCTAssertEqual(fast.loss, exact.loss, accuracy: 0.01 * exact.loss)
+        let dot = zip(exact.grad, fast.grad).map { $0 * $1 }.reduce(0, +)
+        let n1 = exact.grad.map { $0 * $0 }.reduce(0, +).squareRoot(), n2 = fast.grad.map { $0 * $0 }.reduce(0, +).squareRoot()
+        XCTAssertGreaterThan(dot / (n1 * n2), 0.99, "gradient direction")
+        XCTAssertEqual(n2, n1, accuracy: 0.03 * n1, "gradient norm")
+        print("int8 vs fp32 at layer 4: loss \(fast.loss) vs \(exact.loss), gradient cosine \(dot / (n1 * n2)), norms \(n2) vs \(n1)")
+    }
+
     /// Decoding Δ variants with a shared prefix gives what separate full runs give.
     func testVariantGenerationEqualsSeparateRuns() throws {
         let lm = try SharedModel.get()

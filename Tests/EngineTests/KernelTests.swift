@@ -111,11 +111,60 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The int8 product (`Precision.int8`) on x whose every block of 32 is integers in [−127, 127]
+    /// reaching ±127: the rounding to int8 is then exact (scale 1), so the product must equal the
+    /// fp32 one up to fp32 summation order. Then on random x: the rounding's error is small.
+    func compareInt8(_ ws: [Weight], rows m: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        let k = ws[0].cols
+        let qs = try ws.map { try XCTUnwrap($0.packed?.int8 != nil ? $0.packed : nil, "\($0.name) has no int8 copy", file: file, line: line) }
+        var rng = SplitMix64(seed: UInt64(m * 131 + k))
+        var xi = (0..<(m * k)).map { _ in Float(Int(rng.next() % 255) - 127) }
+        for b in 0..<(m * k / 32) { xi[32 * b + Int(rng.next() % 32)] = rng.next() % 2 == 0 ? 127 : -127 }
+        let xr = (0..<(m * k)).map { _ in Float(rng.uniform() * 2 - 1) }
+        let blas = CPUBackend(threads: 1)
+        for (x, exact) in [(xi, true), (xr, false)] {
+            for threads in [1, 2] {
+                var ys = ws.map { [Float](repeating: 0.25, count: m * $0.rows) }
+                var refs = ys
+                for (j, w) in ws.enumerated() {
+                    blas.gemm(transA: false, transB: true, m: m, n: w.rows, k: k, alpha: 1, a: x, lda: k, b: w.data, ldb: k,
+                              beta: 1, c: &refs[j], ldc: w.rows)
+                }
+                let ptrs = ys.map { y -> UnsafeMutablePointer<Float> in
+                    let p = UnsafeMutablePointer<Float>.allocate(capacity: y.count); p.update(from: y, count: y.count); return p }
+                defer { ptrs.forEach { $0.deallocate() } }
+                QuantGEMM.linearInt8(x, m, cols: k, zip(qs, ptrs).map { .init($0, $1) }, accumulate: true, threads: threads)
+                for j in ws.indices { ys[j] = Array(UnsafeBufferPointer(start: ptrs[j], count: ys[j].count)) }
+                for (j, w) in ws.enumerated() {
+                    let scale = refs[j].map(abs).max()!
+                    let err = zip(ys[j], refs[j]).map { abs($0 - $1) }.max()! / scale
+                    // exact inputs: fp32 rounding only; random inputs: int8 rounding, ~0.4% of a block's max per input
+                    XCTAssertLessThan(err, exact ? 2e-6 : 1e-2, "\(w.name) m=\(m) threads=\(threads) exact=\(exact)", file: file, line: line)
+                }
+            }
+        }
+    }
+
+    func testInt8ProductsMatchFP32() throws {
+        let lm = try SharedModel.get()
+        let b = lm.model.blocks[3]
+        for m in [1, 10, 13, 25] {
+            try compareInt8([b.wq, b.wk, b.wv], rows: m)      // fused, Q4_1 576 × 576 and 192 × 576
+            try compareInt8([b.wDown], rows: m)               // Q4_1, 576 × 1536
+        }
+        XCTAssertNil(lm.model.output.packed?.int8, "the Q8_0 head has no int8 copy: it stays fp32")
+    }
+
     func testQ4_0BlocksThroughTheKernel() throws {
-        // one 7 × 64 Q4_0 weight built by hand: d = 0.5, nibble pattern per row
+        // a 7 × 64 Q4_0 weight built by hand (d = 0.5, nibble pattern per row); 16 × 64 for int8
+        for rows in [7, 16] { try q4_0(rows: rows) }
+    }
+
+    func q4_0(rows: Int) throws {
         var bytes: [UInt8] = []
         var ref: [Float] = []
-        for r in 0..<7 {
+        for r in 0..<rows {
             for _ in 0..<2 {
                 bytes += GGUFBuilder.le(floatToHalf(0.5))
                 let qs = (0..<16).map { UInt8((r + $0) % 16) | UInt8((15 - $0) % 16) << 4 }
@@ -124,15 +173,16 @@ final class KernelTests: XCTestCase {
             }
         }
         var g = GGUFBuilder()
-        g.tensors.append(("w", [64, 7], 2, bytes))
+        g.tensors.append(("w", [64, UInt64(rows)], 2, bytes))
         let path = try g.write()
         defer { try? FileManager.default.removeItem(atPath: path) }
         let f = try GGUFFile(path: path)
         let info = try f.tensor("w")
         XCTAssertEqual(try Dequant.tensor(f, info), ref)
-        let w = Weight(name: "w", rows: 7, cols: 64, values: ref)
+        let w = Weight(name: "w", rows: rows, cols: 64, values: ref)
         w.quant = QuantView(type: .q4_0, base: f.rawBytes(info).baseAddress!, rowBytes: 36, owner: f)
         compare(w, rows: 3)
+        if rows % 16 == 0 { try compareInt8([w], rows: 3) }
     }
 }
 

@@ -36,6 +36,9 @@ public final class InterventionPath {
     public let promptLengths: [Int]
     let cfg: LlamaConfig
     let backend: Backend
+    /// How the forward's products may round their inputs (`.int8`: see `Precision`). The backward
+    /// is always fp32, on the activations this forward saved.
+    public var precision: Precision = .fp32
     let caches: [KVCache]
     /// [N × D] residual stream entering layer ℓ at the last position (Δ cannot change it).
     let residIn: UnsafeMutablePointer<Float>
@@ -139,7 +142,7 @@ public final class InterventionPath {
                 // ---- attention of layer l for the last token, over its cached prefix
                 Ops.rmsnorm(s.hIn, blk.attnNorm.data, s.xnAttn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invAttn)
                 // q [N × A], k [N × KV], v [N × KV]: one pass over the three weights
-                backend.linear(s.xnAttn, N, [(blk.wq, s.q), (blk.wk, s.kSelf), (blk.wv, s.vSelf)])
+                backend.linear(s.xnAttn, N, [(blk.wq, s.q), (blk.wk, s.kSelf), (blk.wv, s.vSelf)], accumulate: false, precision: precision)
                 forEachRow { i in
                     let p = promptLengths[i] - 1
                     model.rope(s.q + i * A, rows: 1, stride: A, heads: H) { _ in p }
@@ -162,14 +165,14 @@ public final class InterventionPath {
             }
             // h_mid = h_in + o · W_oᵀ                                        [N × D]
             s.hMid.update(from: s.hIn, count: N * D)
-            backend.linear(s.o, N, blk.wo, s.hMid, accumulate: true)
+            backend.linear(s.o, N, [(blk.wo, s.hMid)], accumulate: true, precision: precision)
             // ---- SwiGLU MLP: h_out = h_mid + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h_mid)
             Ops.rmsnorm(s.hMid, blk.ffnNorm.data, s.xnFfn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invFfn)
-            backend.linear(s.xnFfn, N, [(blk.wGate, s.g), (blk.wUp, s.u)])        // g, u [N × F]
+            backend.linear(s.xnFfn, N, [(blk.wGate, s.g), (blk.wUp, s.u)], accumulate: false, precision: precision) // g, u [N × F]
             forEachRow { i in Ops.swiglu(s.g + i * F, s.u + i * F, acts.dF + i * F, F) }   // m [N × F] (scratch)
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
             out.update(from: s.hMid, count: N * D)
-            backend.linear(acts.dF, N, blk.wDown, out, accumulate: true)
+            backend.linear(acts.dF, N, [(blk.wDown, out)], accumulate: true, precision: precision)
             h = out
         }
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]

@@ -126,8 +126,11 @@ public struct SolverOptions: Sendable {
     public var lr: Float = 0.1
     /// Stop when the objective's relative change over 10 steps is below this (0 = run all steps).
     public var tolerance: Float = 0
-    public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0) {
-        self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance
+    /// How the path's forward products may round their inputs while solving (see `Precision`).
+    public var precision: Precision = .fp32
+    public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0,
+                precision: Precision = .fp32) {
+        self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance; self.precision = precision
     }
 }
 
@@ -142,6 +145,7 @@ public struct SolverResult: Sendable {
 public enum Solver {
     public static func solve(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
                              options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
+        path.precision = options.precision
         switch options.method {
         case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
         case .adamAveraged:
@@ -169,6 +173,7 @@ public enum Solver {
     /// Adam variants only (FISTA's line search is per job).
     public static func solveJobs(path: InterventionPath, jobs: [Range<Int>], loss: TaskLoss, penalty: SparseGroupLasso,
                                  options: SolverOptions, onStep: ((_ job: Int, SolverStep) -> Void)? = nil) -> [SolverResult] {
+        path.precision = options.precision
         switch options.method {
         case .adam: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
         case .adamAveraged:

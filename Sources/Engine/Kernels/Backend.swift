@@ -29,6 +29,19 @@ public final class Weight: @unchecked Sendable {
     public var count: Int { rows * cols }
 }
 
+/// How a forward product may round its input.
+public enum Precision: String, Sendable, CaseIterable, Codable {
+    /// x · Wᵀ in fp32 on the exactly decoded weights (what the reference computes).
+    case fp32
+    /// x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the exact 4-bit
+    /// weights with integer dot products (AVX-512 VNNI): ~4× the fp32 kernel. Only products whose
+    /// weights are 4-bit and only CPUs with VNNI; anything else runs in fp32.
+    case int8
+
+    /// Whether `int8` products can run on this CPU at all.
+    public static var int8Available: Bool { QuantGEMM.int8Available }
+}
+
 /// The compute seam. The model and the intervention path call only these ops on activations
 /// (row-major [rows × features] fp32 buffers); `CPUBackend` implements them with OpenBLAS and
 /// vectorised Swift. A CUDA backend would implement the same ops on device-resident buffers.
@@ -40,8 +53,10 @@ public protocol Backend: AnyObject, Sendable {
     func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// dX[m × k] (+)= dY[m × n] · W, W [n × k].            (backward of a linear layer w.r.t. X)
     func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
-    /// Several products of one X, Y_p[m × n_p] = X · W_pᵀ (q/k/v, gate/up): one pass where the backend can.
-    func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)])
+    /// Several products of one X, Y_p[m × n_p] (+)= X · W_pᵀ (q/k/v, gate/up): one pass where the
+    /// backend can; `precision` says whether X may be rounded (see `Precision`).
+    func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
+                accumulate: Bool, precision: Precision)
     /// dX[m × k] (+)= Σ_p dY_p · W_p: the backward of the fused forward above.
     func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// Whether `crossEntropyHead` can run for this output matrix and row count.
@@ -90,14 +105,19 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                     1, dy, Int32(w.rows), w.data, Int32(w.cols), accumulate ? 1 : 0, dx, Int32(w.cols))
     }
 
-    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)]) {
-        guard m > 0 else { return }
-        if m <= Self.smallRows, outs.allSatisfy({ $0.0.packed != nil && $0.0.cols == outs[0].0.cols }) {
-            QuantGEMM.linear(x, m, cols: outs[0].0.cols, outs.map { .init($0.0.packed!, $0.1) },
-                             accumulate: false, threads: threads)
+    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
+                       accumulate: Bool, precision: Precision) {
+        guard m > 0, !outs.isEmpty else { return }
+        let k = outs[0].0.cols
+        if precision == .int8, outs.allSatisfy({ $0.0.packed?.int8 != nil && $0.0.cols == k }) {
+            QuantGEMM.linearInt8(x, m, cols: k, outs.map { .init($0.0.packed!, $0.1) }, accumulate: accumulate, threads: threads)
             return
         }
-        for (w, y) in outs { linear(x, m, w, y, accumulate: false) }
+        if m <= Self.smallRows, outs.allSatisfy({ $0.0.packed != nil && $0.0.cols == k }) {
+            QuantGEMM.linear(x, m, cols: k, outs.map { .init($0.0.packed!, $0.1) }, accumulate: accumulate, threads: threads)
+            return
+        }
+        for (w, y) in outs { linear(x, m, w, y, accumulate: accumulate) }
     }
 
     public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {

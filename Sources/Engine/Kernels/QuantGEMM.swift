@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// A weight's original GGUF blocks in the memory-mapped file: the source `PackedWeight` is
@@ -29,6 +30,9 @@ public final class PackedWeight: @unchecked Sendable {
     public let rows: Int, cols: Int
     public let rowBytes: Int
     let base: UnsafeMutableRawPointer
+    /// The same weights laid out for the int8 kernel (`ik_pack_q4`: 16 rows × 32 columns per
+    /// 384-byte chunk), when they are 4-bit, `rows` is a multiple of 16 and the CPU has VNNI.
+    public let int8: UnsafeMutableRawPointer?
 
     public init(_ q: QuantView, rows: Int, cols: Int) {
         precondition(cols % 32 == 0 && QuantView.supports(q.type))
@@ -38,8 +42,15 @@ public final class PackedWeight: @unchecked Sendable {
         base = .allocate(byteCount: max(rows * rowBytes, 1), alignment: 64)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
         for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
+        if QuantGEMM.int8Available, q.type == .q4_1 || q.type == .q4_0, rows % 16 == 0 {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(Int32(rows), Int32(cols)), alignment: 64)
+            ik_pack_q4(q.base, q.rowBytes, q.type == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p)
+            int8 = p
+        } else {
+            int8 = nil
+        }
     }
-    deinit { base.deallocate() }
+    deinit { base.deallocate(); int8?.deallocate() }
 
     static func pack(_ q: QuantView, row r: Int, blocks: Int, into dst: UnsafeMutableRawPointer) {
         let src = q.base + r * q.rowBytes
@@ -182,6 +193,26 @@ public enum QuantGEMM {
             case .q4_0: linearRows(DecodeQ4_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
             default: linearRows(DecodeQ8_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
             }
+        }
+    }
+
+    /// Whether this CPU runs the int8 kernels (AVX-512 F/BW/VL + VNNI), read once.
+    public static let int8Available: Bool = ik_available() == 1
+
+    /// `linear(x, m, cols:, outs)` with x rounded to int8 per block of 32 and integer dot
+    /// products against the 4-bit weights (every `outs[p].q.int8` must exist): ~4× the fp32 kernel.
+    public static func linearInt8(_ x: UnsafePointer<Float>, _ m: Int, cols k: Int, _ outs: [Output],
+                                  accumulate: Bool, threads: Int) {
+        precondition(k % 32 == 0 && outs.allSatisfy { $0.q.cols == k && $0.q.int8 != nil && $0.rows % 16 == 0 })
+        let nb = k / 32
+        let xq = UnsafeMutablePointer<Int8>.allocate(capacity: m * k)
+        let xd = UnsafeMutablePointer<Float>.allocate(capacity: 2 * m * nb), xs = xd + m * nb
+        defer { xq.deallocate(); xd.deallocate() }
+        ik_quantize_rows(x, Int32(m), Int32(k), xq, xd, xs)
+        forEachPart(outs.map(\.rows), threads: threads, granule: 16) { _, p, r0, r1 in
+            let o = outs[p]
+            ik_linear(o.q.int8, Int32(k), xq, xd, xs, Int32(m), o.y, Int32(o.rows), Int32(r0 / 16), Int32(r1 / 16),
+                      accumulate ? 1 : 0)
         }
     }
 
@@ -402,12 +433,13 @@ public enum QuantGEMM {
     static func threadCount(rows: Int, threads: Int) -> Int { threads > 1 && rows >= 256 ? threads : 1 }
 
     /// Splits the rows of several matrices, laid end to end, into `threads` contiguous shares
-    /// (multiples of 4) and calls `body(thread, part, r0, r1)` for each piece of a share that
-    /// falls in one matrix, on the shared spin pool.
-    static func forEachPart(_ rows: [Int], threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
+    /// (multiples of `granule`, which must divide every matrix's rows when it is over 4) and calls
+    /// `body(thread, part, r0, r1)` for each piece of a share that falls in one matrix, on the
+    /// shared spin pool.
+    static func forEachPart(_ rows: [Int], threads: Int, granule: Int = 4, _ body: (Int, Int, Int, Int) -> Void) {
         let total = rows.reduce(0, +)
         let t = threadCount(rows: total, threads: threads)
-        let per = ((total + t - 1) / t + 3) / 4 * 4
+        let per = ((total + t - 1) / t + granule - 1) / granule * granule
         func share(_ ti: Int) {
             let s0 = ti * per, s1 = min(total, s0 + per)
             var base = 0

@@ -1,0 +1,30 @@
+// Integer kernels the Swift engine cannot express: AVX-512 VNNI dot products (vpdpbusd), chosen
+// at run time. Every entry point is safe to call only when ik_available() returns 1.
+#ifndef CKERNELS_H
+#define CKERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// 1 when this CPU has AVX-512 F/BW/VL and VNNI (the int8 kernels can run), else 0.
+int ik_available(void);
+
+/// Bytes `ik_pack_q4` writes for a [rows × cols] matrix (rows % 16 == 0, cols % 32 == 0).
+size_t ik_packed_bytes(int rows, int cols);
+
+/// Repacks a GGUF Q4_0 (`q4_1` = 0) or Q4_1 (`q4_1` = 1) matrix, `row_bytes` bytes per source row,
+/// for `ik_linear`: per group of 16 rows and block of 32 columns, 384 bytes: four 64-byte vectors
+/// whose byte 4·o + c holds q(o, 8s + c) in its low nibble and q(o, 8s + 4 + c) in its high one
+/// (s = 0…3, o the row in the group), then the 16 rows' scales d, then their offsets m
+/// (Q4_0: m = −8·d), as fp32. A weight is d·q + m exactly as the GGUF block defines it.
+void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int cols, void *dst);
+
+/// Rounds x [m × k] (k % 32 == 0) to int8 per block of 32: xq = round(x / d), d = max|x| / 127,
+/// xd [m × k/32] = d, xs [m × k/32] = d · Σ xq (the offsets' weight).
+void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs);
+
+/// y[i, 16g…16g+15] (+)= Σ_b d_b x̃d_ib Σ_j q xq + m_b x̃s_ib for the row groups [g0, g1) of a packed
+/// [n × k] matrix and the m quantised rows: y ≈ x · Wᵀ, with x rounded as above. `ldy` is y's
+/// row stride.
+void ik_linear(const void *packed, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+               float *y, int ldy, int g0, int g1, int accumulate);
+#endif
