@@ -17,7 +17,9 @@ int ik_available(void) {
 int ik_available(void) { return 0; }
 #endif
 
-size_t ik_packed_bytes(int rows, int cols) { return (size_t)(rows / 16) * (size_t)(cols / 32) * 384; }
+static size_t chunk_bytes(int kind) { return kind == IK_Q8 ? 640 : 384; }
+
+size_t ik_packed_bytes(int kind, int rows, int cols) { return (size_t)(rows / 16) * (size_t)(cols / 32) * chunk_bytes(kind); }
 
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
@@ -50,6 +52,28 @@ void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int co
                 for (int s = 0; s < 4; s++)
                     for (int c = 0; c < 4; c++)
                         chunk[64 * s + 4 * o + c] = (uint8_t)(q[8 * s + c] | q[8 * s + 4 + c] << 4);
+            }
+        }
+}
+
+void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *dst) {
+    const int nb = cols / 32;
+    uint8_t *out = (uint8_t *)dst;
+    for (int g = 0; g < rows / 16; g++)
+        for (int b = 0; b < nb; b++) {
+            uint8_t *chunk = out + ((size_t)g * nb + b) * 640;
+            float *d = (float *)(chunk + 512), *c = (float *)(chunk + 576);
+            for (int o = 0; o < 16; o++) {
+                const uint8_t *blk = (const uint8_t *)blocks + (size_t)(16 * g + o) * row_bytes + (size_t)b * 34;
+                uint16_t hd; memcpy(&hd, blk, 2);
+                d[o] = half_to_float(hd);
+                int sum = 0;
+                for (int j = 0; j < 32; j++) {
+                    const int8_t q = (int8_t)blk[2 + j];
+                    sum += q;
+                    chunk[64 * (j / 4) + 4 * o + j % 4] = (uint8_t)q;
+                }
+                c[o] = -128.0f * d[o] * (float)sum;
             }
         }
 }
@@ -116,15 +140,45 @@ void group_tile(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd
     }
 }
 
-#define IK_TILE(R) case R: group_tile(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, xs + (size_t)i * nb, k, R, \
-                                      y + (size_t)i * ldy + 16 * g, ldy, accumulate); break;
+// The same for signed 8-bit weights: vpdpbusd takes x + 128 (bytes xor 0x80) as its unsigned
+// operand and the weights as its signed one; y += cvt(Σ) · (d ⊙ xd) + c ⊙ xd, c = −128·d·Σq.
+static inline __attribute__((always_inline)) IK_TARGET
+void group_tile_q8(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, int k,
+                   int R, float *y, int ldy, int accumulate) {
+    __m512 acc[12];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *c = chunks + (size_t)b * 640;
+        __m512i w[8];
+        for (int t = 0; t < 8; t++) w[t] = _mm512_load_si512((const void *)(c + 64 * t));
+        const __m512 d = _mm512_load_ps((const void *)(c + 512)), co = _mm512_load_ps((const void *)(c + 576));
+        for (int r = 0; r < R; r++) {
+            const uint32_t *xr = (const uint32_t *)(xq + (size_t)r * k + 32 * b);
+            __m512i s = _mm512_setzero_si512();
+            for (int t = 0; t < 8; t++) s = _mm512_dpbusd_epi32(s, _mm512_set1_epi32((int)(xr[t] ^ 0x80808080u)), w[t]);
+            const __m512 dx = _mm512_set1_ps(xd[(size_t)r * (k / 32) + b]);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, dx), acc[r]);
+            acc[r] = _mm512_fmadd_ps(co, dx, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float *yr = y + (size_t)r * ldy;
+        if (accumulate) acc[r] = _mm512_add_ps(acc[r], _mm512_loadu_ps(yr));
+        _mm512_storeu_ps(yr, acc[r]);
+    }
+}
+
+#define IK_TILE(R) case R: \
+    if (kind == IK_Q8) group_tile_q8(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    else group_tile(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, xs + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    break;
 
 IK_TARGET
-void ik_linear(const void *packed, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
                float *y, int ldy, int g0, int g1, int accumulate) {
     const int nb = k / 32;
     for (int g = g0; g < g1; g++) {
-        const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * 384;
+        const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
         for (int i = 0; i < m; i += 12) {
             switch (m - i < 12 ? m - i : 12) {
                 IK_TILE(1) IK_TILE(2) IK_TILE(3) IK_TILE(4) IK_TILE(5) IK_TILE(6)
@@ -134,7 +188,7 @@ void ik_linear(const void *packed, int k, const int8_t *xq, const float *xd, con
     }
 }
 #else
-void ik_linear(const void *packed, int k, const int8_t *xq, const float *xd, const float *xs, int m,
-               float *y, int ldy, int g0, int g1, int accumulate) { (void)packed; (void)k; (void)xq; (void)xd;
+void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+               float *y, int ldy, int g0, int g1, int accumulate) { (void)packed; (void)kind; (void)k; (void)xq; (void)xd;
     (void)xs; (void)m; (void)y; (void)ldy; (void)g0; (void)g1; (void)accumulate; }
 #endif

@@ -6,11 +6,13 @@ import Foundation
 public final class EngineJobRunner: JobRunner {
     public let threads: Int
     public let solver: SolverMethod
+    public let precision: Precision
     private var models: [String: LanguageModel] = [:]
     private let registry: TaskRegistry
 
-    public init(threads: Int = 1, solver: SolverMethod = .defaultMethod, registry: TaskRegistry = TaskRegistry()) {
-        self.threads = threads; self.solver = solver; self.registry = registry
+    public init(threads: Int = 1, solver: SolverMethod = .defaultMethod, precision: Precision = .solverDefault,
+                registry: TaskRegistry = TaskRegistry()) {
+        self.threads = threads; self.solver = solver; self.precision = precision; self.registry = registry
     }
 
     /// Names of the models loaded so far (announced to the coordinator).
@@ -29,7 +31,7 @@ public final class EngineJobRunner: JobRunner {
 
     public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
         let lm = try model(spec.model)
-        let exp = Experiment(lm: lm, registry: registry, solverMethod: solver)
+        let exp = Experiment(lm: lm, registry: registry, solverMethod: solver, precision: precision)
         do {
             return try exp.run(spec) { phase, done, total, metrics in
                 // Solver steps are the progress the coordinator sees; evaluation counts after them.

@@ -57,8 +57,8 @@ public struct SolveOptions: ParsableArguments {
     public var lr: Double = 0.1
     @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; exact zeros, at least as accurate as the others measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
     public var solver: SolverMethod = .defaultMethod
-    @Option(name: .long, help: "The solver's forward products: fp32 (exact) or int8 (inputs rounded to int8 per block of 32 against the 4-bit weights; needs AVX-512 VNNI, else fp32). The backward and the evaluation are always fp32.")
-    public var precision: Precision = .fp32
+    @Option(name: .long, help: "The solver's forward products: int8 (inputs rounded to int8 per block of 32 against the 4- and 8-bit weights: ~1.4× faster steps, the same exact match measured; needs AVX-512 VNNI, else fp32) or fp32 (exact). The backward and the evaluation are always fp32.")
+    public var precision: Precision = .solverDefault
 
     public init() {}
 
@@ -148,7 +148,7 @@ public struct RunCommand: ParsableCommand {
         func unescape(_ s: String) -> String { s.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\t", with: "\t") }
         if unescape(template) != PromptFormat.qa.query { spec.promptTemplate = unescape(template) }
         if unescape(targetTemplate) != PromptFormat.qa.target { spec.targetTemplate = unescape(targetTemplate) }
-        let exp = Experiment(lm: lm, solverMethod: job.solver)
+        let exp = Experiment(lm: lm, solverMethod: job.solver, precision: job.solve.precision)
         let t0 = Date()
         let seedList = seeds.map { $0.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? [spec.seed]
         if let seeds, seedList.isEmpty || seedList.count != seeds.split(separator: ",").count || seedList.contains(where: { $0 < 0 }) {
@@ -281,7 +281,7 @@ public struct BenchCommand: ParsableCommand {
         let obj: [String: Any] = [
             "step_ms": median, "step_ms_min": sorted.first ?? 0, "forward_ms": fwdMs, "load_ms": loadMs, "setup_ms": setupMs,
             "eval_ms": evalMs, "n_test": ev.n, "n_train": prompts.count, "steps": times.count, "layer": job.layer,
-            "threads": modelOptions.threads, "solver": job.solver.rawValue, "precision": job.solve.precision.rawValue, "exact_match": ev.exactMatch,
+            "threads": modelOptions.threads, "solver": job.solver.rawValue, "precision": job.solve.precision.effective.rawValue, "exact_match": ev.exactMatch,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]
         if json {

@@ -31,6 +31,9 @@ public struct ServeCommand: ParsableCommand {
     @Option(name: .long, help: "Compute threads (BLAS) for this worker.")
     public var threads: Int = 1
 
+    @Option(name: .long, help: "The solver's forward products: int8 (~1.4× faster steps, the same exact match measured; needs AVX-512 VNNI, else fp32) or fp32 (exact). Each Δ's metadata records which ran.")
+    public var precision: Precision = .solverDefault
+
     @Option(name: .long, help: "Worker name shown by the coordinator (default: host-pid).")
     public var id: String?
 
@@ -70,8 +73,8 @@ public struct ServeCommand: ParsableCommand {
                                   hello: NodeOptions.hello(workerID: workerID, threads: threads,
                                                            modelsCached: Self.cachedModels(in: models ?? ModelRegistry.cacheDirectory)))
         if let heartbeatMs { options.timing.heartbeatMs = heartbeatMs }
-        let threads = self.threads
-        let node = try WorkerNode(options: options, registry: RunnerRegistry(engine: { EngineJobRunner(threads: threads) }))
+        let threads = self.threads, precision = self.precision
+        let node = try WorkerNode(options: options, registry: RunnerRegistry(engine: { EngineJobRunner(threads: threads, precision: precision) }))
 
         // Signals: handled on a dispatch queue, forwarded to the node's network loop.
         var sources: [DispatchSourceSignal] = []

@@ -8,8 +8,12 @@
 /// 1 when this CPU has AVX-512 F/BW/VL and VNNI (the int8 kernels can run), else 0.
 int ik_available(void);
 
-/// Bytes `ik_pack_q4` writes for a [rows × cols] matrix (rows % 16 == 0, cols % 32 == 0).
-size_t ik_packed_bytes(int rows, int cols);
+/// The two packed layouts.
+enum { IK_Q4 = 0, IK_Q8 = 1 };
+
+/// Bytes `ik_pack_q4` (kind IK_Q4) or `ik_pack_q8` (IK_Q8) writes for a [rows × cols] matrix
+/// (rows % 16 == 0, cols % 32 == 0).
+size_t ik_packed_bytes(int kind, int rows, int cols);
 
 /// Repacks a GGUF Q4_0 (`q4_1` = 0) or Q4_1 (`q4_1` = 1) matrix, `row_bytes` bytes per source row,
 /// for `ik_linear`: per group of 16 rows and block of 32 columns, 384 bytes: four 64-byte vectors
@@ -18,13 +22,19 @@ size_t ik_packed_bytes(int rows, int cols);
 /// (Q4_0: m = −8·d), as fp32. A weight is d·q + m exactly as the GGUF block defines it.
 void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int cols, void *dst);
 
+/// Repacks a GGUF Q8_0 matrix for `ik_linear` (kind IK_Q8): per group of 16 rows and block of 32
+/// columns, 640 bytes: eight 64-byte vectors whose byte 4·o + c of vector t holds the signed
+/// weight q(o, 4t + c), then the scales d and the offsets −128·d·Σ_j q(o, j), as fp32. (The
+/// kernel feeds x + 128 as the unsigned operand; the offsets take the 128 back out.)
+void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *dst);
+
 /// Rounds x [m × k] (k % 32 == 0) to int8 per block of 32: xq = round(x / d), d = max|x| / 127,
 /// xd [m × k/32] = d, xs [m × k/32] = d · Σ xq (the offsets' weight).
 void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs);
 
-/// y[i, 16g…16g+15] (+)= Σ_b d_b x̃d_ib Σ_j q xq + m_b x̃s_ib for the row groups [g0, g1) of a packed
-/// [n × k] matrix and the m quantised rows: y ≈ x · Wᵀ, with x rounded as above. `ldy` is y's
-/// row stride.
-void ik_linear(const void *packed, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+/// y[i, 16g…16g+15] (+)= Σ_b d_b xd_ib Σ_j q xq + m_b xs_ib (IK_Q4) or Σ_b d_b xd_ib Σ_j q (xq + 128)
+/// + c_b xd_ib (IK_Q8) for the row groups [g0, g1) of a packed [n × k] matrix and the m quantised
+/// rows: y ≈ x · Wᵀ, with x rounded as above. `ldy` is y's row stride.
+void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
                float *y, int ldy, int g0, int g1, int accumulate);
 #endif

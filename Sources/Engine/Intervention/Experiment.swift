@@ -144,9 +144,13 @@ public struct Experiment {
     public var registry: TaskRegistry
     public var format: PromptFormat = .qa
     public var solverMethod: SolverMethod = .defaultMethod
+    /// The solver's forward products (see `Precision`); recorded in each Δ's metadata.
+    public var precision: Precision = .solverDefault
 
-    public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa, solverMethod: SolverMethod = .defaultMethod) {
+    public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa,
+                solverMethod: SolverMethod = .defaultMethod, precision: Precision = .solverDefault) {
         self.lm = lm; self.registry = registry; self.format = format; self.solverMethod = solverMethod
+        self.precision = precision
     }
 
     /// Progress: phase name, done, total, metrics of the latest solver step (if any).
@@ -262,7 +266,8 @@ public struct Experiment {
         let penalty = SparseGroupLasso(gamma: Float(first.gamma), lambda: Float(first.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
         let ts = Date()
         let results = Solver.solveJobs(path: path, jobs: rows, loss: .nextToken(targets: targets), penalty: penalty,
-                                       options: SolverOptions(method: jobs[0].method, steps: first.steps, lr: Float(first.lr))) { j, s in
+                                       options: SolverOptions(method: jobs[0].method, steps: first.steps, lr: Float(first.lr),
+                                                              precision: precision)) { j, s in
             if j == 0 { progress?("solve", s.step, first.steps, s.metrics) }
         }
         let solveMs = Date().timeIntervalSince(ts) * 1000
@@ -286,7 +291,7 @@ public struct Experiment {
             let md: [String: String] = [
                 "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": s.task, "layer": "\(s.layer)",
                 "seed": "\(s.seed)", "lambda": "\(s.lambda)", "gamma": "\(s.gamma)", "steps": "\(res.history.count - 1)",
-                "lr": "\(s.lr)", "solver": p.method.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
+                "lr": "\(s.lr)", "solver": p.method.rawValue, "precision": path.precision.effective.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
                 "head_dim": "\(cfg.headDim)", "train_size": "\(s.trainSize)", "prompt_format": p.format.query,
                 "target_format": p.format.target, "exact_match": "\(metrics["exact_match"]!)",
             ]

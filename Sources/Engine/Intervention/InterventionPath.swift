@@ -177,7 +177,7 @@ public final class InterventionPath {
         }
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
         Ops.rmsnorm(acts.hFinal, model.outputNorm.data, acts.hNorm, rows: N, dim: D, eps: cfg.rmsEps, invRMS: acts.invFinal)
-        if wantLogits { backend.linear(acts.hNorm, N, model.output, acts.logits, accumulate: false) }
+        if wantLogits { backend.linear(acts.hNorm, N, [(model.output, acts.logits)], accumulate: false, precision: precision) }
     }
 
     // MARK: loss
@@ -367,7 +367,9 @@ public final class InterventionPath {
         var perRow = [Float](repeating: 0, count: N)
         // Cross-entropy with a gradient: logits, softmax and dz·W_emb in one pass over W_emb.
         var fusedTargets: [Int]? = nil
-        if gradient, case let .nextToken(targets) = loss, backend.fusesHead(lm.model.output, rows: N) { fusedTargets = targets }
+        if gradient, case let .nextToken(targets) = loss, backend.fusesHead(lm.model.output, rows: N, precision: precision) {
+            fusedTargets = targets
+        }
         D.withUnsafeBufferPointer { forward($0.baseAddress!, logits: lossNeedsLogits(loss) && fusedTargets == nil) }
         if let targets = fusedTargets {
             precondition(targets.count == N)

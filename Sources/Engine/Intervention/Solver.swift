@@ -127,9 +127,9 @@ public struct SolverOptions: Sendable {
     /// Stop when the objective's relative change over 10 steps is below this (0 = run all steps).
     public var tolerance: Float = 0
     /// How the path's forward products may round their inputs while solving (see `Precision`).
-    public var precision: Precision = .fp32
+    public var precision: Precision = .solverDefault
     public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0,
-                precision: Precision = .fp32) {
+                precision: Precision = .solverDefault) {
         self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance; self.precision = precision
     }
 }

@@ -30,9 +30,10 @@ public final class PackedWeight: @unchecked Sendable {
     public let rows: Int, cols: Int
     public let rowBytes: Int
     let base: UnsafeMutableRawPointer
-    /// The same weights laid out for the int8 kernel (`ik_pack_q4`: 16 rows × 32 columns per
-    /// 384-byte chunk), when they are 4-bit, `rows` is a multiple of 16 and the CPU has VNNI.
+    /// The same weights laid out for the int8 kernel (`ik_pack_q4` / `ik_pack_q8`: 16 rows × 32
+    /// columns per chunk), when `rows` is a multiple of 16 and the CPU has VNNI.
     public let int8: UnsafeMutableRawPointer?
+    var int8Kind: Int32 { type == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4) }
 
     public init(_ q: QuantView, rows: Int, cols: Int) {
         precondition(cols % 32 == 0 && QuantView.supports(q.type))
@@ -42,9 +43,11 @@ public final class PackedWeight: @unchecked Sendable {
         base = .allocate(byteCount: max(rows * rowBytes, 1), alignment: 64)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
         for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
-        if QuantGEMM.int8Available, q.type == .q4_1 || q.type == .q4_0, rows % 16 == 0 {
-            let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(Int32(rows), Int32(cols)), alignment: 64)
-            ik_pack_q4(q.base, q.rowBytes, q.type == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p)
+        if QuantGEMM.int8Available, rows % 16 == 0 {
+            let kind = q.type == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4)
+            let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(kind, Int32(rows), Int32(cols)), alignment: 64)
+            if q.type == .q8_0 { ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p) }
+            else { ik_pack_q4(q.base, q.rowBytes, q.type == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p) }
             int8 = p
         } else {
             int8 = nil
@@ -200,7 +203,8 @@ public enum QuantGEMM {
     public static let int8Available: Bool = ik_available() == 1
 
     /// `linear(x, m, cols:, outs)` with x rounded to int8 per block of 32 and integer dot
-    /// products against the 4-bit weights (every `outs[p].q.int8` must exist): ~4× the fp32 kernel.
+    /// products against the 4- or 8-bit weights (every `outs[p].q.int8` must exist): ~4× the fp32
+    /// kernel.
     public static func linearInt8(_ x: UnsafePointer<Float>, _ m: Int, cols k: Int, _ outs: [Output],
                                   accumulate: Bool, threads: Int) {
         precondition(k % 32 == 0 && outs.allSatisfy { $0.q.cols == k && $0.q.int8 != nil && $0.rows % 16 == 0 })
@@ -211,7 +215,7 @@ public enum QuantGEMM {
         ik_quantize_rows(x, Int32(m), Int32(k), xq, xd, xs)
         forEachPart(outs.map(\.rows), threads: threads, granule: 16) { _, p, r0, r1 in
             let o = outs[p]
-            ik_linear(o.q.int8, Int32(k), xq, xd, xs, Int32(m), o.y, Int32(o.rows), Int32(r0 / 16), Int32(r1 / 16),
+            ik_linear(o.q.int8, o.q.int8Kind, Int32(k), xq, xd, xs, Int32(m), o.y, Int32(o.rows), Int32(r0 / 16), Int32(r1 / 16),
                       accumulate ? 1 : 0)
         }
     }
