@@ -79,6 +79,45 @@ void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *
 }
 
 #if defined(__x86_64__)
+// Per group of 16 columns and run of 32 rows: the 32 row segments are 32 vectors of 16 lanes
+// (lane o = column 16g + o); rows j = 4t…4t+3 become vector t with lane o = their four bytes.
+IK_TARGET
+void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
+    const int nb = rows / 32;
+    uint8_t *out = (uint8_t *)dst;
+    const __m512i byte = _mm512_set1_epi32(0xFF);
+    for (int b = 0; b < nb; b++)            // one run of 32 rows (in cache) for all groups
+        for (int g = 0; g < cols / 16; g++) {
+            uint8_t *chunk = out + ((size_t)g * nb + b) * 640;
+            const float *src = w + (size_t)(32 * b) * cols + 16 * g;     // W[32b + j, 16g + o]
+            __m512 v[32], amax = _mm512_setzero_ps();
+            for (int j = 0; j < 32; j++) {
+                v[j] = _mm512_loadu_ps(src + (size_t)j * cols);
+                amax = _mm512_max_ps(amax, _mm512_abs_ps(v[j]));
+            }
+            const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+            const __mmask16 nz = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ);
+            const __m512 inv = _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), d);
+            __m512i sum = _mm512_setzero_si512();
+            for (int t = 0; t < 8; t++) {
+                __m512i lanes = _mm512_setzero_si512();
+                for (int c = 0; c < 4; c++) {
+                    // round to nearest even (the default rounding mode), as ik_quantize_rows
+                    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v[4 * t + c], inv));
+                    sum = _mm512_add_epi32(sum, q);
+                    lanes = _mm512_or_si512(lanes, _mm512_slli_epi32(_mm512_and_si512(q, byte), 8 * c));
+                }
+                _mm512_store_si512((void *)(chunk + 64 * t), lanes);
+            }
+            _mm512_store_ps((void *)(chunk + 512), d);
+            _mm512_store_ps((void *)(chunk + 576), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-128.0f), d), _mm512_cvtepi32_ps(sum)));
+        }
+}
+#else
+void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) { (void)w; (void)rows; (void)cols; (void)dst; }
+#endif
+
+#if defined(__x86_64__)
 IK_TARGET
 void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
     const int nb = k / 32;

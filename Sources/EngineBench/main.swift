@@ -7,7 +7,8 @@
 // With --kernels: the few-row products alone instead (m = 10 rows, the solver's shape) on the
 // model's own weights: µs and GFLOP/s per matrix, forward (y = x·Wᵀ) and backward (dx = dy·W),
 // and `step_kernels_ms`, their sum over one solver step at layer 4 (26 layers and the head);
-// where the CPU has VNNI, also the int8 forward (`*_fwd_int8_*`) and `step_kernels_int8_ms`.
+// where the CPU has VNNI, also the int8 forward and backward (`*_fwd_int8_*`, `*_bwd_int8_*`,
+// the transposed copy's one-off build `*_pack_t8_ms`) and `step_kernels_int8_ms`.
 // Usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]
 import Engine
 import Foundation
@@ -57,16 +58,22 @@ do {
             out["\(name)_bwd_us"] = b * 1e6; out["\(name)_bwd_gflops"] = flop / b / 1e9
             let times = perLayer == 0 ? 1 : Double(perLayer * (lm.config.nLayers - 4))
             stepS += times * (f + b)
+            var f8 = f, b8 = b
             if q.int8 != nil {
-                let f8 = best { QuantGEMM.linearInt8(x, m, cols: w.cols, [.init(q, y)], accumulate: false, threads: threads) }
+                f8 = best { QuantGEMM.linearInt8(x, m, cols: w.cols, [.init(q, y)], accumulate: false, threads: threads) }
                 out["\(name)_fwd_int8_us"] = f8 * 1e6; out["\(name)_fwd_int8_gflops"] = flop / f8 / 1e9
-                stepInt8S += times * (f8 + b)
-            } else {
-                stepInt8S += times * (f + b)
             }
+            let tp = Date()
+            if let t = w.transposedInt8 {
+                out["\(name)_pack_t8_ms"] = Date().timeIntervalSince(tp) * 1000
+                let ins = [QuantGEMM.TransposedInput(transposed: t, dy: x, rows: w.rows)]
+                b8 = best { QuantGEMM.linearBackwardInt8(ins, m, cols: w.cols, y, accumulate: false, threads: threads) }
+                out["\(name)_bwd_int8_us"] = b8 * 1e6; out["\(name)_bwd_int8_gflops"] = flop / b8 / 1e9
+            }
+            stepInt8S += times * (f8 + b8)
         }
         out["step_kernels_ms"] = stepS * 1000
-        if QuantGEMM.int8Available { out["step_kernels_int8_ms"] = stepInt8S * 1000 }   // int8 forward, fp32 backward
+        if QuantGEMM.int8Available { out["step_kernels_int8_ms"] = stepInt8S * 1000 }
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
         exit(0)
     }

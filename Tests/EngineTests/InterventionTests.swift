@@ -91,9 +91,10 @@ final class InterventionTests: XCTestCase {
         XCTAssertLessThan(diff / norm, 1e-3, "gradient differs between 1 and 2 threads")
     }
 
-    /// The int8 forward (`Precision.int8`) against fp32 at a random Δ: the loss and its gradient
-    /// (an fp32 backward on the int8 forward's activations) stay close to the exact ones.
-    func testInt8ForwardStaysCloseToFP32() throws {
+    /// The int8 path (`Precision.int8`: forward and backward products rounded) against fp32 at a
+    /// random Δ: the loss and its gradient stay close to the exact ones (measured: loss within
+    /// 0.3%, cosine 0.9995, norm within 1%).
+    func testInt8LossAndGradientStayCloseToFP32() throws {
         guard Precision.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
         let lm = try SharedModel.get()
         let (prompts, targets, _) = try trainingBatch(lm)

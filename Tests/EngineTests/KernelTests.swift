@@ -156,6 +156,89 @@ final class KernelTests: XCTestCase {
         try compareInt8([lm.model.output], rows: 10)           // Q8_0 embedding, 49152 × 576
     }
 
+    func testInt8BackwardMatchesFP32() throws {
+        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        let (w, file) = try integerQ8Weight(rows: 64, cols: 96, seed: 17)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        for m in [1, 10, 13] { try compareInt8Backward([w], rows: m, exactWeights: true) }
+        let lm = try SharedModel.get()
+        let b = lm.model.blocks[3]
+        for m in [1, 10, 13] {
+            try compareInt8Backward([b.wq, b.wk, b.wv], rows: m)  // fused, Q4_1 576 × 576 and 192 × 576
+            try compareInt8Backward([b.wGate, b.wUp], rows: m)    // fused, Q4_1 1536 × 576
+            try compareInt8Backward([b.wDown], rows: m)           // Q4_1 576 × 1536: dx 1536 wide
+        }
+        try compareInt8Backward([lm.model.output], rows: 10)      // Q8_0 embedding: 49,152-term sums
+    }
+
+    /// A Q8_0 weight with d = 1 and integer entries in [−127, 127] whose every run of 32 down a
+    /// column reaches ±127: rounding Wᵀ to int8 per such run is exact (scale 1).
+    func integerQ8Weight(rows: Int, cols: Int, seed: UInt64) throws -> (Weight, String) {
+        var rng = SplitMix64(seed: seed)
+        var q = (0..<(rows * cols)).map { _ in Int8(Int(rng.next() % 255) - 127) }
+        for b in 0..<(rows / 32) {
+            for c in 0..<cols { q[(32 * b + Int(rng.next() % 32)) * cols + c] = rng.next() % 2 == 0 ? 127 : -127 }
+        }
+        var bytes: [UInt8] = []
+        for r in 0..<rows {
+            for b in 0..<(cols / 32) { bytes += GGUFBuilder.le(floatToHalf(1)) + (0..<32).map { UInt8(bitPattern: q[r * cols + 32 * b + $0]) } }
+        }
+        var g = GGUFBuilder()
+        g.tensors.append(("w", [UInt64(cols), UInt64(rows)], 8, bytes))
+        let path = try g.write()
+        let f = try GGUFFile(path: path)
+        let info = try f.tensor("w")
+        let w = Weight(name: "w", rows: rows, cols: cols, values: try Dequant.tensor(f, info))
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: w.data, count: rows * cols)), q.map(Float.init))
+        w.quant = QuantView(type: .q8_0, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * 34, owner: f)
+        return (w, path)
+    }
+
+    /// The int8 backward, dx (+)= Σ_p dy_p · W_p with dy_p rounded to int8 per block of 32 and
+    /// W_pᵀ per run of 32 rows: on integer dy reaching ±127 per block (and, with `exactWeights`,
+    /// weights that round exactly too) it must equal the fp32 product up to summation order; on
+    /// random dy the rounding error stays small.
+    func compareInt8Backward(_ ws: [Weight], rows m: Int, exactWeights: Bool = false,
+                             file: StaticString = #filePath, line: UInt = #line) throws {
+        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        let k = ws[0].cols
+        XCTAssertTrue(ws.allSatisfy { $0.transposedInt8 != nil }, "no transposed int8 copy", file: file, line: line)
+        var rng = SplitMix64(seed: UInt64(m * 71 + k))
+        let blas = CPUBackend(threads: 1)
+        for exactInputs in [true, false] {
+            let dys: [[Float]] = ws.map { w in
+                if !exactInputs { return (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) } }
+                var d = (0..<(m * w.rows)).map { _ in Float(Int(rng.next() % 255) - 127) }
+                for b in 0..<(m * w.rows / 32) { d[32 * b + Int(rng.next() % 32)] = rng.next() % 2 == 0 ? 127 : -127 }
+                return d
+            }
+            var ref = [Float](repeating: 0.25, count: m * k)
+            for (w, dy) in zip(ws, dys) {
+                blas.gemm(transA: false, transB: false, m: m, n: k, k: w.rows, alpha: 1, a: dy, lda: w.rows, b: w.data, ldb: k,
+                          beta: 1, c: &ref, ldc: k)
+            }
+            let scale = ref.map(abs).max()!
+            for threads in [1, 2] {
+                for precision in [Precision.int8, .fp32] {
+                    var dx = [Float](repeating: 0.25, count: m * k)
+                    let ptrs = dys.map { d -> UnsafeMutablePointer<Float> in
+                        let p = UnsafeMutablePointer<Float>.allocate(capacity: d.count); p.update(from: d, count: d.count); return p }
+                    defer { ptrs.forEach { $0.deallocate() } }
+                    CPUBackend(threads: threads).linearBackward(zip(ptrs, ws).map { (UnsafePointer($0), $1) }, m, &dx,
+                                                                accumulate: true, precision: precision)
+                    let err = zip(dx, ref).map { abs($0 - $1) }.max()! / scale
+                    // fp32, or nothing rounded: summation order only (up to 49,152 terms: ≤ 6e-6
+                    // seen; 0 for the integer weight). Rounded inputs: ≤ 5e-3 seen; rounded
+                    // Q4_1 weights (4 bits to 8 along the other axis): ≤ 8e-3 seen. A wrong
+                    // index or scale is off by O(1)
+                    let exact = precision == .fp32 || (exactInputs && exactWeights)
+                    XCTAssertLessThan(err, exact ? 2e-5 : 2e-2, "\(ws.map(\.name)) m=\(m) threads=\(threads) \(precision) exactInputs=\(exactInputs)",
+                                      file: file, line: line)
+                }
+            }
+        }
+    }
+
     func testQ4_0BlocksThroughTheKernel() throws {
         // a 7 × 64 Q4_0 weight built by hand (d = 0.5, nibble pattern per row); 16 × 64 for int8
         for rows in [7, 16] { try q4_0(rows: rows) }

@@ -28,6 +28,12 @@ void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int co
 /// kernel feeds x + 128 as the unsigned operand; the offsets take the 128 back out.)
 void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *dst);
 
+/// Packs Wᵀ, for the fp32 matrix W [rows × cols] (rows % 32 == 0, cols % 16 == 0), as an IK_Q8
+/// matrix [cols × rows] for `ik_linear`: every 32 consecutive entries of a column of W rounded to
+/// int8 with the scale max|w| / 127. `ik_linear` on it computes dy · W (a backward product) with
+/// the weights rounded once more, to 8 bits, along the other axis.
+void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst);
+
 /// Rounds x [m × k] (k % 32 == 0) to int8 per block of 32: xq = round(x / d), d = max|x| / 127,
 /// xd [m × k/32] = d, xs [m × k/32] = d · Σ xq (the offsets' weight).
 void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs);

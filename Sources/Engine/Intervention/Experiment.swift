@@ -144,7 +144,7 @@ public struct Experiment {
     public var registry: TaskRegistry
     public var format: PromptFormat = .qa
     public var solverMethod: SolverMethod = .defaultMethod
-    /// The solver's forward products (see `Precision`); recorded in each Δ's metadata.
+    /// The solver's products (see `Precision`); recorded in each Δ's metadata. Evaluation is fp32.
     public var precision: Precision = .solverDefault
 
     public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa,

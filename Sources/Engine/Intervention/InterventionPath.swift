@@ -36,8 +36,8 @@ public final class InterventionPath {
     public let promptLengths: [Int]
     let cfg: LlamaConfig
     let backend: Backend
-    /// How the forward's products may round their inputs (`.int8`: see `Precision`). The backward
-    /// is always fp32, on the activations this forward saved.
+    /// How the products of the forward and the backward may round their operands (`.int8`: see
+    /// `Precision`); the element-wise ops, attention and norms stay fp32.
     public var precision: Precision = .fp32
     let caches: [KVCache]
     /// [N × D] residual stream entering layer ℓ at the last position (Δ cannot change it).
@@ -202,7 +202,7 @@ public final class InterventionPath {
                 for v in 0..<V { z[v] *= w }
                 z[t] -= w
             }
-            if gradient { backend.linearBackward(acts.logits, N, W, dhn, accumulate: false) }
+            if gradient { backend.linearBackward([(UnsafePointer(acts.logits), W)], N, dhn, accumulate: false, precision: precision) }
         case let .restrictedKL(alphabets, target):
             precondition(target.count == N && alphabets.count == N)
             dhn.update(repeating: 0, count: N * D)
@@ -269,19 +269,19 @@ public final class InterventionPath {
         for (k, l) in (layer..<cfg.nLayers).enumerated().reversed() {
             let blk = model.blocks[l], s = acts.layers[k]
             // ---- MLP backward. h_out = h_mid + m W_downᵀ, m = silu(g) ⊙ u, g/u = x W_{g,u}ᵀ, x = rms(h_mid)
-            backend.linearBackward(dh, N, blk.wDown, acts.dF, accumulate: false)       // dm [N × F]
+            backend.linearBackward([(UnsafePointer(dh), blk.wDown)], N, acts.dF, accumulate: false, precision: precision) // dm [N × F]
             forEachRow { i in                                                          // dg → dF, du → dF2
                 Ops.swigluBackward(s.g + i * F, s.u + i * F, acts.dF + i * F, acts.dF + i * F, acts.dF2 + i * F, F)
             }
-            backend.linearBackward([(UnsafePointer(acts.dF), blk.wGate), (UnsafePointer(acts.dF2), blk.wUp)], N, dxn, accumulate: false) // dx = dg W_g + du W_u
+            backend.linearBackward([(UnsafePointer(acts.dF), blk.wGate), (UnsafePointer(acts.dF2), blk.wUp)], N, dxn, accumulate: false, precision: precision) // dx = dg W_g + du W_u
             Ops.rmsnormBackward(s.hMid, blk.ffnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invFfn) // dh_mid = dh_out + …
             // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
             if k == 0 {
-                backend.linearBackward(dh, N, blk.wo, grad, accumulate: false)         // dΔ_i = do_i
+                backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, grad, accumulate: false, precision: precision) // dΔ_i = do_i
                 return
             }
             let dO = acts.dA
-            backend.linearBackward(dh, N, blk.wo, dO, accumulate: false)               // do [N × A]
+            backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, dO, accumulate: false, precision: precision) // do [N × A]
             // ---- attention backward, per row and head (only the token's own q, k, v depend on Δ)
             let dQ = acts.dQ, dK = acts.dKV, dV = acts.dKV2
             dK.update(repeating: 0, count: N * KV); dV.update(repeating: 0, count: N * KV)
@@ -312,7 +312,7 @@ public final class InterventionPath {
                 ropeBackward(dK + i * KV, heads: cfg.nKVHeads, position: p)
             }
             // q/k/v = x W_{q,k,v}ᵀ  →  dx = dq W_q + dk W_k + dv W_v
-            backend.linearBackward([(UnsafePointer(dQ), blk.wq), (UnsafePointer(dK), blk.wk), (UnsafePointer(dV), blk.wv)], N, dxn, accumulate: false)
+            backend.linearBackward([(UnsafePointer(dQ), blk.wq), (UnsafePointer(dK), blk.wk), (UnsafePointer(dV), blk.wv)], N, dxn, accumulate: false, precision: precision)
             // x = rms(h_in): dh_in = dh_mid + rmsnorm_backward(dx)
             Ops.rmsnormBackward(s.hIn, blk.attnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invAttn)
         }

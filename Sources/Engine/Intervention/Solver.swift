@@ -126,7 +126,7 @@ public struct SolverOptions: Sendable {
     public var lr: Float = 0.1
     /// Stop when the objective's relative change over 10 steps is below this (0 = run all steps).
     public var tolerance: Float = 0
-    /// How the path's forward products may round their inputs while solving (see `Precision`).
+    /// How the path's products may round their operands while solving (see `Precision`).
     public var precision: Precision = .solverDefault
     public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0,
                 precision: Precision = .solverDefault) {

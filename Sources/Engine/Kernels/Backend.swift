@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Foundation
 
 /// A frozen weight matrix W [rows × cols], row-major (rows = output features, cols = input
@@ -25,23 +26,41 @@ public final class Weight: @unchecked Sendable {
         self.init(name: name, rows: rows, cols: cols)
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
     }
-    deinit { data.deallocate() }
+    deinit { data.deallocate(); transposedInt8Store?.deallocate() }
     public var count: Int { rows * cols }
+
+    private let transposedLock = NSLock()
+    private var transposedInt8Store: UnsafeMutableRawPointer?
+    /// Wᵀ for the int8 backward (`ik_pack_transposed_q8`: each run of 32 entries of a column of
+    /// W rounded to 8 bits), built from `data` on first use and kept; nil when the CPU lacks VNNI
+    /// or the shape does not tile (rows % 32, cols % 16), and for weights the file did not
+    /// quantise (those stay fp32 throughout).
+    public var transposedInt8: UnsafeMutableRawPointer? {
+        guard QuantGEMM.int8Available, quant != nil, rows % 32 == 0, cols % 16 == 0 else { return nil }
+        transposedLock.lock(); defer { transposedLock.unlock() }
+        if let p = transposedInt8Store { return p }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(Int32(IK_Q8), Int32(cols), Int32(rows)), alignment: 64)
+        ik_pack_transposed_q8(data, Int32(rows), Int32(cols), p)
+        transposedInt8Store = p
+        return p
+    }
 }
 
-/// How a forward product may round its input.
+/// How the solver's products may round their operands.
 public enum Precision: String, Sendable, CaseIterable, Codable {
-    /// x · Wᵀ in fp32 on the exactly decoded weights (what the reference computes).
+    /// Everything in fp32 on the exactly decoded weights (what the reference computes).
     case fp32
-    /// x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the exact 4- or
-    /// 8-bit weights with integer dot products (AVX-512 VNNI): ~4× the fp32 kernel. Only CPUs
-    /// with VNNI; elsewhere, and for weights the file does not quantise, fp32.
+    /// Forward: x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the
+    /// exact 4- or 8-bit weights with integer dot products (AVX-512 VNNI). Backward: dy rounded
+    /// the same way, against Wᵀ rounded once to int8 per run of 32 rows of W (a copy built on
+    /// first use). 3–4× the fp32 kernels. Only CPUs with VNNI; elsewhere, and for weights the
+    /// file does not quantise, fp32.
     case int8
 
     /// Whether `int8` products can run on this CPU at all.
     public static var int8Available: Bool { QuantGEMM.int8Available }
     /// The solver's default: `int8`. Over 20 paired antonym seeds its Δs matched fp32's exact match
-    /// (0.284 ± 0.051 against 0.290 ± 0.052; paired difference −0.006 ± 0.016) at ~1.4× the step
+    /// (0.297 ± 0.044 against 0.284 ± 0.072; paired difference +0.014 ± 0.013) at ~2.5× the step
     /// speed (see README, "Precision").
     public static let solverDefault: Precision = .int8
     /// What actually runs on this CPU: `int8` falls back to `fp32` without VNNI.
@@ -63,8 +82,10 @@ public protocol Backend: AnyObject, Sendable {
     /// backend can; `precision` says whether X may be rounded (see `Precision`).
     func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
                 accumulate: Bool, precision: Precision)
-    /// dX[m × k] (+)= Σ_p dY_p · W_p: the backward of the fused forward above.
-    func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// dX[m × k] (+)= Σ_p dY_p · W_p: the backward of the fused forward above; at `int8`, dY_p
+    /// is rounded as X is in the forward and W_p is read from its 8-bit transposed copy.
+    func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
+                        accumulate: Bool, precision: Precision)
     /// Whether `crossEntropyHead` can run for this output matrix and row count, and is the faster
     /// way for a forward at `precision`.
     func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool
@@ -127,8 +148,18 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         for (w, y) in outs { linear(x, m, w, y, accumulate: accumulate) }
     }
 
-    public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard m > 0 else { return }
+    public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
+                               accumulate: Bool, precision: Precision) {
+        guard m > 0, !ins.isEmpty else { return }
+        let k = ins[0].1.cols
+        if precision == .int8, m <= Self.smallRows, ins.allSatisfy({ $0.1.cols == k && $0.1.quant != nil }) {
+            let ts = ins.map { ($0.1.transposedInt8, $0.0, $0.1.rows) }
+            if ts.allSatisfy({ $0.0 != nil }) {
+                QuantGEMM.linearBackwardInt8(ts.map { .init(transposed: $0.0!, dy: $0.1, rows: $0.2) }, m, cols: k, dx,
+                                             accumulate: accumulate, threads: threads)
+                return
+            }
+        }
         if m <= Self.smallRows, ins.allSatisfy({ $0.1.packed != nil && $0.1.cols == ins[0].1.cols }) {
             QuantGEMM.linearBackward(ins.map { .init($0.1.packed!, $0.0) }, m, cols: ins[0].1.cols, dx,
                                      accumulate: accumulate, threads: threads)

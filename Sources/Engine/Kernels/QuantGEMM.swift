@@ -220,6 +220,36 @@ public enum QuantGEMM {
         }
     }
 
+    /// One input of an int8 backward product: Wᵀ packed by `ik_pack_transposed_q8` (W has `rows`
+    /// rows) and dY [m × rows].
+    public struct TransposedInput {
+        public let transposed: UnsafeMutableRawPointer, dy: UnsafePointer<Float>, rows: Int
+        public init(transposed: UnsafeMutableRawPointer, dy: UnsafePointer<Float>, rows: Int) {
+            self.transposed = transposed; self.dy = dy; self.rows = rows
+        }
+    }
+
+    /// dx[m × k] (+)= Σ_p dY_p · W_p as the int8 forward kernel run on each Wᵀ: dY_p rounded to
+    /// int8 per block of 32, Wᵀ to int8 per run of 32 rows of W. The threads split dx's columns
+    /// (16 at a time), each summing every input over its own columns.
+    public static func linearBackwardInt8(_ ins: [TransposedInput], _ m: Int, cols k: Int, _ dx: UnsafeMutablePointer<Float>,
+                                          accumulate: Bool, threads: Int) {
+        precondition(k % 16 == 0 && ins.allSatisfy { $0.rows % 32 == 0 })
+        let total = ins.reduce(0) { $0 + $1.rows }
+        let xq = UnsafeMutablePointer<Int8>.allocate(capacity: m * total)
+        let xd = UnsafeMutablePointer<Float>.allocate(capacity: 2 * m * (total / 32)), xs = xd + m * (total / 32)
+        defer { xq.deallocate(); xd.deallocate() }
+        var offsets = [Int](), o = 0
+        for p in ins { offsets.append(o); ik_quantize_rows(p.dy, Int32(m), Int32(p.rows), xq + m * o, xd + m * o / 32, xs + m * o / 32); o += p.rows }
+        forEachPart([k], threads: threads, granule: 16) { _, _, c0, c1 in
+            for (p, input) in ins.enumerated() {
+                let o = offsets[p]
+                ik_linear(input.transposed, Int32(IK_Q8), Int32(input.rows), xq + m * o, xd + m * o / 32, xs + m * o / 32,
+                          Int32(m), dx, Int32(k), Int32(c0 / 16), Int32(c1 / 16), accumulate || p > 0 ? 1 : 0)
+            }
+        }
+    }
+
     static func decodeRow<D: Decode32>(_: D.Type, _ src: UnsafeRawPointer, _ k: Int, _ dst: UnsafeMutablePointer<Float>) {
         let sink = DecodeSink<D>(src: src, dst: UnsafeMutableRawPointer(dst))
         var c = 0
