@@ -160,8 +160,8 @@ extension CoordinatorCommand {
 
             grid.json fields: experiment (name), model, tasks, methods, layers, lambda, gamma, seeds \
             (each a value or a list: the grid is their Cartesian product; a method's irrelevant axes \
-            collapse), train_size, test_size, shots, solver {steps, lr, method (adam | adam-uniform | \
-            adam-subgradient | fista)}, eval {max_new_tokens}, prompt {query ("Q: {input}\\nA:"), target \
+            collapse), train_size, test_size, shots, solver {steps, lr, method (adam-avg | adam | \
+            adam-uniform | adam-subgradient | fista), precision (int8 | fp32)}, eval {max_new_tokens}, prompt {query ("Q: {input}\\nA:"), target \
             (" {output}")}, \
             device ("cpu" | "gpu" | "any").
 

@@ -25,7 +25,7 @@ public struct GridErrors: Error, CustomStringConvertible, Sendable {
 /// { "experiment": "table1", "model": "smollm2-135m-instruct",
 ///   "tasks": ["antonym", "synonym"], "methods": ["zero-shot", "intervention"],
 ///   "layers": [3, 5], "lambda": [0.01], "gamma": [0.01], "seeds": [0, 1, 2],
-///   "train_size": 10, "test_size": 50, "solver": {"steps": 60, "lr": 0.1},
+///   "train_size": 10, "test_size": 50, "solver": {"steps": 60, "lr": 0.1, "precision": "fp32"},
 ///   "eval": {"max_new_tokens": 4}, "device": "any" }
 /// ```
 public struct Grid: Equatable, Sendable {
@@ -45,6 +45,8 @@ public struct Grid: Equatable, Sendable {
     public var shots: Int
     /// Solver method name for intervention jobs ("" = the worker's default).
     public var solver: String = ""
+    /// The solver's arithmetic for intervention jobs, a `Precision` name ("" = the default, int8).
+    public var precision: String = ""
     /// Prompt and target templates ("" = the Q/A default).
     public var promptTemplate: String = ""
     public var targetTemplate: String = ""
@@ -54,7 +56,7 @@ public struct Grid: Equatable, Sendable {
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
                               "train_size", "test_size", "shots", "solver", "eval", "prompt", "device"]
     public static let promptKeys = ["query", "target"]
-    public static let solverKeys = ["steps", "lr", "method"]
+    public static let solverKeys = ["steps", "lr", "method", "precision"]
     public static let evalKeys = ["max_new_tokens"]
     /// A grid that expands to more jobs than this is refused.
     public static let maxJobs = 100_000
@@ -128,6 +130,7 @@ public struct Grid: Equatable, Sendable {
             let shots = scalarInt(root["shots"], "shots", min: 0) ?? defaults.shots
 
             var steps = defaults.steps, lr = defaults.lr, maxNew = defaults.maxNewTokens, solverMethod = defaults.solver
+            var precision = defaults.precision
             if let solver = root["solver"] {
                 if case .object(let m) = solver {
                     checkKeys(m, allowed: Grid.solverKeys, prefix: "solver.")
@@ -135,6 +138,11 @@ public struct Grid: Equatable, Sendable {
                     if let v = solver["method"] {
                         if case .string(let s) = v, SolverMethod(rawValue: s) != nil { solverMethod = s } else {
                             err("solver.method", "expected one of \(SolverMethod.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(v.shortDescription)")
+                        }
+                    }
+                    if let v = solver["precision"] {
+                        if case .string(let s) = v, Precision(rawValue: s) != nil { precision = s } else {
+                            err("solver.precision", "expected one of \(Precision.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(v.shortDescription)")
                         }
                     }
                     if let v = solver["lr"] {
@@ -184,7 +192,7 @@ public struct Grid: Equatable, Sendable {
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
                         steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,
-                        promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device)
+                        precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device)
         }
 
         mutating func checkKeys(_ members: [(String, JSONValue)], allowed: [String], prefix: String) {
@@ -322,7 +330,7 @@ public struct Grid: Equatable, Sendable {
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
                                     steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver,
-                                    promptTemplate: promptTemplate, targetTemplate: targetTemplate))
+                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate))
                                 let id = Grid.jobID(spec)
                                 if seen.insert(id).inserted {
                                     out.append(SubmittedJob(id: id, spec: spec, device: device))

@@ -38,7 +38,7 @@ public enum MethodInfo {
         public static let layer = Axes(rawValue: 1)
         public static let lambda = Axes(rawValue: 2)
         public static let gamma = Axes(rawValue: 4)
-        public static let solver = Axes(rawValue: 8)     // steps, lr
+        public static let solver = Axes(rawValue: 8)     // steps, lr, solver method, precision
         public static let trainSize = Axes(rawValue: 16)
         public static let shots = Axes(rawValue: 32)
         public static let all: Axes = [.layer, .lambda, .gamma, .solver, .trainSize, .shots]
@@ -74,9 +74,13 @@ public enum MethodInfo {
         if !a.contains(.layer) { s.layer = 0 }
         if !a.contains(.lambda) { s.lambda = 0 }
         if !a.contains(.gamma) { s.gamma = 0 }
-        if !a.contains(.solver) { s.steps = 0; s.lr = 0; s.solver = "" }
-        // name the default solver, so a job's id says which solver ran it even if the default changes
-        else if s.solver.isEmpty { s.solver = SolverMethod.defaultMethod.rawValue }
+        if !a.contains(.solver) { s.steps = 0; s.lr = 0; s.solver = ""; s.precision = "" }
+        else {
+            // name the default solver and precision, so a job's id says what ran it even if a
+            // default changes
+            if s.solver.isEmpty { s.solver = SolverMethod.defaultMethod.rawValue }
+            if s.precision.isEmpty { s.precision = Precision.solverDefault.rawValue }
+        }
         if !a.contains(.trainSize) { s.trainSize = 0 }
         if !a.contains(.shots) { s.shots = 0 }
         return s

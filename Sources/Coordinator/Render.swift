@@ -26,11 +26,12 @@ public enum Render {
     }
 
     static let specColumns = ["model", "task", "method", "layer", "lambda", "gamma", "seed", "train_size",
-                              "test_size", "steps", "lr", "max_new_tokens", "shots"]
+                              "test_size", "steps", "lr", "max_new_tokens", "shots", "solver", "precision"]
 
     static func specValues(_ s: JobSpec) -> [String] {
         [s.model, s.task, s.method, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
-         String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots)]
+         String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots),
+         s.solver, s.precision]
     }
 
     static func num(_ d: Double) -> String { JSONValue.canonicalNumber(d) }
@@ -200,6 +201,8 @@ public enum Render {
             ("γ", { axis($0, .gamma, num($0.gamma)) }),
             ("steps", { axis($0, .solver, String($0.steps)) }),
             ("lr", { axis($0, .solver, num($0.lr)) }),
+            ("solver", { axis($0, .solver, $0.solver) }),
+            ("precision", { axis($0, .solver, $0.precision) }),
             ("train", { String($0.trainSize) }),
             ("test", { String($0.testSize) }),
             ("shots", { axis($0, .shots, String($0.shots)) }),

@@ -10,7 +10,7 @@ enum WireConvert {
         p.layer = Int32(clamping: s.layer); p.lambda = s.lambda; p.gamma = s.gamma
         p.seed = Int64(s.seed); p.trainSize = Int32(clamping: s.trainSize); p.testSize = Int32(clamping: s.testSize)
         p.steps = Int32(clamping: s.steps); p.lr = s.lr; p.maxNewTokens = Int32(clamping: s.maxNewTokens)
-        p.shots = Int32(clamping: s.shots); p.solver = s.solver
+        p.shots = Int32(clamping: s.shots); p.solver = s.solver; p.precision = s.precision
         p.promptTemplate = s.promptTemplate; p.targetTemplate = s.targetTemplate
         return p
     }
@@ -19,7 +19,7 @@ enum WireConvert {
         JobSpec(model: p.model, task: p.task, method: p.method, layer: Int(p.layer), lambda: p.lambda,
                 gamma: p.gamma, seed: Int(p.seed), trainSize: Int(p.trainSize), testSize: Int(p.testSize),
                 steps: Int(p.steps), lr: p.lr, maxNewTokens: Int(p.maxNewTokens), shots: Int(p.shots), solver: p.solver,
-                promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
+                precision: p.precision, promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
     }
 
     static func ms(_ t: Double?) -> Int64 { t.map { Int64(($0 * 1000).rounded()) } ?? 0 }

@@ -26,6 +26,9 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     /// Solver for "intervention" (a `SolverMethod` name: adam-avg, adam, adam-uniform,
     /// adam-subgradient, fista); empty = `SolverMethod.defaultMethod`.
     public var solver: String
+    /// Arithmetic of the solver's products for "intervention" (a `Precision` name: int8, fp32);
+    /// empty = the worker's default. Evaluation is fp32 whatever this says.
+    public var precision: String
     /// Prompt template with `{input}` ("" = "Q: {input}\nA:") and target template with
     /// `{output}` ("" = " {output}").
     public var promptTemplate: String
@@ -34,18 +37,31 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
     public init(model: String = "smollm2-135m-instruct", task: String, method: String = "intervention",
                 layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
                 trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
-                maxNewTokens: Int = 0, shots: Int = 10, solver: String = "",
+                maxNewTokens: Int = 0, shots: Int = 10, solver: String = "", precision: String = "",
                 promptTemplate: String = "", targetTemplate: String = "") {
         self.model = model; self.task = task; self.method = method; self.layer = layer
         self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
         self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
-        self.shots = shots; self.solver = solver
+        self.shots = shots; self.solver = solver; self.precision = precision
         self.promptTemplate = promptTemplate; self.targetTemplate = targetTemplate
     }
 
     enum CodingKeys: String, CodingKey {
         case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots, solver
-        case promptTemplate, targetTemplate
+        case precision, promptTemplate, targetTemplate
+    }
+
+    /// Every field, except `precision` when it is empty: a job's id is the hash of this form, and
+    /// the jobs that have no precision (the baselines) keep the ids they had before it existed.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(model, forKey: .model); try c.encode(task, forKey: .task); try c.encode(method, forKey: .method)
+        try c.encode(layer, forKey: .layer); try c.encode(lambda, forKey: .lambda); try c.encode(gamma, forKey: .gamma)
+        try c.encode(seed, forKey: .seed); try c.encode(trainSize, forKey: .trainSize); try c.encode(testSize, forKey: .testSize)
+        try c.encode(steps, forKey: .steps); try c.encode(lr, forKey: .lr); try c.encode(maxNewTokens, forKey: .maxNewTokens)
+        try c.encode(shots, forKey: .shots); try c.encode(solver, forKey: .solver)
+        if !precision.isEmpty { try c.encode(precision, forKey: .precision) }
+        try c.encode(promptTemplate, forKey: .promptTemplate); try c.encode(targetTemplate, forKey: .targetTemplate)
     }
 
     public init(from decoder: Decoder) throws {
@@ -58,6 +74,7 @@ public struct JobSpec: Codable, Sendable, Equatable, Hashable {
                   lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
                   shots: try c.decode(Int.self, forKey: .shots),
                   solver: try c.decodeIfPresent(String.self, forKey: .solver) ?? "",
+                  precision: try c.decodeIfPresent(String.self, forKey: .precision) ?? "",
                   promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
                   targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
     }

@@ -3,7 +3,9 @@ import SwiftProtobuf
 
 /// The wire protocol version this build speaks. Every Envelope carries it; a peer with another
 /// version is refused. Bump only for incompatible changes (additive proto changes don't need it).
-public let PROTOCOL_VERSION: UInt32 = 1
+/// v2: JobParams.precision. Additive on the wire, but a v1 worker would ignore it and run its
+/// own default under a job id that names another precision, so v1 peers are refused.
+public let PROTOCOL_VERSION: UInt32 = 2
 
 // Short names for the generated types (the generated ones stay usable).
 public typealias Envelope = Intervene_V1_Envelope

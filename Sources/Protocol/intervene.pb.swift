@@ -304,91 +304,135 @@ public nonisolated struct Intervene_V1_Ready: Sendable {
 }
 
 /// Mirrors Engine.JobSpec field by field.
-public nonisolated struct Intervene_V1_JobParams: Sendable {
+public nonisolated struct Intervene_V1_JobParams: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var model: String = String()
+  public var model: String {
+    get {_storage._model}
+    set {_uniqueStorage()._model = newValue}
+  }
 
-  public var task: String = String()
+  public var task: String {
+    get {_storage._task}
+    set {_uniqueStorage()._task = newValue}
+  }
 
-  public var method: String = String()
+  public var method: String {
+    get {_storage._method}
+    set {_uniqueStorage()._method = newValue}
+  }
 
-  public var layer: Int32 = 0
+  public var layer: Int32 {
+    get {_storage._layer}
+    set {_uniqueStorage()._layer = newValue}
+  }
 
-  public var lambda: Double = 0
+  public var lambda: Double {
+    get {_storage._lambda}
+    set {_uniqueStorage()._lambda = newValue}
+  }
 
-  public var gamma: Double = 0
+  public var gamma: Double {
+    get {_storage._gamma}
+    set {_uniqueStorage()._gamma = newValue}
+  }
 
-  public var seed: Int64 = 0
+  public var seed: Int64 {
+    get {_storage._seed}
+    set {_uniqueStorage()._seed = newValue}
+  }
 
-  public var trainSize: Int32 = 0
+  public var trainSize: Int32 {
+    get {_storage._trainSize}
+    set {_uniqueStorage()._trainSize = newValue}
+  }
 
-  public var testSize: Int32 = 0
+  public var testSize: Int32 {
+    get {_storage._testSize}
+    set {_uniqueStorage()._testSize = newValue}
+  }
 
-  public var steps: Int32 = 0
+  public var steps: Int32 {
+    get {_storage._steps}
+    set {_uniqueStorage()._steps = newValue}
+  }
 
-  public var lr: Double = 0
+  public var lr: Double {
+    get {_storage._lr}
+    set {_uniqueStorage()._lr = newValue}
+  }
 
-  public var maxNewTokens: Int32 = 0
+  public var maxNewTokens: Int32 {
+    get {_storage._maxNewTokens}
+    set {_uniqueStorage()._maxNewTokens = newValue}
+  }
 
-  public var shots: Int32 = 0
+  public var shots: Int32 {
+    get {_storage._shots}
+    set {_uniqueStorage()._shots = newValue}
+  }
 
   /// SolverMethod name; empty = the worker's default
-  public var solver: String = String()
+  public var solver: String {
+    get {_storage._solver}
+    set {_uniqueStorage()._solver = newValue}
+  }
 
   /// with {input}; empty = "Q: {input}\nA:"
-  public var promptTemplate: String = String()
+  public var promptTemplate: String {
+    get {_storage._promptTemplate}
+    set {_uniqueStorage()._promptTemplate = newValue}
+  }
 
   /// with {output}; empty = " {output}"
-  public var targetTemplate: String = String()
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
-public nonisolated struct Intervene_V1_JobAssignment: @unchecked Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var jobID: String {
-    get {_storage._jobID}
-    set {_uniqueStorage()._jobID = newValue}
+  public var targetTemplate: String {
+    get {_storage._targetTemplate}
+    set {_uniqueStorage()._targetTemplate = newValue}
   }
 
-  public var attempt: UInt32 {
-    get {_storage._attempt}
-    set {_uniqueStorage()._attempt = newValue}
+  /// Precision name (int8, fp32) for the solver; empty = the worker's default
+  public var precision: String {
+    get {_storage._precision}
+    set {_uniqueStorage()._precision = newValue}
   }
-
-  /// the worker heartbeats well within this
-  public var leaseMs: UInt32 {
-    get {_storage._leaseMs}
-    set {_uniqueStorage()._leaseMs = newValue}
-  }
-
-  public var experiment: String {
-    get {_storage._experiment}
-    set {_uniqueStorage()._experiment = newValue}
-  }
-
-  public var params: Intervene_V1_JobParams {
-    get {_storage._params ?? Intervene_V1_JobParams()}
-    set {_uniqueStorage()._params = newValue}
-  }
-  /// Returns true if `params` has been explicitly set.
-  public var hasParams: Bool {_storage._params != nil}
-  /// Clears the value of `params`. Subsequent reads from it will return its default value.
-  public mutating func clearParams() {_uniqueStorage()._params = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Intervene_V1_JobAssignment: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var attempt: UInt32 = 0
+
+  /// the worker heartbeats well within this
+  public var leaseMs: UInt32 = 0
+
+  public var experiment: String = String()
+
+  public var params: Intervene_V1_JobParams {
+    get {_params ?? Intervene_V1_JobParams()}
+    set {_params = newValue}
+  }
+  /// Returns true if `params` has been explicitly set.
+  public var hasParams: Bool {self._params != nil}
+  /// Clears the value of `params`. Subsequent reads from it will return its default value.
+  public mutating func clearParams() {self._params = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _params: Intervene_V1_JobParams? = nil
 }
 
 public nonisolated struct Intervene_V1_Heartbeat: Sendable {
@@ -814,95 +858,56 @@ public nonisolated struct Intervene_V1_Query: Sendable {
 }
 
 /// One job's state, for clients that aggregate themselves.
-public nonisolated struct Intervene_V1_JobRecord: @unchecked Sendable {
+public nonisolated struct Intervene_V1_JobRecord: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: String {
-    get {_storage._jobID}
-    set {_uniqueStorage()._jobID = newValue}
-  }
+  public var jobID: String = String()
 
   /// "queued" | "running" | "done" | "failed" | "cancelled"
-  public var state: String {
-    get {_storage._state}
-    set {_uniqueStorage()._state = newValue}
-  }
+  public var state: String = String()
 
-  public var attempt: UInt32 {
-    get {_storage._attempt}
-    set {_uniqueStorage()._attempt = newValue}
-  }
+  public var attempt: UInt32 = 0
 
   public var params: Intervene_V1_JobParams {
-    get {_storage._params ?? Intervene_V1_JobParams()}
-    set {_uniqueStorage()._params = newValue}
+    get {_params ?? Intervene_V1_JobParams()}
+    set {_params = newValue}
   }
   /// Returns true if `params` has been explicitly set.
-  public var hasParams: Bool {_storage._params != nil}
+  public var hasParams: Bool {self._params != nil}
   /// Clears the value of `params`. Subsequent reads from it will return its default value.
-  public mutating func clearParams() {_uniqueStorage()._params = nil}
+  public mutating func clearParams() {self._params = nil}
 
-  public var metrics: Dictionary<String,Double> {
-    get {_storage._metrics}
-    set {_uniqueStorage()._metrics = newValue}
-  }
+  public var metrics: Dictionary<String,Double> = [:]
 
-  public var error: String {
-    get {_storage._error}
-    set {_uniqueStorage()._error = newValue}
-  }
+  public var error: String = String()
 
-  public var artefactSha256: String {
-    get {_storage._artefactSha256}
-    set {_uniqueStorage()._artefactSha256 = newValue}
-  }
+  public var artefactSha256: String = String()
 
-  public var workerID: String {
-    get {_storage._workerID}
-    set {_uniqueStorage()._workerID = newValue}
-  }
+  public var workerID: String = String()
 
   /// queued: why it waits
-  public var pendingReason: String {
-    get {_storage._pendingReason}
-    set {_uniqueStorage()._pendingReason = newValue}
-  }
+  public var pendingReason: String = String()
 
   /// absolute path of the stored Δ on the coordinator's machine
-  public var artefactPath: String {
-    get {_storage._artefactPath}
-    set {_uniqueStorage()._artefactPath = newValue}
-  }
+  public var artefactPath: String = String()
 
-  public var startedUnixMs: Int64 {
-    get {_storage._startedUnixMs}
-    set {_uniqueStorage()._startedUnixMs = newValue}
-  }
+  public var startedUnixMs: Int64 = 0
 
-  public var endedUnixMs: Int64 {
-    get {_storage._endedUnixMs}
-    set {_uniqueStorage()._endedUnixMs = newValue}
-  }
+  public var endedUnixMs: Int64 = 0
 
   /// every experiment the job belongs to
-  public var experiments: [String] {
-    get {_storage._experiments}
-    set {_uniqueStorage()._experiments = newValue}
-  }
+  public var experiments: [String] = []
 
   /// requirement: "cpu" | "gpu" | "any"
-  public var device: String {
-    get {_storage._device}
-    set {_uniqueStorage()._device = newValue}
-  }
+  public var device: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _params: Intervene_V1_JobParams? = nil
 }
 
 public nonisolated struct Intervene_V1_QueryReply: Sendable {
@@ -963,85 +968,52 @@ public nonisolated struct Intervene_V1_CancelReply: Sendable {
   public init() {}
 }
 
-public nonisolated struct Intervene_V1_Update: @unchecked Sendable {
+public nonisolated struct Intervene_V1_Update: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// gap-free per experiment (topic) and coordinator run; a gap
-  public var sequence: UInt64 {
-    get {_storage._sequence}
-    set {_uniqueStorage()._sequence = newValue}
-  }
+  public var sequence: UInt64 = 0
 
   /// = dropped updates (re-snapshot with Query)
-  public var experiment: String {
-    get {_storage._experiment}
-    set {_uniqueStorage()._experiment = newValue}
-  }
+  public var experiment: String = String()
 
-  public var jobID: String {
-    get {_storage._jobID}
-    set {_uniqueStorage()._jobID = newValue}
-  }
+  public var jobID: String = String()
 
   /// as JobRecord.state
-  public var state: String {
-    get {_storage._state}
-    set {_uniqueStorage()._state = newValue}
-  }
+  public var state: String = String()
 
   /// step metrics while running, final metrics when done
-  public var metrics: Dictionary<String,Double> {
-    get {_storage._metrics}
-    set {_uniqueStorage()._metrics = newValue}
-  }
+  public var metrics: Dictionary<String,Double> = [:]
 
-  public var step: UInt32 {
-    get {_storage._step}
-    set {_uniqueStorage()._step = newValue}
-  }
+  public var step: UInt32 = 0
 
-  public var total: UInt32 {
-    get {_storage._total}
-    set {_uniqueStorage()._total = newValue}
-  }
+  public var total: UInt32 = 0
 
-  public var attempt: UInt32 {
-    get {_storage._attempt}
-    set {_uniqueStorage()._attempt = newValue}
-  }
+  public var attempt: UInt32 = 0
 
-  public var workerID: String {
-    get {_storage._workerID}
-    set {_uniqueStorage()._workerID = newValue}
-  }
+  public var workerID: String = String()
 
-  public var error: String {
-    get {_storage._error}
-    set {_uniqueStorage()._error = newValue}
-  }
+  public var error: String = String()
 
-  public var timeUnixMs: Int64 {
-    get {_storage._timeUnixMs}
-    set {_uniqueStorage()._timeUnixMs = newValue}
-  }
+  public var timeUnixMs: Int64 = 0
 
   /// set on state changes, so a tail can group by config
   public var params: Intervene_V1_JobParams {
-    get {_storage._params ?? Intervene_V1_JobParams()}
-    set {_uniqueStorage()._params = newValue}
+    get {_params ?? Intervene_V1_JobParams()}
+    set {_params = newValue}
   }
   /// Returns true if `params` has been explicitly set.
-  public var hasParams: Bool {_storage._params != nil}
+  public var hasParams: Bool {self._params != nil}
   /// Clears the value of `params`. Subsequent reads from it will return its default value.
-  public mutating func clearParams() {_uniqueStorage()._params = nil}
+  public mutating func clearParams() {self._params = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _params: Intervene_V1_JobParams? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -1521,119 +1493,26 @@ nonisolated extension Intervene_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.task) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.method) }()
-      case 4: try { try decoder.decodeSingularInt32Field(value: &self.layer) }()
-      case 5: try { try decoder.decodeSingularDoubleField(value: &self.lambda) }()
-      case 6: try { try decoder.decodeSingularDoubleField(value: &self.gamma) }()
-      case 7: try { try decoder.decodeSingularInt64Field(value: &self.seed) }()
-      case 8: try { try decoder.decodeSingularInt32Field(value: &self.trainSize) }()
-      case 9: try { try decoder.decodeSingularInt32Field(value: &self.testSize) }()
-      case 10: try { try decoder.decodeSingularInt32Field(value: &self.steps) }()
-      case 11: try { try decoder.decodeSingularDoubleField(value: &self.lr) }()
-      case 12: try { try decoder.decodeSingularInt32Field(value: &self.maxNewTokens) }()
-      case 13: try { try decoder.decodeSingularInt32Field(value: &self.shots) }()
-      case 14: try { try decoder.decodeSingularStringField(value: &self.solver) }()
-      case 15: try { try decoder.decodeSingularStringField(value: &self.promptTemplate) }()
-      case 16: try { try decoder.decodeSingularStringField(value: &self.targetTemplate) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.model.isEmpty {
-      try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
-    }
-    if !self.task.isEmpty {
-      try visitor.visitSingularStringField(value: self.task, fieldNumber: 2)
-    }
-    if !self.method.isEmpty {
-      try visitor.visitSingularStringField(value: self.method, fieldNumber: 3)
-    }
-    if self.layer != 0 {
-      try visitor.visitSingularInt32Field(value: self.layer, fieldNumber: 4)
-    }
-    if self.lambda.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.lambda, fieldNumber: 5)
-    }
-    if self.gamma.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.gamma, fieldNumber: 6)
-    }
-    if self.seed != 0 {
-      try visitor.visitSingularInt64Field(value: self.seed, fieldNumber: 7)
-    }
-    if self.trainSize != 0 {
-      try visitor.visitSingularInt32Field(value: self.trainSize, fieldNumber: 8)
-    }
-    if self.testSize != 0 {
-      try visitor.visitSingularInt32Field(value: self.testSize, fieldNumber: 9)
-    }
-    if self.steps != 0 {
-      try visitor.visitSingularInt32Field(value: self.steps, fieldNumber: 10)
-    }
-    if self.lr.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.lr, fieldNumber: 11)
-    }
-    if self.maxNewTokens != 0 {
-      try visitor.visitSingularInt32Field(value: self.maxNewTokens, fieldNumber: 12)
-    }
-    if self.shots != 0 {
-      try visitor.visitSingularInt32Field(value: self.shots, fieldNumber: 13)
-    }
-    if !self.solver.isEmpty {
-      try visitor.visitSingularStringField(value: self.solver, fieldNumber: 14)
-    }
-    if !self.promptTemplate.isEmpty {
-      try visitor.visitSingularStringField(value: self.promptTemplate, fieldNumber: 15)
-    }
-    if !self.targetTemplate.isEmpty {
-      try visitor.visitSingularStringField(value: self.targetTemplate, fieldNumber: 16)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Intervene_V1_JobParams, rhs: Intervene_V1_JobParams) -> Bool {
-    if lhs.model != rhs.model {return false}
-    if lhs.task != rhs.task {return false}
-    if lhs.method != rhs.method {return false}
-    if lhs.layer != rhs.layer {return false}
-    if lhs.lambda != rhs.lambda {return false}
-    if lhs.gamma != rhs.gamma {return false}
-    if lhs.seed != rhs.seed {return false}
-    if lhs.trainSize != rhs.trainSize {return false}
-    if lhs.testSize != rhs.testSize {return false}
-    if lhs.steps != rhs.steps {return false}
-    if lhs.lr != rhs.lr {return false}
-    if lhs.maxNewTokens != rhs.maxNewTokens {return false}
-    if lhs.shots != rhs.shots {return false}
-    if lhs.solver != rhs.solver {return false}
-    if lhs.promptTemplate != rhs.promptTemplate {return false}
-    if lhs.targetTemplate != rhs.targetTemplate {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".JobAssignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}lease_ms\0\u{1}experiment\0\u{1}params\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0\u{1}precision\0")
 
   fileprivate class _StorageClass {
-    var _jobID: String = String()
-    var _attempt: UInt32 = 0
-    var _leaseMs: UInt32 = 0
-    var _experiment: String = String()
-    var _params: Intervene_V1_JobParams? = nil
+    var _model: String = String()
+    var _task: String = String()
+    var _method: String = String()
+    var _layer: Int32 = 0
+    var _lambda: Double = 0
+    var _gamma: Double = 0
+    var _seed: Int64 = 0
+    var _trainSize: Int32 = 0
+    var _testSize: Int32 = 0
+    var _steps: Int32 = 0
+    var _lr: Double = 0
+    var _maxNewTokens: Int32 = 0
+    var _shots: Int32 = 0
+    var _solver: String = String()
+    var _promptTemplate: String = String()
+    var _targetTemplate: String = String()
+    var _precision: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1644,11 +1523,23 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
     private init() {}
 
     init(copying source: _StorageClass) {
-      _jobID = source._jobID
-      _attempt = source._attempt
-      _leaseMs = source._leaseMs
-      _experiment = source._experiment
-      _params = source._params
+      _model = source._model
+      _task = source._task
+      _method = source._method
+      _layer = source._layer
+      _lambda = source._lambda
+      _gamma = source._gamma
+      _seed = source._seed
+      _trainSize = source._trainSize
+      _testSize = source._testSize
+      _steps = source._steps
+      _lr = source._lr
+      _maxNewTokens = source._maxNewTokens
+      _shots = source._shots
+      _solver = source._solver
+      _promptTemplate = source._promptTemplate
+      _targetTemplate = source._targetTemplate
+      _precision = source._precision
     }
   }
 
@@ -1667,11 +1558,23 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
         // allocates stack space for every case branch when no optimizations are
         // enabled. https://github.com/apple/swift-protobuf/issues/1034
         switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
-        case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
-        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._leaseMs) }()
-        case 4: try { try decoder.decodeSingularStringField(value: &_storage._experiment) }()
-        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._params) }()
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._model) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._task) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._method) }()
+        case 4: try { try decoder.decodeSingularInt32Field(value: &_storage._layer) }()
+        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._lambda) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._gamma) }()
+        case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._seed) }()
+        case 8: try { try decoder.decodeSingularInt32Field(value: &_storage._trainSize) }()
+        case 9: try { try decoder.decodeSingularInt32Field(value: &_storage._testSize) }()
+        case 10: try { try decoder.decodeSingularInt32Field(value: &_storage._steps) }()
+        case 11: try { try decoder.decodeSingularDoubleField(value: &_storage._lr) }()
+        case 12: try { try decoder.decodeSingularInt32Field(value: &_storage._maxNewTokens) }()
+        case 13: try { try decoder.decodeSingularInt32Field(value: &_storage._shots) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._solver) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._promptTemplate) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._targetTemplate) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._precision) }()
         default: break
         }
       }
@@ -1680,43 +1583,141 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
     try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._jobID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
+      if !_storage._model.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._model, fieldNumber: 1)
       }
-      if _storage._attempt != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._attempt, fieldNumber: 2)
+      if !_storage._task.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._task, fieldNumber: 2)
       }
-      if _storage._leaseMs != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._leaseMs, fieldNumber: 3)
+      if !_storage._method.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._method, fieldNumber: 3)
       }
-      if !_storage._experiment.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._experiment, fieldNumber: 4)
+      if _storage._layer != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._layer, fieldNumber: 4)
       }
-      try { if let v = _storage._params {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-      } }()
+      if _storage._lambda.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._lambda, fieldNumber: 5)
+      }
+      if _storage._gamma.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._gamma, fieldNumber: 6)
+      }
+      if _storage._seed != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._seed, fieldNumber: 7)
+      }
+      if _storage._trainSize != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._trainSize, fieldNumber: 8)
+      }
+      if _storage._testSize != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._testSize, fieldNumber: 9)
+      }
+      if _storage._steps != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._steps, fieldNumber: 10)
+      }
+      if _storage._lr.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._lr, fieldNumber: 11)
+      }
+      if _storage._maxNewTokens != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._maxNewTokens, fieldNumber: 12)
+      }
+      if _storage._shots != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._shots, fieldNumber: 13)
+      }
+      if !_storage._solver.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._solver, fieldNumber: 14)
+      }
+      if !_storage._promptTemplate.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._promptTemplate, fieldNumber: 15)
+      }
+      if !_storage._targetTemplate.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._targetTemplate, fieldNumber: 16)
+      }
+      if !_storage._precision.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._precision, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Intervene_V1_JobAssignment, rhs: Intervene_V1_JobAssignment) -> Bool {
+  public static func ==(lhs: Intervene_V1_JobParams, rhs: Intervene_V1_JobParams) -> Bool {
     if lhs._storage !== rhs._storage {
       let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
         let _storage = _args.0
         let rhs_storage = _args.1
-        if _storage._jobID != rhs_storage._jobID {return false}
-        if _storage._attempt != rhs_storage._attempt {return false}
-        if _storage._leaseMs != rhs_storage._leaseMs {return false}
-        if _storage._experiment != rhs_storage._experiment {return false}
-        if _storage._params != rhs_storage._params {return false}
+        if _storage._model != rhs_storage._model {return false}
+        if _storage._task != rhs_storage._task {return false}
+        if _storage._method != rhs_storage._method {return false}
+        if _storage._layer != rhs_storage._layer {return false}
+        if _storage._lambda != rhs_storage._lambda {return false}
+        if _storage._gamma != rhs_storage._gamma {return false}
+        if _storage._seed != rhs_storage._seed {return false}
+        if _storage._trainSize != rhs_storage._trainSize {return false}
+        if _storage._testSize != rhs_storage._testSize {return false}
+        if _storage._steps != rhs_storage._steps {return false}
+        if _storage._lr != rhs_storage._lr {return false}
+        if _storage._maxNewTokens != rhs_storage._maxNewTokens {return false}
+        if _storage._shots != rhs_storage._shots {return false}
+        if _storage._solver != rhs_storage._solver {return false}
+        if _storage._promptTemplate != rhs_storage._promptTemplate {return false}
+        if _storage._targetTemplate != rhs_storage._targetTemplate {return false}
+        if _storage._precision != rhs_storage._precision {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobAssignment"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}lease_ms\0\u{1}experiment\0\u{1}params\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.leaseMs) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.experiment) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._params) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 2)
+    }
+    if self.leaseMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.leaseMs, fieldNumber: 3)
+    }
+    if !self.experiment.isEmpty {
+      try visitor.visitSingularStringField(value: self.experiment, fieldNumber: 4)
+    }
+    try { if let v = self._params {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Intervene_V1_JobAssignment, rhs: Intervene_V1_JobAssignment) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.leaseMs != rhs.leaseMs {return false}
+    if lhs.experiment != rhs.experiment {return false}
+    if lhs._params != rhs._params {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2454,158 +2455,96 @@ nonisolated extension Intervene_V1_JobRecord: SwiftProtobuf.Message, SwiftProtob
   public static let protoMessageName: String = _protobuf_package + ".JobRecord"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}state\0\u{1}attempt\0\u{1}params\0\u{1}metrics\0\u{1}error\0\u{3}artefact_sha256\0\u{3}worker_id\0\u{3}pending_reason\0\u{3}artefact_path\0\u{3}started_unix_ms\0\u{3}ended_unix_ms\0\u{1}experiments\0\u{1}device\0")
 
-  fileprivate class _StorageClass {
-    var _jobID: String = String()
-    var _state: String = String()
-    var _attempt: UInt32 = 0
-    var _params: Intervene_V1_JobParams? = nil
-    var _metrics: Dictionary<String,Double> = [:]
-    var _error: String = String()
-    var _artefactSha256: String = String()
-    var _workerID: String = String()
-    var _pendingReason: String = String()
-    var _artefactPath: String = String()
-    var _startedUnixMs: Int64 = 0
-    var _endedUnixMs: Int64 = 0
-    var _experiments: [String] = []
-    var _device: String = String()
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _jobID = source._jobID
-      _state = source._state
-      _attempt = source._attempt
-      _params = source._params
-      _metrics = source._metrics
-      _error = source._error
-      _artefactSha256 = source._artefactSha256
-      _workerID = source._workerID
-      _pendingReason = source._pendingReason
-      _artefactPath = source._artefactPath
-      _startedUnixMs = source._startedUnixMs
-      _endedUnixMs = source._endedUnixMs
-      _experiments = source._experiments
-      _device = source._device
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
-        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
-        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._params) }()
-        case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &_storage._metrics) }()
-        case 6: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
-        case 7: try { try decoder.decodeSingularStringField(value: &_storage._artefactSha256) }()
-        case 8: try { try decoder.decodeSingularStringField(value: &_storage._workerID) }()
-        case 9: try { try decoder.decodeSingularStringField(value: &_storage._pendingReason) }()
-        case 10: try { try decoder.decodeSingularStringField(value: &_storage._artefactPath) }()
-        case 11: try { try decoder.decodeSingularInt64Field(value: &_storage._startedUnixMs) }()
-        case 12: try { try decoder.decodeSingularInt64Field(value: &_storage._endedUnixMs) }()
-        case 13: try { try decoder.decodeRepeatedStringField(value: &_storage._experiments) }()
-        case 14: try { try decoder.decodeSingularStringField(value: &_storage._device) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._params) }()
+      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.metrics) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.artefactSha256) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.workerID) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.pendingReason) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.artefactPath) }()
+      case 11: try { try decoder.decodeSingularInt64Field(value: &self.startedUnixMs) }()
+      case 12: try { try decoder.decodeSingularInt64Field(value: &self.endedUnixMs) }()
+      case 13: try { try decoder.decodeRepeatedStringField(value: &self.experiments) }()
+      case 14: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._jobID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
-      }
-      if !_storage._state.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 2)
-      }
-      if _storage._attempt != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._attempt, fieldNumber: 3)
-      }
-      try { if let v = _storage._params {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-      } }()
-      if !_storage._metrics.isEmpty {
-        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: _storage._metrics, fieldNumber: 5)
-      }
-      if !_storage._error.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._error, fieldNumber: 6)
-      }
-      if !_storage._artefactSha256.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._artefactSha256, fieldNumber: 7)
-      }
-      if !_storage._workerID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._workerID, fieldNumber: 8)
-      }
-      if !_storage._pendingReason.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._pendingReason, fieldNumber: 9)
-      }
-      if !_storage._artefactPath.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._artefactPath, fieldNumber: 10)
-      }
-      if _storage._startedUnixMs != 0 {
-        try visitor.visitSingularInt64Field(value: _storage._startedUnixMs, fieldNumber: 11)
-      }
-      if _storage._endedUnixMs != 0 {
-        try visitor.visitSingularInt64Field(value: _storage._endedUnixMs, fieldNumber: 12)
-      }
-      if !_storage._experiments.isEmpty {
-        try visitor.visitRepeatedStringField(value: _storage._experiments, fieldNumber: 13)
-      }
-      if !_storage._device.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._device, fieldNumber: 14)
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 2)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 3)
+    }
+    try { if let v = self._params {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.metrics.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.metrics, fieldNumber: 5)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 6)
+    }
+    if !self.artefactSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.artefactSha256, fieldNumber: 7)
+    }
+    if !self.workerID.isEmpty {
+      try visitor.visitSingularStringField(value: self.workerID, fieldNumber: 8)
+    }
+    if !self.pendingReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.pendingReason, fieldNumber: 9)
+    }
+    if !self.artefactPath.isEmpty {
+      try visitor.visitSingularStringField(value: self.artefactPath, fieldNumber: 10)
+    }
+    if self.startedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.startedUnixMs, fieldNumber: 11)
+    }
+    if self.endedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.endedUnixMs, fieldNumber: 12)
+    }
+    if !self.experiments.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.experiments, fieldNumber: 13)
+    }
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 14)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Intervene_V1_JobRecord, rhs: Intervene_V1_JobRecord) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._jobID != rhs_storage._jobID {return false}
-        if _storage._state != rhs_storage._state {return false}
-        if _storage._attempt != rhs_storage._attempt {return false}
-        if _storage._params != rhs_storage._params {return false}
-        if _storage._metrics != rhs_storage._metrics {return false}
-        if _storage._error != rhs_storage._error {return false}
-        if _storage._artefactSha256 != rhs_storage._artefactSha256 {return false}
-        if _storage._workerID != rhs_storage._workerID {return false}
-        if _storage._pendingReason != rhs_storage._pendingReason {return false}
-        if _storage._artefactPath != rhs_storage._artefactPath {return false}
-        if _storage._startedUnixMs != rhs_storage._startedUnixMs {return false}
-        if _storage._endedUnixMs != rhs_storage._endedUnixMs {return false}
-        if _storage._experiments != rhs_storage._experiments {return false}
-        if _storage._device != rhs_storage._device {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs._params != rhs._params {return false}
+    if lhs.metrics != rhs.metrics {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.artefactSha256 != rhs.artefactSha256 {return false}
+    if lhs.workerID != rhs.workerID {return false}
+    if lhs.pendingReason != rhs.pendingReason {return false}
+    if lhs.artefactPath != rhs.artefactPath {return false}
+    if lhs.startedUnixMs != rhs.startedUnixMs {return false}
+    if lhs.endedUnixMs != rhs.endedUnixMs {return false}
+    if lhs.experiments != rhs.experiments {return false}
+    if lhs.device != rhs.device {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2750,144 +2689,86 @@ nonisolated extension Intervene_V1_Update: SwiftProtobuf.Message, SwiftProtobuf.
   public static let protoMessageName: String = _protobuf_package + ".Update"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}experiment\0\u{3}job_id\0\u{1}state\0\u{1}metrics\0\u{1}step\0\u{1}total\0\u{1}attempt\0\u{3}worker_id\0\u{1}error\0\u{3}time_unix_ms\0\u{1}params\0")
 
-  fileprivate class _StorageClass {
-    var _sequence: UInt64 = 0
-    var _experiment: String = String()
-    var _jobID: String = String()
-    var _state: String = String()
-    var _metrics: Dictionary<String,Double> = [:]
-    var _step: UInt32 = 0
-    var _total: UInt32 = 0
-    var _attempt: UInt32 = 0
-    var _workerID: String = String()
-    var _error: String = String()
-    var _timeUnixMs: Int64 = 0
-    var _params: Intervene_V1_JobParams? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _sequence = source._sequence
-      _experiment = source._experiment
-      _jobID = source._jobID
-      _state = source._state
-      _metrics = source._metrics
-      _step = source._step
-      _total = source._total
-      _attempt = source._attempt
-      _workerID = source._workerID
-      _error = source._error
-      _timeUnixMs = source._timeUnixMs
-      _params = source._params
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._sequence) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._experiment) }()
-        case 3: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
-        case 4: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
-        case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &_storage._metrics) }()
-        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._step) }()
-        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._total) }()
-        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempt) }()
-        case 9: try { try decoder.decodeSingularStringField(value: &_storage._workerID) }()
-        case 10: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
-        case 11: try { try decoder.decodeSingularInt64Field(value: &_storage._timeUnixMs) }()
-        case 12: try { try decoder.decodeSingularMessageField(value: &_storage._params) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.experiment) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &self.metrics) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.step) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.total) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.workerID) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 11: try { try decoder.decodeSingularInt64Field(value: &self.timeUnixMs) }()
+      case 12: try { try decoder.decodeSingularMessageField(value: &self._params) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if _storage._sequence != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._sequence, fieldNumber: 1)
-      }
-      if !_storage._experiment.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._experiment, fieldNumber: 2)
-      }
-      if !_storage._jobID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 3)
-      }
-      if !_storage._state.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 4)
-      }
-      if !_storage._metrics.isEmpty {
-        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: _storage._metrics, fieldNumber: 5)
-      }
-      if _storage._step != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._step, fieldNumber: 6)
-      }
-      if _storage._total != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._total, fieldNumber: 7)
-      }
-      if _storage._attempt != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._attempt, fieldNumber: 8)
-      }
-      if !_storage._workerID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._workerID, fieldNumber: 9)
-      }
-      if !_storage._error.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._error, fieldNumber: 10)
-      }
-      if _storage._timeUnixMs != 0 {
-        try visitor.visitSingularInt64Field(value: _storage._timeUnixMs, fieldNumber: 11)
-      }
-      try { if let v = _storage._params {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-      } }()
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
     }
+    if !self.experiment.isEmpty {
+      try visitor.visitSingularStringField(value: self.experiment, fieldNumber: 2)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 3)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 4)
+    }
+    if !self.metrics.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: self.metrics, fieldNumber: 5)
+    }
+    if self.step != 0 {
+      try visitor.visitSingularUInt32Field(value: self.step, fieldNumber: 6)
+    }
+    if self.total != 0 {
+      try visitor.visitSingularUInt32Field(value: self.total, fieldNumber: 7)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 8)
+    }
+    if !self.workerID.isEmpty {
+      try visitor.visitSingularStringField(value: self.workerID, fieldNumber: 9)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 10)
+    }
+    if self.timeUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.timeUnixMs, fieldNumber: 11)
+    }
+    try { if let v = self._params {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Intervene_V1_Update, rhs: Intervene_V1_Update) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._sequence != rhs_storage._sequence {return false}
-        if _storage._experiment != rhs_storage._experiment {return false}
-        if _storage._jobID != rhs_storage._jobID {return false}
-        if _storage._state != rhs_storage._state {return false}
-        if _storage._metrics != rhs_storage._metrics {return false}
-        if _storage._step != rhs_storage._step {return false}
-        if _storage._total != rhs_storage._total {return false}
-        if _storage._attempt != rhs_storage._attempt {return false}
-        if _storage._workerID != rhs_storage._workerID {return false}
-        if _storage._error != rhs_storage._error {return false}
-        if _storage._timeUnixMs != rhs_storage._timeUnixMs {return false}
-        if _storage._params != rhs_storage._params {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.experiment != rhs.experiment {return false}
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.metrics != rhs.metrics {return false}
+    if lhs.step != rhs.step {return false}
+    if lhs.total != rhs.total {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.workerID != rhs.workerID {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.timeUnixMs != rhs.timeUnixMs {return false}
+    if lhs._params != rhs._params {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

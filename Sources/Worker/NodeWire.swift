@@ -8,7 +8,7 @@ extension JobSpec {
         self.init(model: p.model, task: p.task, method: p.method, layer: Int(p.layer),
                   lambda: p.lambda, gamma: p.gamma, seed: Int(p.seed), trainSize: Int(p.trainSize),
                   testSize: Int(p.testSize), steps: Int(p.steps), lr: p.lr,
-                  maxNewTokens: Int(p.maxNewTokens), shots: Int(p.shots), solver: p.solver,
+                  maxNewTokens: Int(p.maxNewTokens), shots: Int(p.shots), solver: p.solver, precision: p.precision,
                   promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
     }
 }
@@ -21,6 +21,7 @@ extension Intervene_V1_JobParams {
         trainSize = Int32(clamping: s.trainSize); testSize = Int32(clamping: s.testSize)
         steps = Int32(clamping: s.steps); lr = s.lr
         maxNewTokens = Int32(clamping: s.maxNewTokens); shots = Int32(clamping: s.shots); solver = s.solver
+        precision = s.precision
         promptTemplate = s.promptTemplate; targetTemplate = s.targetTemplate
     }
 }

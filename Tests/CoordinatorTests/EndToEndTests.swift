@@ -229,7 +229,8 @@ final class EndToEndTests: XCTestCase {
     }
 
     /// Real engine jobs on real workers: intervention and zero-shot on the built-in antonym task
-    /// with the default model (few steps, few test pairs). Every Δ lands in the store and loads.
+    /// with the default model (few steps, few test pairs). Every Δ lands in the store and loads, and
+    /// says it was solved at the precision the grid asked for (fp32: what runs on any CPU).
     func testRealInterventionGridRunsOnTwoWorkers() throws {
         guard (try? ModelRegistry.resolve(ModelRegistry.defaultModel)) != nil else {
             return XCTFail("the default model is needed (run cluster/setup.sh)")
@@ -240,7 +241,7 @@ final class EndToEndTests: XCTestCase {
         let gridPath = try writeGrid("""
         {"experiment": "real", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"],
          "layers": [3, 5], "seeds": [0, 1], "train_size": 10, "test_size": 8,
-         "solver": {"steps": 5, "lr": 0.1}}
+         "solver": {"steps": 5, "lr": 0.1, "precision": "fp32"}}
         """)
         let submit = try cli(["submit", gridPath, "--wait", "--coordinator", ep], timeout: 240)
         XCTAssertEqual(submit.status, 0, submit.output)
@@ -262,6 +263,8 @@ final class EndToEndTests: XCTestCase {
             XCTAssertEqual(md["layer"], "\(params["layer"] as? Int ?? -1)")
             XCTAssertEqual(md["task"], "antonym")
             XCTAssertEqual(md["model_sha256"], ModelRegistry.known[0].sha256)
+            XCTAssertEqual(params["precision"] as? String, "fp32")
+            XCTAssertEqual(md["precision"], "fp32", "the worker's default is int8: only the job can have asked for fp32")
         }
     }
 

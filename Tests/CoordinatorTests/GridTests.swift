@@ -39,7 +39,7 @@ final class GridTests: XCTestCase {
             #"lambda: expected a non-negative number, got "0.1""#,
             "seeds[1]: duplicate of seeds[0] (0)",
             "train_size: expected a positive integer, got 0",
-            "solver.momentum: unknown key; expected one of steps, lr, method",
+            "solver.momentum: unknown key; expected one of steps, lr, method, precision",
             "solver.steps: expected a non-negative integer, got -3",
             "solver.lr: expected a positive number, got 0",
             #"eval: expected an object like {"max_new_tokens": 4}, got 4"#,
@@ -59,6 +59,30 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.solver, "", "zero-shot has no solver axis")
         let other = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "adam"}}"#).expand()
         XCTAssertNotEqual(jobs.first { $0.spec.method == "intervention" }?.id, other[0].id, "the solver is part of a job's identity")
+    }
+
+    func testPrecisionIsValidatedCarriedAndPartOfTheID() throws {
+        let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"precision": "fp16"}}"#)
+        XCTAssertEqual(e, [#"solver.precision: expected one of "fp32", "int8", got "fp16""#])
+        let g = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"], "solver": {"precision": "fp32"}}"#)
+        let jobs = g.expand()
+        let iv = try XCTUnwrap(jobs.first { $0.spec.method == "intervention" })
+        XCTAssertEqual(iv.spec.precision, "fp32")
+        XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.precision, "", "zero-shot has no solver axis")
+        // no precision named: the default, by name, so the id says what ran
+        let plain = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"]}"#).expand()
+        let pv = try XCTUnwrap(plain.first { $0.spec.method == "intervention" })
+        XCTAssertEqual(pv.spec.precision, Precision.solverDefault.rawValue)
+        XCTAssertNotEqual(pv.id, iv.id, "the precision is part of a job's identity")
+        let named = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"precision": "int8"}}"#).expand()
+        XCTAssertEqual(named[0].id, pv.id, "naming the default is the same job")
+        // baselines keep the ids they had before precision existed: no key in their canonical form
+        let zs = try XCTUnwrap(plain.first { $0.spec.method == "zero-shot" })
+        XCTAssertFalse(Grid.canonicalJSON(zs.spec).contains("precision"), Grid.canonicalJSON(zs.spec))
+        XCTAssertTrue(Grid.canonicalJSON(pv.spec).contains(#""precision":"int8""#), Grid.canonicalJSON(pv.spec))
+        // and a stored spec without the key decodes to ""
+        let old = try JSONDecoder().decode(JobSpec.self, from: Data(Grid.canonicalJSON(zs.spec).utf8))
+        XCTAssertEqual(old, zs.spec)
     }
 
     func testPromptTemplatesAreValidatedAndCarried() throws {
@@ -120,8 +144,9 @@ final class GridTests: XCTestCase {
                                              lambda: d.lambda, gamma: d.gamma, seed: 7, trainSize: d.trainSize,
                                              testSize: d.testSize, steps: d.steps, lr: d.lr,
                                              maxNewTokens: d.maxNewTokens, shots: 0,
-                                             solver: SolverMethod.defaultMethod.rawValue),
-                       "a grid that names no solver gets the default, by name")
+                                             solver: SolverMethod.defaultMethod.rawValue,
+                                             precision: Precision.solverDefault.rawValue),
+                       "a grid that names no solver or precision gets the defaults, by name")
     }
 
     func testCartesianProductWithCollapsedAxes() throws {
@@ -216,7 +241,8 @@ extension Grid {
          "layers": \(list(layers, String.init)), "lambda": \(list(lambdas, { "\($0)" })),
          "gamma": \(list(gammas, { "\($0)" })), "seeds": \(list(seeds, String.init)),
          "train_size": \(trainSize), "test_size": \(testSize), "shots": \(shots),
-         "solver": {"steps": \(steps), "lr": \(lr)}, "eval": {"max_new_tokens": \(maxNewTokens)},
+         "solver": {"steps": \(steps), "lr": \(lr)\(precision.isEmpty ? "" : ", \"precision\": \"\(precision)\"")},
+         "eval": {"max_new_tokens": \(maxNewTokens)},
          "device": "\(device.rawValue)"}
         """
     }

@@ -52,18 +52,18 @@ final class EnvelopeTests: XCTestCase {
 
     func testVersionMismatchIsRefusedWithAClearError() throws {
         var env = Wire.envelope(.ready(Intervene_V1_Ready()))
-        env.protocolVersion = 2
+        env.protocolVersion = 1     // a build from before JobParams.precision
         let data = try env.serializedData()
         XCTAssertThrowsError(try Wire.decode(data)) { error in
-            XCTAssertEqual(error as? ProtocolError, .versionMismatch(peer: 2, ours: 1))
-            XCTAssertEqual("\(error)", "peer speaks protocol v2, this build speaks v1")
+            XCTAssertEqual(error as? ProtocolError, .versionMismatch(peer: 1, ours: 2))
+            XCTAssertEqual("\(error)", "peer speaks protocol v1, this build speaks v2")
         }
         // The reply to send back is an Error envelope of our version with the same text.
-        let reply = try Wire.decode(Wire.errorReply(.versionMismatch(peer: 2, ours: PROTOCOL_VERSION)))
+        let reply = try Wire.decode(Wire.errorReply(.versionMismatch(peer: 1, ours: PROTOCOL_VERSION)))
         guard case let .error(e)? = reply.body else { return XCTFail("not an error") }
         XCTAssertEqual(e.code, .versionMismatch)
         XCTAssertEqual(e.supportedVersion, PROTOCOL_VERSION)
-        XCTAssertTrue(e.message.contains("v2"))
+        XCTAssertTrue(e.message.contains("v1"))
         // A missing version (0) is refused too.
         env.protocolVersion = 0
         XCTAssertThrowsError(try Wire.decode(try env.serializedData()))

@@ -144,7 +144,8 @@ public struct Experiment {
     public var registry: TaskRegistry
     public var format: PromptFormat = .qa
     public var solverMethod: SolverMethod = .defaultMethod
-    /// The solver's products (see `Precision`); recorded in each Δ's metadata. Evaluation is fp32.
+    /// The solver's products for jobs that do not name a precision (see `Precision`); recorded in
+    /// each Δ's metadata. Evaluation is fp32.
     public var precision: Precision = .solverDefault
 
     public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa,
@@ -174,6 +175,7 @@ public struct Experiment {
         let spec: JobSpec
         let format: PromptFormat
         let method: SolverMethod
+        let precision: Precision
         let split: TaskSplit
         let judge: Judge
     }
@@ -193,6 +195,13 @@ public struct Experiment {
             }
             method = m
         }
+        let precision: Precision
+        if spec.precision.isEmpty { precision = self.precision } else {
+            guard let p = Precision(rawValue: spec.precision) else {
+                throw ExperimentError("unknown precision \"\(spec.precision)\" (known: \(Precision.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            precision = p
+        }
         guard Self.methods.contains(spec.method) else {
             throw ExperimentError("unknown method \"\(spec.method)\" (known: \(Self.methods.joined(separator: ", ")))")
         }
@@ -204,7 +213,7 @@ public struct Experiment {
         guard split.train.count == spec.trainSize else {
             throw ExperimentError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
         }
-        return Prepared(spec: spec, format: format, method: method, split: split, judge: judge)
+        return Prepared(spec: spec, format: format, method: method, precision: precision, split: split, judge: judge)
     }
 
     func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], progress: Progress?) -> [Evaluation] {
@@ -267,7 +276,7 @@ public struct Experiment {
         let ts = Date()
         let results = Solver.solveJobs(path: path, jobs: rows, loss: .nextToken(targets: targets), penalty: penalty,
                                        options: SolverOptions(method: jobs[0].method, steps: first.steps, lr: Float(first.lr),
-                                                              precision: precision)) { j, s in
+                                                              precision: jobs[0].precision)) { j, s in
             if j == 0 { progress?("solve", s.step, first.steps, s.metrics) }
         }
         let solveMs = Date().timeIntervalSince(ts) * 1000
