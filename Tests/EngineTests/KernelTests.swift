@@ -163,7 +163,7 @@ final class KernelTests: XCTestCase {
         for m in [1, 10, 13] { try compareInt8Backward([w], rows: m, exactWeights: true) }
         let lm = try SharedModel.get()
         let b = lm.model.blocks[3]
-        for m in [1, 10, 13] {
+        for m in [1, 10, 13, 70] {
             try compareInt8Backward([b.wq, b.wk, b.wv], rows: m)  // fused, Q4_1 576 × 576 and 192 × 576
             try compareInt8Backward([b.wGate, b.wUp], rows: m)    // fused, Q4_1 1536 × 576
             try compareInt8Backward([b.wDown], rows: m)           // Q4_1 576 × 1536: dx 1536 wide

@@ -152,7 +152,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                                accumulate: Bool, precision: Precision) {
         guard m > 0, !ins.isEmpty else { return }
         let k = ins[0].1.cols
-        if precision == .int8, m <= Self.smallRows, ins.allSatisfy({ $0.1.cols == k && $0.1.quant != nil }) {
+        // int8 at any row count: 10 fused seeds (100 rows, 2 threads) step in 164 ms against
+        // 284 ms with OpenBLAS's fp32 backward
+        if precision == .int8, ins.allSatisfy({ $0.1.cols == k && $0.1.quant != nil }) {
             let ts = ins.map { ($0.1.transposedInt8, $0.0, $0.1.rows) }
             if ts.allSatisfy({ $0.0 != nil }) {
                 QuantGEMM.linearBackwardInt8(ts.map { .init(transposed: $0.0!, dy: $0.1, rows: $0.2) }, m, cols: k, dx,
@@ -168,8 +170,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         for (p, (dy, w)) in ins.enumerated() { linearBackward(dy, m, w, dx, accumulate: accumulate || p > 0) }
     }
 
-    /// At int8, logits from the int8 kernel and then an fp32 backward pass beat the fp32 one-pass
-    /// head (measured, 10 rows, 1 thread: 2.6 + 8.8 ms against 19 ms).
+    /// At int8, logits from the int8 kernel and then the int8 backward beat the fp32 one-pass head
+    /// (measured, 10 rows, 1 thread: 3.3 + 4.3 ms against 19 ms).
     public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
         m <= Self.smallRows && w.packed != nil && !(precision == .int8 && w.packed?.int8 != nil)
     }
