@@ -52,7 +52,6 @@ final class InterventionTests: XCTestCase {
         var rng = SplitMix64(seed: 7)
         let path = InterventionPath(model: lm, layer: 20, prompts: prompts)
         let delta = (0..<A).map { _ in Float(rng.uniform() - 0.5) }
-        // An opinion-style loss over four "letters" with random target distributions.
         // opinion-style losses over 2–5 "letters" per row, with random target distributions
         let letters = ["A", "B", "C", "D", "E"].map { lm.tokenizer.encode(" " + $0)[0] }
         let alphabets = prompts.indices.map { Array(letters.prefix(2 + $0 % 4)) }
@@ -89,6 +88,15 @@ final class InterventionTests: XCTestCase {
         // fp32 sums in another order through 26 layers differ by ~1e-4 relative; a race or a lost
         // partial sum would differ by far more
         XCTAssertLessThan(diff / norm, 1e-3, "gradient differs between 1 and 2 threads")
+        // int8: the threads split every product's outputs (no partial sums), so the result does
+        // not depend on the thread count at all
+        guard Precision.int8Available else { return }
+        let p1 = InterventionPath(model: lm1, layer: 4, prompts: prompts), p2 = InterventionPath(model: lm2, layer: 4, prompts: prompts)
+        p1.precision = .int8; p2.precision = .int8
+        let q1 = p1.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        let q2 = p2.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+        XCTAssertEqual(q1.loss, q2.loss)
+        XCTAssertEqual(q1.grad, q2.grad, "int8 gradient differs between 1 and 2 threads")
     }
 
     /// The int8 path (`Precision.int8`: forward and backward products rounded) against fp32 at a
