@@ -1,6 +1,7 @@
 import Engine
 import XCTest
 @testable import Coordinator
+import Protocol
 
 final class GridTests: XCTestCase {
     func errors(_ json: String, file: StaticString = #filePath, line: UInt = #line) -> [String] {
@@ -83,6 +84,16 @@ final class GridTests: XCTestCase {
         // and a stored spec without the key decodes to ""
         let old = try JSONDecoder().decode(JobSpec.self, from: Data(Grid.canonicalJSON(zs.spec).utf8))
         XCTAssertEqual(old, zs.spec)
+    }
+
+    /// The coordinator's JobSpec → JobParams → bytes → JobSpec mapping keeps every field (the
+    /// worker's own mapping has the same test in WorkerNodeLogicTests).
+    func testWireConversionKeepsEveryField() throws {
+        let spec = JobSpec(model: "m", task: "antonym", method: "intervention", layer: 7, lambda: 0.5, gamma: 0.25,
+                           seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
+                           solver: "fista", precision: "fp32", promptTemplate: "In: {input}", targetTemplate: " Out: {output}")
+        let bytes = try WireConvert.params(spec).serializedData()
+        XCTAssertEqual(WireConvert.spec(try JobParams(serializedBytes: bytes)), spec)
     }
 
     func testPromptTemplatesAreValidatedAndCarried() throws {

@@ -246,7 +246,7 @@ final class WorkerNodeLogicTests: XCTestCase {
                                   maxNewTokens: 5, shots: 6, solver: "fista", precision: "fp32",
                                   promptTemplate: "In: {input}", targetTemplate: " Out: {output}")
         XCTAssertEqual(Engine.JobSpec(Intervene_V1_JobParams(spec)), spec)
-        // the coordinator's own mapping agrees, through the bytes
+        // and through the bytes
         let bytes = try! Intervene_V1_JobParams(spec).serializedData()
         XCTAssertEqual(Engine.JobSpec(try! Intervene_V1_JobParams(serializedBytes: bytes)), spec)
     }
