@@ -33,7 +33,8 @@ public final class PackedWeight: @unchecked Sendable {
     /// The same weights laid out for the int8 kernel (`ik_pack_q4` / `ik_pack_q8`: 16 rows × 32
     /// columns per chunk), when `rows` is a multiple of 16 and the CPU has VNNI.
     public let int8: UnsafeMutableRawPointer?
-    var int8Kind: Int32 { type == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4) }
+    var int8Kind: Int32 { Self.int8Kind(type) }
+    static func int8Kind(_ t: GGMLType) -> Int32 { t == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4) }
 
     public init(_ q: QuantView, rows: Int, cols: Int) {
         precondition(cols % 32 == 0 && QuantView.supports(q.type))
@@ -44,9 +45,9 @@ public final class PackedWeight: @unchecked Sendable {
         base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
         for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
         if QuantGEMM.int8Available, rows % 16 == 0 {
-            let kind = q.type == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4)
+            let kind = Self.int8Kind(q.type)
             let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(kind, Int32(rows), Int32(cols)), alignment: 64)
-            if q.type == .q8_0 { ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p) }
+            if kind == IK_Q8 { ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p) }
             else { ik_pack_q4(q.base, q.rowBytes, q.type == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p) }
             int8 = p
         } else {
