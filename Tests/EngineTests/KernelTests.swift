@@ -232,6 +232,8 @@ final class KernelTests: XCTestCase {
                     // Q4_1 weights (4 bits to 8 along the other axis): ≤ 8e-3 seen. A wrong
                     // index or scale is off by O(1)
                     let exact = precision == .fp32 || (exactInputs && exactWeights)
+                    // random inputs at int8 must show rounding (else the fp32 fallback ran)
+                    if precision == .int8 && !exactInputs { XCTAssertGreaterThan(err, 1e-5, "int8 did not run", file: file, line: line) }
                     XCTAssertLessThan(err, exact ? 2e-5 : 2e-2, "\(ws.map(\.name)) m=\(m) threads=\(threads) \(precision) exactInputs=\(exactInputs)",
                                       file: file, line: line)
                 }
