@@ -70,13 +70,14 @@ public struct OpinionCommand: ParsableCommand {
         bar.done()
         let md = ["model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": "opinion:\(group)", "data": data,
                   "layer": "\(layer)", "seed": "\(seed)", "lambda": "\(solve.lambda)", "gamma": "\(solve.gamma)",
-                  "steps": "\(steps)", "solver": solve.solver.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
+                  "steps": "\(steps)", "solver": solve.solver.rawValue, "precision": solve.precision.effective.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
                   "heads": "\(lm.config.nHeads)", "head_dim": "\(lm.config.headDim)"]
         let art = Safetensors.write(tensors: [("delta", [lm.config.attnDim], r.delta)], metadata: md)
         let path = try saveArtefact(art, in: out)
         let last = r.history.last!
         let obj: [String: Any] = [
             "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solve.solver.rawValue,
+            "precision": solve.precision.effective.rawValue,
             "alignment": r.alignment, "zero_shot_alignment": r.zeroShotAlignment, "kl": r.kl, "zero_shot_kl": r.zeroShotKL,
             "final_loss": Double(last.loss), "initial_loss": Double(r.history.first?.loss ?? .nan),
             "nonzero": last.nonzeros, "active_heads": last.activeHeads, "delta_path": path,
