@@ -26,25 +26,29 @@ let package = Package(
         // AVX-512 VNNI int8 kernels (C: Swift has no vpdpbusd), picked at run time.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
 
+        // The job: typed JobSpec, its canonical form and id, methods and their axes, artefact
+        // metadata, SHA-256, JSON. Foundation only: everything else depends on it.
+        .target(name: "JobCore"),
         // Model, tokenizer, intervention, solver, tasks. No networking.
-        .target(name: "Engine", dependencies: ["CBLAS", "CKernels"], swiftSettings: optimised),
-        // Wire contract: protobuf messages + ZeroMQ wrapper.
+        .target(name: "Engine", dependencies: ["JobCore", "CBLAS", "CKernels"], swiftSettings: optimised),
+        // Wire contract: protobuf messages, ZeroMQ wrapper, the JobSpec <-> JobParams mapping.
         .target(name: "Protocol", dependencies: [
-            "CZMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            "JobCore", "CZMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ], exclude: ["intervene.proto"]),
         .target(name: "Worker", dependencies: [
-            "Engine", "Protocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "JobCore", "Engine", "Protocol", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // No Engine: the coordinator links neither OpenBLAS nor the kernels.
         .target(name: "Coordinator", dependencies: [
-            "Engine", "Protocol", "CSQLite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "JobCore", "Protocol", "CSQLite", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "WorkerCLI", dependencies: ["Worker"]),
         .executableTarget(name: "CoordinatorCLI", dependencies: ["Coordinator"]),
         .executableTarget(name: "EngineBench", dependencies: ["Engine"], swiftSettings: optimised),
 
         .testTarget(name: "EngineTests", dependencies: ["Engine"], swiftSettings: optimised),
-        .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
-        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Worker", "Protocol", "Engine"]),
+        .testTarget(name: "ProtocolTests", dependencies: ["Protocol", "JobCore"]),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Worker", "Protocol", "Engine", "JobCore"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Engine
+import JobCore
 import Foundation
 import Protocol
 

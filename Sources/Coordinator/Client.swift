@@ -206,7 +206,7 @@ public final class ExperimentFollower {
             st.submitted = Double(r.submittedUnixMs) / 1000
             st.snapshotTime = Date().timeIntervalSince1970
             for rec in r.jobs {
-                var v = JobView(rec)
+                var v = try JobView(rec)
                 if let old = experiments[n]?.jobs[rec.jobID], old.state == .running, v.state == .running {
                     v.step = old.step; v.total = old.total
                 }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Engine
+import JobCore
 import Foundation
 import Protocol
 #if canImport(Glibc)
@@ -222,7 +222,7 @@ extension CoordinatorCommand {
                 print("experiment \(r.experiment): \(r.jobsTotal) jobs — \(verb) \(r.jobsNew) new, reused \(r.jobsReused)"
                       + (r.jobsRequeued > 0 ? " (\(r.jobsRequeued) of them queued again)" : ""))
                 if dryRun {
-                    let byMethod = Dictionary(grouping: parsed.expand(), by: { $0.spec.method }).mapValues { $0.count }
+                    let byMethod = Dictionary(grouping: parsed.expand(), by: { $0.spec.method.rawValue }).mapValues { $0.count }
                     print(byMethod.sorted { $0.key < $1.key }.map { "  \($0.key): \($0.value)" }.joined(separator: "\n"))
                     return
                 }
@@ -376,7 +376,7 @@ extension CoordinatorCommand {
         func run() throws {
             try runClient {
                 let r = try client.client().query(experiment: experiment, format: format)
-                let text = r.text.isEmpty ? Render.results(r.jobs.map(JobView.init), format: format) : r.text
+                let text = r.text.isEmpty ? Render.results(try r.jobs.map(JobView.init), format: format) : r.text
                 print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
             }
         }
@@ -510,8 +510,8 @@ final class LiveView {
     }
 
     static func describe(_ s: JobSpec) -> String {
-        var parts = [s.task, s.method]
-        let a = MethodInfo.axes(of: s.method)
+        var parts = [s.task, s.method.rawValue]
+        let a = s.method.axes
         if a.contains(.layer) { parts.append("layer \(s.layer)") }
         if a.contains(.lambda) { parts.append("λ \(Render.num(s.lambda))") }
         if a.contains(.gamma) { parts.append("γ \(Render.num(s.gamma))") }

@@ -1,5 +1,5 @@
-import Engine
 import Foundation
+import JobCore
 import Protocol
 
 /// One problem in a grid.json, located by its field path (`layers[2]`, `solver.steps`).
@@ -32,7 +32,7 @@ public struct Grid: Equatable, Sendable {
     public var experiment: String
     public var model: String
     public var tasks: [String]
-    public var methods: [String]
+    public var methods: [JobMethod]
     public var layers: [Int]
     public var lambdas: [Double]
     public var gammas: [Double]
@@ -43,10 +43,10 @@ public struct Grid: Equatable, Sendable {
     public var lr: Double
     public var maxNewTokens: Int
     public var shots: Int
-    /// Solver method name for intervention jobs ("" = the worker's default).
-    public var solver: String = ""
-    /// The solver's arithmetic for intervention jobs, a `Precision` name ("" = the default, int8).
-    public var precision: String = ""
+    /// Solver for jobs that learn Δ (nil = the default, named in each job).
+    public var solver: SolverMethod? = nil
+    /// The solver's arithmetic for jobs that learn Δ (nil = the default, int8, named in each job).
+    public var precision: Precision? = nil
     /// Prompt and target templates ("" = the Q/A default).
     public var promptTemplate: String = ""
     public var targetTemplate: String = ""
@@ -109,10 +109,10 @@ public struct Grid: Equatable, Sendable {
             let tasks = list(root["tasks"], "tasks", required: true, what: "a task name (non-empty string)") {
                 Validator.nonEmptyString($0)
             } ?? []
-            let methods = list(root["methods"], "methods", required: false, what: "a method name") { v -> String? in
-                guard case .string(let s) = v, MethodInfo.known.contains(s) else { return nil }
-                return s
-            } ?? ["intervention"]
+            let methods = list(root["methods"], "methods", required: false, what: "a method name") { v -> JobMethod? in
+                guard case .string(let s) = v else { return nil }
+                return JobMethod(rawValue: s)
+            } ?? [.intervention]
             let layers = list(root["layers"], "layers", required: false, what: "a non-negative integer") {
                 Validator.int($0, min: 0, max: 4095)
             } ?? [defaults.layer]
@@ -136,13 +136,13 @@ public struct Grid: Equatable, Sendable {
                     checkKeys(m, allowed: Grid.solverKeys, prefix: "solver.")
                     steps = scalarInt(solver["steps"], "solver.steps", min: 0) ?? steps
                     if let v = solver["method"] {
-                        if case .string(let s) = v, SolverMethod(rawValue: s) != nil { solverMethod = s } else {
-                            err("solver.method", "expected one of \(SolverMethod.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(v.shortDescription)")
+                        if case .string(let s) = v, let m = SolverMethod(rawValue: s) { solverMethod = m } else {
+                            err("solver.method", "expected one of \(SolverMethod.quotedNames), got \(v.shortDescription)")
                         }
                     }
                     if let v = solver["precision"] {
-                        if case .string(let s) = v, Precision(rawValue: s) != nil { precision = s } else {
-                            err("solver.precision", "expected one of \(Precision.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(v.shortDescription)")
+                        if case .string(let s) = v, let p = Precision(rawValue: s) { precision = p } else {
+                            err("solver.precision", "expected one of \(Precision.quotedNames), got \(v.shortDescription)")
                         }
                     }
                     if let v = solver["lr"] {
@@ -186,7 +186,7 @@ public struct Grid: Equatable, Sendable {
                     err("device", "expected \"cpu\", \"gpu\" or \"any\", got \(d.shortDescription)")
                 }
             }
-            if methods.contains("few-shot"), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
+            if methods.contains(.fewShot), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
                 err("shots", "few-shot draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
             }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
@@ -264,7 +264,7 @@ public struct Grid: Equatable, Sendable {
             }
             let expected: String
             if path == "methods" {
-                expected = "expected one of " + MethodInfo.known.map { "\"\($0)\"" }.joined(separator: ", ")
+                expected = "expected one of " + JobMethod.quotedNames
             } else {
                 expected = "expected \(what)"
             }
@@ -318,7 +318,7 @@ public struct Grid: Equatable, Sendable {
         var seen = Set<String>()
         for task in tasks {
             for method in methods {
-                let axes = MethodInfo.axes(of: method)
+                let axes = method.axes
                 let ls = axes.contains(.layer) ? layers : [0]
                 let lams = axes.contains(.lambda) ? lambdas : [0]
                 let gams = axes.contains(.gamma) ? gammas : [0]
@@ -326,12 +326,12 @@ public struct Grid: Equatable, Sendable {
                     for lam in lams {
                         for gam in gams {
                             for seed in seeds {
-                                let spec = MethodInfo.normalise(JobSpec(
+                                let spec = JobSpec(
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
                                     steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver,
-                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate))
-                                let id = Grid.jobID(spec)
+                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate).normalised
+                                let id = spec.id
                                 if seen.insert(id).inserted {
                                     out.append(SubmittedJob(id: id, spec: spec, device: device))
                                 }
@@ -347,26 +347,10 @@ public struct Grid: Equatable, Sendable {
     /// How many jobs `expand()` gives, computed without expanding.
     public var jobCount: Int {
         methods.reduce(0) { sum, m in
-            let a = MethodInfo.axes(of: m)
+            let a = m.axes
             return sum + tasks.count * seeds.count * (a.contains(.layer) ? layers.count : 1)
                 * (a.contains(.lambda) ? lambdas.count : 1) * (a.contains(.gamma) ? gammas.count : 1)
         }
-    }
-
-    /// The canonical JSON of a job's parameters: the JobSpec's Codable form with sorted keys and
-    /// canonical numbers. New JobSpec fields take part automatically.
-    public static func canonicalJSON(_ spec: JobSpec) -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        guard let data = try? enc.encode(spec), let v = try? JSONValue.parse(data) else {
-            return "\(spec)"
-        }
-        return v.canonical
-    }
-
-    /// A job's id: the first 16 hex digits of SHA-256 of its normalised parameters' canonical JSON.
-    public static func jobID(_ spec: JobSpec) -> String {
-        String(SHA256.hex(canonicalJSON(MethodInfo.normalise(spec))).prefix(16))
     }
 }
 

@@ -1,5 +1,5 @@
-import Engine
 import Foundation
+import JobCore
 
 /// The life of a job. `done`, `failed` and `cancelled` are terminal (a resubmitted grid requeues
 /// failed and cancelled jobs); `lost` is the brief state between a lease expiring and the job
@@ -26,65 +26,6 @@ public enum DeviceRequirement: String, Codable, CaseIterable, Sendable {
 /// What a worker computes on.
 public enum WorkerDevice: String, Codable, Sendable {
     case cpu, gpu
-}
-
-/// The methods the coordinator knows, and which grid axes each one depends on. An axis a method
-/// does not depend on is collapsed when a grid is expanded, so e.g. a zero-shot baseline runs once
-/// per task × seed, not once per layer × λ × γ.
-public enum MethodInfo {
-    public struct Axes: OptionSet, Sendable {
-        public let rawValue: Int
-        public init(rawValue: Int) { self.rawValue = rawValue }
-        public static let layer = Axes(rawValue: 1)
-        public static let lambda = Axes(rawValue: 2)
-        public static let gamma = Axes(rawValue: 4)
-        public static let solver = Axes(rawValue: 8)     // steps, lr, solver method, precision
-        public static let trainSize = Axes(rawValue: 16)
-        public static let shots = Axes(rawValue: 32)
-        public static let all: Axes = [.layer, .lambda, .gamma, .solver, .trainSize, .shots]
-    }
-
-    /// Known method names, in the order the help text lists them.
-    public static let known: [String] = Experiment.methods + [
-        "synthetic", "synthetic-fail", "synthetic-crash",
-    ]
-
-    /// The axes a method's result depends on (task, seed, test_size, max_new_tokens and the model
-    /// always count). Train size stays for the baselines: it fixes the train/test split.
-    public static func axes(of method: String) -> Axes {
-        switch method {
-        case "intervention": return [.layer, .lambda, .gamma, .solver, .trainSize]
-        case "zero-shot": return [.trainSize]
-        case "few-shot": return [.trainSize, .shots]
-        case "synthetic", "synthetic-fail", "synthetic-crash": return [.layer, .lambda, .gamma, .solver, .trainSize]
-        default: return .all
-        }
-    }
-
-    /// The method family a worker announces in Hello.methods ("synthetic" or "engine").
-    public static func family(of method: String) -> String {
-        method.hasPrefix("synthetic") ? "synthetic" : "engine"
-    }
-
-    /// A spec with every axis the method ignores set to a neutral value, so that the job id
-    /// does not depend on them.
-    public static func normalise(_ spec: JobSpec) -> JobSpec {
-        var s = spec
-        let a = axes(of: spec.method)
-        if !a.contains(.layer) { s.layer = 0 }
-        if !a.contains(.lambda) { s.lambda = 0 }
-        if !a.contains(.gamma) { s.gamma = 0 }
-        if !a.contains(.solver) { s.steps = 0; s.lr = 0; s.solver = ""; s.precision = "" }
-        else {
-            // name the default solver and precision, so a job's id says what ran it even if a
-            // default changes
-            if s.solver.isEmpty { s.solver = SolverMethod.defaultMethod.rawValue }
-            if s.precision.isEmpty { s.precision = Precision.solverDefault.rawValue }
-        }
-        if !a.contains(.trainSize) { s.trainSize = 0 }
-        if !a.contains(.shots) { s.shots = 0 }
-        return s
-    }
 }
 
 /// Everything the coordinator knows about one job; mirrored by a row of the `jobs` table.
@@ -150,7 +91,7 @@ public struct WorkerCapabilities: Equatable, Sendable {
     public var deviceIndex: Int
     public var threads: Int
     public var hostname: String
-    /// Method families this worker runs ("synthetic", "engine"); empty means any.
+    /// Method families this worker runs (`JobMethod.Family` names); empty means any.
     public var methods: [String]
     public var modelsCached: [String]
 
@@ -160,7 +101,7 @@ public struct WorkerCapabilities: Equatable, Sendable {
         self.hostname = hostname; self.methods = methods; self.modelsCached = modelsCached
     }
 
-    public func runs(_ method: String) -> Bool {
-        methods.isEmpty || methods.contains(MethodInfo.family(of: method))
+    public func runs(_ method: JobMethod) -> Bool {
+        methods.isEmpty || methods.contains(method.family.rawValue)
     }
 }

@@ -1,4 +1,4 @@
-import Engine
+import JobCore
 import Foundation
 
 /// Text renderings of an experiment's jobs: per-job tables (table / csv / json) and the
@@ -29,9 +29,9 @@ public enum Render {
                               "test_size", "steps", "lr", "max_new_tokens", "shots", "solver", "precision"]
 
     static func specValues(_ s: JobSpec) -> [String] {
-        [s.model, s.task, s.method, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
+        [s.model, s.task, s.method.rawValue, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
          String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots),
-         s.solver, s.precision]
+         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""]
     }
 
     static func num(_ d: Double) -> String { JSONValue.canonicalNumber(d) }
@@ -117,8 +117,8 @@ public enum Render {
         return out.joined(separator: "\n") + "\n"
     }
 
-    static func axis(_ j: JobSpec, _ a: MethodInfo.Axes, _ value: String) -> String {
-        MethodInfo.axes(of: j.method).contains(a) ? value : "-"
+    static func axis(_ j: JobSpec, _ a: JobAxes, _ value: String) -> String {
+        j.method.axes.contains(a) ? value : "-"
     }
 
     public static func table(_ jobs: [JobView]) -> String {
@@ -130,7 +130,7 @@ public enum Render {
             if j.state == .queued { note = j.pendingReason }
             if j.state == .running { note = j.worker + (j.total > 0 ? " step \(j.step)/\(j.total)" : "") }
             if j.state == .done { note = j.artefactSHA256.isEmpty ? "" : "Δ " + String(j.artefactSHA256.prefix(12)) }
-            return [j.id, s.task, s.method, axis(s, .layer, String(s.layer)), axis(s, .lambda, num(s.lambda)),
+            return [j.id, s.task, s.method.rawValue, axis(s, .layer, String(s.layer)), axis(s, .lambda, num(s.lambda)),
                     axis(s, .gamma, num(s.gamma)), String(s.seed), j.state.rawValue, String(j.attempt)]
                 + metrics.map { j.metrics[$0].map { String(format: "%.3f", $0) } ?? "" } + [note]
         }
@@ -193,7 +193,7 @@ public enum Render {
         let rows = configurations(jobs)
         let metrics = metricColumns(jobs)
         // Show the parameters that vary between configurations, plus task and method.
-        var cols: [(String, (JobSpec) -> String)] = [("task", { $0.task }), ("method", { $0.method })]
+        var cols: [(String, (JobSpec) -> String)] = [("task", { $0.task }), ("method", { $0.method.rawValue })]
         let optional: [(String, (JobSpec) -> String)] = [
             ("model", { $0.model }),
             ("layer", { axis($0, .layer, String($0.layer)) }),
@@ -201,8 +201,8 @@ public enum Render {
             ("γ", { axis($0, .gamma, num($0.gamma)) }),
             ("steps", { axis($0, .solver, String($0.steps)) }),
             ("lr", { axis($0, .solver, num($0.lr)) }),
-            ("solver", { axis($0, .solver, $0.solver) }),
-            ("precision", { axis($0, .solver, $0.precision) }),
+            ("solver", { axis($0, .solver, $0.solver?.rawValue ?? "") }),
+            ("precision", { axis($0, .solver, $0.precision?.rawValue ?? "") }),
             ("train", { String($0.trainSize) }),
             ("test", { String($0.testSize) }),
             ("shots", { axis($0, .shots, String($0.shots)) }),

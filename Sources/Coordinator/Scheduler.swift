@@ -1,4 +1,4 @@
-import Engine
+import JobCore
 import Foundation
 
 /// Tunables of the scheduler.
@@ -182,7 +182,7 @@ public struct Scheduler {
         var out: [String: String] = [:]
         for id in ids {
             guard let j = jobs[id], j.state == .queued else { continue }
-            let key = j.device.rawValue + "|" + MethodInfo.family(of: j.spec.method)
+            let key = j.device.rawValue + "|" + j.spec.method.family.rawValue
             if let r = memo[key] { out[id] = r; continue }
             let r = waitReason(device: j.device, method: j.spec.method)
             memo[key] = r
@@ -191,10 +191,10 @@ public struct Scheduler {
         return out
     }
 
-    private func waitReason(device: DeviceRequirement, method: String) -> String {
+    private func waitReason(device: DeviceRequirement, method: JobMethod) -> String {
         let live = workers.values.filter { $0.capabilities != nil }
         if live.isEmpty { return "no worker connected" }
-        let family = MethodInfo.family(of: method)
+        let family = method.family.rawValue
         let byMethod = live.filter { $0.capabilities!.runs(method) }
         if byMethod.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
         let fitting = byMethod.filter { device.fits($0.capabilities!.device) }

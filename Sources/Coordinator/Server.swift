@@ -1,4 +1,4 @@
-import Engine
+import JobCore
 import Foundation
 import Protocol
 
@@ -292,7 +292,7 @@ public final class CoordinatorServer: @unchecked Sendable {
                 m.attempt = UInt32(clamping: a)
                 m.leaseMs = UInt32(clamping: Int(lease * 1000))
                 m.experiment = exp
-                m.params = WireConvert.params(spec)
+                m.params = JobParams(spec)
                 batch.sends.append((id, .job(m), (w, j, a)))
                 log("job \(j) attempt \(a) -> \(w) (\(spec.task) \(spec.method) layer \(spec.layer) seed \(spec.seed))")
             case let .ack(w, kind, j, a):
@@ -356,7 +356,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         u.workerID = rec.worker ?? ""
         u.error = rec.error ?? ""
         u.timeUnixMs = WireConvert.ms(now)
-        u.params = WireConvert.params(rec.spec)
+        u.params = JobParams(rec.spec)
         return u
     }
 
@@ -649,7 +649,8 @@ public final class CoordinatorServer: @unchecked Sendable {
                                storeDirectory: options.storeDirectory)
         }
         if !q.format.isEmpty {
-            reply.text = Render.results(reply.jobs.map(JobView.init), format: q.format)
+            // its own records: they always parse
+            reply.text = (try? reply.jobs.map(JobView.init)).map { Render.results($0, format: q.format) } ?? ""
         }
         return reply
     }

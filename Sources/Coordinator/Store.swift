@@ -1,4 +1,4 @@
-import Engine
+import JobCore
 import Foundation
 import Protocol
 

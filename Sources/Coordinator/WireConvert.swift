@@ -1,27 +1,9 @@
-import Engine
 import Foundation
+import JobCore
 import Protocol
 
-/// Conversions between the engine's and the store's types and the wire's.
+/// Conversions between the store's types and the wire's (the job's own mapping is Protocol's).
 enum WireConvert {
-    static func params(_ s: JobSpec) -> JobParams {
-        var p = JobParams()
-        p.model = s.model; p.task = s.task; p.method = s.method
-        p.layer = Int32(clamping: s.layer); p.lambda = s.lambda; p.gamma = s.gamma
-        p.seed = Int64(s.seed); p.trainSize = Int32(clamping: s.trainSize); p.testSize = Int32(clamping: s.testSize)
-        p.steps = Int32(clamping: s.steps); p.lr = s.lr; p.maxNewTokens = Int32(clamping: s.maxNewTokens)
-        p.shots = Int32(clamping: s.shots); p.solver = s.solver; p.precision = s.precision
-        p.promptTemplate = s.promptTemplate; p.targetTemplate = s.targetTemplate
-        return p
-    }
-
-    static func spec(_ p: JobParams) -> JobSpec {
-        JobSpec(model: p.model, task: p.task, method: p.method, layer: Int(p.layer), lambda: p.lambda,
-                gamma: p.gamma, seed: Int(p.seed), trainSize: Int(p.trainSize), testSize: Int(p.testSize),
-                steps: Int(p.steps), lr: p.lr, maxNewTokens: Int(p.maxNewTokens), shots: Int(p.shots), solver: p.solver,
-                precision: p.precision, promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
-    }
-
     static func ms(_ t: Double?) -> Int64 { t.map { Int64(($0 * 1000).rounded()) } ?? 0 }
 
     /// The wire form of a job record. `storeDirectory` turns the artefact path absolute.
@@ -30,7 +12,7 @@ enum WireConvert {
         r.jobID = j.id
         r.state = j.state.rawValue
         r.attempt = UInt32(clamping: j.attempt)
-        r.params = params(j.spec)
+        r.params = JobParams(j.spec)
         r.metrics = j.metrics
         r.error = j.error ?? ""
         r.artefactSha256 = j.artefactSHA256 ?? ""
@@ -75,8 +57,9 @@ public struct JobView: Equatable, Sendable {
         self.device = device
     }
 
-    public init(_ r: Intervene_V1_JobRecord) {
-        self.init(id: r.jobID, spec: WireConvert.spec(r.params), state: JobState(rawValue: r.state) ?? .queued,
+    /// Throws `JobSpecError` for a job this build cannot read (a method from a newer coordinator).
+    public init(_ r: Intervene_V1_JobRecord) throws {
+        self.init(id: r.jobID, spec: try JobSpec(wire: r.params), state: JobState(rawValue: r.state) ?? .queued,
                   attempt: Int(r.attempt), metrics: r.metrics, error: r.error, artefactPath: r.artefactPath,
                   artefactSHA256: r.artefactSha256, worker: r.workerID, pendingReason: r.pendingReason,
                   started: r.startedUnixMs > 0 ? Double(r.startedUnixMs) / 1000 : nil,

@@ -267,10 +267,10 @@ final class ComputeThread: @unchecked Sendable {
             let a = queue.removeFirst()
             cond.unlock()
             let key = JobKey(a.jobID, a.attempt)
-            let spec = JobSpec(a.params)
             let t0 = Date()
             let end: JobEnd
             do {
+                let spec = try JobSpec(wire: a.params)
                 let outcome = try registry.run(spec, progress: ProgressSink(key: key, inbox: inbox))
                 end = .success(metrics: outcome.metrics, artefact: outcome.artefact, wallSeconds: Date().timeIntervalSince(t0))
             } catch {

@@ -21,7 +21,7 @@ public struct JobOptions: ParsableArguments {
     public var lr: Double { solve.lr }
     public var solver: SolverMethod { solve.solver }
     @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
-    public var method: String = "intervention"
+    public var method: JobMethod = .intervention
     @Option(name: .long, help: "Demonstrations in few-shot prompts.")
     public var shots: Int = 10
     @Option(name: .customLong("max-new-tokens"), help: "Greedy decoding budget per test item (0 = target length + 2).")
@@ -33,15 +33,15 @@ public struct JobOptions: ParsableArguments {
         guard layer >= 0 else { throw ValidationError("--layer must be ≥ 0") }
         guard trainSize >= 1 && trainSize <= 1024 else { throw ValidationError("--train must be between 1 and 1024") }
         guard testSize >= 0 else { throw ValidationError("--test must be ≥ 0") }
-        guard Experiment.methods.contains(method) else {
-            throw ValidationError("--method must be one of \(Experiment.methods.joined(separator: ", "))")
+        guard JobMethod.engine.contains(method) else {
+            throw ValidationError("--method must be one of \(JobMethod.engine.map(\.rawValue).joined(separator: ", "))")
         }
     }
 
     public func spec(model: String) -> JobSpec {
         JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
                 trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots,
-                solver: solver.rawValue)
+                solver: solve.solver, precision: solve.precision)
     }
 }
 
@@ -76,6 +76,7 @@ public struct SolveOptions: ParsableArguments {
 
 extension SolverMethod: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
+extension JobMethod: ExpressibleByArgument {}
 
 /// Writes a Δ artefact as `<dir>/<sha256>.safetensors` (atomically) and returns its path.
 func saveArtefact(_ art: Data, in dir: String) throws -> String {
@@ -148,14 +149,14 @@ public struct RunCommand: ParsableCommand {
         func unescape(_ s: String) -> String { s.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\t", with: "\t") }
         if unescape(template) != PromptFormat.qa.query { spec.promptTemplate = unescape(template) }
         if unescape(targetTemplate) != PromptFormat.qa.target { spec.targetTemplate = unescape(targetTemplate) }
-        let exp = Experiment(lm: lm, solverMethod: job.solver, precision: job.solve.precision)
+        let exp = Experiment(lm: lm)   // the spec names its solver and precision
         let t0 = Date()
         let seedList = seeds.map { $0.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? [spec.seed]
         if let seeds, seedList.isEmpty || seedList.count != seeds.split(separator: ",").count || seedList.contains(where: { $0 < 0 }) {
             throw ValidationError("--seeds takes a comma-separated list of non-negative integers, got \(seeds.debugDescription)")
         }
-        guard seedList.count == 1 || spec.method == "intervention" else {
-            throw ValidationError("--seeds with several seeds fuses intervention jobs; use --seed for \(spec.method)")
+        guard seedList.count == 1 || spec.method == .intervention else {
+            throw ValidationError("--seeds with several seeds fuses intervention jobs; use --seed for \(spec.method.rawValue)")
         }
         let specs = seedList.map { s -> JobSpec in var x = spec; x.seed = s; return x }
         let outcomes: [JobOutcome]
@@ -177,7 +178,7 @@ public struct RunCommand: ParsableCommand {
         for (spec, outcome) in zip(specs, outcomes) {
             var m = outcome.metrics
             m["load_ms"] = lm.loadSeconds * 1000
-            var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method,
+            var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method.rawValue,
                                       "model": lm.name, "solver": job.solver.rawValue]
             for (k, v) in m { obj[k] = v.isFinite ? v : nil }
             if let art = outcome.artefact { obj["delta_path"] = try saveArtefact(art, in: out) }
@@ -187,16 +188,16 @@ public struct RunCommand: ParsableCommand {
                 continue
             }
             func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
-            print("task \(spec.task)  layer \(spec.layer)  seed \(spec.seed)  method \(spec.method)  (\(Int(m["n_test"] ?? 0)) test pairs)")
+            print("task \(spec.task)  layer \(spec.layer)  seed \(spec.seed)  method \(spec.method.rawValue)  (\(Int(m["n_test"] ?? 0)) test pairs)")
             print("                 exact match   first token   judge")
-            if spec.method == "intervention" {
+            if spec.method == .intervention {
                 print("  with Δ          \(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
                 print("  zero-shot       \(pct("zero_shot_exact_match"))        \(pct("zero_shot_first_token_accuracy"))        \(pct("zero_shot_judge_accuracy"))")
                 print(String(format: "  Δ: loss %.4f → %.4f, %d non-zeros in %d heads, ‖Δ‖ %.3f", m["initial_loss"] ?? .nan, m["final_loss"] ?? .nan,
                              Int(m["nonzero"] ?? 0), Int(m["active_heads"] ?? 0), m["delta_l2"] ?? .nan))
                 if let p = obj["delta_path"] { print("  saved \(p)") }
             } else {
-                print("  \(spec.method.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
+                print("  \(spec.method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
             }
         }
         if specs.count > 1 {
@@ -209,7 +210,7 @@ public struct RunCommand: ParsableCommand {
             }
             let keys = ["exact_match", "first_token_accuracy", "judge_accuracy", "zero_shot_exact_match", "final_loss", "nonzero"]
             if json {
-                var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seeds": seedList, "method": spec.method,
+                var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seeds": seedList, "method": spec.method.rawValue,
                                           "solver": job.solver.rawValue, "per_seed": summaries,
                                           "step_ms": summaries.first?["step_ms"] ?? 0, "fused_jobs": specs.count]
                 for k in keys { let (a, b) = stats(k); obj[k] = a; obj[k + "_std"] = b }

@@ -1,13 +1,6 @@
 import Engine
 import Foundation
 
-/// An error that knows whether retrying the same job could help. Throw one (or any error
-/// conforming to `DeterministicJobFailure`) from a runner: deterministic failures (unknown task,
-/// bad parameters, a model that does not exist) are marked failed at once instead of retried.
-public protocol DeterministicJobFailure: Error {
-    var isDeterministic: Bool { get }
-}
-
 public struct JobError: DeterministicJobFailure, CustomStringConvertible, Equatable {
     public var message: String
     public var isDeterministic: Bool
@@ -47,13 +40,11 @@ public final class RunnerRegistry {
         self.makeEngine = engine
     }
 
-    public static func isSynthetic(_ method: String) -> Bool { method.hasPrefix("synthetic") }
-
     /// Method families this build can run (sent in Hello).
-    public static let methodFamilies = ["synthetic", "engine"]
+    public static let methodFamilies = [JobMethod.Family.synthetic.rawValue, JobMethod.Family.engine.rawValue]
 
     public func runner(for spec: JobSpec) throws -> JobRunner {
-        if Self.isSynthetic(spec.method) {
+        if spec.method.family == .synthetic {
             if let r = synthetic { return r }
             let r = makeSynthetic()
             synthetic = r

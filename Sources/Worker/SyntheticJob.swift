@@ -31,10 +31,11 @@ public final class SyntheticJobRunner: JobRunner {
     public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
         let mode: Mode
         switch spec.method {
-        case "synthetic": mode = .normal
-        case "synthetic-fail": mode = .fail
-        case "synthetic-crash": mode = .crash
-        default: throw JobError.deterministic("unknown synthetic method \"\(spec.method)\" (synthetic, synthetic-fail, synthetic-crash)")
+        case .synthetic: mode = .normal
+        case .syntheticFail: mode = .fail
+        case .syntheticCrash: mode = .crash
+        case .intervention, .zeroShot, .fewShot:
+            throw JobError.deterministic("\(spec.method.rawValue) is not a synthetic method (synthetic, synthetic-fail, synthetic-crash)")
         }
         guard spec.steps >= 1 else { throw JobError.deterministic("steps must be ≥ 1, got \(spec.steps)") }
         guard spec.trainSize >= 1 else { throw JobError.deterministic("train_size must be ≥ 1, got \(spec.trainSize)") }
@@ -141,7 +142,7 @@ public final class SyntheticJobRunner: JobRunner {
             "wall_seconds": Date().timeIntervalSince(start),
         ]
         let meta: [String: String] = [
-            "model": spec.model, "task": spec.task, "method": spec.method, "layer": "\(spec.layer)",
+            "model": spec.model, "task": spec.task, "method": spec.method.rawValue, "layer": "\(spec.layer)",
             "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "seed": "\(spec.seed)",
             "steps": "\(spec.steps)", "final_loss": "\(loss + penalty())", "format": "synthetic",
         ]

@@ -56,10 +56,10 @@ final class GridTests: XCTestCase {
         XCTAssertTrue(e[0].hasSuffix("got \"sgd\""), e[0])
         let g = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"], "solver": {"method": "fista"}}"#)
         let jobs = g.expand()
-        XCTAssertEqual(jobs.first { $0.spec.method == "intervention" }?.spec.solver, "fista")
-        XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.solver, "", "zero-shot has no solver axis")
+        XCTAssertEqual(jobs.first { $0.spec.method == .intervention }?.spec.solver, .fista)
+        XCTAssertEqual(jobs.first { $0.spec.method == .zeroShot }?.spec.solver, nil, "zero-shot has no solver axis")
         let other = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"method": "adam"}}"#).expand()
-        XCTAssertNotEqual(jobs.first { $0.spec.method == "intervention" }?.id, other[0].id, "the solver is part of a job's identity")
+        XCTAssertNotEqual(jobs.first { $0.spec.method == .intervention }?.id, other[0].id, "the solver is part of a job's identity")
     }
 
     func testPrecisionIsValidatedCarriedAndPartOfTheID() throws {
@@ -67,33 +67,23 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(e, [#"solver.precision: expected one of "fp32", "int8", got "fp16""#])
         let g = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"], "solver": {"precision": "fp32"}}"#)
         let jobs = g.expand()
-        let iv = try XCTUnwrap(jobs.first { $0.spec.method == "intervention" })
-        XCTAssertEqual(iv.spec.precision, "fp32")
-        XCTAssertEqual(jobs.first { $0.spec.method == "zero-shot" }?.spec.precision, "", "zero-shot has no solver axis")
+        let iv = try XCTUnwrap(jobs.first { $0.spec.method == .intervention })
+        XCTAssertEqual(iv.spec.precision, .fp32)
+        XCTAssertEqual(jobs.first { $0.spec.method == .zeroShot }?.spec.precision, nil, "zero-shot has no solver axis")
         // no precision named: the default, by name, so the id says what ran
         let plain = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"]}"#).expand()
-        let pv = try XCTUnwrap(plain.first { $0.spec.method == "intervention" })
-        XCTAssertEqual(pv.spec.precision, Precision.solverDefault.rawValue)
+        let pv = try XCTUnwrap(plain.first { $0.spec.method == .intervention })
+        XCTAssertEqual(pv.spec.precision, Precision.solverDefault)
         XCTAssertNotEqual(pv.id, iv.id, "the precision is part of a job's identity")
         let named = try Grid.parse(#"{"experiment": "x", "tasks": ["antonym"], "solver": {"precision": "int8"}}"#).expand()
         XCTAssertEqual(named[0].id, pv.id, "naming the default is the same job")
         // baselines keep the ids they had before precision existed: no key in their canonical form
-        let zs = try XCTUnwrap(plain.first { $0.spec.method == "zero-shot" })
-        XCTAssertFalse(Grid.canonicalJSON(zs.spec).contains("precision"), Grid.canonicalJSON(zs.spec))
-        XCTAssertTrue(Grid.canonicalJSON(pv.spec).contains(#""precision":"int8""#), Grid.canonicalJSON(pv.spec))
-        // and a stored spec without the key decodes to ""
-        let old = try JSONDecoder().decode(JobSpec.self, from: Data(Grid.canonicalJSON(zs.spec).utf8))
+        let zs = try XCTUnwrap(plain.first { $0.spec.method == .zeroShot })
+        XCTAssertFalse(zs.spec.canonicalJSON.contains("precision"), zs.spec.canonicalJSON)
+        XCTAssertTrue(pv.spec.canonicalJSON.contains(#""precision":"int8""#), pv.spec.canonicalJSON)
+        // and a stored spec without the key decodes to nil
+        let old = try JSONDecoder().decode(JobSpec.self, from: Data(zs.spec.canonicalJSON.utf8))
         XCTAssertEqual(old, zs.spec)
-    }
-
-    /// The coordinator's JobSpec → JobParams → bytes → JobSpec mapping keeps every field (the
-    /// worker's own mapping has the same test in WorkerNodeLogicTests).
-    func testWireConversionKeepsEveryField() throws {
-        let spec = JobSpec(model: "m", task: "antonym", method: "intervention", layer: 7, lambda: 0.5, gamma: 0.25,
-                           seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
-                           solver: "fista", precision: "fp32", promptTemplate: "In: {input}", targetTemplate: " Out: {output}")
-        let bytes = try WireConvert.params(spec).serializedData()
-        XCTAssertEqual(WireConvert.spec(try JobParams(serializedBytes: bytes)), spec)
     }
 
     func testPromptTemplatesAreValidatedAndCarried() throws {
@@ -146,17 +136,17 @@ final class GridTests: XCTestCase {
         let g = try Grid.parse(#"{"experiment": "x", "tasks": "antonym", "layers": 3, "seeds": 7}"#)
         XCTAssertEqual(g.tasks, ["antonym"])
         XCTAssertEqual(g.layers, [3])
-        XCTAssertEqual(g.methods, ["intervention"])
+        XCTAssertEqual(g.methods, [.intervention])
         XCTAssertEqual(g.device, .any)
         let jobs = g.expand()
         XCTAssertEqual(jobs.count, 1)
         let d = JobSpec(task: "antonym")
-        XCTAssertEqual(jobs[0].spec, JobSpec(model: d.model, task: "antonym", method: "intervention", layer: 3,
+        XCTAssertEqual(jobs[0].spec, JobSpec(model: d.model, task: "antonym", method: .intervention, layer: 3,
                                              lambda: d.lambda, gamma: d.gamma, seed: 7, trainSize: d.trainSize,
                                              testSize: d.testSize, steps: d.steps, lr: d.lr,
                                              maxNewTokens: d.maxNewTokens, shots: 0,
-                                             solver: SolverMethod.defaultMethod.rawValue,
-                                             precision: Precision.solverDefault.rawValue),
+                                             solver: SolverMethod.defaultMethod,
+                                             precision: Precision.solverDefault),
                        "a grid that names no solver or precision gets the defaults, by name")
     }
 
@@ -169,19 +159,19 @@ final class GridTests: XCTestCase {
         """)
         let jobs = g.expand()
         let by = Dictionary(grouping: jobs, by: { $0.spec.method })
-        XCTAssertEqual(by["zero-shot"]?.count, 2 * 3, "zero-shot: task × seed")
-        XCTAssertEqual(by["few-shot"]?.count, 2 * 3, "few-shot: task × seed")
-        XCTAssertEqual(by["intervention"]?.count, 2 * 3 * 2 * 1 * 3, "intervention: task × layer × λ × γ × seed")
+        XCTAssertEqual(by[.zeroShot]?.count, 2 * 3, "zero-shot: task × seed")
+        XCTAssertEqual(by[.fewShot]?.count, 2 * 3, "few-shot: task × seed")
+        XCTAssertEqual(by[.intervention]?.count, 2 * 3 * 2 * 1 * 3, "intervention: task × layer × λ × γ × seed")
         XCTAssertEqual(jobs.count, 6 + 6 + 36)
         XCTAssertEqual(g.jobCount, jobs.count)
         XCTAssertEqual(Set(jobs.map(\.id)).count, jobs.count, "ids are unique")
         XCTAssertTrue(jobs.allSatisfy { $0.device == .cpu })
-        let zs = by["zero-shot"]![0].spec
+        let zs = by[.zeroShot]![0].spec
         XCTAssertEqual([zs.layer, zs.steps, zs.shots], [0, 0, 0])
         XCTAssertEqual(zs.lambda, 0)
         XCTAssertEqual(zs.maxNewTokens, 3)
-        XCTAssertEqual(by["few-shot"]![0].spec.shots, 5)
-        let iv = by["intervention"]![0].spec
+        XCTAssertEqual(by[.fewShot]![0].spec.shots, 5)
+        let iv = by[.intervention]![0].spec
         XCTAssertEqual(iv.steps, 60)
         XCTAssertEqual(iv.lr, 0.05)
         XCTAssertEqual(iv.testSize, 50)
@@ -201,17 +191,17 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(try Grid.parse(a.canonicalSource).expand().map(\.id), a.expand().map(\.id))
         // A known value: the id is a 16-hex-digit SHA-256 prefix of the canonical parameters.
         let spec = a.expand()[0].spec
-        XCTAssertEqual(Grid.jobID(spec).count, 16)
-        XCTAssertTrue(Grid.canonicalJSON(spec).hasPrefix(#"{"gamma":0.01,"lambda":0.01,"layer":3,"lr":0.1,"maxNewTokens":"#), Grid.canonicalJSON(spec))
+        XCTAssertEqual(spec.id.count, 16)
+        XCTAssertTrue(spec.canonicalJSON.hasPrefix(#"{"gamma":0.01,"lambda":0.01,"layer":3,"lr":0.1,"maxNewTokens":"#), spec.canonicalJSON)
         // Changing any parameter changes the id; an irrelevant one (zero-shot's layer) does not.
         var other = spec
         other.seed = 99
-        XCTAssertNotEqual(Grid.jobID(other), Grid.jobID(spec))
-        var z1 = JobSpec(task: "antonym", method: "zero-shot", layer: 1)
-        let z2 = JobSpec(task: "antonym", method: "zero-shot", layer: 9)
-        XCTAssertEqual(Grid.jobID(z1), Grid.jobID(z2))
+        XCTAssertNotEqual(other.id, spec.id)
+        var z1 = JobSpec(task: "antonym", method: .zeroShot, layer: 1)
+        let z2 = JobSpec(task: "antonym", method: .zeroShot, layer: 9)
+        XCTAssertEqual(z1.id, z2.id)
         z1.seed = 1
-        XCTAssertNotEqual(Grid.jobID(z1), Grid.jobID(z2))
+        XCTAssertNotEqual(z1.id, z2.id)
     }
 
     func testTooLargeGridIsRefused() {
@@ -228,7 +218,7 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(quick.tasks, ["antonym"])
         XCTAssertEqual(quick.layers, [3, 5])
         let syn = try Grid.parse(contentsOf: root.appendingPathComponent("cluster/grids/synthetic.json"))
-        XCTAssertTrue(syn.methods.allSatisfy { $0.hasPrefix("synthetic") })
+        XCTAssertTrue(syn.methods.allSatisfy { $0.family == .synthetic })
     }
 
     // MARK: JSON
@@ -248,11 +238,11 @@ extension Grid {
         func list<T>(_ xs: [T], _ f: (T) -> String) -> String { "[" + xs.map(f).joined(separator: ",") + "]" }
         return """
         {"experiment": \(JSONValue.quote(experiment)), "model": \(JSONValue.quote(model)),
-         "tasks": \(list(tasks, JSONValue.quote)), "methods": \(list(methods, JSONValue.quote)),
+         "tasks": \(list(tasks, JSONValue.quote)), "methods": \(list(methods, { JSONValue.quote($0.rawValue) })),
          "layers": \(list(layers, String.init)), "lambda": \(list(lambdas, { "\($0)" })),
          "gamma": \(list(gammas, { "\($0)" })), "seeds": \(list(seeds, String.init)),
          "train_size": \(trainSize), "test_size": \(testSize), "shots": \(shots),
-         "solver": {"steps": \(steps), "lr": \(lr)\(precision.isEmpty ? "" : ", \"precision\": \"\(precision)\"")},
+         "solver": {"steps": \(steps), "lr": \(lr)\(precision.map { ", \"precision\": \"\($0)\"" } ?? "")},
          "eval": {"max_new_tokens": \(maxNewTokens)},
          "device": "\(device.rawValue)"}
         """

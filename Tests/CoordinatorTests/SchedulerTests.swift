@@ -18,10 +18,10 @@ final class SchedulerTests: XCTestCase {
     @discardableResult
     func on(_ e: SchedulerEvent) -> [Directive] { s.handle(e, now: now) }
 
-    func jobs(_ n: Int, method: String = "synthetic", device: DeviceRequirement = .any) -> [SubmittedJob] {
+    func jobs(_ n: Int, method: JobMethod = .synthetic, device: DeviceRequirement = .any) -> [SubmittedJob] {
         (0..<n).map { i in
             let spec = JobSpec(task: "t", method: method, seed: i, steps: 10)
-            return SubmittedJob(id: Grid.jobID(spec), spec: spec, device: device)
+            return SubmittedJob(id: spec.id, spec: spec, device: device)
         }
     }
 
@@ -83,7 +83,7 @@ final class SchedulerTests: XCTestCase {
     }
 
     func testNoWorkerAndMethodFamilyReasons() {
-        let js = jobs(1, method: "intervention")
+        let js = jobs(1, method: .intervention)
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
         XCTAssertEqual(s.pendingReason(js[0].id), "no worker connected")
         _ = connect("syn", WorkerCapabilities(device: .cpu, methods: ["synthetic"]))
@@ -239,7 +239,7 @@ final class SchedulerTests: XCTestCase {
 
     func testDeterministicFailureIsFinalAtOnce() {
         _ = connect("w1", cpu)
-        let js = jobs(1, method: "synthetic-fail")
+        let js = jobs(1, method: .syntheticFail)
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
         let ds = on(.failure(worker: "w1", job: js[0].id, attempt: 1, reason: "boom at step 5", deterministic: true))
         XCTAssertTrue(ds.contains(.markFailed(job: js[0].id, reason: "boom at step 5")))

@@ -14,7 +14,7 @@ final class StoreTests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    func spec(_ seed: Int, method: String = "synthetic") -> JobSpec {
+    func spec(_ seed: Int, method: JobMethod = .synthetic) -> JobSpec {
         JobSpec(model: "m", task: "t", method: method, layer: 2, seed: seed, steps: 5)
     }
 
@@ -36,7 +36,7 @@ final class StoreTests: XCTestCase {
     func testRoundTripOfJobsExperimentsMetricsAndResults() throws {
         let store = try Store(directory: dir)
         let s = spec(1)
-        var j = JobRecord(id: Grid.jobID(s), spec: s, device: .gpu, seq: 7, state: .running, attempt: 2, losses: 1,
+        var j = JobRecord(id: s.id, spec: s, device: .gpu, seq: 7, state: .running, attempt: 2, losses: 1,
                           leaseExpiry: 123.5, worker: "w1", error: nil, created: 100, started: 110)
         try store.saveJobs([j])
         try store.saveExperiment(ExperimentRecord(name: "e", gridJSON: "{\"a\":1}", submitted: 99, jobIDs: [j.id]))
@@ -102,7 +102,7 @@ final class StoreTests: XCTestCase {
         do {
             let store = try Store(directory: dir)
             var sched = Scheduler(config: cfg)
-            let jobs = (0..<4).map { SubmittedJob(id: Grid.jobID(spec($0)), spec: spec($0), device: .any) }
+            let jobs = (0..<4).map { SubmittedJob(id: spec($0).id, spec: spec($0), device: .any) }
             var changed = Set<String>()
             func apply(_ ds: [Directive]) throws {
                 for d in ds { if let j = d.changedJob { changed.insert(j) } }
@@ -143,7 +143,7 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(a, [ids[2]])
         // Resubmitting the same grid reuses all four jobs; the finished one is not run again.
         let re = sched.handle(.submit(experiment: "e", gridJSON: "{}", jobs: (0..<4).map {
-            SubmittedJob(id: Grid.jobID(spec($0)), spec: spec($0), device: .any)
+            SubmittedJob(id: spec($0).id, spec: spec($0), device: .any)
         }), now: now)
         XCTAssertTrue(re.contains(.submitted(experiment: "e", new: 0, reused: 4, requeued: 0, total: 4)))
         XCTAssertEqual(sched.job(ids[0])?.state, .done)
@@ -152,7 +152,7 @@ final class StoreTests: XCTestCase {
     func testConcurrentReaderSeesCommittedDataInWAL() throws {
         let store = try Store(directory: dir)
         let s = spec(3)
-        try store.saveJobs([JobRecord(id: Grid.jobID(s), spec: s, device: .any, seq: 0, created: 1)])
+        try store.saveJobs([JobRecord(id: s.id, spec: s, device: .any, seq: 0, created: 1)])
         // A second connection (e.g. a report tool) reads while the first holds a write transaction.
         let reader = try Store(directory: dir)
         try store.db.execute("BEGIN IMMEDIATE")

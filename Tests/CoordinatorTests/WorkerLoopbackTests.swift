@@ -63,7 +63,7 @@ final class WorkerLoopbackTests: XCTestCase {
         return t
     }
 
-    func assignment(_ id: String, method: String = "synthetic", steps: Int32 = 40, lease: UInt32 = 200) -> Intervene_V1_JobAssignment {
+    func assignment(_ id: String, method: JobMethod = .synthetic, steps: Int32 = 40, lease: UInt32 = 200) -> Intervene_V1_JobAssignment {
         var a = Intervene_V1_JobAssignment()
         a.jobID = id; a.attempt = 1; a.leaseMs = lease; a.experiment = "loopback"
         a.params = Intervene_V1_JobParams(JobSpec(model: "none", task: "toy", method: method, layer: 2, lambda: 0.01,
@@ -140,7 +140,7 @@ final class WorkerLoopbackTests: XCTestCase {
         let (node, done, _) = try startNode(coord.endpoint, timing: fastTiming)
         defer { node.requestStop(immediate: true); _ = done.wait(timeout: .now() + 5) }
         let (peer, _) = try coord.expect("ready") { _, b in if case .ready = b { return true }; return nil }
-        try coord.send(peer, .job(assignment("job-fail", method: "synthetic-fail", steps: 10)))
+        try coord.send(peer, .job(assignment("job-fail", method: .syntheticFail, steps: 10)))
         let (_, f) = try coord.expect("failure") { _, b -> Intervene_V1_Failure? in if case let .failure(f) = b { return f }; return nil }
         XCTAssertEqual(f.jobID, "job-fail")
         XCTAssertTrue(f.deterministic)
@@ -149,7 +149,7 @@ final class WorkerLoopbackTests: XCTestCase {
         try coord.send(peer, .ack(a))
 
         _ = try coord.expect("ready") { _, b in if case .ready = b { return true }; return nil }
-        try coord.send(peer, .job(assignment("job-engine", method: "intervention", steps: 10)))
+        try coord.send(peer, .job(assignment("job-engine", method: .intervention, steps: 10)))
         let (_, g) = try coord.expect("failure") { _, b -> Intervene_V1_Failure? in if case let .failure(f) = b { return f }; return nil }
         XCTAssertEqual(g.jobID, "job-engine")
         if g.reason.contains("not wired") { XCTAssertTrue(g.deterministic) }

@@ -239,15 +239,4 @@ final class WorkerNodeLogicTests: XCTestCase {
         XCTAssertEqual(sends(out), ["ready"])
         XCTAssertTrue(n.pendingKeys.isEmpty)
     }
-
-    func testJobParamsMirrorJobSpec() {
-        let spec = Engine.JobSpec(model: "m", task: "antonym", method: "intervention", layer: 7, lambda: 0.5,
-                                  gamma: 0.25, seed: -3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125,
-                                  maxNewTokens: 5, shots: 6, solver: "fista", precision: "fp32",
-                                  promptTemplate: "In: {input}", targetTemplate: " Out: {output}")
-        XCTAssertEqual(Engine.JobSpec(Intervene_V1_JobParams(spec)), spec)
-        // and through the bytes
-        let bytes = try! Intervene_V1_JobParams(spec).serializedData()
-        XCTAssertEqual(Engine.JobSpec(try! Intervene_V1_JobParams(serializedBytes: bytes)), spec)
-    }
 }

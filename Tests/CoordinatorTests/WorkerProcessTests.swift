@@ -67,7 +67,7 @@ final class WorkerProcessTests: XCTestCase {
         return !p.isRunning
     }
 
-    func job(_ method: String, steps: Int) -> EnvelopeBody {
+    func job(_ method: JobMethod, steps: Int) -> EnvelopeBody {
         var a = Intervene_V1_JobAssignment()
         a.jobID = "pj-\(method)"; a.attempt = 1; a.leaseMs = 400; a.experiment = "proc"
         a.params = Intervene_V1_JobParams(JobSpec(model: "none", task: "toy", method: method, steps: steps))
@@ -78,7 +78,7 @@ final class WorkerProcessTests: XCTestCase {
         let p = try launch()
         defer { if p.isRunning { p.terminate() } }
         let (peer, _) = try expect("ready") { _, b in if case .ready = b { return true }; return nil }
-        try router.send([peer, seq.encode(job("synthetic-crash", steps: 40))], timeoutMs: 1_000)
+        try router.send([peer, seq.encode(job(.syntheticCrash, steps: 40))], timeoutMs: 1_000)
         _ = try expect("heartbeat") { _, b in if case .heartbeat = b { return true }; return nil }
         XCTAssertTrue(wait(p, seconds: 10), "worker did not exit")
         XCTAssertEqual(p.terminationStatus, 3)
@@ -88,7 +88,7 @@ final class WorkerProcessTests: XCTestCase {
         let p = try launch()
         defer { if p.isRunning { p.terminate() } }
         let (peer, _) = try expect("ready") { _, b in if case .ready = b { return true }; return nil }
-        try router.send([peer, seq.encode(job("synthetic", steps: 100))], timeoutMs: 1_000)   // ~0.5 s
+        try router.send([peer, seq.encode(job(.synthetic, steps: 100))], timeoutMs: 1_000)   // ~0.5 s
         _ = try expect("heartbeat") { _, b in if case .heartbeat = b { return true }; return nil }
         kill(p.processIdentifier, SIGTERM)
         let (p2, r) = try expect("result") { _, b -> Intervene_V1_Result? in if case let .result(r) = b { return r }; return nil }

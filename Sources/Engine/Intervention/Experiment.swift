@@ -167,9 +167,6 @@ public struct Experiment {
         return PromptFormat(query: q, target: t, demo: q + t + "\n\n")
     }
 
-    /// The methods the engine runs.
-    public static let methods = ["intervention", "zero-shot", "few-shot"]
-
     /// A job checked and split, ready to run.
     struct Prepared {
         let spec: JobSpec
@@ -188,22 +185,10 @@ public struct Experiment {
         }
         guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw ExperimentError("train_size must be between 1 and 1024") }
         guard spec.testSize >= 0 else { throw ExperimentError("test_size must be ≥ 0") }
-        let method: SolverMethod
-        if spec.solver.isEmpty { method = solverMethod } else {
-            guard let m = SolverMethod(rawValue: spec.solver) else {
-                throw ExperimentError("unknown solver \"\(spec.solver)\" (known: \(SolverMethod.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            method = m
-        }
-        let precision: Precision
-        if spec.precision.isEmpty { precision = self.precision } else {
-            guard let p = Precision(rawValue: spec.precision) else {
-                throw ExperimentError("unknown precision \"\(spec.precision)\" (known: \(Precision.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            precision = p
-        }
-        guard Self.methods.contains(spec.method) else {
-            throw ExperimentError("unknown method \"\(spec.method)\" (known: \(Self.methods.joined(separator: ", ")))")
+        let method = spec.solver ?? solverMethod
+        let precision = spec.precision ?? self.precision
+        guard JobMethod.engine.contains(spec.method) else {
+            throw ExperimentError("method \"\(spec.method.rawValue)\" is not an engine method (engine methods: \(JobMethod.engine.map(\.rawValue).joined(separator: ", ")))")
         }
         let pairs: [TaskPair]
         let judge: Judge
@@ -232,14 +217,16 @@ public struct Experiment {
         let t0 = Date()
         var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count)]
         switch spec.method {
-        case "zero-shot":
+        case .zeroShot:
             Self.record(evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [nil], progress: progress)[0], into: &metrics)
-        case "few-shot":
+        case .fewShot:
             let demos = Array(p.split.train.prefix(max(spec.shots, 0)))
             Self.record(evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, deltas: [nil], progress: progress)[0],
                         into: &metrics)
-        default:  // intervention
+        case .intervention:
             return try runFused([spec], progress: progress)[0]
+        case .synthetic, .syntheticFail, .syntheticCrash:
+            preconditionFailure("prepare refuses non-engine methods")
         }
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
         return JobOutcome(metrics: metrics)
@@ -256,7 +243,7 @@ public struct Experiment {
         for s in specs {
             var a = s, b = first
             a.seed = 0; b.seed = 0
-            guard a == b, s.method == "intervention" else {
+            guard a == b, s.method == .intervention else {
                 throw ExperimentError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
         }

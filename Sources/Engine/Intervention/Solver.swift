@@ -93,33 +93,6 @@ public struct SolverStep: Sendable {
     }
 }
 
-public enum SolverMethod: String, Sendable, CaseIterable, Codable {
-    /// `adam`, then Polyak–Ruppert tail averaging: the result is the prox (in Adam's metric) of
-    /// the mean of the iterates of the second half of the run, not the last iterate. With lr 0.1
-    /// Adam's iterates keep jumping (training loss 0.1 → 5 → 4 between steps 150 and 200 on
-    /// antonym seed 0); their mean is the steadier Δ. Measured on antonym: 0.298 ± 0.057 over 15
-    /// seeds against 0.262 for `adam` and 0.254 for the reference's `adam-subgradient`; paired
-    /// over 20 seeds, +0.027 ± 0.020 over `adam-subgradient` (within noise), with exact zeros,
-    /// which the subgradient method never gives (see README). The default.
-    case adamAveraged = "adam-avg"
-    /// Adam on the task loss, then the prox of the penalty in Adam's own diagonal metric (each
-    /// coordinate's threshold scaled by its Adam step lr/(√v̂+ε)): coordinates the loss no longer
-    /// pulls on are driven to exact zeros at Adam's pace.
-    case adam
-    /// Adam on the task loss, then the exact prox of the penalty with the uniform step lr.
-    case adamUniform = "adam-uniform"
-    /// The PyTorch reference's method: Adam on loss + penalty with the penalty's subgradient
-    /// (sign(0) = 0); no prox, so no exact zeros. For comparisons with the reference.
-    case adamSubgradient = "adam-subgradient"
-    /// Accelerated proximal gradient (FISTA) with backtracking line search and adaptive restart.
-    case fista
-}
-
-extension SolverMethod {
-    /// What a job that names no solver gets.
-    public static let defaultMethod: SolverMethod = .adamAveraged
-}
-
 public struct SolverOptions: Sendable {
     public var method: SolverMethod = .defaultMethod
     public var steps: Int = 200

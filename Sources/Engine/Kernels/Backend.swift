@@ -46,23 +46,9 @@ public final class Weight: @unchecked Sendable {
     }
 }
 
-/// How the solver's products may round their operands.
-public enum Precision: String, Sendable, CaseIterable, Codable {
-    /// Everything in fp32 on the exactly decoded weights (what the reference computes).
-    case fp32
-    /// Forward: x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the
-    /// exact 4- or 8-bit weights with integer dot products (AVX-512 VNNI). Backward: dy rounded
-    /// the same way, against Wᵀ rounded once to int8 per run of 32 rows of W (a copy built on
-    /// first use). 3–4× the fp32 kernels. Only CPUs with VNNI; elsewhere, and for weights the
-    /// file does not quantise, fp32.
-    case int8
-
+extension Precision {
     /// Whether `int8` products can run on this CPU at all.
     public static var int8Available: Bool { QuantGEMM.int8Available }
-    /// The solver's default: `int8`. Over 20 paired antonym seeds its Δs matched fp32's exact match
-    /// (0.297 ± 0.044 against 0.284 ± 0.072; paired difference +0.014 ± 0.013) at ~2.5× the step
-    /// speed (see README, "Precision").
-    public static let solverDefault: Precision = .int8
     /// What actually runs on this CPU: `int8` falls back to `fp32` without VNNI.
     public var effective: Precision { self == .int8 && !Self.int8Available ? .fp32 : self }
 }

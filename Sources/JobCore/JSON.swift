@@ -81,7 +81,7 @@ public indirect enum JSONValue: Equatable, Sendable {
         }
     }
 
-    static func canonicalNumber(_ d: Double) -> String {
+    public static func canonicalNumber(_ d: Double) -> String {
         if d.isNaN || d.isInfinite { return "null" }
         if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
         return "\(d)"

@@ -87,11 +87,14 @@ public struct SHA256 {
     public static func hex(_ bytes: [UInt8]) -> String { hex(Data(bytes)) }
     public static func hex(_ string: String) -> String { hex(Data(string.utf8)) }
 
+    public struct CannotRead: Error, CustomStringConvertible, Equatable {
+        public var path: String
+        public var description: String { "cannot read \(path)" }
+    }
+
     /// Hash of a file, read in 4 MiB chunks.
     public static func hex(fileAt path: String) throws -> String {
-        guard let fh = FileHandle(forReadingAtPath: path) else {
-            throw ModelFileError.cannotOpen(path: path, reason: "cannot read")
-        }
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw CannotRead(path: path) }
         defer { try? fh.close() }
         var s = SHA256()
         while true {

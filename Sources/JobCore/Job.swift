@@ -1,0 +1,31 @@
+import Foundation
+
+/// What a finished job hands back: scalar metrics (exact_match, first_token_accuracy,
+/// zero_shot_exact_match, judge_accuracy, n_test, final_loss, nonzero, active_heads, ...) and,
+/// for methods that learn one, the Δ artefact as safetensors bytes.
+public struct JobOutcome: Sendable {
+    public var metrics: [String: Double]
+    public var artefact: Data?
+    public init(metrics: [String: Double], artefact: Data? = nil) {
+        self.metrics = metrics; self.artefact = artefact
+    }
+}
+
+/// Receives progress while a job runs. Called on the computing thread; implementations must be
+/// cheap and thread-safe (the worker forwards to its network thread).
+public protocol JobProgress: AnyObject, Sendable {
+    /// `step` counts solver steps (or evaluated items); `total` is the expected count.
+    func progress(step: Int, total: Int, metrics: [String: Double])
+}
+
+/// Runs jobs. The worker keeps one runner (and so one loaded model per model name) for its life.
+public protocol JobRunner: AnyObject {
+    func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome
+}
+
+/// An error that knows whether retrying the same job could help. Throw one from a runner:
+/// deterministic failures (unknown task, bad parameters, a model that does not exist) are marked
+/// failed at once instead of retried.
+public protocol DeterministicJobFailure: Error {
+    var isDeterministic: Bool { get }
+}

@@ -1,0 +1,243 @@
+import Foundation
+
+// The job: what a worker runs, what the coordinator stores and hashes, what the wire carries.
+// This module has no C dependency, so the coordinator, the protocol and the engine all share it.
+
+/// A closed set of names (methods, solvers, precisions): parsed and listed in one way everywhere,
+/// so the grid, the CLI, the wire and the engine report an unknown name in the same words. A
+/// value prints as its name.
+public protocol NamedChoice: RawRepresentable, CaseIterable, Sendable, CustomStringConvertible where RawValue == String {}
+
+extension NamedChoice {
+    public var description: String { rawValue }
+
+    /// `"a", "b", "c"`, in declaration order.
+    public static var quotedNames: String { allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ") }
+
+    /// The value named `name`, or an error naming the field and the known names.
+    public static func parse(_ name: String, field: String) throws -> Self {
+        guard let v = Self(rawValue: name) else {
+            throw JobSpecError(field: field, message: "expected one of \(quotedNames), got \"\(name)\"")
+        }
+        return v
+    }
+}
+
+/// A job field with a value no worker can run.
+public struct JobSpecError: Error, CustomStringConvertible, Equatable, DeterministicJobFailure {
+    public var field: String
+    public var message: String
+    public init(field: String, message: String) { self.field = field; self.message = message }
+    public var description: String { "\(field): \(message)" }
+    public var isDeterministic: Bool { true }
+}
+
+/// What a job does. Each method declares the grid axes its result depends on (`axes`), which
+/// decides both grid expansion and the job id.
+public enum JobMethod: String, NamedChoice, Codable {
+    /// Learn Δ on the training pairs, then evaluate with Δ and without it (0-shot).
+    case intervention
+    /// Greedy decoding of the bare prompt.
+    case zeroShot = "zero-shot"
+    /// Greedy decoding after `shots` demonstrations drawn from the training split.
+    case fewShot = "few-shot"
+    /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
+    /// halfway; one that kills the worker process.
+    case synthetic
+    case syntheticFail = "synthetic-fail"
+    case syntheticCrash = "synthetic-crash"
+
+    /// The methods the engine runs (the others are the synthetic test kinds).
+    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot]
+
+    /// Which runner family a worker needs for this method; workers announce families in Hello.
+    public enum Family: String, Sendable { case engine, synthetic }
+    public var family: Family { JobMethod.engine.contains(self) ? .engine : .synthetic }
+
+    /// The axes a method's result depends on (task, seed, test_size, max_new_tokens, the prompt
+    /// and the model always count). Train size stays for the baselines: it fixes the train/test split.
+    public var axes: JobAxes {
+        switch self {
+        case .intervention, .synthetic, .syntheticFail, .syntheticCrash: return [.layer, .lambda, .gamma, .solver, .trainSize]
+        case .zeroShot: return [.trainSize]
+        case .fewShot: return [.trainSize, .shots]
+        }
+    }
+
+    /// Whether the method learns a Δ (and so has an artefact).
+    public var learnsDelta: Bool { axes.contains(.solver) }
+}
+
+/// Grid axes. An axis a method does not depend on is collapsed when a grid is expanded, so e.g. a
+/// zero-shot baseline runs once per task × seed, not once per layer × λ × γ.
+public struct JobAxes: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    public static let layer = JobAxes(rawValue: 1)
+    public static let lambda = JobAxes(rawValue: 2)
+    public static let gamma = JobAxes(rawValue: 4)
+    public static let solver = JobAxes(rawValue: 8)     // steps, lr, solver method, precision
+    public static let trainSize = JobAxes(rawValue: 16)
+    public static let shots = JobAxes(rawValue: 32)
+}
+
+/// The proximal solver for Δ. The engine implements each; the measurements behind the default
+/// are in README ("Solver").
+public enum SolverMethod: String, NamedChoice, Codable {
+    /// `adam`, then Polyak–Ruppert tail averaging: the result is the prox (in Adam's metric) of
+    /// the mean of the iterates of the second half of the run, not the last iterate. With lr 0.1
+    /// Adam's iterates keep jumping (training loss 0.1 → 5 → 4 between steps 150 and 200 on
+    /// antonym seed 0); their mean is the steadier Δ. Measured on antonym: 0.298 ± 0.057 over 15
+    /// seeds against 0.262 for `adam` and 0.254 for the reference's `adam-subgradient`; paired
+    /// over 20 seeds, +0.027 ± 0.020 over `adam-subgradient` (within noise), with exact zeros,
+    /// which the subgradient method never gives (see README). The default.
+    case adamAveraged = "adam-avg"
+    /// Adam on the task loss, then the prox of the penalty in Adam's own diagonal metric (each
+    /// coordinate's threshold scaled by its Adam step lr/(√v̂+ε)): coordinates the loss no longer
+    /// pulls on are driven to exact zeros at Adam's pace.
+    case adam
+    /// Adam on the task loss, then the exact prox of the penalty with the uniform step lr.
+    case adamUniform = "adam-uniform"
+    /// The PyTorch reference's method: Adam on loss + penalty with the penalty's subgradient
+    /// (sign(0) = 0); no prox, so no exact zeros. For comparisons with the reference.
+    case adamSubgradient = "adam-subgradient"
+    /// Accelerated proximal gradient (FISTA) with backtracking line search and adaptive restart.
+    case fista
+
+    /// What a job that names no solver gets.
+    public static let defaultMethod: SolverMethod = .adamAveraged
+}
+
+/// How the solver's products may round their operands.
+public enum Precision: String, NamedChoice, Codable {
+    /// Everything in fp32 on the exactly decoded weights (what the reference computes).
+    case fp32
+    /// Forward: x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the
+    /// exact 4- or 8-bit weights with integer dot products (AVX-512 VNNI). Backward: dy rounded
+    /// the same way, against Wᵀ rounded once to int8 per run of 32 rows of W (a copy built on
+    /// first use). 3–4× the fp32 kernels. Only CPUs with VNNI; elsewhere, and for weights the
+    /// file does not quantise, fp32.
+    case int8
+
+    /// The solver's default: `int8`. Over 20 paired antonym seeds its Δs matched fp32's exact match
+    /// (0.297 ± 0.044 against 0.284 ± 0.072; paired difference +0.014 ± 0.013) at ~2.5× the step
+    /// speed (see README, "Precision").
+    public static let solverDefault: Precision = .int8
+}
+
+/// One cell of an experiment grid, as a worker receives it. The coordinator builds it from
+/// grid.json; `worker run` builds it from its flags. Everything a job's result depends on is here,
+/// so a hash of its normalised form identifies the job (`id`).
+public struct JobSpec: Sendable, Equatable, Hashable {
+    /// Model registry name (e.g. "smollm2-135m-instruct") or a path to a .gguf file.
+    public var model: String
+    /// Task registry name (e.g. "antonym") or a path to a function-vector JSON file.
+    public var task: String
+    public var method: JobMethod
+    public var layer: Int
+    public var lambda: Double
+    public var gamma: Double
+    public var seed: Int
+    public var trainSize: Int
+    public var testSize: Int
+    public var steps: Int
+    public var lr: Double
+    /// Greedy decoding budget per test item; 0 = the target's token count + 2.
+    public var maxNewTokens: Int
+    /// Number of demonstrations for few-shot.
+    public var shots: Int
+    /// Solver for methods that learn Δ; nil = `SolverMethod.defaultMethod` (grids name it).
+    public var solver: SolverMethod?
+    /// Arithmetic of the solver's products; nil = the worker's default (grids name it).
+    /// Evaluation is fp32 whatever this says.
+    public var precision: Precision?
+    /// Prompt template with `{input}` ("" = "Q: {input}\nA:") and target template with
+    /// `{output}` ("" = " {output}").
+    public var promptTemplate: String
+    public var targetTemplate: String
+
+    public init(model: String = "smollm2-135m-instruct", task: String, method: JobMethod = .intervention,
+                layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
+                trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
+                maxNewTokens: Int = 0, shots: Int = 10, solver: SolverMethod? = nil, precision: Precision? = nil,
+                promptTemplate: String = "", targetTemplate: String = "") {
+        self.model = model; self.task = task; self.method = method; self.layer = layer
+        self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
+        self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
+        self.shots = shots; self.solver = solver; self.precision = precision
+        self.promptTemplate = promptTemplate; self.targetTemplate = targetTemplate
+    }
+
+    /// This spec with every axis its method ignores set to a neutral value (so the id does not
+    /// depend on them), and the default solver and precision named where the method has them (so
+    /// the id says what ran, even if a default changes).
+    public var normalised: JobSpec {
+        var s = self
+        let a = method.axes
+        if !a.contains(.layer) { s.layer = 0 }
+        if !a.contains(.lambda) { s.lambda = 0 }
+        if !a.contains(.gamma) { s.gamma = 0 }
+        if !a.contains(.solver) {
+            s.steps = 0; s.lr = 0; s.solver = nil; s.precision = nil
+        } else {
+            s.solver = s.solver ?? .defaultMethod
+            s.precision = s.precision ?? .solverDefault
+        }
+        if !a.contains(.trainSize) { s.trainSize = 0 }
+        if !a.contains(.shots) { s.shots = 0 }
+        return s
+    }
+
+    /// The canonical JSON of this spec as it is (not normalised): the Codable form with sorted
+    /// keys and canonical numbers. New fields take part automatically.
+    public var canonicalJSON: String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        guard let data = try? enc.encode(self), let v = try? JSONValue.parse(data) else { return "\(self)" }
+        return v.canonical
+    }
+
+    /// The job's id: the first 16 hex digits of SHA-256 of its normalised canonical JSON. The
+    /// store's key: the same job resubmitted gets the same id and is reused.
+    public var id: String { String(SHA256.hex(normalised.canonicalJSON).prefix(16)) }
+}
+
+extension JobSpec: Codable {
+    enum CodingKeys: String, CodingKey {
+        case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots, solver
+        case precision, promptTemplate, targetTemplate
+    }
+
+    /// Every field; `solver` as its name or "" and `precision` left out when nil: job ids hash
+    /// this form, and the jobs that have no precision (the baselines) keep the ids they had before
+    /// it existed. Stored job rows use the same form.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(model, forKey: .model); try c.encode(task, forKey: .task); try c.encode(method, forKey: .method)
+        try c.encode(layer, forKey: .layer); try c.encode(lambda, forKey: .lambda); try c.encode(gamma, forKey: .gamma)
+        try c.encode(seed, forKey: .seed); try c.encode(trainSize, forKey: .trainSize); try c.encode(testSize, forKey: .testSize)
+        try c.encode(steps, forKey: .steps); try c.encode(lr, forKey: .lr); try c.encode(maxNewTokens, forKey: .maxNewTokens)
+        try c.encode(shots, forKey: .shots); try c.encode(solver?.rawValue ?? "", forKey: .solver)
+        if let precision { try c.encode(precision, forKey: .precision) }
+        try c.encode(promptTemplate, forKey: .promptTemplate); try c.encode(targetTemplate, forKey: .targetTemplate)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func named<T: NamedChoice>(_ key: CodingKeys, _: T.Type) throws -> T? {
+            let s = try c.decodeIfPresent(String.self, forKey: key) ?? ""
+            return s.isEmpty ? nil : try T.parse(s, field: key.stringValue)
+        }
+        self.init(model: try c.decode(String.self, forKey: .model), task: try c.decode(String.self, forKey: .task),
+                  method: try JobMethod.parse(try c.decode(String.self, forKey: .method), field: "method"),
+                  layer: try c.decode(Int.self, forKey: .layer),
+                  lambda: try c.decode(Double.self, forKey: .lambda), gamma: try c.decode(Double.self, forKey: .gamma),
+                  seed: try c.decode(Int.self, forKey: .seed), trainSize: try c.decode(Int.self, forKey: .trainSize),
+                  testSize: try c.decode(Int.self, forKey: .testSize), steps: try c.decode(Int.self, forKey: .steps),
+                  lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
+                  shots: try c.decode(Int.self, forKey: .shots),
+                  solver: try named(.solver, SolverMethod.self), precision: try named(.precision, Precision.self),
+                  promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
+                  targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
+    }
+}
