@@ -46,9 +46,11 @@ let package = Package(
         .executableTarget(name: "CoordinatorCLI", dependencies: ["Coordinator"]),
         .executableTarget(name: "EngineBench", dependencies: ["Engine"], swiftSettings: optimised),
 
-        .testTarget(name: "EngineTests", dependencies: ["Engine"], swiftSettings: optimised),
+        // Fixtures/ is read through #filePath (committed reference numbers, golden ids).
+        .testTarget(name: "EngineTests", dependencies: ["Engine"], exclude: ["Fixtures"], swiftSettings: optimised),
         .testTarget(name: "ProtocolTests", dependencies: ["Protocol", "JobCore"]),
-        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Worker", "Protocol", "Engine", "JobCore"]),
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "Worker", "Protocol", "Engine", "JobCore"],
+                    exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v5]
 )

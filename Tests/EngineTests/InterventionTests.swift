@@ -5,7 +5,7 @@ import XCTest
 final class InterventionTests: XCTestCase {
     /// The ten antonym prompts/targets recorded in parity.json (split seed 0, Q/A format).
     func trainingBatch(_ lm: LanguageModel) throws -> (prompts: [[Int]], targets: [Int], json: [String: Any]) {
-        let root = try loadJSON(try TestPaths.sharedFile("reference/parity.json")) as! [String: Any]
+        let root = try loadJSON(TestPaths.parity) as! [String: Any]
         let tr = root["training"] as! [String: Any]
         let prompts = (tr["prompts"] as! [String]).map { lm.tokenizer.encode($0) }
         XCTAssertEqual(prompts, tr["prompt_token_ids"] as! [[Int]])
@@ -88,9 +88,17 @@ final class InterventionTests: XCTestCase {
         // fp32 sums in another order through 26 layers differ by ~1e-4 relative; a race or a lost
         // partial sum would differ by far more
         XCTAssertLessThan(diff / norm, 1e-3, "gradient differs between 1 and 2 threads")
-        // int8: the threads split every product's outputs (no partial sums), so the result does
-        // not depend on the thread count at all
-        guard Precision.int8Available else { return }
+    }
+
+    /// int8: the threads split every product's outputs (no partial sums), so the result does not
+    /// depend on the thread count at all.
+    func testInt8IsBitIdenticalOnOneAndTwoThreads() throws {
+        guard Precision.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        let lm1 = try SharedModel.get()
+        let lm2 = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
+        let (prompts, targets, _) = try trainingBatch(lm1)
+        var rng = SplitMix64(seed: 11)
+        let delta = (0..<lm1.config.attnDim).map { _ in Float(rng.uniform() - 0.5) }
         let p1 = InterventionPath(model: lm1, layer: 4, prompts: prompts), p2 = InterventionPath(model: lm2, layer: 4, prompts: prompts)
         p1.precision = .int8; p2.precision = .int8
         let q1 = p1.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
@@ -118,7 +126,6 @@ final class InterventionTests: XCTestCase {
         let n1 = exact.grad.map { $0 * $0 }.reduce(0, +).squareRoot(), n2 = fast.grad.map { $0 * $0 }.reduce(0, +).squareRoot()
         XCTAssertGreaterThan(dot / (n1 * n2), 0.99, "gradient direction")
         XCTAssertEqual(n2, n1, accuracy: 0.03 * n1, "gradient norm")
-        print("int8 vs fp32 at layer 4: loss \(fast.loss) vs \(exact.loss), gradient cosine \(dot / (n1 * n2)), norms \(n2) vs \(n1)")
     }
 
     /// Decoding Δ variants with a shared prefix gives what separate full runs give.

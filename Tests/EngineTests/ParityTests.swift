@@ -8,7 +8,7 @@ final class ParityTests: XCTestCase {
     struct Prompt { let text: String; let ids: [Int]; let top: [Int]; let logits: [Double]; let greedy: [Int]; let json: [String: Any] }
 
     func prompts() throws -> [Prompt] {
-        let root = try loadJSON(try TestPaths.sharedFile("reference/parity.json")) as! [String: Any]
+        let root = try loadJSON(TestPaths.parity) as! [String: Any]
         return (root["prompts"] as! [[String: Any]]).map { p in
             let t = p["top5_last"] as! [String: Any]
             return Prompt(text: p["text"] as! String, ids: p["token_ids"] as! [Int], top: t["ids"] as! [Int],
@@ -18,7 +18,7 @@ final class ParityTests: XCTestCase {
 
     func testModelHyperparametersFromMetadata() throws {
         let lm = try SharedModel.get()
-        let root = try loadJSON(try TestPaths.sharedFile("reference/parity.json")) as! [String: Any]
+        let root = try loadJSON(TestPaths.parity) as! [String: Any]
         let m = root["model"] as! [String: Any]
         XCTAssertEqual(lm.config.nLayers, m["num_hidden_layers"] as? Int)
         XCTAssertEqual(lm.config.nHeads, m["num_attention_heads"] as? Int)
@@ -97,7 +97,7 @@ final class ParityTests: XCTestCase {
 
     func testInterventionLogits() throws {
         let lm = try SharedModel.get()
-        let root = try loadJSON(try TestPaths.sharedFile("reference/parity.json")) as! [String: Any]
+        let root = try loadJSON(TestPaths.parity) as! [String: Any]
         let iv = root["intervention"] as! [String: Any]
         let t = iv["top5_last"] as! [String: Any]
         let delta = (0..<lm.config.attnDim).map { Float(($0 % 7) - 3) * 0.1 }
@@ -107,5 +107,14 @@ final class ParityTests: XCTestCase {
         let top = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(5)
         XCTAssertEqual(Array(top), t["ids"] as! [Int])
         for (id, w) in zip(t["ids"] as! [Int], t["logits"] as! [Double]) { XCTAssertEqual(Double(logits[id]), w, accuracy: 2e-3) }
+    }
+}
+
+/// The committed reference outputs must be the ones in ../shared (where that exists): a fixture
+/// that drifted from the reference would make parity tests pass against the wrong numbers.
+final class ReferenceFixtureTests: XCTestCase {
+    func testCommittedParityFixtureEqualsTheSharedReference() throws {
+        let shared = try TestPaths.sharedFile("reference/parity.json")
+        XCTAssertEqual(try Data(contentsOf: TestPaths.parity), try Data(contentsOf: shared))
     }
 }

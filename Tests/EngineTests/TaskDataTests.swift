@@ -147,13 +147,9 @@ final class TaskDataTests: XCTestCase {
         XCTAssertTrue(Set(split.train.map(\.input)).isDisjoint(with: split.test.map(\.input)))
 
         // parity.json's prompts/targets ("Q: x\nA:" / " y") come from the reference's split().
-        let parityURL = Self.shared.appendingPathComponent("reference/parity.json")
-        guard let data = try? Data(contentsOf: parityURL),
-              let parity = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let training = parity["training"] as? [String: Any],
-              let prompts = training["prompts"] as? [String], let targets = training["targets"] as? [String] else {
-            throw XCTSkip("parity.json absent or without training.prompts")
-        }
+        let parity = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: TestPaths.parity)) as? [String: Any])
+        let training = try XCTUnwrap(parity["training"] as? [String: Any])
+        let prompts = try XCTUnwrap(training["prompts"] as? [String]), targets = try XCTUnwrap(training["targets"] as? [String])
         XCTAssertEqual(training["task"] as? String, "antonym")
         XCTAssertEqual(training["split_seed"] as? Int, 0)
         XCTAssertEqual(split.train.map { "Q: \($0.input)\nA:" }, prompts)

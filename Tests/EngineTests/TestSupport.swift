@@ -12,6 +12,9 @@ enum TestPaths {
         guard FileManager.default.fileExists(atPath: u.path) else { throw XCTSkip("\(u.path) not present (shared data is only on the developers' machines)") }
         return u
     }
+    /// The PyTorch reference's outputs (../shared/reference/parity.json), committed as a fixture so
+    /// that parity and the backward are checked on a user's fresh clone too.
+    static let parity: URL = packageRoot.appendingPathComponent("Tests/EngineTests/Fixtures/parity.json")
 }
 
 /// One model per test process: loading takes a fraction of a second, but there is no reason to
