@@ -59,41 +59,39 @@ public struct OpinionCommand: ParsableCommand {
         let lm = try modelOptions.load()
         guard layer >= 0 && layer < lm.config.nLayers else { throw CLIError("layer \(layer) is outside 0…\(lm.config.nLayers - 1)") }
         let t0 = Date()
-        let pen = solve.penalty(lm.config), steps = solve.steps
-        let r: OpinionRun
+        let steps = solve.steps
+        let outcome: DeltaOutcome
         do {
-            r = try lm.runOpinion(task: task, group: group, layer: layer, seed: seed, train: train, test: test, penalty: pen,
-                                  options: solve.options) { s in
+            let problem = try task.problem(lm: lm, group: group, layer: layer, seed: seed, train: train, test: test, data: data)
+            outcome = try DeltaPipeline(lm: lm).run([problem], settings: solve.settings(layer: layer), hooks: .init(onStep: { _, s in
                 bar.show("solve \(s.step)/\(steps)  KL \(String(format: "%.4f", s.loss))  nonzero \(s.nonzeros)  heads \(s.activeHeads)")
-            }
+            }))[0]
         } catch let e as OpinionTaskError { throw CLIError(e.errorDescription ?? "\(e)") }
+        catch let e as ExperimentError { throw CLIError(e.message) }
         bar.done()
-        let md = ["model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": "opinion:\(group)", "data": data,
-                  "layer": "\(layer)", "seed": "\(seed)", "lambda": "\(solve.lambda)", "gamma": "\(solve.gamma)",
-                  "steps": "\(steps)", "solver": solve.solver.rawValue, "precision": solve.precision.effective.rawValue, "final_loss": "\(r.history.last?.loss ?? .nan)",
-                  "heads": "\(lm.config.nHeads)", "head_dim": "\(lm.config.headDim)"]
-        let art = Safetensors.write(tensors: [("delta", [lm.config.attnDim], r.delta)], metadata: md)
-        let path = try saveArtefact(art, in: out)
-        let last = r.history.last!
+        let path = try saveArtefact(outcome.artefact.data, in: out)
+        let m = outcome.metrics, last = outcome.result.final
+        let alignment = m["alignment"] ?? .nan, zeroShotAlignment = m["zero_shot_alignment"] ?? .nan
+        let byGroup = OpinionTask.alignmentByGroup(m), zeroShotByGroup = OpinionTask.alignmentByGroup(m, prefix: "zero_shot_")
         let obj: [String: Any] = [
-            "group": group, "layer": layer, "seed": seed, "n_train": r.nTrain, "n_test": r.nTest, "solver": solve.solver.rawValue,
-            "precision": solve.precision.effective.rawValue,
-            "alignment": r.alignment, "zero_shot_alignment": r.zeroShotAlignment, "kl": r.kl, "zero_shot_kl": r.zeroShotKL,
-            "final_loss": Double(last.loss), "initial_loss": Double(r.history.first?.loss ?? .nan),
+            "group": group, "layer": layer, "seed": seed, "n_train": Int(m["n_train"] ?? 0), "n_test": Int(m["n_test"] ?? 0),
+            "solver": solve.solver.rawValue, "precision": outcome.artefact.metadata.precision,
+            "alignment": alignment, "zero_shot_alignment": zeroShotAlignment, "kl": m["kl"] ?? .nan, "zero_shot_kl": m["zero_shot_kl"] ?? .nan,
+            "final_loss": Double(last.loss), "initial_loss": m["initial_loss"] ?? .nan,
             "nonzero": last.nonzeros, "active_heads": last.activeHeads, "delta_path": path,
             "total_ms": Date().timeIntervalSince(t0) * 1000,
-            "alignment_by_group": r.alignmentByGroup, "zero_shot_alignment_by_group": r.zeroShotAlignmentByGroup,
+            "alignment_by_group": byGroup, "zero_shot_alignment_by_group": zeroShotByGroup,
         ]
-        print("group \(group)  layer \(layer)  seed \(seed)  (\(r.nTrain) training, \(r.nTest) test questions)")
+        print("group \(group)  layer \(layer)  seed \(seed)  (\(Int(m["n_train"] ?? 0)) training, \(Int(m["n_test"] ?? 0)) test questions)")
         print("                 alignment   KL")
-        print(String(format: "with Δ           %.4f      %.4f", r.alignment, r.kl))
-        print(String(format: "without Δ        %.4f      %.4f", r.zeroShotAlignment, r.zeroShotKL))
+        print(String(format: "with Δ           %.4f      %.4f", alignment, m["kl"] ?? .nan))
+        print(String(format: "without Δ        %.4f      %.4f", zeroShotAlignment, m["zero_shot_kl"] ?? .nan))
         print("Δ: \(last.nonzeros) non-zero, \(last.activeHeads) heads → \(path)")
-        if r.alignmentByGroup.count > 1 {
+        if byGroup.count > 1 {
             print("alignment with each group's answers (same test questions):")
-            for g in r.alignmentByGroup.keys.sorted() {
+            for g in byGroup.keys.sorted() {
                 print(String(format: "  %@ %.4f → %.4f%@", g.padding(toLength: 24, withPad: " ", startingAt: 0),
-                             r.zeroShotAlignmentByGroup[g] ?? .nan, r.alignmentByGroup[g]!, g == group ? "   (target)" : ""))
+                             zeroShotByGroup[g] ?? .nan, byGroup[g]!, g == group ? "   (target)" : ""))
             }
         }
         if json { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }

@@ -71,7 +71,10 @@ public struct SolveOptions: ParsableArguments {
     public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
         SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)
     }
-    public var options: SolverOptions { SolverOptions(method: solver, steps: steps, lr: Float(lr), precision: precision) }
+    public var options: SolverOptions { settings(layer: 0).options }
+    public func settings(layer: Int) -> DeltaSettings {
+        DeltaSettings(layer: layer, lambda: lambda, gamma: gamma, solver: solver, steps: steps, lr: lr, precision: precision)
+    }
 }
 
 extension SolverMethod: ExpressibleByArgument {}
@@ -237,7 +240,9 @@ public struct BenchCommand: ParsableCommand {
         discussion: """
         Example:
           worker bench --task antonym --layer 4 --steps 50 --threads 1 --json
-        step_ms is the median solver step (loss, gradient and update for N training prompts).
+        Runs the job `worker run` runs (the same pipeline), timed: step_ms is the median solver \
+        step (loss, gradient and update for N training prompts); forward_ms the loss alone at the \
+        solver's precision; eval_ms the greedy evaluation with Δ and without (0-shot).
         """)
 
     @OptionGroup public var modelOptions: ModelOptions
@@ -251,38 +256,39 @@ public struct BenchCommand: ParsableCommand {
         let t0 = Date()
         let lm = try modelOptions.load()
         let loadMs = Date().timeIntervalSince(t0) * 1000
-        let registry = TaskRegistry()
-        let pairs: [TaskPair]
-        do { pairs = try registry.load(job.task) } catch { throw CLIError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
-        let split = TaskSplit(pairs: pairs, seed: job.seed, trainSize: job.trainSize, testSize: job.testSize)
-        let fmt = PromptFormat.qa
-        let prompts = split.train.map { lm.tokenizer.encode(fmt.prompt($0.input)) }
-        let targets = split.train.map { lm.tokenizer.encode(fmt.targetText($0.output)).first ?? 0 }
-        let ts = Date()
-        let path = InterventionPath(model: lm, layer: job.layer, prompts: prompts)
-        let setupMs = Date().timeIntervalSince(ts) * 1000
-        let penalty = job.solve.penalty(lm.config)
+        // the job `worker run` would run, timed through the pipeline's hooks
+        var setupMs = 0.0, fwdMs = 0.0
         var times: [Double] = []
         var last = Date()
-        let res = Solver.solve(path: path, loss: .nextToken(targets: targets), penalty: penalty,
-                               options: job.solve.options) { _ in
-            let now = Date(); times.append(now.timeIntervalSince(last) * 1000); last = now
-        }
+        let hooks = DeltaPipeline.Hooks(
+            onSetup: { setupMs = $0; last = Date() },
+            onStep: { j, _ in
+                guard j == 0 else { return }
+                let now = Date(); times.append(now.timeIntervalSince(last) * 1000); last = now
+            },
+            afterSolve: { path, loss, results in
+                // the loss alone (no backward) at the solved Δ, at the solver's precision
+                let saved = path.precision
+                path.precision = job.solve.precision
+                defer { path.precision = saved }
+                let f = Date()
+                for _ in 0..<5 { _ = path.loss(delta: results[0].delta, loss: loss) }
+                fwdMs = Date().timeIntervalSince(f) * 1000 / 5
+            })
+        let outcome: JobOutcome
+        do { outcome = try Experiment(lm: lm).runFused([job.spec(model: modelOptions.model)], hooks: hooks)[0] }
+        catch let e as ExperimentError { throw CLIError(e.message) }
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
-        let fwd = Date()
-        for _ in 0..<5 { _ = path.loss(delta: res.delta, loss: .nextToken(targets: targets)) }
-        let fwdMs = Date().timeIntervalSince(fwd) * 1000 / 5
-        let te = Date()
-        let ev = lm.evaluate(prompts: split.test.map { fmt.prompt($0.input) }, pairs: split.test, format: fmt, deltas: [res.delta],
-                             layer: job.layer, judge: (try? registry.judge(for: job.task)) ?? .exactMatch(task: job.task))[0]
-        let evalMs = Date().timeIntervalSince(te) * 1000
+        let m = outcome.metrics
         let sorted = times.sorted()
         let median = sorted.isEmpty ? 0 : sorted[sorted.count / 2]
         var rss = rusage(); getrusage(RUSAGE_SELF.rawValue, &rss)
         let obj: [String: Any] = [
             "step_ms": median, "step_ms_min": sorted.first ?? 0, "forward_ms": fwdMs, "load_ms": loadMs, "setup_ms": setupMs,
-            "eval_ms": evalMs, "n_test": ev.n, "n_train": prompts.count, "steps": times.count, "layer": job.layer,
-            "threads": modelOptions.threads, "solver": job.solver.rawValue, "precision": job.solve.precision.effective.rawValue, "exact_match": ev.exactMatch,
+            "eval_ms": m["eval_ms"] ?? 0, "n_test": Int(m["n_test"] ?? 0), "n_train": Int(m["n_train"] ?? 0), "steps": times.count,
+            "layer": job.layer, "threads": modelOptions.threads, "solver": job.solver.rawValue,
+            "precision": job.solve.precision.effective.rawValue, "exact_match": m["exact_match"] ?? 0,
+            "zero_shot_exact_match": m["zero_shot_exact_match"] ?? 0,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]
         if json {

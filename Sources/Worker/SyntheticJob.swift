@@ -141,12 +141,12 @@ public final class SyntheticJobRunner: JobRunner {
             "steps": Double(spec.steps),
             "wall_seconds": Date().timeIntervalSince(start),
         ]
-        let meta: [String: String] = [
-            "model": spec.model, "task": spec.task, "method": spec.method.rawValue, "layer": "\(spec.layer)",
-            "lambda": "\(spec.lambda)", "gamma": "\(spec.gamma)", "seed": "\(spec.seed)",
-            "steps": "\(spec.steps)", "final_loss": "\(loss + penalty())", "format": "synthetic",
-        ]
-        return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: [("delta", [w.count], w.map(Float.init))], metadata: meta))
+        let meta = DeltaMetadata(model: spec.model, modelSHA256: "", task: spec.task, method: spec.method.rawValue,
+                                 layer: spec.layer, heads: Self.heads, headDim: Self.headSize, seed: spec.seed,
+                                 lambda: spec.lambda, gamma: spec.gamma, steps: spec.steps, lr: spec.lr,
+                                 solver: "synthetic-prox-gradient", precision: "fp64", trainSize: spec.trainSize,
+                                 finalLoss: loss + penalty(), extra: ["format": "synthetic"])
+        return JobOutcome(metrics: metrics, artefact: DeltaArtefact(delta: w.map(Float.init), metadata: meta).data)
     }
 
     enum Mode { case normal, fail, crash }

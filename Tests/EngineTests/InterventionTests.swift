@@ -213,6 +213,8 @@ final class InterventionTests: XCTestCase {
                        "the same trajectory")
         XCTAssertNotEqual(last.delta, avg.delta)
         XCTAssertLessThan(pen.nonzeros(avg.delta), avg.delta.count, "exact zeros")
+        XCTAssertEqual(path.precision, .fp32, "the solver does not leave its precision on the path")
+        path.precision = SolverOptions().precision   // the loss the solver reports is at its own precision
         XCTAssertEqual(avg.final.loss, path.loss(delta: avg.delta, loss: .nextToken(targets: targets)), accuracy: 1e-5)
     }
 

@@ -66,13 +66,22 @@ final class OpinionTests: XCTestCase {
         XCTAssertEqual(task.questions.count, 684)
         XCTAssertTrue(task.groups.contains("Northeast"))
         let pen = SparseGroupLasso(gamma: 0.01, lambda: 0.01, heads: lm.config.nHeads, headDim: lm.config.headDim)
-        let r = try lm.runOpinion(task: task, group: "Northeast", layer: 4, seed: 0, train: 4, test: 6, penalty: pen,
-                                  options: SolverOptions(method: .adam, steps: 8, lr: 0.1))
-        XCTAssertLessThan(r.history.last!.loss, r.history.first!.loss)
-        XCTAssertEqual(r.nTest, 6)
-        for v in [r.alignment, r.zeroShotAlignment] { XCTAssertTrue(v > 0 && v <= 1, "\(v)") }
-        XCTAssertGreaterThanOrEqual(r.zeroShotKL, 0)
-        XCTAssertEqual(Set(r.alignmentByGroup.keys), Set(task.groups))
-        XCTAssertEqual(r.alignmentByGroup["Northeast"]!, r.alignment, accuracy: 1e-12, "the target group's entry is the headline figure")
+        let problem = try task.problem(lm: lm, group: "Northeast", layer: 4, seed: 0, train: 4, test: 6, data: path)
+        let settings = DeltaSettings(layer: 4, lambda: 0.01, gamma: 0.01, solver: .adam, steps: 8, lr: 0.1, precision: .fp32)
+        let r = try DeltaPipeline(lm: lm).run([problem], settings: settings)[0]
+        XCTAssertLessThan(r.result.history.last!.loss, r.result.history.first!.loss)
+        let m = r.metrics
+        XCTAssertEqual(m["n_test"], 6)
+        for v in [m["alignment"]!, m["zero_shot_alignment"]!] { XCTAssertTrue(v > 0 && v <= 1, "\(v)") }
+        XCTAssertGreaterThanOrEqual(m["zero_shot_kl"]!, 0)
+        let byGroup = OpinionTask.alignmentByGroup(m)
+        XCTAssertEqual(Set(byGroup.keys), Set(task.groups))
+        XCTAssertEqual(Set(OpinionTask.alignmentByGroup(m, prefix: "zero_shot_").keys), Set(task.groups))
+        XCTAssertEqual(byGroup["Northeast"]!, m["alignment"]!, accuracy: 1e-12, "the target group's entry is the headline figure")
+        // the artefact says what it is
+        let md = r.artefact.metadata
+        XCTAssertEqual(md.task, "opinion:Northeast")
+        XCTAssertEqual(md.extra["data"], path)
+        XCTAssertEqual(try DeltaArtefact(data: r.artefact.data), r.artefact)
     }
 }

@@ -83,53 +83,6 @@ extension LanguageModel {
     }
 }
 
-/// Safetensors: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
-public enum Safetensors {
-    public static func write(tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String]) -> Data {
-        var header: [String: Any] = ["__metadata__": metadata]
-        var offset = 0
-        for t in tensors {
-            header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.values.count]]
-            offset += 4 * t.values.count
-        }
-        var h = try! JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-        while h.count % 8 != 0 { h.append(0x20) }
-        var out = Data()
-        var n = UInt64(h.count).littleEndian
-        withUnsafeBytes(of: &n) { out.append(contentsOf: $0) }
-        out.append(h)
-        for t in tensors { t.values.withUnsafeBytes { out.append(contentsOf: $0) } }
-        return out
-    }
-
-    public enum ReadError: Error, CustomStringConvertible {
-        case malformed(String)
-        public var description: String { if case let .malformed(w) = self { return "malformed safetensors: \(w)" }; return "" }
-    }
-
-    /// Reads F32 tensors and the metadata.
-    public static func read(_ data: Data) throws -> (tensors: [String: (shape: [Int], values: [Float])], metadata: [String: String]) {
-        guard data.count >= 8 else { throw ReadError.malformed("shorter than 8 bytes") }
-        let n = data.prefix(8).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard n > 0, n <= data.count - 8 else { throw ReadError.malformed("header length \(n)") }
-        guard let h = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as? [String: Any] else {
-            throw ReadError.malformed("header is not an object")
-        }
-        var tensors: [String: (shape: [Int], values: [Float])] = [:]
-        for (k, v) in h where k != "__metadata__" {
-            guard let t = v as? [String: Any], t["dtype"] as? String == "F32", let shape = t["shape"] as? [Int],
-                  let off = t["data_offsets"] as? [Int], off.count == 2, off[0] >= 0, off[1] >= off[0],
-                  8 + n + off[1] <= data.count, (off[1] - off[0]) == 4 * shape.reduce(1, *) else {
-                throw ReadError.malformed("tensor \(k)")
-            }
-            let bytes = data.subdata(in: (8 + n + off[0])..<(8 + n + off[1]))
-            let vals = bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
-            tensors[k] = (shape, vals)
-        }
-        return (tensors, (h["__metadata__"] as? [String: String]) ?? [:])
-    }
-}
-
 public struct ExperimentError: Error, CustomStringConvertible {
     public var message: String
     /// True when running the job again would fail the same way (bad task, bad parameters).
@@ -201,9 +154,9 @@ public struct Experiment {
         return Prepared(spec: spec, format: format, method: method, precision: precision, split: split, judge: judge)
     }
 
-    func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], progress: Progress?) -> [Evaluation] {
+    func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], progress: ((_ done: Int, _ total: Int) -> Void)?) -> [Evaluation] {
         lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: deltas, layer: p.spec.layer, judge: p.judge,
-                    maxNewTokens: p.spec.maxNewTokens) { progress?("eval", $0, p.split.test.count, [:]) }
+                    maxNewTokens: p.spec.maxNewTokens) { progress?($0, p.split.test.count) }
     }
 
     static func record(_ e: Evaluation, into metrics: inout [String: Double], prefix: String = "") {
@@ -216,12 +169,13 @@ public struct Experiment {
         let p = try prepare(spec)
         let t0 = Date()
         var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count)]
+        let report: (Int, Int) -> Void = { progress?("eval", $0, $1, [:]) }
         switch spec.method {
         case .zeroShot:
-            Self.record(evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [nil], progress: progress)[0], into: &metrics)
+            Self.record(evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [nil], progress: report)[0], into: &metrics)
         case .fewShot:
             let demos = Array(p.split.train.prefix(max(spec.shots, 0)))
-            Self.record(evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, deltas: [nil], progress: progress)[0],
+            Self.record(evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, deltas: [nil], progress: report)[0],
                         into: &metrics)
         case .intervention:
             return try runFused([spec], progress: progress)[0]
@@ -232,12 +186,33 @@ public struct Experiment {
         return JobOutcome(metrics: metrics)
     }
 
+    /// A function-vector job as a Δ problem: its training prompts with the next-token loss on the
+    /// first target token, scored by greedy decoding with Δ and without it (0-shot).
+    func problem(_ p: Prepared) -> DeltaProblem {
+        let train = p.split.train
+        return DeltaProblem(
+            prompts: train.map { lm.tokenizer.encode(p.format.prompt($0.input)) },
+            loss: .nextToken(targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output)).first ?? 0 }),
+            task: p.spec.task, seed: p.spec.seed,
+            evaluate: { delta, progress in
+                var metrics: [String: Double] = ["n_test": Double(p.split.test.count)]
+                // Δ and Δ = 0 (zero-shot) share everything before the last prompt position
+                let evs = self.evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [delta, nil],
+                                        progress: progress)
+                Self.record(evs[0], into: &metrics)
+                Self.record(evs[1], into: &metrics, prefix: "zero_shot_")
+                return metrics
+            },
+            artefactEntries: { m in
+                ["prompt_format": p.format.query, "target_format": p.format.target, "exact_match": "\(m["exact_match"] ?? .nan)"]
+            })
+    }
+
     /// Intervention jobs that share the model, task, layer, penalty and solver settings and differ
     /// in their split seed, solved together on one path (one weight read per step for all); each
     /// is then evaluated on its own test split. One spec is an ordinary single job.
-    public func runFused(_ specs: [JobSpec], progress: Progress? = nil) throws -> [JobOutcome] {
+    public func runFused(_ specs: [JobSpec], progress: Progress? = nil, hooks: DeltaPipeline.Hooks = .init()) throws -> [JobOutcome] {
         precondition(!specs.isEmpty)
-        let cfg = lm.config
         let jobs = try specs.map(prepare)
         let first = specs[0]
         for s in specs {
@@ -247,54 +222,18 @@ public struct Experiment {
                 throw ExperimentError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
         }
-        if jobs.count > 1 && jobs[0].method == .fista { throw ExperimentError("the fista solver runs one job at a time; use an Adam solver to fuse seeds") }
-        let t0 = Date()
-        var prompts: [[Int]] = [], targets: [Int] = [], rows: [Range<Int>] = []
-        for p in jobs {
-            let start = prompts.count
-            prompts += p.split.train.map { lm.tokenizer.encode(p.format.prompt($0.input)) }
-            targets += p.split.train.map { lm.tokenizer.encode(p.format.targetText($0.output)).first ?? 0 }
-            rows.append(start..<prompts.count)
-        }
-        let tp = Date()
-        let path = InterventionPath(model: lm, layer: first.layer, prompts: prompts)
-        let setupMs = Date().timeIntervalSince(tp) * 1000
-        let penalty = SparseGroupLasso(gamma: Float(first.gamma), lambda: Float(first.lambda), heads: cfg.nHeads, headDim: cfg.headDim)
-        let ts = Date()
-        let results = Solver.solveJobs(path: path, jobs: rows, loss: .nextToken(targets: targets), penalty: penalty,
-                                       options: SolverOptions(method: jobs[0].method, steps: first.steps, lr: Float(first.lr),
-                                                              precision: jobs[0].precision)) { j, s in
+        let settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma, solver: jobs[0].method,
+                                     steps: first.steps, lr: first.lr, precision: jobs[0].precision)
+        var h = hooks
+        h.onStep = { j, s in
+            hooks.onStep?(j, s)
             if j == 0 { progress?("solve", s.step, first.steps, s.metrics) }
         }
-        let solveMs = Date().timeIntervalSince(ts) * 1000
-        var outcomes: [JobOutcome] = []
-        for (p, res) in zip(jobs, results) {
-            var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
-                                             "setup_ms": setupMs, "solve_ms": solveMs, "fused_jobs": Double(jobs.count)]
-            metrics["step_ms"] = solveMs / Double(max(res.history.count, 1))
-            let f = res.final
-            metrics["final_loss"] = Double(f.loss); metrics["final_objective"] = Double(f.objective)
-            metrics["nonzero"] = Double(f.nonzeros); metrics["active_heads"] = Double(f.activeHeads)
-            metrics["delta_l2"] = Double(res.delta.reduce(0) { $0 + $1 * $1 }.squareRoot())
-            metrics["initial_loss"] = Double(res.history.first?.loss ?? .nan)
-            let te = Date()
-            // Δ and Δ = 0 (zero-shot) share everything before the last prompt position
-            let evs = evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [res.delta, nil], progress: progress)
-            Self.record(evs[0], into: &metrics)
-            Self.record(evs[1], into: &metrics, prefix: "zero_shot_")
-            metrics["eval_ms"] = Date().timeIntervalSince(te) * 1000
-            let s = p.spec
-            let md: [String: String] = [
-                "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "", "task": s.task, "layer": "\(s.layer)",
-                "seed": "\(s.seed)", "lambda": "\(s.lambda)", "gamma": "\(s.gamma)", "steps": "\(res.history.count - 1)",
-                "lr": "\(s.lr)", "solver": p.method.rawValue, "precision": path.precision.effective.rawValue, "final_loss": "\(f.loss)", "heads": "\(cfg.nHeads)",
-                "head_dim": "\(cfg.headDim)", "train_size": "\(s.trainSize)", "prompt_format": p.format.query,
-                "target_format": p.format.target, "exact_match": "\(metrics["exact_match"]!)",
-            ]
-            metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-            outcomes.append(JobOutcome(metrics: metrics,
-                                       artefact: Safetensors.write(tensors: [("delta", [cfg.attnDim], res.delta)], metadata: md)))
+        h.onEval = { j, done, total in
+            hooks.onEval?(j, done, total)
+            progress?("eval", done, total, [:])
         }
-        return outcomes
+        let outcomes = try DeltaPipeline(lm: lm).run(jobs.map(problem), settings: settings, hooks: h)
+        return outcomes.map { JobOutcome(metrics: $0.metrics, artefact: $0.artefact.data) }
     }
 }

@@ -118,7 +118,9 @@ public struct SolverResult: Sendable {
 public enum Solver {
     public static func solve(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
                              options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
+        let saved = path.precision
         path.precision = options.precision
+        defer { path.precision = saved }   // the solver's precision is not left on the path
         switch options.method {
         case .adam: return adam(path: path, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
         case .adamAveraged:
@@ -146,7 +148,9 @@ public enum Solver {
     /// Adam variants only (FISTA's line search is per job).
     public static func solveJobs(path: InterventionPath, jobs: [Range<Int>], loss: TaskLoss, penalty: SparseGroupLasso,
                                  options: SolverOptions, onStep: ((_ job: Int, SolverStep) -> Void)? = nil) -> [SolverResult] {
+        let saved = path.precision
         path.precision = options.precision
+        defer { path.precision = saved }
         switch options.method {
         case .adam: return adam(path: path, jobs: jobs, loss: loss, penalty: penalty, options: options, metric: true, onStep: onStep)
         case .adamAveraged:

@@ -103,64 +103,70 @@ public struct OpinionTask: Sendable {
     }
 }
 
-/// Learns Δ on a group's training questions (restricted KL to the group's answer distributions)
-/// and measures alignment and KL on its test questions with Δ and without.
-public struct OpinionRun: Sendable {
-    public var delta: [Float]
-    public var history: [SolverStep]
-    public var alignment: Double, zeroShotAlignment: Double
-    public var kl: Double, zeroShotKL: Double
-    public var nTrain: Int, nTest: Int
-    /// Alignment of the Δ-steered answers with every group's answers on the same test questions
-    /// (those where the group has a distribution): is the gain specific to the target group?
-    public var alignmentByGroup: [String: Double]
-    public var zeroShotAlignmentByGroup: [String: Double]
-}
+extension OpinionTask {
+    /// Metric key for the alignment with `group`'s answers (with Δ; `zero_shot_` + this without).
+    public static func alignmentKey(group: String) -> String { "alignment_group:" + group }
 
-extension LanguageModel {
-    public func runOpinion(task: OpinionTask, group: String, layer: Int, seed: Int, train: Int, test: Int,
-                           penalty: SparseGroupLasso, options: SolverOptions,
-                           onStep: ((SolverStep) -> Void)? = nil) throws -> OpinionRun {
-        let (tr, te) = try task.split(group: group, seed: seed, train: train, test: test)
+    /// The per-group alignments found in a metrics map, by group.
+    public static func alignmentByGroup(_ metrics: [String: Double], prefix: String = "") -> [String: Double] {
+        let key = prefix + alignmentKey(group: "")
+        return Dictionary(uniqueKeysWithValues: metrics.compactMap { k, v in
+            k.hasPrefix(key) ? (String(k.dropFirst(key.count)), v) : nil
+        })
+    }
+
+    /// A group's questions as a Δ problem: the restricted KL to the group's answer distributions on
+    /// the training questions; scored on the test questions by alignment and KL, with Δ and
+    /// without, and by the alignment with every group's answers on the same questions (is the
+    /// gain specific to the target group?).
+    public func problem(lm: LanguageModel, group: String, layer: Int, seed: Int, train: Int, test: Int, data: String) throws -> DeltaProblem {
+        let (tr, te) = try split(group: group, seed: seed, train: train, test: test)
         func encode(_ qs: [OpinionQuestion]) -> (prompts: [[Int]], alphabets: [[Int]], targets: [[Float]]) {
-            (qs.map { tokenizer.encode(OpinionTask.prompt($0)) },
-             qs.map { OpinionTask.letterTokens(tokenizer, count: $0.options.count) },
+            (qs.map { lm.tokenizer.encode(OpinionTask.prompt($0)) },
+             qs.map { OpinionTask.letterTokens(lm.tokenizer, count: $0.options.count) },
              qs.map { $0.dist[group]! })
         }
         let a = encode(tr)
-        let path = InterventionPath(model: self, layer: layer, prompts: a.prompts)
-        let res = Solver.solve(path: path, loss: .restrictedKL(alphabets: a.alphabets, target: a.targets),
-                               penalty: penalty, options: options, onStep: onStep)
-        let b = encode(te)
-        var align = (0.0, 0.0), kls = (0.0, 0.0)
-        var byGroup: [String: (with: Double, without: Double, n: Int)] = [:]
-        // the test questions in chunks that stay on the few-row kernels
-        var start = 0
-        while start < te.count {
-            let end = min(te.count, start + 64)
-            let p = InterventionPath(model: self, layer: layer, prompts: Array(b.prompts[start..<end]))
-            let al = Array(b.alphabets[start..<end])
-            let with = p.restrictedDistributions(delta: res.delta, alphabets: al)
-            let without = p.restrictedBaseDistributions(alphabets: al)
-            for (j, q) in te[start..<end].enumerated() {
-                let pi = q.dist[group]!
-                align.0 += OpinionTask.alignment(with[j], pi, ordinal: q.ordinal)
-                align.1 += OpinionTask.alignment(without[j], pi, ordinal: q.ordinal)
-                kls.0 += OpinionTask.kl(with[j], pi); kls.1 += OpinionTask.kl(without[j], pi)
-                for (g, d) in q.dist {
-                    var e = byGroup[g] ?? (0, 0, 0)
-                    e.with += OpinionTask.alignment(with[j], d, ordinal: q.ordinal)
-                    e.without += OpinionTask.alignment(without[j], d, ordinal: q.ordinal)
-                    e.n += 1
-                    byGroup[g] = e
+        return DeltaProblem(
+            prompts: a.prompts, loss: .restrictedKL(alphabets: a.alphabets, target: a.targets),
+            task: "opinion:\(group)", seed: seed,
+            evaluate: { delta, progress in
+                let b = encode(te)
+                var align = (0.0, 0.0), kls = (0.0, 0.0)
+                var byGroup: [String: (with: Double, without: Double, n: Int)] = [:]
+                // the test questions in chunks that stay on the few-row kernels
+                var start = 0
+                while start < te.count {
+                    let end = min(te.count, start + 64)
+                    let p = InterventionPath(model: lm, layer: layer, prompts: Array(b.prompts[start..<end]))
+                    let al = Array(b.alphabets[start..<end])
+                    let with = p.restrictedDistributions(delta: delta, alphabets: al)
+                    let without = p.restrictedBaseDistributions(alphabets: al)
+                    for (j, q) in te[start..<end].enumerated() {
+                        let pi = q.dist[group]!
+                        align.0 += OpinionTask.alignment(with[j], pi, ordinal: q.ordinal)
+                        align.1 += OpinionTask.alignment(without[j], pi, ordinal: q.ordinal)
+                        kls.0 += OpinionTask.kl(with[j], pi); kls.1 += OpinionTask.kl(without[j], pi)
+                        for (g, d) in q.dist {
+                            var e = byGroup[g] ?? (0, 0, 0)
+                            e.with += OpinionTask.alignment(with[j], d, ordinal: q.ordinal)
+                            e.without += OpinionTask.alignment(without[j], d, ordinal: q.ordinal)
+                            e.n += 1
+                            byGroup[g] = e
+                        }
+                    }
+                    start = end
+                    progress?(start, te.count)
                 }
-            }
-            start = end
-        }
-        let n = Double(max(te.count, 1))
-        return OpinionRun(delta: res.delta, history: res.history, alignment: align.0 / n, zeroShotAlignment: align.1 / n,
-                          kl: kls.0 / n, zeroShotKL: kls.1 / n, nTrain: tr.count, nTest: te.count,
-                          alignmentByGroup: byGroup.mapValues { $0.with / Double($0.n) },
-                          zeroShotAlignmentByGroup: byGroup.mapValues { $0.without / Double($0.n) })
+                let n = Double(max(te.count, 1))
+                var m: [String: Double] = ["n_test": Double(te.count), "alignment": align.0 / n, "zero_shot_alignment": align.1 / n,
+                                           "kl": kls.0 / n, "zero_shot_kl": kls.1 / n]
+                for (g, e) in byGroup {
+                    m[OpinionTask.alignmentKey(group: g)] = e.with / Double(e.n)
+                    m["zero_shot_" + OpinionTask.alignmentKey(group: g)] = e.without / Double(e.n)
+                }
+                return m
+            },
+            artefactEntries: { m in ["data": data, "alignment": "\(m["alignment"] ?? .nan)"] })
     }
 }
