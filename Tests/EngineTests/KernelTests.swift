@@ -67,7 +67,7 @@ final class KernelTests: XCTestCase {
         let info = try f.tensor("w")
         XCTAssertEqual(try Dequant.tensor(f, info), ref)
         let w = Weight(name: "w", rows: 5, cols: 96, values: ref)
-        w.quant = QuantView(type: .q4_1, base: f.rawBytes(info).baseAddress!, rowBytes: 60, owner: f)
+        w.quant = QuantView(kind: .q4_1, base: f.rawBytes(info).baseAddress!, rowBytes: 60, owner: f)
         var row = [Float](repeating: 0, count: 96)
         for r in 0..<5 {
             w.packed!.decode(row: r, into: &row)
@@ -190,7 +190,7 @@ final class KernelTests: XCTestCase {
         let info = try f.tensor("w")
         let w = Weight(name: "w", rows: rows, cols: cols, values: try Dequant.tensor(f, info))
         XCTAssertEqual(Array(UnsafeBufferPointer(start: w.data, count: rows * cols)), q.map(Float.init))
-        w.quant = QuantView(type: .q8_0, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * 34, owner: f)
+        w.quant = QuantView(kind: .q8_0, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * 34, owner: f)
         return (w, path)
     }
 
@@ -265,7 +265,7 @@ final class KernelTests: XCTestCase {
         let info = try f.tensor("w")
         XCTAssertEqual(try Dequant.tensor(f, info), ref)
         let w = Weight(name: "w", rows: rows, cols: 64, values: ref)
-        w.quant = QuantView(type: .q4_0, base: f.rawBytes(info).baseAddress!, rowBytes: 36, owner: f)
+        w.quant = QuantView(kind: .q4_0, base: f.rawBytes(info).baseAddress!, rowBytes: 36, owner: f)
         compare(w, rows: 3)
         if rows % 16 == 0 { try compareInt8([w], rows: 3) }
     }

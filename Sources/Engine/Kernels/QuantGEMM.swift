@@ -4,17 +4,15 @@ import Foundation
 /// A weight's original GGUF blocks in the memory-mapped file: the source `PackedWeight` is
 /// built from at load.
 public struct QuantView: @unchecked Sendable {
-    public let type: GGMLType
+    public let kind: PackedKind
     public let base: UnsafeRawPointer
     public let rowBytes: Int
     /// Keeps the mapping alive.
     let owner: AnyObject
 
-    public init(type: GGMLType, base: UnsafeRawPointer, rowBytes: Int, owner: AnyObject) {
-        self.type = type; self.base = base; self.rowBytes = rowBytes; self.owner = owner
+    public init(kind: PackedKind, base: UnsafeRawPointer, rowBytes: Int, owner: AnyObject) {
+        self.kind = kind; self.base = base; self.rowBytes = rowBytes; self.owner = owner
     }
-
-    public static func supports(_ t: GGMLType) -> Bool { t == .q4_1 || t == .q8_0 || t == .q4_0 }
 }
 
 /// A weight's blocks repacked once, at load, so that the few-row kernels decode them with as
@@ -26,29 +24,30 @@ public struct QuantView: @unchecked Sendable {
 ///   and one mask of the whole vector: eight consecutive weights, no shuffles.
 /// - Q8_0: 32 weights per 36-byte block: fp32 d, then the 32 signed bytes.
 public final class PackedWeight: @unchecked Sendable {
-    public let type: GGMLType
+    public let kind: PackedKind
     public let rows: Int, cols: Int
     public let rowBytes: Int
     let base: UnsafeMutableRawPointer
     /// The same weights laid out for the int8 kernel (`ik_pack_q4` / `ik_pack_q8`: 16 rows × 32
     /// columns per chunk), when `rows` is a multiple of 16 and the CPU has VNNI.
     public let int8: UnsafeMutableRawPointer?
-    var int8Kind: Int32 { Self.int8Kind(type) }
-    static func int8Kind(_ t: GGMLType) -> Int32 { t == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4) }
+    var int8Kind: Int32 { kind.int8Kind }
 
     public init(_ q: QuantView, rows: Int, cols: Int) {
-        precondition(cols % 32 == 0 && QuantView.supports(q.type))
-        type = q.type; self.rows = rows; self.cols = cols
+        precondition(cols % 32 == 0)
+        kind = q.kind; self.rows = rows; self.cols = cols
         let blocks = cols / 32
-        rowBytes = q.type == .q8_0 ? blocks * 36 : (blocks + 1) / 2 * 48
+        rowBytes = q.kind.packedRowBytes(blocks: blocks)
         base = .allocate(byteCount: max(rows * rowBytes, 1), alignment: 64)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
         for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
         if QuantGEMM.int8Available, rows % 16 == 0 {
-            let kind = Self.int8Kind(q.type)
-            let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(kind, Int32(rows), Int32(cols)), alignment: 64)
-            if kind == IK_Q8 { ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p) }
-            else { ik_pack_q4(q.base, q.rowBytes, q.type == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p) }
+            let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(q.kind.int8Kind, Int32(rows), Int32(cols)),
+                                                     alignment: 64)
+            switch q.kind {
+            case .q8_0: ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p)
+            case .q4_0, .q4_1: ik_pack_q4(q.base, q.rowBytes, q.kind == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p)
+            }
             int8 = p
         } else {
             int8 = nil
@@ -58,22 +57,22 @@ public final class PackedWeight: @unchecked Sendable {
 
     static func pack(_ q: QuantView, row r: Int, blocks: Int, into dst: UnsafeMutableRawPointer) {
         let src = q.base + r * q.rowBytes
-        switch q.type {
+        switch q.kind {
         case .q8_0:
             for b in 0..<blocks {
-                let blk = src + b * 34, out = dst + b * 36
+                let blk = src + b * q.kind.blockBytes, out = dst + b * 36
                 out.storeBytes(of: halfToFloat(blk.loadUnaligned(as: UInt16.self)), as: Float.self)
                 (out + 4).copyMemory(from: blk + 2, byteCount: 32)
             }
         case .q4_1, .q4_0:
-            let blockBytes = q.type == .q4_1 ? 20 : 18, qOff = q.type == .q4_1 ? 4 : 2
+            let blockBytes = q.kind.blockBytes, qOff = q.kind.valuesOffset
             for c in 0..<(blocks + 1) / 2 {
                 let out = dst + c * 48
                 let l = (out + 16).bindMemory(to: UInt32.self, capacity: 8)
                 for h in 0..<2 where 2 * c + h < blocks {
                     let blk = src + (2 * c + h) * blockBytes
                     out.storeBytes(of: halfToFloat(blk.loadUnaligned(as: UInt16.self)), toByteOffset: 8 * h, as: Float.self)
-                    let m = q.type == .q4_1 ? halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) : 0
+                    let m = q.kind == .q4_1 ? halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) : 0
                     out.storeBytes(of: m, toByteOffset: 8 * h + 4, as: Float.self)
                     for j in 0..<16 {
                         // block weight j (low nibble) is chunk weight i = 32h + j; j + 16 (high) is i + 16:
@@ -84,8 +83,6 @@ public final class PackedWeight: @unchecked Sendable {
                     }
                 }
             }
-        default:
-            preconditionFailure("PackedWeight: unsupported type \(q.type)")
         }
     }
 
@@ -93,10 +90,10 @@ public final class PackedWeight: @unchecked Sendable {
 
     /// Decodes row `r` (all `cols` weights) into `dst`.
     public func decode(row r: Int, into dst: UnsafeMutablePointer<Float>) {
-        switch type {
+        switch kind {
         case .q4_1: QuantGEMM.decodeRow(DecodeQ4_1.self, row(r), cols, dst)
         case .q4_0: QuantGEMM.decodeRow(DecodeQ4_0.self, row(r), cols, dst)
-        default: QuantGEMM.decodeRow(DecodeQ8_0.self, row(r), cols, dst)
+        case .q8_0: QuantGEMM.decodeRow(DecodeQ8_0.self, row(r), cols, dst)
         }
     }
 }
@@ -192,10 +189,10 @@ public enum QuantGEMM {
         precondition(k % 32 == 0 && outs.allSatisfy { $0.q.cols == k })
         forEachPart(outs.map(\.rows), threads: threads) { _, p, r0, r1 in
             let o = outs[p]
-            switch o.q.type {
+            switch o.q.kind {
             case .q4_1: linearRows(DecodeQ4_1.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
             case .q4_0: linearRows(DecodeQ4_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
-            default: linearRows(DecodeQ8_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
+            case .q8_0: linearRows(DecodeQ8_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
             }
         }
     }
@@ -381,10 +378,10 @@ public enum QuantGEMM {
         partial.update(repeating: 0, count: t * m * k)
         forEachPart(ins.map(\.rows), threads: t) { ti, p, r0, r1 in
             let i = ins[p], out = partial + ti * m * k
-            switch i.q.type {
+            switch i.q.kind {
             case .q4_1: backwardRows(DecodeQ4_1.self, i.dy, m, i.q, cols: k, out, r0, r1)
             case .q4_0: backwardRows(DecodeQ4_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
-            default: backwardRows(DecodeQ8_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
+            case .q8_0: backwardRows(DecodeQ8_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
             }
         }
         for ti in 1..<t { Ops.add(partial + ti * m * k, into: partial, m * k) }
@@ -512,10 +509,10 @@ extension QuantGEMM {
         M.update(repeating: -.infinity, count: t * m); S.update(repeating: 0, count: t * m)
         G.update(repeating: 0, count: t * m * k)
         forEachPart([V], threads: t) { ti, _, r0, r1 in
-            switch q.type {
+            switch q.kind {
             case .q4_1: headRows(DecodeQ4_1.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
             case .q4_0: headRows(DecodeQ4_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
-            default: headRows(DecodeQ8_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
+            case .q8_0: headRows(DecodeQ8_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
             }
         }
         let wt = UnsafeMutablePointer<Float>.allocate(capacity: k)

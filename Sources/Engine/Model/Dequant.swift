@@ -31,15 +31,11 @@ public func floatToHalf(_ f: Float) -> UInt16 {
     return sign | UInt16(e << 10) | UInt16(h)
 }
 
-/// Dequantisation of ggml block formats to fp32. The layouts (little-endian):
-///   Q8_0: 34 bytes = f16 d, 32 × int8 q;               x = d·q
-///   Q4_0: 18 bytes = f16 d, 16 bytes of nibbles;         x = d·(q − 8)
-///   Q4_1: 20 bytes = f16 d, f16 m, 16 bytes of nibbles;  x = d·q + m
-/// For the 4-bit kinds, byte j holds element j in its low nibble and element j+16 in its high one.
+/// Dequantisation of the `WeightFormat`s to fp32 (the block layouts are listed there).
 public enum Dequant {
-    /// Dequantises `count` elements (a whole number of blocks) of type `type` from `src` to `dst`.
-    public static func run(_ type: GGMLType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int, tensor: String) throws {
-        switch type {
+    /// Dequantises `count` elements (a whole number of blocks) of format `format` from `src` to `dst`.
+    public static func run(_ format: WeightFormat, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        switch format {
         case .f32:
             dst.update(from: src.assumingMemoryBound(to: Float.self), count: count)
             // (the mapping is page-aligned and tensor data 32-byte aligned, so the bound is valid)
@@ -78,40 +74,26 @@ public enum Dequant {
                     o[j + 16] = d * Float(q[j] >> 4) + m
                 }
             }
-        default:
-            throw ModelFileError.unsupportedTensorType(tensor: tensor, type: type.description)
-        }
-    }
-
-    public static func isSupported(_ type: GGMLType) -> Bool {
-        switch type {
-        case .f32, .f16, .bf16, .q8_0, .q4_0, .q4_1: return true
-        default: return false
         }
     }
 
     /// Dequantises a whole tensor to a new fp32 buffer, splitting the work over `threads`.
     public static func tensor(_ file: GGUFFile, _ info: GGUFTensorInfo, threads: Int = 1) throws -> [Float] {
-        guard isSupported(info.type) else {
-            throw ModelFileError.unsupportedTensorType(tensor: info.name, type: info.type.description)
-        }
+        let format = try WeightFormat.of(info)
         let n = info.elementCount
         let (be, bb) = info.type.blockLayout!
         let blocks = n / be
         let src = file.rawBytes(info).baseAddress!
         var out = [Float](repeating: 0, count: n)
-        try out.withUnsafeMutableBufferPointer { dst in
+        out.withUnsafeMutableBufferPointer { dst in
             let d = dst.baseAddress!
             let chunks = threads > 1 && blocks >= 4096 ? threads * 4 : 1
             let per = (blocks + chunks - 1) / chunks
-            var failure: Error?
             DispatchQueue.concurrentPerform(iterations: chunks) { c in
                 let b0 = c * per, b1 = min(blocks, b0 + per)
                 guard b0 < b1 else { return }
-                do { try run(info.type, src + b0 * bb, d + b0 * be, count: (b1 - b0) * be, tensor: info.name) }
-                catch { failure = error }
+                run(format, src + b0 * bb, d + b0 * be, count: (b1 - b0) * be)
             }
-            if let failure { throw failure }
         }
         return out
     }

@@ -20,7 +20,7 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
         case let .unsupportedVersion(p, v): return "\(p): GGUF version \(v) is not supported (2 and 3 are)"
         case let .truncated(p, w, o): return "\(p) is truncated: \(w) at byte \(o) runs past the end of the file"
         case let .absurd(p, w): return "\(p) is corrupt: \(w)"
-        case let .unsupportedTensorType(t, ty): return "tensor \(t) has type \(ty), which this engine cannot dequantise (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+        case let .unsupportedTensorType(t, ty): return "tensor \(t) has type \(ty), which this engine cannot dequantise (supported: \(WeightFormat.names))"
         case let .missingTensor(t): return "the model file has no tensor named \(t)"
         case let .missingMetadata(k): return "the model file has no metadata key \(k)"
         case let .badMetadata(k, e): return "metadata \(k) is not \(e)"

@@ -138,25 +138,20 @@ public final class LlamaModel: @unchecked Sendable {
             guard info.rows == rows, info.columns == cols else {
                 throw ModelFileError.badShape(tensor: name, expected: [cols, rows], found: info.dims)
             }
-            guard Dequant.isSupported(info.type) else {
-                throw ModelFileError.unsupportedTensorType(tensor: name, type: info.type.description)
-            }
+            let format = try WeightFormat.of(info)
             let w = Weight(name: name, rows: rows, cols: cols)
-            if QuantView.supports(info.type) && cols % 32 == 0 {
-                w.quant = QuantView(type: info.type, base: f.rawBytes(info).baseAddress!,
-                                    rowBytes: cols / 32 * info.type.blockLayout!.bytes, owner: f)
+            if let kind = format.packed, cols % 32 == 0 {
+                w.quant = QuantView(kind: kind, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * kind.blockBytes, owner: f)
             }
             let (be, bb) = info.type.blockLayout!
             let blocks = info.elementCount / be
             let chunks = threads > 1 && blocks >= 8192 ? threads : 1
             let per = (blocks + chunks - 1) / chunks
             let src = f.rawBytes(info).baseAddress!
-            var failure: Error?
             DispatchQueue.concurrentPerform(iterations: chunks) { c in
                 let b0 = c * per, b1 = min(blocks, b0 + per)
                 guard b0 < b1 else { return }
-                do { try Dequant.run(info.type, src + b0 * bb, w.data + b0 * be, count: (b1 - b0) * be, tensor: name) }
-                catch { failure = error }
+                Dequant.run(format, src + b0 * bb, w.data + b0 * be, count: (b1 - b0) * be)
             }
             if let failure { throw failure }
             return w
