@@ -13,9 +13,13 @@ let package = Package(
         .executable(name: "coordinator", targets: ["CoordinatorCLI"]),
         .executable(name: "engine-bench", targets: ["EngineBench"]),
     ],
+    // Pinned exactly here rather than by a committed Package.resolved: the build machines fetch
+    // these packages from a mirror whose commit ids differ from GitHub's, and SwiftPM refuses a
+    // Package.resolved whose recorded revision differs from the one it fetches ("does not match
+    // previously recorded value"), so a resolved file from either side breaks the other.
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // C system libraries (Debian packages installed by cluster/setup.sh).

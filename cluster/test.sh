@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash cluster/setup.sh --no-build
+python3 cluster/long-lines.py
 swift build --build-tests
 swift test --skip-build --disable-swift-testing "$@"

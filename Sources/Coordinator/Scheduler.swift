@@ -164,7 +164,7 @@ public struct Scheduler {
         experiments[experiment]?.jobIDs.compactMap { jobs[$0] } ?? []
     }
 
-    /// The primary experiment of a job (the first it was submitted with), for assignments.
+    /// Every experiment a job belongs to, sorted by name.
     public func experimentsOf(_ job: String) -> [String] {
         (membership[job] ?? []).sorted()
     }

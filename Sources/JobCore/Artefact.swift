@@ -36,31 +36,60 @@ public struct DeltaMetadata: Equatable, Sendable {
     /// Task-specific entries (prompt and target formats, the data file, a headline metric).
     public var extra: [String: String] = [:]
 
-    public init(model: String, modelSHA256: String, task: String, method: String, layer: Int, heads: Int, headDim: Int,
-                seed: Int, lambda: Double, gamma: Double, steps: Int, lr: Double, solver: String, precision: String,
-                trainSize: Int, finalLoss: Double, extra: [String: String] = [:]) {
-        self.model = model; self.modelSHA256 = modelSHA256; self.task = task; self.method = method; self.layer = layer
-        self.heads = heads; self.headDim = headDim; self.seed = seed; self.lambda = lambda; self.gamma = gamma
-        self.steps = steps; self.lr = lr; self.solver = solver; self.precision = precision; self.trainSize = trainSize
-        self.finalLoss = finalLoss; self.extra = extra
+    public init(
+        model: String, modelSHA256: String, task: String, method: String, layer: Int, heads: Int, headDim: Int,
+        seed: Int, lambda: Double, gamma: Double, steps: Int, lr: Double, solver: String, precision: String,
+        trainSize: Int, finalLoss: Double, extra: [String: String] = [:]
+    ) {
+        self.model = model
+        self.modelSHA256 = modelSHA256
+        self.task = task
+        self.method = method
+        self.layer = layer
+        self.heads = heads
+        self.headDim = headDim
+        self.seed = seed
+        self.lambda = lambda
+        self.gamma = gamma
+        self.steps = steps
+        self.lr = lr
+        self.solver = solver
+        self.precision = precision
+        self.trainSize = trainSize
+        self.finalLoss = finalLoss
+        self.extra = extra
     }
 
     /// The string map written into the safetensors header.
     public var dictionary: [String: String] {
         var d = extra
-        d["schema"] = "\(schema)"; d["model"] = model; d["model_sha256"] = modelSHA256; d["task"] = task
-        d["method"] = method; d["layer"] = "\(layer)"; d["heads"] = "\(heads)"; d["head_dim"] = "\(headDim)"
-        d["positions"] = positions; d["seed"] = "\(seed)"; d["lambda"] = "\(lambda)"; d["gamma"] = "\(gamma)"
-        d["steps"] = "\(steps)"; d["lr"] = "\(lr)"; d["solver"] = solver; d["precision"] = precision
+        d["schema"] = "\(schema)"
+        d["model"] = model
+        d["model_sha256"] = modelSHA256
+        d["task"] = task
+        d["method"] = method
+        d["layer"] = "\(layer)"
+        d["heads"] = "\(heads)"
+        d["head_dim"] = "\(headDim)"
+        d["positions"] = positions
+        d["seed"] = "\(seed)"
+        d["lambda"] = "\(lambda)"
+        d["gamma"] = "\(gamma)"
+        d["steps"] = "\(steps)"
+        d["lr"] = "\(lr)"
+        d["solver"] = solver
+        d["precision"] = precision
         d["train_size"] = "\(trainSize)"
         // a loss computed in fp32 prints as the fp32 value it is ("1.389327", not "1.389327049255371")
         d["final_loss"] = Double(Float(finalLoss)) == finalLoss ? "\(Float(finalLoss))" : "\(finalLoss)"
         return d
     }
 
-    static let typedKeys: Set<String> = ["schema", "model", "model_sha256", "task", "method", "layer", "heads", "head_dim",
-                                         "positions", "seed", "lambda", "gamma", "steps", "lr", "solver", "precision",
-                                         "train_size", "final_loss"]
+    static let typedKeys: Set<String> = [
+        "schema", "model", "model_sha256", "task", "method", "layer", "heads", "head_dim",
+        "positions", "seed", "lambda", "gamma", "steps", "lr", "solver", "precision",
+        "train_size", "final_loss",
+    ]
 
     public struct ReadError: Error, CustomStringConvertible, Equatable {
         public var key: String
@@ -90,15 +119,17 @@ public struct DeltaMetadata: Equatable, Sendable {
         }
         let schema = legacy ? 0 : try int("schema")
         guard schema <= Self.currentSchema else {
-            throw ReadError(key: "schema", message: "schema \(schema) is newer than this build reads (\(Self.currentSchema))")
+            throw ReadError(
+                key: "schema", message: "schema \(schema) is newer than this build reads (\(Self.currentSchema))")
         }
-        self.init(model: try string("model"), modelSHA256: try string("model_sha256"), task: try string("task"),
-                  method: try string("method", legacyDefault: "intervention"), layer: try int("layer"),
-                  heads: try int("heads"), headDim: try int("head_dim"), seed: try int("seed"),
-                  lambda: try double("lambda"), gamma: try double("gamma"), steps: try int("steps"),
-                  lr: try double("lr", legacyDefault: 0), solver: try string("solver"), precision: try string("precision"),
-                  trainSize: try int("train_size", legacyDefault: 0), finalLoss: try double("final_loss"),
-                  extra: d.filter { !Self.typedKeys.contains($0.key) })
+        self.init(
+            model: try string("model"), modelSHA256: try string("model_sha256"), task: try string("task"),
+            method: try string("method", legacyDefault: "intervention"), layer: try int("layer"),
+            heads: try int("heads"), headDim: try int("head_dim"), seed: try int("seed"),
+            lambda: try double("lambda"), gamma: try double("gamma"), steps: try int("steps"),
+            lr: try double("lr", legacyDefault: 0), solver: try string("solver"), precision: try string("precision"),
+            trainSize: try int("train_size", legacyDefault: 0), finalLoss: try double("final_loss"),
+            extra: d.filter { !Self.typedKeys.contains($0.key) })
         self.schema = schema
         self.positions = try string("positions", legacyDefault: "last")
     }
@@ -108,7 +139,10 @@ public struct DeltaMetadata: Equatable, Sendable {
 public struct DeltaArtefact: Equatable, Sendable {
     public var delta: [Float]
     public var metadata: DeltaMetadata
-    public init(delta: [Float], metadata: DeltaMetadata) { self.delta = delta; self.metadata = metadata }
+    public init(delta: [Float], metadata: DeltaMetadata) {
+        self.delta = delta
+        self.metadata = metadata
+    }
 
     public var data: Data {
         Safetensors.write(tensors: [("delta", [delta.count], delta)], metadata: metadata.dictionary)
@@ -119,7 +153,8 @@ public struct DeltaArtefact: Equatable, Sendable {
         guard let d = t["delta"] else { throw Safetensors.ReadError.malformed("no tensor named delta") }
         let m = try DeltaMetadata(md)
         guard d.shape == [m.heads * m.headDim] else {
-            throw Safetensors.ReadError.malformed("delta has shape \(d.shape); the metadata says \(m.heads) heads × \(m.headDim)")
+            throw Safetensors.ReadError.malformed(
+                "delta has shape \(d.shape); the metadata says \(m.heads) heads × \(m.headDim)")
         }
         self.init(delta: d.values, metadata: m)
     }
@@ -127,7 +162,9 @@ public struct DeltaArtefact: Equatable, Sendable {
 
 /// Safetensors: 8-byte little-endian header length, a JSON header, then raw tensor bytes.
 public enum Safetensors {
-    public static func write(tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String]) -> Data {
+    public static func write(tensors: [(name: String, shape: [Int], values: [Float])], metadata: [String: String])
+        -> Data
+    {
         var header: [String: Any] = ["__metadata__": metadata]
         var offset = 0
         for t in tensors {
@@ -146,11 +183,16 @@ public enum Safetensors {
 
     public enum ReadError: Error, CustomStringConvertible {
         case malformed(String)
-        public var description: String { if case let .malformed(w) = self { return "malformed safetensors: \(w)" }; return "" }
+        public var description: String {
+            if case .malformed(let w) = self { return "malformed safetensors: \(w)" }
+            return ""
+        }
     }
 
     /// Reads F32 tensors and the metadata.
-    public static func read(_ data: Data) throws -> (tensors: [String: (shape: [Int], values: [Float])], metadata: [String: String]) {
+    public static func read(_ data: Data) throws -> (
+        tensors: [String: (shape: [Int], values: [Float])], metadata: [String: String]
+    ) {
         guard data.count >= 8 else { throw ReadError.malformed("shorter than 8 bytes") }
         let n = data.prefix(8).withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
         guard n > 0, n <= data.count - 8 else { throw ReadError.malformed("header length \(n)") }
@@ -160,15 +202,17 @@ public enum Safetensors {
         var tensors: [String: (shape: [Int], values: [Float])] = [:]
         for (k, v) in h where k != "__metadata__" {
             guard let t = v as? [String: Any], t["dtype"] as? String == "F32", let shape = t["shape"] as? [Int],
-                  let off = t["data_offsets"] as? [Int], off.count == 2, off[0] >= 0, off[1] >= off[0],
-                  8 + n + off[1] <= data.count, (off[1] - off[0]) == 4 * shape.reduce(1, *) else {
+                let off = t["data_offsets"] as? [Int], off.count == 2, off[0] >= 0, off[1] >= off[0],
+                8 + n + off[1] <= data.count, (off[1] - off[0]) == 4 * shape.reduce(1, *)
+            else {
                 throw ReadError.malformed("tensor \(k)")
             }
             let bytes = data.subdata(in: (8 + n + off[0])..<(8 + n + off[1]))
-            let vals = bytes.withUnsafeBytes { raw in (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) } }
+            let vals = bytes.withUnsafeBytes { raw in
+                (0..<(bytes.count / 4)).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self) }
+            }
             tensors[k] = (shape, vals)
         }
         return (tensors, (h["__metadata__"] as? [String: String]) ?? [:])
     }
 }
-

@@ -6,7 +6,8 @@ import Foundation
 /// A closed set of names (methods, solvers, precisions): parsed and listed in one way everywhere,
 /// so the grid, the CLI, the wire and the engine report an unknown name in the same words. A
 /// value prints as its name.
-public protocol NamedChoice: RawRepresentable, CaseIterable, Sendable, CustomStringConvertible where RawValue == String {}
+public protocol NamedChoice: RawRepresentable, CaseIterable, Sendable, CustomStringConvertible
+where RawValue == String {}
 
 extension NamedChoice {
     public var description: String { rawValue }
@@ -27,7 +28,10 @@ extension NamedChoice {
 public struct JobSpecError: Error, CustomStringConvertible, Equatable, DeterministicJobFailure {
     public var field: String
     public var message: String
-    public init(field: String, message: String) { self.field = field; self.message = message }
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
     public var description: String { "\(field): \(message)" }
     public var isDeterministic: Bool { true }
 }
@@ -58,7 +62,8 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// and the model always count). Train size stays for the baselines: it fixes the train/test split.
     public var axes: JobAxes {
         switch self {
-        case .intervention, .synthetic, .syntheticFail, .syntheticCrash: return [.layer, .lambda, .gamma, .solver, .trainSize]
+        case .intervention, .synthetic, .syntheticFail, .syntheticCrash:
+            return [.layer, .lambda, .gamma, .solver, .trainSize]
         case .zeroShot: return [.trainSize]
         case .fewShot: return [.trainSize, .shots]
         }
@@ -76,7 +81,7 @@ public struct JobAxes: OptionSet, Sendable {
     public static let layer = JobAxes(rawValue: 1)
     public static let lambda = JobAxes(rawValue: 2)
     public static let gamma = JobAxes(rawValue: 4)
-    public static let solver = JobAxes(rawValue: 8)     // steps, lr, solver method, precision
+    public static let solver = JobAxes(rawValue: 8)  // steps, lr, solver method, precision
     public static let trainSize = JobAxes(rawValue: 16)
     public static let shots = JobAxes(rawValue: 32)
 }
@@ -156,16 +161,30 @@ public struct JobSpec: Sendable, Equatable, Hashable {
     public var promptTemplate: String
     public var targetTemplate: String
 
-    public init(model: String = "smollm2-135m-instruct", task: String, method: JobMethod = .intervention,
-                layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
-                trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
-                maxNewTokens: Int = 0, shots: Int = 10, solver: SolverMethod? = nil, precision: Precision? = nil,
-                promptTemplate: String = "", targetTemplate: String = "") {
-        self.model = model; self.task = task; self.method = method; self.layer = layer
-        self.lambda = lambda; self.gamma = gamma; self.seed = seed; self.trainSize = trainSize
-        self.testSize = testSize; self.steps = steps; self.lr = lr; self.maxNewTokens = maxNewTokens
-        self.shots = shots; self.solver = solver; self.precision = precision
-        self.promptTemplate = promptTemplate; self.targetTemplate = targetTemplate
+    public init(
+        model: String = "smollm2-135m-instruct", task: String, method: JobMethod = .intervention,
+        layer: Int = 4, lambda: Double = 0.01, gamma: Double = 0.01, seed: Int = 0,
+        trainSize: Int = 10, testSize: Int = 200, steps: Int = 200, lr: Double = 0.1,
+        maxNewTokens: Int = 0, shots: Int = 10, solver: SolverMethod? = nil, precision: Precision? = nil,
+        promptTemplate: String = "", targetTemplate: String = ""
+    ) {
+        self.model = model
+        self.task = task
+        self.method = method
+        self.layer = layer
+        self.lambda = lambda
+        self.gamma = gamma
+        self.seed = seed
+        self.trainSize = trainSize
+        self.testSize = testSize
+        self.steps = steps
+        self.lr = lr
+        self.maxNewTokens = maxNewTokens
+        self.shots = shots
+        self.solver = solver
+        self.precision = precision
+        self.promptTemplate = promptTemplate
+        self.targetTemplate = targetTemplate
     }
 
     /// This spec with every axis its method ignores set to a neutral value (so the id does not
@@ -178,7 +197,10 @@ public struct JobSpec: Sendable, Equatable, Hashable {
         if !a.contains(.lambda) { s.lambda = 0 }
         if !a.contains(.gamma) { s.gamma = 0 }
         if !a.contains(.solver) {
-            s.steps = 0; s.lr = 0; s.solver = nil; s.precision = nil
+            s.steps = 0
+            s.lr = 0
+            s.solver = nil
+            s.precision = nil
         } else {
             s.solver = s.solver ?? .defaultMethod
             s.precision = s.precision ?? .solverDefault
@@ -204,7 +226,8 @@ public struct JobSpec: Sendable, Equatable, Hashable {
 
 extension JobSpec: Codable {
     enum CodingKeys: String, CodingKey {
-        case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots, solver
+        case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots,
+            solver
         case precision, promptTemplate, targetTemplate
     }
 
@@ -213,13 +236,23 @@ extension JobSpec: Codable {
     /// it existed. Stored job rows use the same form.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(model, forKey: .model); try c.encode(task, forKey: .task); try c.encode(method, forKey: .method)
-        try c.encode(layer, forKey: .layer); try c.encode(lambda, forKey: .lambda); try c.encode(gamma, forKey: .gamma)
-        try c.encode(seed, forKey: .seed); try c.encode(trainSize, forKey: .trainSize); try c.encode(testSize, forKey: .testSize)
-        try c.encode(steps, forKey: .steps); try c.encode(lr, forKey: .lr); try c.encode(maxNewTokens, forKey: .maxNewTokens)
-        try c.encode(shots, forKey: .shots); try c.encode(solver?.rawValue ?? "", forKey: .solver)
+        try c.encode(model, forKey: .model)
+        try c.encode(task, forKey: .task)
+        try c.encode(method, forKey: .method)
+        try c.encode(layer, forKey: .layer)
+        try c.encode(lambda, forKey: .lambda)
+        try c.encode(gamma, forKey: .gamma)
+        try c.encode(seed, forKey: .seed)
+        try c.encode(trainSize, forKey: .trainSize)
+        try c.encode(testSize, forKey: .testSize)
+        try c.encode(steps, forKey: .steps)
+        try c.encode(lr, forKey: .lr)
+        try c.encode(maxNewTokens, forKey: .maxNewTokens)
+        try c.encode(shots, forKey: .shots)
+        try c.encode(solver?.rawValue ?? "", forKey: .solver)
         if let precision { try c.encode(precision, forKey: .precision) }
-        try c.encode(promptTemplate, forKey: .promptTemplate); try c.encode(targetTemplate, forKey: .targetTemplate)
+        try c.encode(promptTemplate, forKey: .promptTemplate)
+        try c.encode(targetTemplate, forKey: .targetTemplate)
     }
 
     public init(from decoder: Decoder) throws {
@@ -228,16 +261,17 @@ extension JobSpec: Codable {
             let s = try c.decodeIfPresent(String.self, forKey: key) ?? ""
             return s.isEmpty ? nil : try T.parse(s, field: key.stringValue)
         }
-        self.init(model: try c.decode(String.self, forKey: .model), task: try c.decode(String.self, forKey: .task),
-                  method: try JobMethod.parse(try c.decode(String.self, forKey: .method), field: "method"),
-                  layer: try c.decode(Int.self, forKey: .layer),
-                  lambda: try c.decode(Double.self, forKey: .lambda), gamma: try c.decode(Double.self, forKey: .gamma),
-                  seed: try c.decode(Int.self, forKey: .seed), trainSize: try c.decode(Int.self, forKey: .trainSize),
-                  testSize: try c.decode(Int.self, forKey: .testSize), steps: try c.decode(Int.self, forKey: .steps),
-                  lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
-                  shots: try c.decode(Int.self, forKey: .shots),
-                  solver: try named(.solver, SolverMethod.self), precision: try named(.precision, Precision.self),
-                  promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
-                  targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
+        self.init(
+            model: try c.decode(String.self, forKey: .model), task: try c.decode(String.self, forKey: .task),
+            method: try JobMethod.parse(try c.decode(String.self, forKey: .method), field: "method"),
+            layer: try c.decode(Int.self, forKey: .layer),
+            lambda: try c.decode(Double.self, forKey: .lambda), gamma: try c.decode(Double.self, forKey: .gamma),
+            seed: try c.decode(Int.self, forKey: .seed), trainSize: try c.decode(Int.self, forKey: .trainSize),
+            testSize: try c.decode(Int.self, forKey: .testSize), steps: try c.decode(Int.self, forKey: .steps),
+            lr: try c.decode(Double.self, forKey: .lr), maxNewTokens: try c.decode(Int.self, forKey: .maxNewTokens),
+            shots: try c.decode(Int.self, forKey: .shots),
+            solver: try named(.solver, SolverMethod.self), precision: try named(.precision, Precision.self),
+            promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
+            targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
     }
 }

@@ -31,14 +31,14 @@ public final class EngineJobRunner: JobRunner {
 
     public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
         let lm = try model(spec.model)
-        let exp = Experiment(lm: lm, registry: registry, solverMethod: solver, precision: precision)
+        let exp = PairTaskJobs(lm: lm, registry: registry, solverMethod: solver, precision: precision)
         do {
             return try exp.run(spec) { phase, done, total, metrics in
                 // Solver steps are the progress the coordinator sees; evaluation counts after them.
                 if phase == "solve" { progress?.progress(step: done, total: total + 1, metrics: metrics) }
                 else if done == total && phase == "eval" { progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:]) }
             }
-        } catch let e as ExperimentError {
+        } catch let e as EngineJobError {
             throw JobError(e.message, deterministic: e.deterministic)
         }
     }

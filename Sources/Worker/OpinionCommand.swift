@@ -67,7 +67,7 @@ public struct OpinionCommand: ParsableCommand {
                 bar.show("solve \(s.step)/\(steps)  KL \(String(format: "%.4f", s.loss))  nonzero \(s.nonzeros)  heads \(s.activeHeads)")
             }))[0]
         } catch let e as OpinionTaskError { throw CLIError(e.errorDescription ?? "\(e)") }
-        catch let e as ExperimentError { throw CLIError(e.message) }
+        catch let e as EngineJobError { throw CLIError(e.message) }
         bar.done()
         let path = try saveArtefact(outcome.artefact.data, in: out)
         let m = outcome.metrics, last = outcome.result.final

@@ -152,7 +152,7 @@ public struct RunCommand: ParsableCommand {
         func unescape(_ s: String) -> String { s.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\t", with: "\t") }
         if unescape(template) != PromptFormat.qa.query { spec.promptTemplate = unescape(template) }
         if unescape(targetTemplate) != PromptFormat.qa.target { spec.targetTemplate = unescape(targetTemplate) }
-        let exp = Experiment(lm: lm)   // the spec names its solver and precision
+        let exp = PairTaskJobs(lm: lm)   // the spec names its solver and precision
         let t0 = Date()
         let seedList = seeds.map { $0.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? [spec.seed]
         if let seeds, seedList.isEmpty || seedList.count != seeds.split(separator: ",").count || seedList.contains(where: { $0 < 0 }) {
@@ -164,7 +164,7 @@ public struct RunCommand: ParsableCommand {
         let specs = seedList.map { s -> JobSpec in var x = spec; x.seed = s; return x }
         let outcomes: [JobOutcome]
         do {
-            let show: Experiment.Progress = { phase, done, total, m in
+            let show: PairTaskJobs.Progress = { phase, done, total, m in
                 var s = "\(phase) \(done)/\(total)"
                 if let l = m["loss"], let nz = m["nonzero"], let ah = m["active_heads"] {
                     s += String(format: "  loss %.4f  nonzero %d  heads %d", l, Int(nz), Int(ah))
@@ -172,7 +172,7 @@ public struct RunCommand: ParsableCommand {
                 bar.show(s, force: done == total)
             }
             outcomes = specs.count == 1 ? [try exp.run(specs[0], progress: show)] : try exp.runFused(specs, progress: show)
-        } catch let e as ExperimentError {
+        } catch let e as EngineJobError {
             bar.done()
             throw CLIError(e.message)
         }
@@ -276,8 +276,8 @@ public struct BenchCommand: ParsableCommand {
                 fwdMs = Date().timeIntervalSince(f) * 1000 / 5
             })
         let outcome: JobOutcome
-        do { outcome = try Experiment(lm: lm).runFused([job.spec(model: modelOptions.model)], hooks: hooks)[0] }
-        catch let e as ExperimentError { throw CLIError(e.message) }
+        do { outcome = try PairTaskJobs(lm: lm).runFused([job.spec(model: modelOptions.model)], hooks: hooks)[0] }
+        catch let e as EngineJobError { throw CLIError(e.message) }
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
         let m = outcome.metrics
         let sorted = times.sorted()

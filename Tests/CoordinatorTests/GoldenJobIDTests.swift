@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+
 @testable import Coordinator
 
 /// Job ids are the store's keys: a resubmitted grid reuses a finished job only if its id is the
@@ -13,9 +14,15 @@ final class GoldenJobIDTests: XCTestCase {
     /// Every shipped grid, plus a test grid that sets every field to a non-default value.
     static func grids() throws -> [(name: String, url: URL)] {
         let dir = root.appendingPathComponent("cluster/grids")
-        let shipped = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }.sorted()
+        let shipped = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }
+            .sorted()
         return shipped.map { ("cluster/grids/" + $0, dir.appendingPathComponent($0)) }
-            + [("golden-variety-grid.json", root.appendingPathComponent("Tests/CoordinatorTests/Fixtures/golden-variety-grid.json"))]
+            + [
+                (
+                    "golden-variety-grid.json",
+                    root.appendingPathComponent("Tests/CoordinatorTests/Fixtures/golden-variety-grid.json")
+                )
+            ]
     }
 
     /// name → [[id, canonical JSON]] in expansion order.
@@ -36,7 +43,9 @@ final class GoldenJobIDTests: XCTestCase {
             throw XCTSkip("wrote \(Self.fixture.path); this run checked nothing")
         }
         let golden = try JSONDecoder().decode([String: [[String]]].self, from: Data(contentsOf: Self.fixture))
-        XCTAssertEqual(Set(golden.keys), Set(now.keys), "a grid was added or removed: regenerate the golden file only if its ids are new")
+        XCTAssertEqual(
+            Set(golden.keys), Set(now.keys),
+            "a grid was added or removed: regenerate the golden file only if its ids are new")
         var checked = 0
         for (name, jobs) in golden {
             guard let mine = now[name] else { continue }

@@ -221,7 +221,7 @@ final class InterventionTests: XCTestCase {
     /// A job with bad parameters fails with a message that says what is wrong, before any work.
     func testExperimentRefusesBadJobsClearly() throws {
         let lm = try SharedModel.get()
-        let exp = Experiment(lm: lm)
+        let exp = PairTaskJobs(lm: lm)
         func message(_ spec: JobSpec) -> String {
             do { _ = try exp.run(spec); return "no error" } catch { return "\(error)" }
         }
@@ -233,7 +233,7 @@ final class InterventionTests: XCTestCase {
 
     func testJobPromptTemplates() throws {
         let lm = try SharedModel.get()
-        let exp = Experiment(lm: lm)
+        let exp = PairTaskJobs(lm: lm)
         XCTAssertEqual(try exp.format(for: JobSpec(task: "t")), .qa)
         let f = try exp.format(for: JobSpec(task: "t", promptTemplate: "{input} =>", targetTemplate: " {output}."))
         XCTAssertEqual(f.prompt("hot"), "hot =>")

@@ -7,24 +7,29 @@ import XCTest
 /// coordinator share.
 final class JobWireTests: XCTestCase {
     /// Every field set to a value that differs from the default.
-    static let everyField = JobSpec(model: "m.gguf", task: "antonym", method: .fewShot, layer: 7, lambda: 0.5, gamma: 0.25,
-                                    seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
-                                    solver: .fista, precision: .fp32, promptTemplate: "In: {input}",
-                                    targetTemplate: " Out: {output}")
+    static let everyField = JobSpec(
+        model: "m.gguf", task: "antonym", method: .fewShot, layer: 7, lambda: 0.5, gamma: 0.25,
+        seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
+        solver: .fista, precision: .fp32, promptTemplate: "In: {input}",
+        targetTemplate: " Out: {output}")
 
     func testEveryFieldSurvivesTheBytes() throws {
         // The fixture must really set every field: a field added to JobSpec and left at its
         // default here would make this test blind to it, so that is a failure too.
         let defaults = Mirror(reflecting: JobSpec(task: ""))
         for (child, base) in zip(Mirror(reflecting: Self.everyField).children, defaults.children) {
-            XCTAssertNotEqual("\(child.value)", "\(base.value)", "set \(child.label ?? "?") to a non-default value in this test")
+            XCTAssertNotEqual(
+                "\(child.value)", "\(base.value)", "set \(child.label ?? "?") to a non-default value in this test")
         }
-        XCTAssertEqual(Mirror(reflecting: Self.everyField).children.count, 17, "a new JobSpec field: extend this test and the mapping")
+        XCTAssertEqual(
+            Mirror(reflecting: Self.everyField).children.count, 17,
+            "a new JobSpec field: extend this test and the mapping")
         let bytes = try JobParams(Self.everyField).serializedData()
         XCTAssertEqual(try JobSpec(wire: try JobParams(serializedBytes: bytes)), Self.everyField)
         // empty solver and precision mean "not named"
         var plain = Self.everyField
-        plain.solver = nil; plain.precision = nil
+        plain.solver = nil
+        plain.precision = nil
         XCTAssertEqual(try JobSpec(wire: JobParams(plain)), plain)
     }
 
@@ -32,15 +37,21 @@ final class JobWireTests: XCTestCase {
         func message(_ edit: (inout JobParams) -> Void) -> String {
             var p = JobParams(Self.everyField)
             edit(&p)
-            do { _ = try JobSpec(wire: p); return "no error" } catch let e as JobSpecError {
+            do {
+                _ = try JobSpec(wire: p)
+                return "no error"
+            } catch let e as JobSpecError {
                 XCTAssertTrue(e.isDeterministic)
                 return e.description
             } catch { return "\(error)" }
         }
-        XCTAssertEqual(message { $0.method = "magic" },
-                       #"method: expected one of "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#)
-        XCTAssertEqual(message { $0.solver = "sgd" },
-                       #"solver: expected one of "adam-avg", "adam", "adam-uniform", "adam-subgradient", "fista", got "sgd""#)
+        XCTAssertEqual(
+            message { $0.method = "magic" },
+            #"method: expected one of "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#
+        )
+        XCTAssertEqual(
+            message { $0.solver = "sgd" },
+            #"solver: expected one of "adam-avg", "adam", "adam-uniform", "adam-subgradient", "fista", got "sgd""#)
         XCTAssertEqual(message { $0.precision = "fp16" }, #"precision: expected one of "fp32", "int8", got "fp16""#)
     }
 

@@ -2,7 +2,7 @@ import Foundation
 
 /// A task kind's part in a Δ job: the training prompts and the loss over them (what the solver
 /// minimises), how a learned Δ is scored on held-out data, and the task's entries in the
-/// artefact. Function-vector tasks (`Experiment`) and opinion tasks (`OpinionTask`) are the two
+/// artefact. Function-vector tasks (`PairTaskJobs`) and opinion tasks (`OpinionTask`) are the two
 /// kinds today; a new kind is a new way to fill this in.
 public struct DeltaProblem {
     /// Training prompts, tokenised; one row each.
@@ -18,11 +18,17 @@ public struct DeltaProblem {
     /// Task-specific artefact entries, given the evaluation's metrics (formats, data file, a headline figure).
     public var artefactEntries: (_ metrics: [String: Double]) -> [String: String]
 
-    public init(prompts: [[Int]], loss: TaskLoss, task: String, seed: Int,
-                evaluate: @escaping (_ delta: [Float], _ progress: ((Int, Int) -> Void)?) throws -> [String: Double],
-                artefactEntries: @escaping (_ metrics: [String: Double]) -> [String: String] = { _ in [:] }) {
-        self.prompts = prompts; self.loss = loss; self.task = task; self.seed = seed
-        self.evaluate = evaluate; self.artefactEntries = artefactEntries
+    public init(
+        prompts: [[Int]], loss: TaskLoss, task: String, seed: Int,
+        evaluate: @escaping (_ delta: [Float], _ progress: ((Int, Int) -> Void)?) throws -> [String: Double],
+        artefactEntries: @escaping (_ metrics: [String: Double]) -> [String: String] = { _ in [:] }
+    ) {
+        self.prompts = prompts
+        self.loss = loss
+        self.task = task
+        self.seed = seed
+        self.evaluate = evaluate
+        self.artefactEntries = artefactEntries
     }
 }
 
@@ -38,12 +44,21 @@ public struct DeltaSettings: Sendable {
     public var precision: Precision
     /// The artefact's `method`.
     public var method: String = JobMethod.intervention.rawValue
-    public init(layer: Int, lambda: Double, gamma: Double, solver: SolverMethod = .defaultMethod, steps: Int = 200,
-                lr: Double = 0.1, precision: Precision = .solverDefault) {
-        self.layer = layer; self.lambda = lambda; self.gamma = gamma; self.solver = solver; self.steps = steps
-        self.lr = lr; self.precision = precision
+    public init(
+        layer: Int, lambda: Double, gamma: Double, solver: SolverMethod = .defaultMethod, steps: Int = 200,
+        lr: Double = 0.1, precision: Precision = .solverDefault
+    ) {
+        self.layer = layer
+        self.lambda = lambda
+        self.gamma = gamma
+        self.solver = solver
+        self.steps = steps
+        self.lr = lr
+        self.precision = precision
     }
-    public var options: SolverOptions { SolverOptions(method: solver, steps: steps, lr: Float(lr), precision: precision) }
+    public var options: SolverOptions {
+        SolverOptions(method: solver, steps: steps, lr: Float(lr), precision: precision)
+    }
     public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
         SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)
     }
@@ -71,27 +86,35 @@ public struct DeltaPipeline {
         public var afterSolve: ((_ path: InterventionPath, _ loss: TaskLoss, _ results: [SolverResult]) -> Void)?
         /// Evaluation progress of problem `job`.
         public var onEval: ((_ job: Int, _ done: Int, _ total: Int) -> Void)?
-        public init(onSetup: ((Double) -> Void)? = nil, onStep: ((Int, SolverStep) -> Void)? = nil,
-                    afterSolve: ((InterventionPath, TaskLoss, [SolverResult]) -> Void)? = nil,
-                    onEval: ((Int, Int, Int) -> Void)? = nil) {
-            self.onSetup = onSetup; self.onStep = onStep; self.afterSolve = afterSolve; self.onEval = onEval
+        public init(
+            onSetup: ((Double) -> Void)? = nil, onStep: ((Int, SolverStep) -> Void)? = nil,
+            afterSolve: ((InterventionPath, TaskLoss, [SolverResult]) -> Void)? = nil,
+            onEval: ((Int, Int, Int) -> Void)? = nil
+        ) {
+            self.onSetup = onSetup
+            self.onStep = onStep
+            self.afterSolve = afterSolve
+            self.onEval = onEval
         }
     }
 
     public let lm: LanguageModel
     public init(lm: LanguageModel) { self.lm = lm }
 
-    public func run(_ problems: [DeltaProblem], settings: DeltaSettings, hooks: Hooks = Hooks()) throws -> [DeltaOutcome] {
+    public func run(_ problems: [DeltaProblem], settings: DeltaSettings, hooks: Hooks = Hooks()) throws
+        -> [DeltaOutcome]
+    {
         precondition(!problems.isEmpty)
         let cfg = lm.config
         guard settings.layer >= 0 && settings.layer < cfg.nLayers else {
-            throw ExperimentError("layer \(settings.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
+            throw EngineJobError("layer \(settings.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
         }
         if problems.count > 1 && settings.solver == .fista {
-            throw ExperimentError("the fista solver runs one job at a time; use an Adam solver to fuse seeds")
+            throw EngineJobError("the fista solver runs one job at a time; use an Adam solver to fuse seeds")
         }
         let t0 = Date()
-        var prompts: [[Int]] = [], rows: [Range<Int>] = []
+        var prompts: [[Int]] = []
+        var rows: [Range<Int>] = []
         for p in problems {
             rows.append(prompts.count..<(prompts.count + p.prompts.count))
             prompts += p.prompts
@@ -104,8 +127,9 @@ public struct DeltaPipeline {
         hooks.onSetup?(setupMs)
 
         let ts = Date()
-        let results = Solver.solveJobs(path: path, jobs: rows, loss: loss, penalty: settings.penalty(cfg),
-                                       options: settings.options, onStep: hooks.onStep)
+        let results = Solver.solveJobs(
+            path: path, jobs: rows, loss: loss, penalty: settings.penalty(cfg),
+            options: settings.options, onStep: hooks.onStep)
         let solveMs = Date().timeIntervalSince(ts) * 1000
         hooks.afterSolve?(path, loss, results)
 
@@ -114,7 +138,8 @@ public struct DeltaPipeline {
         for (j, (p, res)) in zip(problems, results).enumerated() {
             let f = res.final
             var metrics: [String: Double] = [
-                "n_train": Double(p.prompts.count), "setup_ms": setupMs, "solve_ms": solveMs, "fused_jobs": Double(problems.count),
+                "n_train": Double(p.prompts.count), "setup_ms": setupMs, "solve_ms": solveMs,
+                "fused_jobs": Double(problems.count),
                 "step_ms": solveMs / Double(max(res.history.count, 1)),
                 "final_loss": Double(f.loss), "final_objective": Double(f.objective),
                 "nonzero": Double(f.nonzeros), "active_heads": Double(f.activeHeads),
@@ -132,7 +157,8 @@ public struct DeltaPipeline {
                 steps: res.history.count - 1, lr: settings.lr, solver: settings.solver.rawValue,
                 precision: settings.precision.effective.rawValue,
                 trainSize: p.prompts.count, finalLoss: Double(f.loss), extra: p.artefactEntries(metrics))
-            outcomes.append(DeltaOutcome(result: res, metrics: metrics, artefact: DeltaArtefact(delta: res.delta, metadata: md)))
+            outcomes.append(
+                DeltaOutcome(result: res, metrics: metrics, artefact: DeltaArtefact(delta: res.delta, metadata: md)))
         }
         return outcomes
     }
@@ -144,15 +170,25 @@ extension TaskLoss {
     public static func concatenating(_ losses: [TaskLoss]) throws -> TaskLoss {
         precondition(!losses.isEmpty)
         if losses.count == 1 { return losses[0] }
-        var targets: [Int] = [], alphabets: [[Int]] = [], dists: [[Float]] = []
+        var targets: [Int] = []
+        var alphabets: [[Int]] = []
+        var dists: [[Float]] = []
         var kinds = Set<String>()
         for l in losses {
             switch l {
-            case .nextToken(let t): targets += t; kinds.insert("next-token")
-            case .restrictedKL(let a, let d): alphabets += a; dists += d; kinds.insert("restricted-KL")
+            case .nextToken(let t):
+                targets += t
+                kinds.insert("next-token")
+            case .restrictedKL(let a, let d):
+                alphabets += a
+                dists += d
+                kinds.insert("restricted-KL")
             }
         }
-        guard kinds.count == 1 else { throw ExperimentError("problems solved together must have losses of one kind, got \(kinds.sorted())") }
-        return kinds.first == "next-token" ? .nextToken(targets: targets) : .restrictedKL(alphabets: alphabets, target: dists)
+        guard kinds.count == 1 else {
+            throw EngineJobError("problems solved together must have losses of one kind, got \(kinds.sorted())")
+        }
+        return kinds.first == "next-token"
+            ? .nextToken(targets: targets) : .restrictedKL(alphabets: alphabets, target: dists)
     }
 }

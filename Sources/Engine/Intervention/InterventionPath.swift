@@ -15,7 +15,7 @@ public enum TaskLoss: Sendable {
     }
 }
 
-/// Δ's single-token path, prefix-cached (see DESIGN.md, "Why it can be fast").
+/// Δ's single-token path, prefix-cached (see docs/design.md, "The single-token path").
 ///
 /// Δ ∈ R^{H·d} is added to the concatenated head outputs of layer ℓ at the last prompt position.
 /// Causal attention means nothing before that position sees Δ, so `prepare` runs every prompt
@@ -47,7 +47,7 @@ public final class InterventionPath {
     /// The logits of the prompts' last position with Δ = 0 (from the prefill), [N × V].
     public let baseLogits: [Float]
     let acts: Activations
-    /// Number of attention layers on the path (ℓ+1 … L−1) and their count of prefix positions.
+    /// The longest prompt: the most positions any row attends over (its cached prefix and itself).
     let maxCtx: Int
 
     /// Saved activations of the last forward, for the backward. One set per layer on the path.

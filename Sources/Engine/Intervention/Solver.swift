@@ -116,6 +116,8 @@ public struct SolverResult: Sendable {
 /// Minimises loss(Δ) + γ‖Δ‖₁ + λΣ_h‖Δ_h‖₂ over Δ. Deterministic: Δ starts at 0 and no step
 /// draws random numbers.
 public enum Solver {
+    /// Solves one problem over all the path's rows (any method, FISTA included). The path's
+    /// precision is set to `options.precision` while solving and restored after.
     public static func solve(path: InterventionPath, loss: TaskLoss, penalty: SparseGroupLasso,
                              options: SolverOptions, onStep: ((SolverStep) -> Void)? = nil) -> SolverResult {
         let saved = path.precision

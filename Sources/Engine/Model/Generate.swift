@@ -27,7 +27,8 @@ public struct StopRules: Sendable {
 public struct Generation: Sendable {
     /// New token ids per prompt (stop tokens excluded for EOS, included for newline).
     public var tokens: [[Int]]
-    /// The logits of the first new token per prompt ([V] each), for first-token metrics.
+    /// The first new token's id per prompt (the argmax of the prompt pass's logits, whatever the
+    /// stop rules then did), for first-token accuracy.
     public var firstArgmax: [Int]
 }
 

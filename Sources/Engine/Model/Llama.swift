@@ -257,8 +257,9 @@ public final class LlamaModel: @unchecked Sendable {
         let o = UnsafeMutablePointer<Float>.allocate(capacity: T * A)       // head outputs (Δ site)
         let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
-        let maxCtx = zip(startPos, rowCount).map { $0 + $1 }.max() ?? 1
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: maxCtx * maxCtx)
+        // one head's scores [n × ctx] for the sequence with the most (new rows × context)
+        let scoreCount = zip(startPos, rowCount).map { ($0 + $1) * $1 }.max() ?? 1
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
         defer { [x, xn, q, kNew, vNew, o, g, u, scores].forEach { $0.deallocate() } }
 
         // x = embedding rows

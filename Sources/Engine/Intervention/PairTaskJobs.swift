@@ -83,7 +83,7 @@ extension LanguageModel {
     }
 }
 
-public struct ExperimentError: Error, CustomStringConvertible {
+public struct EngineJobError: Error, CustomStringConvertible {
     public var message: String
     /// True when running the job again would fail the same way (bad task, bad parameters).
     public var deterministic: Bool
@@ -91,8 +91,10 @@ public struct ExperimentError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Runs one job end to end on a loaded model: split, prefix-cache, solve, evaluate, package Δ.
-public struct Experiment {
+/// Runs the jobs of input → output pair tasks (the function-vector tasks) on a loaded model:
+/// intervention (through `DeltaPipeline`), zero-shot and few-shot. Splits the task by the job's
+/// seed, and for the intervention learns Δ, evaluates with and without it, and packages it.
+public struct PairTaskJobs {
     public var lm: LanguageModel
     public var registry: TaskRegistry
     public var format: PromptFormat = .qa
@@ -115,8 +117,8 @@ public struct Experiment {
         guard !spec.promptTemplate.isEmpty || !spec.targetTemplate.isEmpty else { return format }
         let q = spec.promptTemplate.isEmpty ? format.query : spec.promptTemplate
         let t = spec.targetTemplate.isEmpty ? format.target : spec.targetTemplate
-        guard q.contains("{input}") else { throw ExperimentError("the prompt template must contain {input}: \(q.debugDescription)") }
-        guard t.contains("{output}") else { throw ExperimentError("the target template must contain {output}: \(t.debugDescription)") }
+        guard q.contains("{input}") else { throw EngineJobError("the prompt template must contain {input}: \(q.debugDescription)") }
+        guard t.contains("{output}") else { throw EngineJobError("the target template must contain {output}: \(t.debugDescription)") }
         return PromptFormat(query: q, target: t, demo: q + t + "\n\n")
     }
 
@@ -134,22 +136,22 @@ public struct Experiment {
         let cfg = lm.config
         let format = try format(for: spec)
         guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
-            throw ExperimentError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
+            throw EngineJobError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
         }
-        guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw ExperimentError("train_size must be between 1 and 1024") }
-        guard spec.testSize >= 0 else { throw ExperimentError("test_size must be ≥ 0") }
+        guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw EngineJobError("train_size must be between 1 and 1024") }
+        guard spec.testSize >= 0 else { throw EngineJobError("test_size must be ≥ 0") }
         let method = spec.solver ?? solverMethod
         let precision = spec.precision ?? self.precision
         guard JobMethod.engine.contains(spec.method) else {
-            throw ExperimentError("method \"\(spec.method.rawValue)\" is not an engine method (engine methods: \(JobMethod.engine.map(\.rawValue).joined(separator: ", ")))")
+            throw EngineJobError("method \"\(spec.method.rawValue)\" is not an engine method (engine methods: \(JobMethod.engine.map(\.rawValue).joined(separator: ", ")))")
         }
         let pairs: [TaskPair]
         let judge: Judge
         do { pairs = try registry.load(spec.task); judge = try registry.judge(for: spec.task) }
-        catch { throw ExperimentError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
+        catch { throw EngineJobError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
         let split = TaskSplit(pairs: pairs, seed: spec.seed, trainSize: spec.trainSize, testSize: spec.testSize)
         guard split.train.count == spec.trainSize else {
-            throw ExperimentError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
+            throw EngineJobError("task \(spec.task) has only \(pairs.count) pairs; cannot take \(spec.trainSize) for training")
         }
         return Prepared(spec: spec, format: format, method: method, precision: precision, split: split, judge: judge)
     }
@@ -219,7 +221,7 @@ public struct Experiment {
             var a = s, b = first
             a.seed = 0; b.seed = 0
             guard a == b, s.method == .intervention else {
-                throw ExperimentError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
+                throw EngineJobError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
         }
         let settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma, solver: jobs[0].method,
