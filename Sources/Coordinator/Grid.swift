@@ -51,13 +51,18 @@ public struct Grid: Equatable, Sendable {
     public var promptTemplate: String = ""
     public var targetTemplate: String = ""
     public var device: DeviceRequirement
+    /// `Tunable` parameters set in the grid (at their section's key), by key.
+    public var tunables: [String: Double] = [:]
 
     /// Top-level keys, in the order the help text lists them.
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
                               "train_size", "test_size", "shots", "solver", "eval", "prompt", "device"]
     public static let promptKeys = ["query", "target"]
-    public static let solverKeys = ["steps", "lr", "method", "precision"]
-    public static let evalKeys = ["max_new_tokens"]
+    public static let solverKeys = ["steps", "lr", "method", "precision"] + tunableKeys("solver")
+    public static let evalKeys = ["max_new_tokens"] + tunableKeys("eval")
+    static func tunableKeys(_ section: String) -> [String] {
+        Tunable.all.filter { $0.section == section }.map { String($0.name) }
+    }
     /// A grid that expands to more jobs than this is refused.
     public static let maxJobs = 100_000
 
@@ -131,9 +136,11 @@ public struct Grid: Equatable, Sendable {
 
             var steps = defaults.steps, lr = defaults.lr, maxNew = defaults.maxNewTokens, solverMethod = defaults.solver
             var precision = defaults.precision
+            var tunables: [String: Double] = [:]
             if let solver = root["solver"] {
                 if case .object(let m) = solver {
                     checkKeys(m, allowed: Grid.solverKeys, prefix: "solver.")
+                    parseTunables(solver, section: "solver", into: &tunables)
                     steps = scalarInt(solver["steps"], "solver.steps", min: 0) ?? steps
                     if let v = solver["method"] {
                         if case .string(let s) = v, let m = SolverMethod(rawValue: s) { solverMethod = m } else {
@@ -157,6 +164,7 @@ public struct Grid: Equatable, Sendable {
             if let ev = root["eval"] {
                 if case .object(let m) = ev {
                     checkKeys(m, allowed: Grid.evalKeys, prefix: "eval.")
+                    parseTunables(ev, section: "eval", into: &tunables)
                     maxNew = scalarInt(ev["max_new_tokens"], "eval.max_new_tokens", min: 0) ?? maxNew
                 } else {
                     err("eval", "expected an object like {\"max_new_tokens\": 4}, got \(ev.shortDescription)")
@@ -192,7 +200,20 @@ public struct Grid: Equatable, Sendable {
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
                         steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,
-                        precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device)
+                        precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device,
+                        tunables: tunables)
+        }
+
+        /// The section's `Tunable`s that the grid sets, checked against their ranges.
+        mutating func parseTunables(_ section: JSONValue, section name: String, into out: inout [String: Double]) {
+            for t in Tunable.all where t.section == name {
+                guard let v = section[String(t.name)] else { continue }
+                guard case .number(let d, _) = v else {
+                    err(t.key, "expected a number, got \(v.shortDescription)")
+                    continue
+                }
+                if let p = t.problem(with: d) { err(t.key, p) } else { out[t.key] = d }
+            }
         }
 
         mutating func checkKeys(_ members: [(String, JSONValue)], allowed: [String], prefix: String) {
@@ -326,11 +347,13 @@ public struct Grid: Equatable, Sendable {
                     for lam in lams {
                         for gam in gams {
                             for seed in seeds {
-                                let spec = JobSpec(
+                                var raw = JobSpec(
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
                                     steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver,
-                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate).normalised
+                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate)
+                                raw.tunables = tunables   // validated by parse
+                                let spec = raw.normalised
                                 let id = spec.id
                                 if seen.insert(id).inserted {
                                     out.append(SubmittedJob(id: id, spec: spec, device: device))

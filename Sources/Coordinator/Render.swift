@@ -27,11 +27,12 @@ public enum Render {
 
     static let specColumns = ["model", "task", "method", "layer", "lambda", "gamma", "seed", "train_size",
                               "test_size", "steps", "lr", "max_new_tokens", "shots", "solver", "precision"]
+        + Tunable.all.map(\.key)
 
     static func specValues(_ s: JobSpec) -> [String] {
         [s.model, s.task, s.method.rawValue, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
          String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots),
-         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""]
+         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""] + Tunable.all.map { num(s[$0]) }
     }
 
     static func num(_ d: Double) -> String { JSONValue.canonicalNumber(d) }
@@ -194,6 +195,9 @@ public enum Render {
         let metrics = metricColumns(jobs)
         // Show the parameters that vary between configurations, plus task and method.
         var cols: [(String, (JobSpec) -> String)] = [("task", { $0.task }), ("method", { $0.method.rawValue })]
+        let tunableColumns: [(String, (JobSpec) -> String)] = Tunable.all.map { t in
+            (String(t.name), { (s: JobSpec) -> String in axis(s, t.axis, num(s[t])) })
+        }
         let optional: [(String, (JobSpec) -> String)] = [
             ("model", { $0.model }),
             ("layer", { axis($0, .layer, String($0.layer)) }),
@@ -206,7 +210,7 @@ public enum Render {
             ("train", { String($0.trainSize) }),
             ("test", { String($0.testSize) }),
             ("shots", { axis($0, .shots, String($0.shots)) }),
-        ]
+        ] + tunableColumns
         for (name, f) in optional {
             let values = Set(rows.map { f($0.key) })
             if values.count > 1 || ["layer", "λ", "γ"].contains(name) { cols.append((name, f)) }

@@ -160,6 +160,9 @@ public struct JobSpec: Sendable, Equatable, Hashable {
     /// `{output}` ("" = " {output}").
     public var promptTemplate: String
     public var targetTemplate: String
+    /// The job's `Tunable` parameters that differ from their defaults, by key (read them with
+    /// `self[tunable]`). A tunable at its default is absent, so adding one keeps every job's id.
+    public var tunables: [String: Double] = [:]
 
     public init(
         model: String = "smollm2-135m-instruct", task: String, method: JobMethod = .intervention,
@@ -207,6 +210,9 @@ public struct JobSpec: Sendable, Equatable, Hashable {
         }
         if !a.contains(.trainSize) { s.trainSize = 0 }
         if !a.contains(.shots) { s.shots = 0 }
+        for t in Tunable.all where s.tunables[t.key] != nil {
+            if !a.contains(t.axis) || s.tunables[t.key] == t.defaultValue { s.tunables[t.key] = nil }
+        }
         return s
     }
 
@@ -228,12 +234,12 @@ extension JobSpec: Codable {
     enum CodingKeys: String, CodingKey {
         case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots,
             solver
-        case precision, promptTemplate, targetTemplate
+        case precision, promptTemplate, targetTemplate, tunables
     }
 
-    /// Every field; `solver` as its name or "" and `precision` left out when nil: job ids hash
-    /// this form, and the jobs that have no precision (the baselines) keep the ids they had before
-    /// it existed. Stored job rows use the same form.
+    /// Every field; `solver` as its name or "" and `precision` left out when nil, `tunables` when
+    /// empty: job ids hash this form, and jobs keep the ids they had before those fields existed.
+    /// Stored job rows use the same form.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(model, forKey: .model)
@@ -253,6 +259,7 @@ extension JobSpec: Codable {
         if let precision { try c.encode(precision, forKey: .precision) }
         try c.encode(promptTemplate, forKey: .promptTemplate)
         try c.encode(targetTemplate, forKey: .targetTemplate)
+        if !tunables.isEmpty { try c.encode(tunables, forKey: .tunables) }
     }
 
     public init(from decoder: Decoder) throws {
@@ -273,5 +280,8 @@ extension JobSpec: Codable {
             solver: try named(.solver, SolverMethod.self), precision: try named(.precision, Precision.self),
             promptTemplate: try c.decodeIfPresent(String.self, forKey: .promptTemplate) ?? "",
             targetTemplate: try c.decodeIfPresent(String.self, forKey: .targetTemplate) ?? "")
+        for (k, v) in try c.decodeIfPresent([String: Double].self, forKey: .tunables) ?? [:] {
+            try self.set(try Tunable.named(k), v)
+        }
     }
 }

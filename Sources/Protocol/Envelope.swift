@@ -5,7 +5,8 @@ import SwiftProtobuf
 /// version is refused. Bump only for incompatible changes (additive proto changes don't need it).
 /// v2: JobParams.precision. Additive on the wire, but a v1 worker would ignore it and run its
 /// own default under a job id that names another precision, so v1 peers are refused.
-public let PROTOCOL_VERSION: UInt32 = 2
+/// v3: JobParams.tunables, for the same reason (a v2 worker would run every tunable at its default).
+public let PROTOCOL_VERSION: UInt32 = 3
 
 // Short names for the generated types (the generated ones stay usable).
 public typealias Envelope = Intervene_V1_Envelope

@@ -24,12 +24,14 @@ extension JobParams {
         precision = s.precision?.rawValue ?? ""
         promptTemplate = s.promptTemplate
         targetTemplate = s.targetTemplate
+        tunables = s.tunables
     }
 }
 
 extension JobSpec {
-    /// The job a wire message describes; a name this build does not know is a `JobSpecError`
-    /// naming the field (a deterministic failure: the same job fails the same way anywhere).
+    /// The job a wire message describes; a name or tunable this build does not know, or a value out
+    /// of range, is a `JobSpecError` naming the field (a deterministic failure: the same job fails
+    /// the same way anywhere).
     public init(wire p: JobParams) throws {
         self.init(
             model: p.model, task: p.task, method: try JobMethod.parse(p.method, field: "method"),
@@ -39,5 +41,6 @@ extension JobSpec {
             solver: p.solver.isEmpty ? nil : try SolverMethod.parse(p.solver, field: "solver"),
             precision: p.precision.isEmpty ? nil : try Precision.parse(p.precision, field: "precision"),
             promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
+        for (k, v) in p.tunables { try set(try Tunable.named(k), v) }
     }
 }

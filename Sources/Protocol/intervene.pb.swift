@@ -398,6 +398,12 @@ public nonisolated struct Intervene_V1_JobParams: @unchecked Sendable {
     set {_uniqueStorage()._precision = newValue}
   }
 
+  /// JobCore's Tunable parameters that differ from their defaults, by key
+  public var tunables: Dictionary<String,Double> {
+    get {_storage._tunables}
+    set {_uniqueStorage()._tunables = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1493,7 +1499,7 @@ nonisolated extension Intervene_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0\u{1}precision\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0\u{1}precision\0\u{1}tunables\0")
 
   fileprivate class _StorageClass {
     var _model: String = String()
@@ -1513,6 +1519,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     var _promptTemplate: String = String()
     var _targetTemplate: String = String()
     var _precision: String = String()
+    var _tunables: Dictionary<String,Double> = [:]
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1540,6 +1547,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       _promptTemplate = source._promptTemplate
       _targetTemplate = source._targetTemplate
       _precision = source._precision
+      _tunables = source._tunables
     }
   }
 
@@ -1575,6 +1583,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._promptTemplate) }()
         case 16: try { try decoder.decodeSingularStringField(value: &_storage._targetTemplate) }()
         case 17: try { try decoder.decodeSingularStringField(value: &_storage._precision) }()
+        case 18: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &_storage._tunables) }()
         default: break
         }
       }
@@ -1634,6 +1643,9 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       if !_storage._precision.isEmpty {
         try visitor.visitSingularStringField(value: _storage._precision, fieldNumber: 17)
       }
+      if !_storage._tunables.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: _storage._tunables, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1660,6 +1672,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
         if _storage._promptTemplate != rhs_storage._promptTemplate {return false}
         if _storage._targetTemplate != rhs_storage._targetTemplate {return false}
         if _storage._precision != rhs_storage._precision {return false}
+        if _storage._tunables != rhs_storage._tunables {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -26,6 +26,11 @@ public struct JobOptions: ParsableArguments {
     public var shots: Int = 10
     @Option(name: .customLong("max-new-tokens"), help: "Greedy decoding budget per test item (0 = target length + 2).")
     public var maxNewTokens: Int = 0
+    @Option(name: .customLong("set"), help: ArgumentHelp(
+        "Set a tunable job parameter, as in grid.json (repeatable): "
+            + Tunable.all.map { "\($0.key) (default \($0.defaultValue)): \($0.help)" }.joined(separator: "; "),
+        valueName: "key=value"))
+    public var set: [String] = []
 
     public init() {}
 
@@ -36,12 +41,22 @@ public struct JobOptions: ParsableArguments {
         guard JobMethod.engine.contains(method) else {
             throw ValidationError("--method must be one of \(JobMethod.engine.map(\.rawValue).joined(separator: ", "))")
         }
+        _ = try spec(model: "")   // --set values
     }
 
-    public func spec(model: String) -> JobSpec {
-        JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
-                trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots,
-                solver: solve.solver, precision: solve.precision)
+    public func spec(model: String) throws -> JobSpec {
+        var s = JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
+                        trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens,
+                        shots: shots, solver: solve.solver, precision: solve.precision)
+        for item in set {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let v = Double(parts[1].trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--set takes key=value with a number, got \(item.debugDescription)")
+            }
+            do { try s.set(try Tunable.named(parts[0].trimmingCharacters(in: .whitespaces)), v) }
+            catch let e as JobSpecError { throw ValidationError("--set \(e)") }
+        }
+        return s
     }
 }
 
@@ -145,7 +160,7 @@ public struct RunCommand: ParsableCommand {
         let bar = ProgressLine()
         bar.show("loading \(modelOptions.model)…", force: true)
         let lm = try modelOptions.load()
-        var spec = job.spec(model: modelOptions.model)
+        var spec = try job.spec(model: modelOptions.model)
         guard template.contains("{input}") else { throw ValidationError("--template must contain {input}") }
         guard targetTemplate.contains("{output}") else { throw ValidationError("--target-template must contain {output}") }
         // "\n" and "\t" typed on a command line mean a newline and a tab.
@@ -276,7 +291,7 @@ public struct BenchCommand: ParsableCommand {
                 fwdMs = Date().timeIntervalSince(f) * 1000 / 5
             })
         let outcome: JobOutcome
-        do { outcome = try PairTaskJobs(lm: lm).runFused([job.spec(model: modelOptions.model)], hooks: hooks)[0] }
+        do { outcome = try PairTaskJobs(lm: lm).runFused([try job.spec(model: modelOptions.model)], hooks: hooks)[0] }
         catch let e as EngineJobError { throw CLIError(e.message) }
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
         let m = outcome.metrics

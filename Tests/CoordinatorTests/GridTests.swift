@@ -86,6 +86,27 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(old, zs.spec)
     }
 
+    /// A tunable (here eval.delta_scale) is a grid key of its section, checked against its range,
+    /// part of the id only when it differs from its default and only for methods with its axis.
+    func testTunablesAreValidatedCarriedAndPartOfTheIDOnlyWhenSet() throws {
+        let base = #"{"experiment": "x", "tasks": ["antonym"], "methods": ["intervention", "zero-shot"]"#
+        let plain = try Grid.parse(base + "}").expand()
+        let atDefault = try Grid.parse(base + #", "eval": {"delta_scale": 1}}"#).expand()
+        let scaled = try Grid.parse(base + #", "eval": {"delta_scale": 2.5, "max_new_tokens": 3}}"#).expand()
+        XCTAssertEqual(atDefault.map(\.id), plain.map(\.id), "the default value is the same job")
+        let iv = try XCTUnwrap(scaled.first { $0.spec.method == .intervention })
+        XCTAssertEqual(iv.spec[.deltaScale], 2.5)
+        XCTAssertTrue(iv.spec.canonicalJSON.contains(#""tunables":{"eval.delta_scale":2.5}"#), iv.spec.canonicalJSON)
+        XCTAssertNotEqual(iv.id, plain.first { $0.spec.method == .intervention }!.id)
+        let zs = try XCTUnwrap(scaled.first { $0.spec.method == .zeroShot })
+        XCTAssertTrue(zs.spec.tunables.isEmpty, "zero-shot learns no Δ: the scale is not part of it")
+        XCTAssertEqual(try JSONDecoder().decode(JobSpec.self, from: Data(iv.spec.canonicalJSON.utf8)), iv.spec)
+        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": -1}}"#), ["eval.delta_scale: expected a number in 0…1000, got -1"])
+        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": "2"}}"#), [#"eval.delta_scale: expected a number, got "2""#])
+        XCTAssertEqual(errors(base + #", "eval": {"delta_scal": 2}}"#),
+                       [#"eval.delta_scal: unknown key (did you mean "delta_scale"?); expected one of max_new_tokens, delta_scale"#])
+    }
+
     func testPromptTemplatesAreValidatedAndCarried() throws {
         let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "prompt": {"query": "Q: x", "target": 3, "style": "y"}}"#)
         XCTAssertEqual(e.count, 3, "\(e)")

@@ -278,3 +278,24 @@ final class InterventionTests: XCTestCase {
         XCTAssertThrowsError(try Safetensors.read(Data([1, 2, 3])))
     }
 }
+
+/// `eval.delta_scale` reaches the evaluation: at 0 the "with Δ" decoding is the 0-shot decoding.
+final class DeltaScaleTests: XCTestCase {
+    func testScaleZeroEvaluatesLikeZeroShotAndIsRecorded() throws {
+        let lm = try SharedModel.get()
+        var spec = JobSpec(task: "antonym", layer: 4, seed: 1, testSize: 12, steps: 5, precision: .fp32)
+        try spec.set(.deltaScale, 0)
+        let out = try PairTaskJobs(lm: lm).run(spec)
+        let m = out.metrics
+        XCTAssertEqual(m["exact_match"], m["zero_shot_exact_match"])
+        XCTAssertEqual(m["first_token_accuracy"], m["zero_shot_first_token_accuracy"])
+        let art = try DeltaArtefact(data: try XCTUnwrap(out.artefact))
+        XCTAssertGreaterThan(art.delta.map(abs).max() ?? 0, 0, "the artefact keeps the learned Δ, not 0·Δ")
+        XCTAssertEqual(art.metadata.extra["eval.delta_scale"], "0.0")
+        // the same job at scale 1 does change the answers (else the equality above proves nothing)
+        try spec.set(.deltaScale, 1)
+        let unscaled = try PairTaskJobs(lm: lm).run(spec)
+        XCTAssertNotEqual(unscaled.metrics["first_token_accuracy"], unscaled.metrics["zero_shot_first_token_accuracy"])
+        XCTAssertNil(try DeltaArtefact(data: try XCTUnwrap(unscaled.artefact)).metadata.extra["eval.delta_scale"])
+    }
+}

@@ -7,11 +7,15 @@ import XCTest
 /// coordinator share.
 final class JobWireTests: XCTestCase {
     /// Every field set to a value that differs from the default.
-    static let everyField = JobSpec(
-        model: "m.gguf", task: "antonym", method: .fewShot, layer: 7, lambda: 0.5, gamma: 0.25,
-        seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
-        solver: .fista, precision: .fp32, promptTemplate: "In: {input}",
-        targetTemplate: " Out: {output}")
+    static let everyField: JobSpec = {
+        var s = JobSpec(
+            model: "m.gguf", task: "antonym", method: .fewShot, layer: 7, lambda: 0.5, gamma: 0.25,
+            seed: 3, trainSize: 11, testSize: 22, steps: 33, lr: 0.125, maxNewTokens: 5, shots: 6,
+            solver: .fista, precision: .fp32, promptTemplate: "In: {input}",
+            targetTemplate: " Out: {output}")
+        try! s.set(.deltaScale, 2.5)
+        return s
+    }()
 
     func testEveryFieldSurvivesTheBytes() throws {
         // The fixture must really set every field: a field added to JobSpec and left at its
@@ -22,7 +26,7 @@ final class JobWireTests: XCTestCase {
                 "\(child.value)", "\(base.value)", "set \(child.label ?? "?") to a non-default value in this test")
         }
         XCTAssertEqual(
-            Mirror(reflecting: Self.everyField).children.count, 17,
+            Mirror(reflecting: Self.everyField).children.count, 18,
             "a new JobSpec field: extend this test and the mapping")
         let bytes = try JobParams(Self.everyField).serializedData()
         XCTAssertEqual(try JobSpec(wire: try JobParams(serializedBytes: bytes)), Self.everyField)
@@ -53,6 +57,8 @@ final class JobWireTests: XCTestCase {
             message { $0.solver = "sgd" },
             #"solver: expected one of "adam-avg", "adam", "adam-uniform", "adam-subgradient", "fista", got "sgd""#)
         XCTAssertEqual(message { $0.precision = "fp16" }, #"precision: expected one of "fp32", "int8", got "fp16""#)
+        XCTAssertEqual(message { $0.tunables["eval.temperature"] = 1 }, "eval.temperature: unknown parameter; known: eval.delta_scale")
+        XCTAssertEqual(message { $0.tunables["eval.delta_scale"] = -1 }, "eval.delta_scale: expected a number in 0…1000, got -1")
     }
 
     /// Stored job rows and job ids use the Codable form; an unknown name there is an error too.

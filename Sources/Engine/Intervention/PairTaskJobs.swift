@@ -196,7 +196,9 @@ public struct PairTaskJobs {
             prompts: train.map { lm.tokenizer.encode(p.format.prompt($0.input)) },
             loss: .nextToken(targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output)).first ?? 0 }),
             task: p.spec.task, seed: p.spec.seed,
-            evaluate: { delta, progress in
+            evaluate: { learned, progress in
+                let scale = Float(p.spec[.deltaScale])
+                let delta = scale == 1 ? learned : learned.map { $0 * scale }
                 var metrics: [String: Double] = ["n_test": Double(p.split.test.count)]
                 // Δ and Δ = 0 (zero-shot) share everything before the last prompt position
                 let evs = self.evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [delta, nil],
@@ -206,7 +208,11 @@ public struct PairTaskJobs {
                 return metrics
             },
             artefactEntries: { m in
-                ["prompt_format": p.format.query, "target_format": p.format.target, "exact_match": "\(m["exact_match"] ?? .nan)"]
+                var e = ["prompt_format": p.format.query, "target_format": p.format.target,
+                         "exact_match": "\(m["exact_match"] ?? .nan)"]
+                // the settings of the evaluation that gave exact_match (the tunables the job set)
+                for (k, v) in p.spec.tunables { e[k] = "\(v)" }
+                return e
             })
     }
 
