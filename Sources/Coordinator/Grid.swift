@@ -200,8 +200,8 @@ public struct Grid: Equatable, Sendable {
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
                         steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,
-                        precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate, device: device,
-                        tunables: tunables)
+                        precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate,
+                        device: device, tunables: tunables)
         }
 
         /// The section's `Tunable`s that the grid sets, checked against their ranges.
@@ -351,7 +351,8 @@ public struct Grid: Equatable, Sendable {
                                     model: model, task: task, method: method, layer: layer, lambda: lam,
                                     gamma: gam, seed: seed, trainSize: trainSize, testSize: testSize,
                                     steps: steps, lr: lr, maxNewTokens: maxNewTokens, shots: shots, solver: solver,
-                                    precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate)
+                                    precision: precision, promptTemplate: promptTemplate,
+                                    targetTemplate: targetTemplate)
                                 raw.tunables = tunables   // validated by parse
                                 let spec = raw.normalised
                                 let id = spec.id

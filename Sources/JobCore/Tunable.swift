@@ -15,10 +15,16 @@ public struct Tunable: Sendable, Hashable {
     /// The axis it belongs to: for methods without that axis it is dropped (and not part of the id).
     public let axis: JobAxes
 
-    public init(_ key: String, default defaultValue: Double, range: ClosedRange<Double>, integer: Bool = false,
-                axis: JobAxes, help: String) {
-        self.key = key; self.defaultValue = defaultValue; self.range = range; self.integer = integer
-        self.axis = axis; self.help = help
+    public init(
+        _ key: String, default defaultValue: Double, range: ClosedRange<Double>, integer: Bool = false,
+        axis: JobAxes, help: String
+    ) {
+        self.key = key
+        self.defaultValue = defaultValue
+        self.range = range
+        self.integer = integer
+        self.axis = axis
+        self.help = help
     }
 
     public static func == (a: Tunable, b: Tunable) -> Bool { a.key == b.key }
@@ -31,7 +37,8 @@ public struct Tunable: Sendable, Hashable {
     /// Why `value` is not acceptable, or nil.
     public func problem(with value: Double) -> String? {
         guard value.isFinite, range.contains(value) else {
-            return "expected \(integer ? "an integer" : "a number") in \(fmt(range.lowerBound))…\(fmt(range.upperBound)), got \(fmt(value))"
+            return
+                "expected \(integer ? "an integer" : "a number") in \(fmt(range.lowerBound))…\(fmt(range.upperBound)), got \(fmt(value))"
         }
         if integer && value != value.rounded() { return "expected an integer, got \(fmt(value))" }
         return nil
@@ -41,7 +48,8 @@ public struct Tunable: Sendable, Hashable {
 
     public static func named(_ key: String) throws -> Tunable {
         guard let t = all.first(where: { $0.key == key }) else {
-            throw JobSpecError(field: key, message: "unknown parameter; known: \(all.map(\.key).joined(separator: ", "))")
+            throw JobSpecError(
+                field: key, message: "unknown parameter; known: \(all.map(\.key).joined(separator: ", "))")
         }
         return t
     }
@@ -51,8 +59,9 @@ extension Tunable {
     /// Evaluate with s·Δ instead of Δ (the artefact keeps the learned Δ). A learned Δ's size is not
     /// what the objective alone decides at N = 10 (see issue 12's measurements): this is the
     /// knob for asking whether a larger or smaller one generalises better.
-    public static let deltaScale = Tunable("eval.delta_scale", default: 1, range: 0...1000, axis: .solver,
-                                           help: "Evaluate with s·Δ instead of the learned Δ (the artefact keeps Δ).")
+    public static let deltaScale = Tunable(
+        "eval.delta_scale", default: 1, range: 0...1000, axis: .solver,
+        help: "Evaluate with s·Δ instead of the learned Δ (the artefact keeps Δ).")
 
     /// Every tunable, in the order help texts list them.
     public static let all: [Tunable] = [deltaScale]

@@ -45,8 +45,8 @@ public struct JobOptions: ParsableArguments {
     }
 
     public func spec(model: String) throws -> JobSpec {
-        var s = JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma, seed: seed,
-                        trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens,
+        var s = JobSpec(model: model, task: task, method: method, layer: layer, lambda: lambda, gamma: gamma,
+                        seed: seed, trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens,
                         shots: shots, solver: solve.solver, precision: solve.precision)
         for item in set {
             let parts = item.split(separator: "=", maxSplits: 1).map(String.init)

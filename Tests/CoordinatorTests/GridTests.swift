@@ -101,10 +101,13 @@ final class GridTests: XCTestCase {
         let zs = try XCTUnwrap(scaled.first { $0.spec.method == .zeroShot })
         XCTAssertTrue(zs.spec.tunables.isEmpty, "zero-shot learns no Δ: the scale is not part of it")
         XCTAssertEqual(try JSONDecoder().decode(JobSpec.self, from: Data(iv.spec.canonicalJSON.utf8)), iv.spec)
-        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": -1}}"#), ["eval.delta_scale: expected a number in 0…1000, got -1"])
-        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": "2"}}"#), [#"eval.delta_scale: expected a number, got "2""#])
+        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": -1}}"#),
+                       ["eval.delta_scale: expected a number in 0…1000, got -1"])
+        XCTAssertEqual(errors(base + #", "eval": {"delta_scale": "2"}}"#),
+                       [#"eval.delta_scale: expected a number, got "2""#])
         XCTAssertEqual(errors(base + #", "eval": {"delta_scal": 2}}"#),
-                       [#"eval.delta_scal: unknown key (did you mean "delta_scale"?); expected one of max_new_tokens, delta_scale"#])
+                       [#"eval.delta_scal: unknown key (did you mean "delta_scale"?); "#
+                            + "expected one of max_new_tokens, delta_scale"])
     }
 
     func testPromptTemplatesAreValidatedAndCarried() throws {

@@ -57,8 +57,11 @@ final class JobWireTests: XCTestCase {
             message { $0.solver = "sgd" },
             #"solver: expected one of "adam-avg", "adam", "adam-uniform", "adam-subgradient", "fista", got "sgd""#)
         XCTAssertEqual(message { $0.precision = "fp16" }, #"precision: expected one of "fp32", "int8", got "fp16""#)
-        XCTAssertEqual(message { $0.tunables["eval.temperature"] = 1 }, "eval.temperature: unknown parameter; known: eval.delta_scale")
-        XCTAssertEqual(message { $0.tunables["eval.delta_scale"] = -1 }, "eval.delta_scale: expected a number in 0…1000, got -1")
+        XCTAssertEqual(
+            message { $0.tunables["eval.temperature"] = 1 },
+            "eval.temperature: unknown parameter; known: eval.delta_scale")
+        XCTAssertEqual(
+            message { $0.tunables["eval.delta_scale"] = -1 }, "eval.delta_scale: expected a number in 0…1000, got -1")
     }
 
     /// Stored job rows and job ids use the Codable form; an unknown name there is an error too.
