@@ -63,8 +63,14 @@ extension Tunable {
         "eval.delta_scale", default: 1, range: 0...1000, axis: .solver,
         help: "Evaluate with s·Δ instead of the learned Δ (the artefact keeps Δ).")
 
+    /// Early stopping: the solver stops once the objective's relative change over the last 10
+    /// steps is at most this (0 = run every step). Fused jobs stop when all have converged.
+    public static let tolerance = Tunable(
+        "solver.tolerance", default: 0, range: 0...1, axis: .solver,
+        help: "Stop once the objective changes by at most this fraction over 10 steps (0 = run every step).")
+
     /// Every tunable, in the order help texts list them.
-    public static let all: [Tunable] = [deltaScale]
+    public static let all: [Tunable] = [deltaScale, tolerance]
 }
 
 extension JobSpec {

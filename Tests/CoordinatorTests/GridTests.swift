@@ -40,7 +40,7 @@ final class GridTests: XCTestCase {
             #"lambda: expected a non-negative number, got "0.1""#,
             "seeds[1]: duplicate of seeds[0] (0)",
             "train_size: expected a positive integer, got 0",
-            "solver.momentum: unknown key; expected one of steps, lr, method, precision",
+            "solver.momentum: unknown key; expected one of steps, lr, method, precision, tolerance",
             "solver.steps: expected a non-negative integer, got -3",
             "solver.lr: expected a positive number, got 0",
             #"eval: expected an object like {"max_new_tokens": 4}, got 4"#,

@@ -279,8 +279,9 @@ final class InterventionTests: XCTestCase {
     }
 }
 
-/// `eval.delta_scale` reaches the evaluation: at 0 the "with Δ" decoding is the 0-shot decoding.
-final class DeltaScaleTests: XCTestCase {
+/// Tunable parameters reach the engine.
+final class TunableTests: XCTestCase {
+    /// `eval.delta_scale` reaches the evaluation: at 0 the "with Δ" decoding is the 0-shot decoding.
     func testScaleZeroEvaluatesLikeZeroShotAndIsRecorded() throws {
         let lm = try SharedModel.get()
         var spec = JobSpec(task: "antonym", layer: 4, seed: 1, testSize: 12, steps: 5, precision: .fp32)
@@ -297,5 +298,17 @@ final class DeltaScaleTests: XCTestCase {
         let unscaled = try PairTaskJobs(lm: lm).run(spec)
         XCTAssertNotEqual(unscaled.metrics["first_token_accuracy"], unscaled.metrics["zero_shot_first_token_accuracy"])
         XCTAssertNil(try DeltaArtefact(data: try XCTUnwrap(unscaled.artefact)).metadata.extra["eval.delta_scale"])
+    }
+
+    /// `solver.tolerance` stops the solver once the objective settles.
+    func testToleranceStopsTheSolverEarly() throws {
+        let lm = try SharedModel.get()
+        var spec = JobSpec(task: "antonym", layer: 4, seed: 0, testSize: 2, steps: 50, precision: .fp32)
+        let full = try DeltaArtefact(data: try XCTUnwrap(try PairTaskJobs(lm: lm).run(spec).artefact))
+        XCTAssertEqual(full.metadata.steps, 50)
+        try spec.set(.tolerance, 0.05)
+        let early = try DeltaArtefact(data: try XCTUnwrap(try PairTaskJobs(lm: lm).run(spec).artefact))
+        XCTAssertLessThan(early.metadata.steps, 50)
+        XCTAssertGreaterThanOrEqual(early.metadata.steps, 10, "convergence is judged over 10 steps")
     }
 }

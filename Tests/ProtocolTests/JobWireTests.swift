@@ -59,7 +59,7 @@ final class JobWireTests: XCTestCase {
         XCTAssertEqual(message { $0.precision = "fp16" }, #"precision: expected one of "fp32", "int8", got "fp16""#)
         XCTAssertEqual(
             message { $0.tunables["eval.temperature"] = 1 },
-            "eval.temperature: unknown parameter; known: eval.delta_scale")
+            "eval.temperature: unknown parameter; known: " + Tunable.all.map(\.key).joined(separator: ", "))
         XCTAssertEqual(
             message { $0.tunables["eval.delta_scale"] = -1 }, "eval.delta_scale: expected a number in 0…1000, got -1")
     }

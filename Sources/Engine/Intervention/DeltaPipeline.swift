@@ -42,6 +42,8 @@ public struct DeltaSettings: Sendable {
     public var steps: Int
     public var lr: Double
     public var precision: Precision
+    /// Early stopping (`SolverOptions.tolerance`; 0 = every step).
+    public var tolerance: Double = 0
     /// The artefact's `method`.
     public var method: String = JobMethod.intervention.rawValue
     public init(
@@ -57,7 +59,7 @@ public struct DeltaSettings: Sendable {
         self.precision = precision
     }
     public var options: SolverOptions {
-        SolverOptions(method: solver, steps: steps, lr: Float(lr), precision: precision)
+        SolverOptions(method: solver, steps: steps, lr: Float(lr), tolerance: Float(tolerance), precision: precision)
     }
     public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
         SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)

@@ -230,8 +230,9 @@ public struct PairTaskJobs {
                 throw EngineJobError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
         }
-        let settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma, solver: jobs[0].method,
+        var settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma, solver: jobs[0].method,
                                      steps: first.steps, lr: first.lr, precision: jobs[0].precision)
+        settings.tolerance = first[.tolerance]
         var h = hooks
         h.onStep = { j, s in
             hooks.onStep?(j, s)
