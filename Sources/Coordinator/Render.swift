@@ -32,7 +32,7 @@ public enum Render {
     static func specValues(_ s: JobSpec) -> [String] {
         [s.model, s.task, s.method.rawValue, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
          String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots),
-         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""] + Tunable.all.map { num(s[$0]) }
+         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""] + Tunable.all.map { s.method.axes.contains($0.axis) ? num(s[$0]) : "" }
     }
 
     static func num(_ d: Double) -> String { JSONValue.canonicalNumber(d) }
