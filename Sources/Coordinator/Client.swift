@@ -99,10 +99,10 @@ public final class CoordinatorClient {
         return r
     }
 
-    public func query(experiment: String, format: String = "") throws -> Intervene_V1_QueryReply {
+    /// An experiment's job records (render them with `Render.results`).
+    public func query(experiment: String) throws -> Intervene_V1_QueryReply {
         var q = Intervene_V1_Query()
         q.experiment = experiment
-        q.format = format
         guard case .queryReply(let r) = try request(.query(q)) else { throw ClientError.unexpected("not a QueryReply") }
         if !r.ok { throw ClientError.remote(r.error) }
         return r

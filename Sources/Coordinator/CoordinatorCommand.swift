@@ -375,8 +375,8 @@ extension CoordinatorCommand {
 
         func run() throws {
             try runClient {
-                let r = try client.client().query(experiment: experiment, format: format)
-                let text = r.text.isEmpty ? Render.results(try r.jobs.map(JobView.init), format: format) : r.text
+                let r = try client.client().query(experiment: experiment)
+                let text = Render.results(try r.jobs.map(JobView.init), format: format)
                 print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
             }
         }

@@ -855,7 +855,7 @@ public nonisolated struct Intervene_V1_Query: Sendable {
 
   public var experiment: String = String()
 
-  /// "table" | "csv" | "json"
+  /// unused since v3: clients render the records themselves
   public var format: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -923,7 +923,7 @@ public nonisolated struct Intervene_V1_QueryReply: Sendable {
 
   public var ok: Bool = false
 
-  /// rendered in the requested format
+  /// unused since v3 (always empty): clients render `jobs`
   public var text: String = String()
 
   public var error: String = String()

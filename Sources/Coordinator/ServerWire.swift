@@ -1,0 +1,273 @@
+import Foundation
+import JobCore
+import Protocol
+
+/// The wire translation of the coordinator's loop: incoming frames become scheduler events
+/// (`handleMessage`), and the scheduler's directives become sends, store changes and published
+/// updates (`apply`).
+extension CoordinatorServer {
+    // MARK: directives
+
+    func apply(_ directives: [Directive], now: Double) {
+        for d in directives {
+            if let j = d.changedJob, batch.dirtySet.insert(j).inserted { batch.dirtyJobs.append(j) }
+            switch d {
+            case let .assign(w, j, a, spec, exp, lease):
+                guard let id = identityByWorker[w] else {
+                    // Assigned to a worker we can no longer reach: undo at once.
+                    apply(scheduler.handle(.assignmentRefused(worker: w, job: j, attempt: a), now: now), now: now)
+                    continue
+                }
+                var m = Intervene_V1_JobAssignment()
+                m.jobID = j
+                m.attempt = UInt32(clamping: a)
+                m.leaseMs = UInt32(clamping: Int(lease * 1000))
+                m.experiment = exp
+                m.params = JobParams(spec)
+                batch.sends.append((id, .job(m), (w, j, a)))
+                log("job \(j) attempt \(a) -> \(w) (\(spec.task) \(spec.method) layer \(spec.layer) seed \(spec.seed))")
+            case let .ack(w, kind, j, a):
+                guard let id = identityByWorker[w] else { continue }
+                var m = Intervene_V1_Ack()
+                switch kind {
+                case .hello: m.kind = .hello
+                case .ready: m.kind = .ready
+                case .result: m.kind = .result
+                case .failure: m.kind = .failure
+                }
+                m.jobID = j
+                m.attempt = UInt32(clamping: a)
+                m.accepted = true
+                batch.sends.append((id, .ack(m), nil))
+            case let .heartbeatAck(w, j, a, abandon):
+                guard let id = identityByWorker[w] else { continue }
+                var m = Intervene_V1_Ack()
+                m.kind = .heartbeat
+                m.jobID = j
+                m.attempt = UInt32(clamping: a)
+                m.accepted = !abandon
+                m.abandon = abandon
+                batch.sends.append((id, .ack(m), nil))
+            case let .unknownWorker(w):
+                if let id = identityByWorker[w] {
+                    batch.sends.append((id, Wire.error(code: .unknownPeer, "unknown worker \(w); say Hello"), nil))
+                }
+            case let .requeue(j, a, reason):
+                log("job \(j) requeued as attempt \(a): \(reason)")
+            case let .markFailed(j, reason):
+                log("job \(j) failed: \(reason)")
+            case .publish(let rec):
+                for e in scheduler.experimentsOf(rec.id) { batch.updates.append(update(rec, experiment: e, now: now)) }
+            case .persistExperiment(let e):
+                batch.dirtyExperiments.insert(e)
+            case .ignored(let why):
+                count("ignored")
+                if why.hasPrefix("duplicate") { count("duplicate_results") }
+                log(why)
+            case .markRunning, .markDone, .markCancelled, .markQueued, .submitted, .cancelled:
+                break
+            }
+        }
+    }
+
+    func nextSequence(_ experiment: String) -> UInt64 {
+        let s = (pubSequence[experiment] ?? 0) + 1
+        pubSequence[experiment] = s
+        return s
+    }
+
+    func update(_ rec: JobRecord, experiment: String, now: Double) -> Intervene_V1_Update {
+        var u = Intervene_V1_Update()
+        u.sequence = nextSequence(experiment)
+        u.experiment = experiment
+        u.jobID = rec.id
+        u.state = rec.state.rawValue
+        u.metrics = rec.metrics
+        u.attempt = UInt32(clamping: rec.attempt)
+        u.workerID = rec.worker ?? ""
+        u.error = rec.error ?? ""
+        u.timeUnixMs = WireConvert.ms(now)
+        u.params = JobParams(rec.spec)
+        return u
+    }
+
+    // MARK: messages
+
+    func handleMessage(_ frames: [Data], arrival: UInt64) {
+        count("received")
+        let size = frames.reduce(0) { $0 + $1.count }
+        guard frames.count >= 2, let identity = frames.first, !identity.isEmpty else {
+            count("malformed"); return
+        }
+        if size > options.maxMessageBytes {
+            count("dropped_oversized")
+            send(identity, Wire.error(code: .tooLarge, "message of \(size) bytes exceeds the limit of \(options.maxMessageBytes)"))
+            return
+        }
+        // [identity, envelope] from a DEALER; [identity, "", envelope] from a REQ.
+        guard frames.count == 2 || (frames.count == 3 && frames[1].isEmpty) else {
+            count("malformed")
+            send(identity, .error(ProtocolError.badFrames(frames.count - 1).errorBody))
+            return
+        }
+        let body: EnvelopeBody
+        do {
+            body = try Wire.decodeBody(frames[frames.count - 1])
+        } catch let e as ProtocolError {
+            if case .versionMismatch = e { count("version_mismatch") } else { count("malformed") }
+            send(identity, .error(e.errorBody))
+            return
+        } catch {
+            count("malformed")
+            return
+        }
+        let now = Self.now()
+        let worker = workerByIdentity[identity]
+        switch body {
+        case .hello(let h):
+            var name = h.workerID.trimmingCharacters(in: .whitespaces)
+            if name.isEmpty { name = "worker-" + identity.prefix(8).map { String(format: "%02x", $0) }.joined() }
+            if let old = identityByWorker[name], old != identity { workerByIdentity[old] = nil }
+            if let oldName = workerByIdentity[identity], oldName != name { identityByWorker[oldName] = nil }
+            workerByIdentity[identity] = name
+            identityByWorker[name] = identity
+            let caps = WorkerCapabilities(device: h.device == "gpu" ? .gpu : .cpu, deviceIndex: Int(h.deviceIndex),
+                                          threads: Int(h.threads), hostname: h.hostname, methods: h.methods,
+                                          modelsCached: h.modelsCached)
+            log("worker \(name) connected (\(h.device)\(h.device == "gpu" ? " \(h.deviceIndex)" : ""), \(h.threads) threads, \(h.hostname) pid \(h.pid))")
+            apply(scheduler.handle(.workerHello(worker: name, capabilities: caps), now: now), now: now)
+
+        case .ready:
+            guard let w = worker else { return unknownPeer(identity) }
+            apply(scheduler.handle(.workerReady(worker: w), now: now), now: now)
+
+        case .ack(let a):
+            guard let w = worker else { return unknownPeer(identity) }
+            if a.kind == .job {
+                let e: SchedulerEvent = a.accepted
+                    ? .assignmentAccepted(worker: w, job: a.jobID, attempt: Int(a.attempt))
+                    : .assignmentRefused(worker: w, job: a.jobID, attempt: Int(a.attempt))
+                apply(scheduler.handle(e, now: now), now: now)
+            }
+
+        case .heartbeat(let h):
+            guard let w = worker else { return unknownPeer(identity) }
+            apply(scheduler.handle(.heartbeat(worker: w, job: h.jobID, attempt: Int(h.attempt), step: Int(h.step),
+                                              total: Int(h.total)), now: now), now: now)
+            persistLease(h.jobID, now: now)
+
+        case .stepMetrics(let m):
+            guard let w = worker else { return unknownPeer(identity) }
+            let ds = scheduler.handle(.heartbeat(worker: w, job: m.jobID, attempt: Int(m.attempt), step: Int(m.step),
+                                                 total: Int(m.total)), now: now)
+            // Step reports are not acknowledged, except to tell a stale worker to stop.
+            apply(ds.filter { if case .heartbeatAck(_, _, _, let abandon) = $0 { return abandon }; return true }, now: now)
+            persistLease(m.jobID, now: now)
+            guard let job = scheduler.job(m.jobID), job.state == .running, job.attempt == Int(m.attempt) else { return }
+            batch.steps.append((m.jobID, Int(m.attempt), Int(m.step), m.values))
+            let last = lastProgress[m.jobID] ?? 0
+            if now - last >= options.progressIntervalSeconds || m.step >= m.total {
+                lastProgress[m.jobID] = now
+                for e in scheduler.experimentsOf(m.jobID) {
+                    var u = update(job, experiment: e, now: now)
+                    u.metrics = m.values
+                    u.step = m.step
+                    u.total = m.total
+                    u.clearParams()
+                    batch.updates.append(u)
+                }
+            }
+
+        case .result(let r):
+            let w = worker ?? (r.workerID.isEmpty ? "unknown" : r.workerID)
+            var sha: String?
+            var path: String?
+            if !r.artefact.isEmpty || !r.artefactSha256.isEmpty {
+                do {
+                    let stored = try store.putArtefact(r.artefact, claimedSHA256: r.artefactSha256)
+                    sha = stored.sha256
+                    path = stored.relativePath
+                } catch {
+                    count("artefact_rejected")
+                    log("result for \(r.jobID) from \(w) refused: \(error)")
+                    send(identity, Wire.error(code: .badRequest, "result for \(r.jobID) refused: \(error)"))
+                    return
+                }
+            }
+            if options.measureLatency { resultArrival[r.jobID] = arrival }
+            lastProgress[r.jobID] = nil
+            leasePersistedAt[r.jobID] = nil
+            withIdentity(identity, as: w, known: worker != nil) {
+                // A result from a peer we do not know (e.g. sent before our restart) is kept and
+                // acknowledged all the same.
+                apply(scheduler.handle(.result(worker: w, job: r.jobID, attempt: Int(r.attempt), metrics: r.metrics,
+                                               artefactSHA256: sha, artefactPath: path), now: now), now: now)
+            }
+
+        case .failure(let f):
+            let w = worker ?? (f.workerID.isEmpty ? "unknown" : f.workerID)
+            withIdentity(identity, as: w, known: worker != nil) {
+                apply(scheduler.handle(.failure(worker: w, job: f.jobID, attempt: Int(f.attempt), reason: f.reason,
+                                                deterministic: f.deterministic), now: now), now: now)
+            }
+
+        case .goodbye(let g):
+            guard let w = worker else { return }
+            log("worker \(w) left: \(g.reason)")
+            apply(scheduler.handle(.workerGone(worker: w, reason: g.reason.isEmpty ? "goodbye" : g.reason), now: now), now: now)
+            forget(worker: w)
+
+        case .submit(let s):
+            batch.sends.append((identity, .submitReply(submit(s, now: now)), nil))
+
+        case .statusRequest(let r):
+            batch.sends.append((identity, .statusReply(status(r, now: now)), nil))
+
+        case .query(let q):
+            batch.sends.append((identity, .queryReply(query(q)), nil))
+
+        case .cancel(let c):
+            var reply = Intervene_V1_CancelReply()
+            if scheduler.experiments[c.experiment] == nil {
+                reply.error = "no experiment named \"\(c.experiment)\""
+            } else {
+                let ds = scheduler.handle(.cancel(experiment: c.experiment, jobs: c.jobIds), now: now)
+                apply(ds, now: now)
+                for d in ds { if case .cancelled(_, let n) = d { reply.cancelled = UInt32(n) } }
+                log("experiment \(c.experiment): \(reply.cancelled) jobs cancelled")
+            }
+            batch.sends.append((identity, .cancelReply(reply), nil))
+
+        default:
+            count("unexpected")
+            send(identity, Wire.error(code: .badRequest, "the coordinator does not accept \(body.kindName) messages"))
+        }
+    }
+
+    /// Writes a renewed lease now and then (at most every third of a lease), so that a restarted
+    /// coordinator knows which leases are still live.
+    func persistLease(_ job: String, now: Double) {
+        guard let j = scheduler.job(job), j.state == .running else { leasePersistedAt[job] = nil; return }
+        if now - (leasePersistedAt[job] ?? j.started ?? 0) >= options.scheduler.leaseSeconds / 3 {
+            leasePersistedAt[job] = now
+            if batch.dirtySet.insert(job).inserted { batch.dirtyJobs.append(job) }
+        }
+    }
+
+    /// Runs `body` with `identity` mapped to worker `w` (so replies reach the sender), restoring the
+    /// previous mapping afterwards when the peer was not registered.
+    func withIdentity(_ identity: Data, as w: String, known: Bool, _ body: () -> Void) {
+        if known { return body() }
+        let oldIdentity = identityByWorker[w]
+        identityByWorker[w] = identity
+        workerByIdentity[identity] = w
+        body()
+        identityByWorker[w] = oldIdentity
+        workerByIdentity[identity] = nil
+    }
+
+    func unknownPeer(_ identity: Data) {
+        count("unknown_peer")
+        send(identity, Wire.error(code: .unknownPeer, "this coordinator does not know you; say Hello"))
+    }
+}
