@@ -17,7 +17,11 @@ extension CoordinatorServer {
             grid = try Grid.parse(s.gridJson)
         } catch let e as GridErrors {
             reply.ok = false
-            reply.errors = e.errors.map { var f = Intervene_V1_FieldError(); f.path = $0.path; f.message = $0.message; return f }
+            reply.errors = e.errors.map {
+                var f = Intervene_V1_FieldError()
+                f.path = $0.path; f.message = $0.message
+                return f
+            }
             return reply
         } catch {
             reply.ok = false
