@@ -117,6 +117,12 @@ public struct DeltaMetadata: Equatable, Sendable {
             guard let v = Double(s) else { throw ReadError(key: k, message: "not a number: \(s)") }
             return v
         }
+        /// A loss written as the fp32 value it is ("1.389327") reads back as that fp32 value.
+        func lossValue() throws -> Double {
+            let s = try string("final_loss")
+            if let f = Float(s), "\(f)" == s { return Double(f) }
+            return try double("final_loss")
+        }
         let schema = legacy ? 0 : try int("schema")
         guard schema <= Self.currentSchema else {
             throw ReadError(
@@ -128,7 +134,7 @@ public struct DeltaMetadata: Equatable, Sendable {
             heads: try int("heads"), headDim: try int("head_dim"), seed: try int("seed"),
             lambda: try double("lambda"), gamma: try double("gamma"), steps: try int("steps"),
             lr: try double("lr", legacyDefault: 0), solver: try string("solver"), precision: try string("precision"),
-            trainSize: try int("train_size", legacyDefault: 0), finalLoss: try double("final_loss"),
+            trainSize: try int("train_size", legacyDefault: 0), finalLoss: try lossValue(),
             extra: d.filter { !Self.typedKeys.contains($0.key) })
         self.schema = schema
         self.positions = try string("positions", legacyDefault: "last")

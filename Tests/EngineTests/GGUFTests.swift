@@ -49,6 +49,23 @@ struct GGUFBuilder {
 final class GGUFTests: XCTestCase {
     func f16(_ x: Float) -> [UInt8] { GGUFBuilder.le(floatToHalf(x)) }
 
+    /// A llama-shaped file of an architecture whose extra scales the engine does not apply
+    /// (granite) is refused with the architecture's name, not run silently wrong.
+    func testUnsupportedArchitecturesAreRefusedByName() throws {
+        for (arch, ok) in [("granite", false), ("gemma3", false), ("llama", true)] {
+            var g = GGUFBuilder()
+            g.addString("general.architecture", arch)
+            for (k, v) in [("block_count", 1), ("embedding_length", 4), ("attention.head_count", 2),
+                           ("feed_forward_length", 8)] as [(String, UInt32)] { g.addU32("\(arch).\(k)", v) }
+            g.tensors.append(("token_embd.weight", [4, 3], 0, [UInt8](repeating: 0, count: 48)))
+            let path = try g.write()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let f = try GGUFFile(path: path)
+            if ok { XCTAssertNoThrow(try LlamaConfig(gguf: f)); continue }
+            XCTAssertThrowsError(try LlamaConfig(gguf: f)) { XCTAssertTrue("\($0)".contains("got \(arch)"), "\($0)") }
+        }
+    }
+
     func testMetadataOfEveryKindAndTensorInfos() throws {
         var g = GGUFBuilder()
         g.addString("general.architecture", "llama")

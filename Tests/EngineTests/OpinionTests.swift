@@ -65,7 +65,6 @@ final class OpinionTests: XCTestCase {
         let task = try OpinionTask.load(path: path)
         XCTAssertEqual(task.questions.count, 684)
         XCTAssertTrue(task.groups.contains("Northeast"))
-        let pen = SparseGroupLasso(gamma: 0.01, lambda: 0.01, heads: lm.config.nHeads, headDim: lm.config.headDim)
         let problem = try task.problem(lm: lm, group: "Northeast", layer: 4, seed: 0, train: 4, test: 6, data: path)
         let settings = DeltaSettings(layer: 4, lambda: 0.01, gamma: 0.01, solver: .adam, steps: 8, lr: 0.1, precision: .fp32)
         let r = try DeltaPipeline(lm: lm).run([problem], settings: settings)[0]

@@ -52,11 +52,11 @@ final class EnvelopeTests: XCTestCase {
 
     func testVersionMismatchIsRefusedWithAClearError() throws {
         var env = Wire.envelope(.ready(Intervene_V1_Ready()))
-        env.protocolVersion = 1     // a build from before JobParams.precision
+        env.protocolVersion = 2     // a build from before JobParams.tunables
         let data = try env.serializedData()
         XCTAssertThrowsError(try Wire.decode(data)) { error in
-            XCTAssertEqual(error as? ProtocolError, .versionMismatch(peer: 1, ours: 2))
-            XCTAssertEqual("\(error)", "peer speaks protocol v1, this build speaks v2")
+            XCTAssertEqual(error as? ProtocolError, .versionMismatch(peer: 2, ours: 3))
+            XCTAssertEqual("\(error)", "peer speaks protocol v2, this build speaks v3")
         }
         // The reply to send back is an Error envelope of our version with the same text.
         let reply = try Wire.decode(Wire.errorReply(.versionMismatch(peer: 1, ours: PROTOCOL_VERSION)))

@@ -126,9 +126,8 @@ public final class InterventionPath {
     /// Runs the single-token path for per-row Δs (`deltas` [N × A]); leaves the logits [N × V] in
     /// `acts.logits` and everything the backward needs in `acts`.
     func forward(_ deltas: UnsafePointer<Float>, logits wantLogits: Bool = true) {
-        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
-        let H = cfg.nHeads, hd = cfg.headDim, group = H / cfg.nKVHeads, ctxMax = maxCtx
-        let scale = 1 / Float(hd).squareRoot()
+        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
+        let shape = LastTokenAttention.Shape(cfg), ctxMax = maxCtx
         let model = lm.model
         var h = acts.layers[0].hIn
         for (k, l) in (layer..<cfg.nLayers).enumerated() {
@@ -140,39 +139,25 @@ public final class InterventionPath {
             } else {
                 if s.hIn != h { s.hIn.update(from: h, count: N * D) }
                 // ---- attention of layer l for the last token, over its cached prefix
-                Ops.rmsnorm(s.hIn, blk.attnNorm.data, s.xnAttn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invAttn)
-                // q [N × A], k [N × KV], v [N × KV]: one pass over the three weights
-                backend.linear(s.xnAttn, N, [(blk.wq, s.q), (blk.wk, s.kSelf), (blk.wv, s.vSelf)], accumulate: false, precision: precision)
+                blk.attentionInputForward(backend, cfg, h: s.hIn, rows: N, xn: s.xnAttn, invRMS: s.invAttn,
+                                          q: s.q, k: s.kSelf, v: s.vSelf, precision: precision)
                 forEachRow { i in
                     let p = promptLengths[i] - 1
-                    model.rope(s.q + i * A, rows: 1, stride: A, heads: H) { _ in p }
-                    model.rope(s.kSelf + i * KV, rows: 1, stride: KV, heads: cfg.nKVHeads) { _ in p }
-                    let n = promptLengths[i], kc = caches[i].keys(layer: l), vc = caches[i].values(layer: l)
-                    for hh in 0..<H {
-                        let g = hh / group
-                        let qv = s.q + i * A + hh * hd
-                        let pr = s.probs + (i * H + hh) * ctxMax
-                        // scores over the n−1 cached positions, then the token itself
-                        for t in 0..<(n - 1) { pr[t] = scale * Ops.dot(qv, kc + t * KV + g * hd, hd) }
-                        pr[n - 1] = scale * Ops.dot(qv, s.kSelf + i * KV + g * hd, hd)
-                        Ops.softmax(pr, n)
-                        let ov = s.o + i * A + hh * hd
-                        ov.update(repeating: 0, count: hd)
-                        for t in 0..<(n - 1) { Ops.axpy(pr[t], vc + t * KV + g * hd, ov, hd) }
-                        Ops.axpy(pr[n - 1], s.vSelf + i * KV + g * hd, ov, hd)
-                    }
+                    model.rope.forward(s.q + i * A, heads: cfg.nHeads, position: p)
+                    model.rope.forward(s.kSelf + i * KV, heads: cfg.nKVHeads, position: p)
+                    LastTokenAttention.forward(shape, q: s.q + i * A, kSelf: s.kSelf + i * KV, vSelf: s.vSelf + i * KV,
+                                               kc: caches[i].keys(layer: l), vc: caches[i].values(layer: l),
+                                               n: promptLengths[i], probs: s.probs + i * cfg.nHeads * ctxMax,
+                                               probStride: ctxMax, o: s.o + i * A)
                 }
             }
             // h_mid = h_in + o · W_oᵀ                                        [N × D]
             s.hMid.update(from: s.hIn, count: N * D)
             backend.linear(s.o, N, [(blk.wo, s.hMid)], accumulate: true, precision: precision)
-            // ---- SwiGLU MLP: h_out = h_mid + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h_mid)
-            Ops.rmsnorm(s.hMid, blk.ffnNorm.data, s.xnFfn, rows: N, dim: D, eps: cfg.rmsEps, invRMS: s.invFfn)
-            backend.linear(s.xnFfn, N, [(blk.wGate, s.g), (blk.wUp, s.u)], accumulate: false, precision: precision) // g, u [N × F]
-            forEachRow { i in Ops.swiglu(s.g + i * F, s.u + i * F, acts.dF + i * F, F) }   // m [N × F] (scratch)
+            // ---- MLP: h_out = h_mid + MLP(rms(h_mid)); m [N × F] in the scratch dF
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
-            out.update(from: s.hMid, count: N * D)
-            backend.linear(acts.dF, N, [(blk.wDown, out)], accumulate: true, precision: precision)
+            blk.mlpForward(backend, cfg, h: s.hMid, rows: N, out: out, xn: s.xnFfn, invRMS: s.invFfn, g: s.g, u: s.u,
+                           m: acts.dF, precision: precision, perRows: forEachRowRange)
             h = out
         }
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
@@ -258,9 +243,8 @@ public final class InterventionPath {
     /// Back-propagates dL/dh_norm (in `acts.dxn`) to dL/dΔ per row, written to `grad` [N × A].
     /// Each block of the forward, reversed.
     func backward(_ grad: UnsafeMutablePointer<Float>) {
-        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
-        let H = cfg.nHeads, hd = cfg.headDim, group = H / cfg.nKVHeads, ctxMax = maxCtx
-        let scale = 1 / Float(hd).squareRoot()
+        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
+        let shape = LastTokenAttention.Shape(cfg), ctxMax = maxCtx
         let model = lm.model
         let dh = acts.dh, dxn = acts.dxn
         // final norm: dh = rmsnorm_backward(h_final, dh_norm)
@@ -268,13 +252,9 @@ public final class InterventionPath {
         Ops.rmsnormBackward(acts.hFinal, model.outputNorm.data, dxn, dh, rows: N, dim: D, invRMS: acts.invFinal)
         for (k, l) in (layer..<cfg.nLayers).enumerated().reversed() {
             let blk = model.blocks[l], s = acts.layers[k]
-            // ---- MLP backward. h_out = h_mid + m W_downᵀ, m = silu(g) ⊙ u, g/u = x W_{g,u}ᵀ, x = rms(h_mid)
-            backend.linearBackward([(UnsafePointer(dh), blk.wDown)], N, acts.dF, accumulate: false, precision: precision) // dm [N × F]
-            forEachRow { i in                                                          // dg → dF, du → dF2
-                Ops.swigluBackward(s.g + i * F, s.u + i * F, acts.dF + i * F, acts.dF + i * F, acts.dF2 + i * F, F)
-            }
-            backend.linearBackward([(UnsafePointer(acts.dF), blk.wGate), (UnsafePointer(acts.dF2), blk.wUp)], N, dxn, accumulate: false, precision: precision) // dx = dg W_g + du W_u
-            Ops.rmsnormBackward(s.hMid, blk.ffnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invFfn) // dh_mid = dh_out + …
+            // ---- MLP backward: dh_mid = dh_out + MLP′ᵀ dh_out
+            blk.mlpBackward(backend, cfg, h: s.hMid, rows: N, invRMS: s.invFfn, g: s.g, u: s.u, dh: dh, dm: acts.dF,
+                            du: acts.dF2, dxn: dxn, precision: precision, perRows: forEachRowRange)
             // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
             if k == 0 {
                 backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, grad, accumulate: false, precision: precision) // dΔ_i = do_i
@@ -282,67 +262,43 @@ public final class InterventionPath {
             }
             let dO = acts.dA
             backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, dO, accumulate: false, precision: precision) // do [N × A]
-            // ---- attention backward, per row and head (only the token's own q, k, v depend on Δ)
+            // ---- attention backward, per row (only the token's own q, k, v depend on Δ), then RoPE's
             let dQ = acts.dQ, dK = acts.dKV, dV = acts.dKV2
             dK.update(repeating: 0, count: N * KV); dV.update(repeating: 0, count: N * KV)
             forEachRow { i in
                 var dp = [Float](repeating: 0, count: ctxMax)
-                let n = promptLengths[i], kc = caches[i].keys(layer: l), vc = caches[i].values(layer: l)
-                for hh in 0..<H {
-                    let g = hh / group
-                    let pr = s.probs + (i * H + hh) * ctxMax
-                    let dov = dO + i * A + hh * hd
-                    let vSelf = s.vSelf + i * KV + g * hd, kSelf = s.kSelf + i * KV + g * hd
-                    // o = Σ_t p_t v_t: dp_t = do · v_t; dv_self += p_self do
-                    var pdp: Float = 0
-                    for t in 0..<(n - 1) { dp[t] = Ops.dot(dov, vc + t * KV + g * hd, hd); pdp += pr[t] * dp[t] }
-                    dp[n - 1] = Ops.dot(dov, vSelf, hd); pdp += pr[n - 1] * dp[n - 1]
-                    Ops.axpy(pr[n - 1], dov, dV + i * KV + g * hd, hd)
-                    // softmax: ds_t = p_t (dp_t − Σ p dp); scores = scale q·k_t
-                    let dq = dQ + i * A + hh * hd
-                    dq.update(repeating: 0, count: hd)
-                    for t in 0..<(n - 1) { Ops.axpy(scale * pr[t] * (dp[t] - pdp), kc + t * KV + g * hd, dq, hd) }
-                    let dsSelf = scale * pr[n - 1] * (dp[n - 1] - pdp)
-                    Ops.axpy(dsSelf, kSelf, dq, hd)
-                    Ops.axpy(dsSelf, s.q + i * A + hh * hd, dK + i * KV + g * hd, hd)
+                dp.withUnsafeMutableBufferPointer { dpb in
+                    LastTokenAttention.backward(shape, dO: dO + i * A, q: s.q + i * A, kSelf: s.kSelf + i * KV,
+                                                vSelf: s.vSelf + i * KV, kc: caches[i].keys(layer: l),
+                                                vc: caches[i].values(layer: l), n: promptLengths[i],
+                                                probs: s.probs + i * cfg.nHeads * ctxMax, probStride: ctxMax,
+                                                dq: dQ + i * A, dkSelf: dK + i * KV, dvSelf: dV + i * KV,
+                                                dp: dpb.baseAddress!)
                 }
-                // RoPE backward: rotate the gradients back by −angle
                 let p = promptLengths[i] - 1
-                ropeBackward(dQ + i * A, heads: H, position: p)
-                ropeBackward(dK + i * KV, heads: cfg.nKVHeads, position: p)
+                model.rope.backward(dQ + i * A, heads: cfg.nHeads, position: p)
+                model.rope.backward(dK + i * KV, heads: cfg.nKVHeads, position: p)
             }
-            // q/k/v = x W_{q,k,v}ᵀ  →  dx = dq W_q + dk W_k + dv W_v
-            backend.linearBackward([(UnsafePointer(dQ), blk.wq), (UnsafePointer(dK), blk.wk), (UnsafePointer(dV), blk.wv)], N, dxn, accumulate: false, precision: precision)
-            // x = rms(h_in): dh_in = dh_mid + rmsnorm_backward(dx)
-            Ops.rmsnormBackward(s.hIn, blk.attnNorm.data, dxn, dh, rows: N, dim: D, invRMS: s.invAttn)
+            // ---- q/k/v and the attention norm: dh_in = dh_mid + …
+            blk.attentionInputBackward(backend, cfg, h: s.hIn, rows: N, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
+                                       dxn: dxn, dh: dh, precision: precision)
         }
     }
 
     /// Runs `body(i)` for every row, the rows split between the backend's threads (the per-row
     /// attention and SwiGLU work between two products; each row writes only its own slices).
     func forEachRow(_ body: (Int) -> Void) {
-        let t = min(backend.threads, rows)
-        if t <= 1 { for i in 0..<rows { body(i) }; return }
-        let per = (rows + t - 1) / t
-        SpinPool.shared(threads: t).run(t) { ti in
-            for i in (ti * per)..<min(rows, (ti + 1) * per) { body(i) }
-        }
+        forEachRowRange { r in for i in r { body(i) } }
     }
 
-    func ropeBackward(_ x: UnsafeMutablePointer<Float>, heads: Int, position p: Int) {
-        let (c, s) = lm.model.ropeTables(position: p)
-        let half = cfg.ropeDim / 2, hd = cfg.headDim
-        c.withUnsafeBufferPointer { cb in
-            s.withUnsafeBufferPointer { sb in
-                for h in 0..<heads {
-                    let v = x + h * hd
-                    for i in 0..<half {
-                        let da = v[2 * i], db = v[2 * i + 1]
-                        v[2 * i] = da * cb[i] + db * sb[i]
-                        v[2 * i + 1] = -da * sb[i] + db * cb[i]
-                    }
-                }
-            }
+    /// The rows in one range per thread (the ops' `perRows`).
+    func forEachRowRange(_ body: (Range<Int>) -> Void) {
+        let t = min(backend.threads, rows)
+        if t <= 1 { body(0..<rows); return }
+        let per = (rows + t - 1) / t
+        SpinPool.shared(threads: t).run(t) { ti in
+            let r = (ti * per)..<min(rows, (ti + 1) * per)
+            if !r.isEmpty { body(r) }
         }
     }
 

@@ -37,7 +37,9 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         ropeTheta = Float((try? f.double("\(arch).rope.freq_base")) ?? 10000)
         ropeDim = (try? f.int("\(arch).rope.dimension_count")) ?? headDim
         tiedEmbeddings = f.tensors["output.weight"] == nil
-        guard ["llama", "mistral", "granite"].contains(arch) || arch.hasPrefix("llama") else {
+        // Granite (llama-shaped, but with embedding, attention, residual and logit multipliers
+        // this engine does not apply) is refused rather than run silently wrong.
+        guard ["llama", "mistral"].contains(arch) || arch.hasPrefix("llama") else {
             throw ModelFileError.badMetadata(key: "general.architecture", expected: "a Llama-family architecture (llama), got \(arch)")
         }
         guard nLayers > 0, dModel > 0, nHeads > 0, nKVHeads > 0, nHeads % nKVHeads == 0,
@@ -123,10 +125,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let outputNorm: Weight      // [1 × D]
     public let output: Weight          // [V × D] (the embedding itself when tied)
     public let backend: Backend
-    /// cos/sin tables for RoPE: [contextLength × ropeDim/2].
-    private let ropeCos: [Float]
-    private let ropeSin: [Float]
-    private let ropePositions: Int
+    /// RoPE's tables and op pair.
+    let rope: Rope
 
     /// Reads every tensor, dequantising to fp32 with `threads` threads.
     public init(gguf f: GGUFFile, backend: Backend, threads: Int = 1) throws {
@@ -182,52 +182,11 @@ public final class LlamaModel: @unchecked Sendable {
         outputNorm = try load("output_norm.weight", 1, D)
         output = cfg.tiedEmbeddings ? tokenEmbedding : try load("output.weight", cfg.vocabSize, D)
 
-        let half = cfg.ropeDim / 2
-        ropePositions = cfg.contextLength
-        var c = [Float](repeating: 0, count: ropePositions * half), s = c
-        for p in 0..<ropePositions {
-            for i in 0..<half {
-                // θ_i = base^(−2i/ropeDim); computed in Double then rounded, as references do in fp32
-                let inv = Float(1.0 / pow(Double(cfg.ropeTheta), Double(2 * i) / Double(cfg.ropeDim)))
-                let a = Float(p) * inv
-                c[p * half + i] = cos(a); s[p * half + i] = sin(a)
-            }
-        }
-        ropeCos = c; ropeSin = s
+        rope = Rope(cfg)
     }
 
     public func makeCache(capacity: Int) -> KVCache {
         KVCache(layers: config.nLayers, kvDim: config.kvDim, capacity: capacity)
-    }
-
-    /// RoPE on `rows` rows of `heads` heads (row stride `stride`), in GGUF's layout: rotation
-    /// pairs are adjacent, (x[2i], x[2i+1]) turned by angle pos·θ_i.
-    /// (The converter permuted W_q and W_k so this equals the Hugging Face "rotate half" form.)
-    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, stride: Int, heads: Int, positions: (Int) -> Int) {
-        let half = config.ropeDim / 2, hd = config.headDim
-        ropeCos.withUnsafeBufferPointer { cb in
-            ropeSin.withUnsafeBufferPointer { sb in
-                for r in 0..<rows {
-                    let p = positions(r)
-                    precondition(p < ropePositions, "position \(p) beyond the model's context length \(ropePositions)")
-                    let cr = cb.baseAddress! + p * half, sr = sb.baseAddress! + p * half
-                    for h in 0..<heads {
-                        let v = x + r * stride + h * hd
-                        for i in 0..<half {
-                            let a = v[2 * i], b = v[2 * i + 1]
-                            v[2 * i] = a * cr[i] - b * sr[i]
-                            v[2 * i + 1] = a * sr[i] + b * cr[i]
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// cos/sin of RoPE at position p (for the intervention path).
-    func ropeTables(position p: Int) -> (cos: ArraySlice<Float>, sin: ArraySlice<Float>) {
-        let half = config.ropeDim / 2
-        return (ropeCos[(p * half)..<((p + 1) * half)], ropeSin[(p * half)..<((p + 1) * half)])
     }
 
     /// Runs `tokens[s]` (appended to `caches[s]`) through the whole model for all sequences at
@@ -257,8 +216,9 @@ public final class LlamaModel: @unchecked Sendable {
         let o = UnsafeMutablePointer<Float>.allocate(capacity: T * A)       // head outputs (Δ site)
         let g = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
-        // one head's scores [n × ctx] for the sequence with the most (new rows × context)
-        let scoreCount = zip(startPos, rowCount).map { ($0 + $1) * $1 }.max() ?? 1
+        // one head's scores [n × ctx] for the sequence with the most (new rows × context), or a
+        // decoding row's scores for every head [H × ctx]
+        let scoreCount = zip(startPos, rowCount).map { ($0 + $1) * max($1, cfg.nHeads) }.max() ?? 1
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
         defer { [x, xn, q, kNew, vNew, o, g, u, scores].forEach { $0.deallocate() } }
 
@@ -270,21 +230,29 @@ public final class LlamaModel: @unchecked Sendable {
         }
         let scale = 1 / Float(hd).squareRoot()
         let group = cfg.nHeads / cfg.nKVHeads
+        let shape = LastTokenAttention.Shape(cfg)
         for l in 0..<cfg.nLayers {
             let blk = blocks[l]
             hooks?.residual(layer: l, x, layout)
             // ---- attention
-            Ops.rmsnorm(x, blk.attnNorm.data, xn, rows: T, dim: D, eps: cfg.rmsEps)
-            backend.linear(xn, T, blk.wq, q, accumulate: false)
-            backend.linear(xn, T, blk.wk, kNew, accumulate: false)
-            backend.linear(xn, T, blk.wv, vNew, accumulate: false)
-            rope(q, rows: T, stride: A, heads: cfg.nHeads) { rowPos[$0] }
-            rope(kNew, rows: T, stride: KV, heads: cfg.nKVHeads) { rowPos[$0] }
+            blk.attentionInputForward(backend, cfg, h: x, rows: T, xn: xn, invRMS: nil, q: q, k: kNew, v: vNew,
+                                      precision: .fp32)
+            for r in 0..<T {
+                rope.forward(q + r * A, heads: cfg.nHeads, position: rowPos[r])
+                rope.forward(kNew + r * KV, heads: cfg.nKVHeads, position: rowPos[r])
+            }
             for s in 0..<tokens.count {
                 let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
                 (c.k[l] + p0 * KV).update(from: kNew + r0 * KV, count: n * KV)
                 (c.v[l] + p0 * KV).update(from: vNew + r0 * KV, count: n * KV)
                 let ctx = p0 + n
+                if n == 1 {
+                    // one new token (decoding; a prompt's last position): the intervention path's op
+                    LastTokenAttention.forward(shape, q: q + r0 * A, kSelf: kNew + r0 * KV, vSelf: vNew + r0 * KV,
+                                               kc: c.k[l], vc: c.v[l], n: ctx, probs: scores, probStride: ctx,
+                                               o: o + r0 * A)
+                    continue
+                }
                 for h in 0..<cfg.nHeads {
                     let kvh = h / group
                     // S[n × ctx] = Q_h · K_hᵀ · scale
@@ -306,12 +274,9 @@ public final class LlamaModel: @unchecked Sendable {
             }
             hooks?.headOutputs(layer: l, o, layout)
             backend.linear(o, T, blk.wo, x, accumulate: true)              // x += o · W_oᵀ
-            // ---- SwiGLU MLP
-            Ops.rmsnorm(x, blk.ffnNorm.data, xn, rows: T, dim: D, eps: cfg.rmsEps)
-            backend.linear(xn, T, blk.wGate, g, accumulate: false)
-            backend.linear(xn, T, blk.wUp, u, accumulate: false)
-            Ops.swiglu(g, u, g, T * F)
-            backend.linear(g, T, blk.wDown, x, accumulate: true)           // x += h · W_downᵀ
+            // ---- MLP, the residual updated in place
+            blk.mlpForward(backend, cfg, h: x, rows: T, out: x, xn: xn, invRMS: nil, g: g, u: u, m: g, precision: .fp32,
+                           perRows: { $0(0..<T) })
         }
         for s in 0..<tokens.count { caches[s].length += rowCount[s] }
         hooks?.residual(layer: cfg.nLayers, x, layout)
