@@ -55,8 +55,31 @@ public enum SchedulerEvent: Equatable, Sendable {
     case workerGone(worker: String, reason: String)
 }
 
-/// What the I/O shell must do in answer to an event.
-public enum Directive: Equatable, Sendable {
+/// What the I/O shell must do in answer to an event, one narrow list per consumer: the socket
+/// (`toWorkers`), the store (`jobChanges`, `experiments`), the update stream (`published`), the
+/// client being answered (`reply`), and the counters and log (`ignored`). The order within each
+/// list is the order to act in; the lists are independent of each other.
+public struct Effects: Equatable, Sendable {
+    public var toWorkers: [WorkerMessage] = []
+    /// Jobs whose stored record changed, and how (the shell saves each job's current record).
+    public var jobChanges: [JobChange] = []
+    /// Job snapshots for subscribers, in order (a loss is published before its requeue).
+    public var published: [JobRecord] = []
+    /// Experiments whose record changed (submitted, cancelled): persist them.
+    public var experiments: [String] = []
+    public var reply: ClientReply? = nil
+    /// Messages ignored as stale or unknown (counted, logged).
+    public var ignored: [String] = []
+
+    public init(toWorkers: [WorkerMessage] = [], jobChanges: [JobChange] = [], published: [JobRecord] = [],
+                experiments: [String] = [], reply: ClientReply? = nil, ignored: [String] = []) {
+        self.toWorkers = toWorkers; self.jobChanges = jobChanges; self.published = published
+        self.experiments = experiments; self.reply = reply; self.ignored = ignored
+    }
+}
+
+/// A message to one worker.
+public enum WorkerMessage: Equatable, Sendable {
     /// Send this job to this worker.
     case assign(worker: String, job: String, attempt: Int, spec: JobSpec, experiment: String, leaseSeconds: Double)
     /// Acknowledge a worker's message (Hello, Ready with nothing to do, Result, Failure).
@@ -65,35 +88,32 @@ public enum Directive: Equatable, Sendable {
     case heartbeatAck(worker: String, job: String, attempt: Int, abandon: Bool)
     /// The sender is not registered (e.g. the coordinator restarted): ask it to say Hello again.
     case unknownWorker(worker: String)
-    /// State changes of a job; the shell persists the job's record and publishes an update.
-    case requeue(job: String, attempt: Int, reason: String)
-    case markRunning(job: String, worker: String, attempt: Int)
-    case markDone(job: String, worker: String, attempt: Int)
-    case markFailed(job: String, reason: String)
-    case markCancelled(job: String)
-    case markQueued(job: String)
-    /// Publish this snapshot of a job on the update stream.
-    case publish(JobRecord)
-    /// An experiment's record changed (submitted, cancelled): persist it.
-    case persistExperiment(String)
-    /// Summary of a submit, for the reply.
-    case submitted(experiment: String, new: Int, reused: Int, requeued: Int, total: Int)
-    /// Summary of a cancel, for the reply.
-    case cancelled(experiment: String, count: Int)
-    /// A message was ignored as stale or unknown (counted, logged).
-    case ignored(String)
 
     public enum AckKind: String, Sendable { case hello, ready, result, failure }
+}
 
-    /// The job whose stored record this directive changes, if any.
-    public var changedJob: String? {
+/// How a job's stored record changed.
+public enum JobChange: Equatable, Sendable {
+    case requeued(job: String, attempt: Int, reason: String)
+    case running(job: String, worker: String, attempt: Int)
+    case done(job: String, worker: String, attempt: Int)
+    case failed(job: String, reason: String)
+    case cancelled(job: String)
+    case queued(job: String)
+
+    public var job: String {
         switch self {
-        case .requeue(let j, _, _), .markRunning(let j, _, _), .markDone(let j, _, _),
-             .markFailed(let j, _), .markCancelled(let j), .markQueued(let j):
+        case .requeued(let j, _, _), .running(let j, _, _), .done(let j, _, _), .failed(let j, _), .cancelled(let j),
+             .queued(let j):
             return j
-        default: return nil
         }
     }
+}
+
+/// The answer to a client's submit or cancel.
+public enum ClientReply: Equatable, Sendable {
+    case submitted(experiment: String, new: Int, reused: Int, requeued: Int, total: Int)
+    case cancelled(experiment: String, count: Int)
 }
 
 /// The coordinator's scheduling logic as a pure state machine, in the manner of SWIM.Instance:
@@ -207,8 +227,8 @@ public struct Scheduler {
 
     // MARK: events
 
-    public mutating func handle(_ event: SchedulerEvent, now: Double) -> [Directive] {
-        var out: [Directive] = []
+    public mutating func handle(_ event: SchedulerEvent, now: Double) -> Effects {
+        var out = Effects()
         switch event {
         case let .workerHello(w, caps):
             var rec = workers[w] ?? WorkerRecord(id: w, capabilities: nil, lastSeen: now, idle: false,
@@ -226,17 +246,17 @@ public struct Scheduler {
                 }
             }
             workers[w] = rec
-            out.append(.ack(worker: w, kind: .hello, job: "", attempt: 0))
+            out.toWorkers.append(.ack(worker: w, kind: .hello, job: "", attempt: 0))
 
         case let .workerReady(w):
             guard var rec = workers[w], rec.capabilities != nil else {
-                out.append(.unknownWorker(worker: w)); break
+                out.toWorkers.append(.unknownWorker(worker: w)); break
             }
             rec.lastSeen = now
             if rec.job != nil, !rec.confirmed {
                 // This Ready crossed our assignment on the wire; the worker will ack the job.
                 workers[w] = rec
-                out.append(.ack(worker: w, kind: .ready, job: "", attempt: 0))
+                out.toWorkers.append(.ack(worker: w, kind: .ready, job: "", attempt: 0))
                 break
             }
             if let j = rec.job {
@@ -250,10 +270,13 @@ public struct Scheduler {
             }
             if !rec.idle { rec.idle = true; rec.idleSince = now }
             workers[w] = rec
-            let before = out.count
+            let before = out.toWorkers.count
             dispatch(now: now, into: &out)
-            let assigned = out[before...].contains { if case .assign(let ww, _, _, _, _, _) = $0 { return ww == w }; return false }
-            if !assigned { out.append(.ack(worker: w, kind: .ready, job: "", attempt: 0)) }
+            let assigned = out.toWorkers[before...].contains {
+                if case .assign(let ww, _, _, _, _, _) = $0 { return ww == w }
+                return false
+            }
+            if !assigned { out.toWorkers.append(.ack(worker: w, kind: .ready, job: "", attempt: 0)) }
 
         case let .assignmentAccepted(w, j, a):
             if var rec = workers[w] {
@@ -274,33 +297,33 @@ public struct Scheduler {
                 jobs[j] = job
                 running.remove(j)
                 queue.push(job)
-                out.append(.markQueued(job: j))
-                out.append(.publish(jobs[j]!))
+                out.jobChanges.append(.queued(job: j))
+                out.published.append(jobs[j]!)
                 dispatch(now: now, into: &out)
             }
 
         case let .heartbeat(w, j, a, step, total):
-            guard var rec = workers[w] else { out.append(.unknownWorker(worker: w)); break }
+            guard var rec = workers[w] else { out.toWorkers.append(.unknownWorker(worker: w)); break }
             rec.lastSeen = now
             guard var job = jobs[j], job.state == .running, job.attempt == a else {
                 staleMessages += 1
                 if rec.job == j { rec.job = nil }
                 workers[w] = rec
-                out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
+                out.toWorkers.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
                 break
             }
             if job.worker != w {
                 // Another worker holds this attempt now: this one is stale.
                 staleMessages += 1
                 workers[w] = rec
-                out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
+                out.toWorkers.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: true))
                 break
             }
             rec.job = j; rec.attempt = a; rec.idle = false; rec.step = step; rec.total = total; rec.confirmed = true
             workers[w] = rec
             job.leaseExpiry = now + config.leaseSeconds
             jobs[j] = job
-            out.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: false))
+            out.toWorkers.append(.heartbeatAck(worker: w, job: j, attempt: a, abandon: false))
 
         case let .result(w, j, a, metrics, sha, path):
             if var rec = workers[w] {
@@ -308,11 +331,15 @@ public struct Scheduler {
                 if rec.job == j { rec.job = nil }
                 workers[w] = rec
             }
-            out.append(.ack(worker: w, kind: .result, job: j, attempt: a))
-            guard var job = jobs[j] else { staleMessages += 1; out.append(.ignored("result for unknown job \(j)")); break }
+            out.toWorkers.append(.ack(worker: w, kind: .result, job: j, attempt: a))
+            guard var job = jobs[j] else {
+                staleMessages += 1
+                out.ignored.append("result for unknown job \(j)")
+                break
+            }
             if job.state == .done {
                 duplicateResults += 1
-                out.append(.ignored("duplicate result for \(j) (attempt \(a) from \(w))"))
+                out.ignored.append("duplicate result for \(j) (attempt \(a) from \(w))")
                 break
             }
             // First result wins, whatever the attempt: the computation is deterministic per job.
@@ -326,7 +353,7 @@ public struct Scheduler {
             job.artefactSHA256 = sha
             job.artefactPath = path
             job.pendingReason = nil
-            end(job, .done, error: nil, now: now, mark: .markDone(job: j, worker: w, attempt: a), into: &out)
+            end(job, .done, error: nil, now: now, mark: .done(job: j, worker: w, attempt: a), into: &out)
 
         case let .failure(w, j, a, reason, deterministic):
             if var rec = workers[w] {
@@ -334,10 +361,10 @@ public struct Scheduler {
                 if rec.job == j { rec.job = nil }
                 workers[w] = rec
             }
-            out.append(.ack(worker: w, kind: .failure, job: j, attempt: a))
+            out.toWorkers.append(.ack(worker: w, kind: .failure, job: j, attempt: a))
             guard let job = jobs[j], job.state == .running, job.attempt == a else {
                 staleMessages += 1
-                out.append(.ignored("stale failure for \(j) attempt \(a) from \(w)"))
+                out.ignored.append("stale failure for \(j) attempt \(a) from \(w)")
                 break
             }
             if deterministic {
@@ -357,7 +384,7 @@ public struct Scheduler {
             }
             for (id, w) in workers where w.lastSeen + config.workerTimeoutSeconds <= now {
                 workers[id] = nil
-                out.append(.ignored("worker \(id) timed out"))
+                out.ignored.append("worker \(id) timed out")
             }
             dispatch(now: now, into: &out)
 
@@ -383,15 +410,15 @@ public struct Scheduler {
                         jobs[s.id] = job
                         queue.push(job)
                         requeued += 1
-                        out.append(.requeue(job: s.id, attempt: job.attempt, reason: "resubmitted"))
-                        out.append(.publish(jobs[s.id]!))
+                        out.jobChanges.append(.requeued(job: s.id, attempt: job.attempt, reason: "resubmitted"))
+                        out.published.append(jobs[s.id]!)
                     case .queued where job.device != s.device:
                         // The latest submission's device requirement applies to a job not yet started.
                         job.device = s.device
                         job.updated = now
                         jobs[s.id] = job
                         queue.push(job)
-                        out.append(.markQueued(job: s.id))
+                        out.jobChanges.append(.queued(job: s.id))
                     default: break
                     }
                 } else {
@@ -400,8 +427,8 @@ public struct Scheduler {
                     nextSeq += 1
                     jobs[s.id] = job
                     queue.push(job)
-                    out.append(.markQueued(job: s.id))
-                    out.append(.publish(jobs[s.id]!))
+                    out.jobChanges.append(.queued(job: s.id))
+                    out.published.append(jobs[s.id]!)
                 }
             }
             if let old = experiments[name] {
@@ -409,17 +436,17 @@ public struct Scheduler {
                 for j in Set(old.jobIDs).subtracting(seen) { membership[j]?.remove(name) }
             }
             experiments[name] = ExperimentRecord(name: name, gridJSON: grid, submitted: now, cancelled: false, jobIDs: ids)
-            out.insert(.persistExperiment(name), at: 0)
-            out.append(.submitted(experiment: name, new: new, reused: reused, requeued: requeued, total: ids.count))
+            out.experiments.append(name)
+            out.reply = .submitted(experiment: name, new: new, reused: reused, requeued: requeued, total: ids.count)
             dispatch(now: now, into: &out)
 
         case let .cancel(name, only):
             guard var exp = experiments[name] else {
-                out.append(.cancelled(experiment: name, count: 0)); break
+                out.reply = .cancelled(experiment: name, count: 0); break
             }
             if only.isEmpty { exp.cancelled = true }
             experiments[name] = exp
-            out.append(.persistExperiment(name))
+            out.experiments.append(name)
             let targets = only.isEmpty ? exp.jobIDs : exp.jobIDs.filter { Set(only).contains($0) }
             var count = 0
             for j in targets {
@@ -430,10 +457,10 @@ public struct Scheduler {
                     rec.job = nil   // told to abandon on its next heartbeat
                     workers[w] = rec
                 }
-                end(job, .cancelled, error: "cancelled", now: now, mark: .markCancelled(job: j), into: &out)
+                end(job, .cancelled, error: "cancelled", now: now, mark: .cancelled(job: j), into: &out)
                 count += 1
             }
-            out.append(.cancelled(experiment: name, count: count))
+            out.reply = .cancelled(experiment: name, count: count)
 
         case let .workerGone(w, reason):
             if let rec = workers.removeValue(forKey: w), let j = rec.job,
@@ -448,7 +475,7 @@ public struct Scheduler {
     // MARK: transitions
 
     /// A running job's worker is gone: requeue it with attempt + 1, or fail it at the cap.
-    private mutating func lose(_ j: String, reason: String, now: Double, into out: inout [Directive],
+    private mutating func lose(_ j: String, reason: String, now: Double, into out: inout Effects,
                                failureReason: String? = nil) {
         guard var job = jobs[j] else { return }
         running.remove(j)
@@ -459,33 +486,33 @@ public struct Scheduler {
         if job.losses >= config.maxAttempts {
             let error = failureReason.map { "failed \(job.losses) times (last on worker \(last): \($0))" }
                 ?? "lost \(job.losses) times (last worker \(last))"
-            end(job, .failed, error: error, now: now, mark: .markFailed(job: j, reason: error), into: &out)
+            end(job, .failed, error: error, now: now, mark: .failed(job: j, reason: error), into: &out)
             return
         }
         // Publish the loss itself, then the requeue.
         job.state = .lost
         job.error = reason
         jobs[j] = job
-        out.append(.publish(jobs[j]!))
+        out.published.append(jobs[j]!)
         job.state = .queued
         job.attempt += 1
         job.started = nil
         jobs[j] = job
         queue.push(job)
-        out.append(.requeue(job: j, attempt: job.attempt, reason: reason))
-        out.append(.publish(jobs[j]!))
+        out.jobChanges.append(.requeued(job: j, attempt: job.attempt, reason: reason))
+        out.published.append(jobs[j]!)
     }
 
-    private mutating func fail(_ j: String, reason: String, worker: String, now: Double, into out: inout [Directive]) {
+    private mutating func fail(_ j: String, reason: String, worker: String, now: Double, into out: inout Effects) {
         guard var job = jobs[j] else { return }
         job.worker = worker
-        end(job, .failed, error: reason, now: now, mark: .markFailed(job: j, reason: reason), into: &out)
+        end(job, .failed, error: reason, now: now, mark: .failed(job: j, reason: reason), into: &out)
     }
 
     /// Ends a job in `state` (done, failed, cancelled): no lease, an end time, no longer running;
     /// the store is told `mark`, subscribers get the record.
-    private mutating func end(_ job: JobRecord, _ state: JobState, error: String?, now: Double, mark: Directive,
-                              into out: inout [Directive]) {
+    private mutating func end(_ job: JobRecord, _ state: JobState, error: String?, now: Double, mark: JobChange,
+                              into out: inout Effects) {
         var job = job
         job.state = state
         job.error = error
@@ -494,12 +521,12 @@ public struct Scheduler {
         job.updated = now
         jobs[job.id] = job
         running.remove(job.id)
-        out.append(mark)
-        out.append(.publish(job))
+        out.jobChanges.append(mark)
+        out.published.append(job)
     }
 
     /// Pairs idle workers (longest idle first) with the earliest queued job that fits each.
-    private mutating func dispatch(now: Double, into out: inout [Directive]) {
+    private mutating func dispatch(now: Double, into out: inout Effects) {
         if queue.isEmpty { return }
         let idle = workers.values.filter { $0.idle && $0.job == nil && $0.capabilities != nil }
             .sorted { ($0.idleSince, $0.id) < ($1.idleSince, $1.id) }
@@ -531,10 +558,10 @@ public struct Scheduler {
             rec.confirmed = false
             workers[w.id] = rec
             let exp = experimentsOf(j).first ?? ""
-            out.append(.assign(worker: w.id, job: j, attempt: job.attempt, spec: job.spec, experiment: exp,
+            out.toWorkers.append(.assign(worker: w.id, job: j, attempt: job.attempt, spec: job.spec, experiment: exp,
                                leaseSeconds: config.leaseSeconds))
-            out.append(.markRunning(job: j, worker: w.id, attempt: job.attempt))
-            out.append(.publish(jobs[j]!))
+            out.jobChanges.append(.running(job: j, worker: w.id, attempt: job.attempt))
+            out.published.append(jobs[j]!)
             if queue.isEmpty { break }
         }
     }

@@ -41,11 +41,9 @@ extension CoordinatorServer {
         }
         let ds = scheduler.handle(.submit(experiment: grid.experiment, gridJSON: s.gridJson, jobs: jobs), now: now)
         apply(ds, now: now)
-        for d in ds {
-            if case let .submitted(_, new, reused, requeued, total) = d {
-                reply.jobsNew = UInt32(new); reply.jobsReused = UInt32(reused)
-                reply.jobsRequeued = UInt32(requeued); reply.jobsTotal = UInt32(total)
-            }
+        if case let .submitted(_, new, reused, requeued, total)? = ds.reply {
+            reply.jobsNew = UInt32(new); reply.jobsReused = UInt32(reused)
+            reply.jobsRequeued = UInt32(requeued); reply.jobsTotal = UInt32(total)
         }
         reply.ok = true
         log("experiment \(grid.experiment) submitted: \(reply.jobsTotal) jobs (\(reply.jobsNew) new, \(reply.jobsReused) reused, \(reply.jobsRequeued) requeued)")

@@ -3,69 +3,77 @@ import JobCore
 import Protocol
 
 /// The wire translation of the coordinator's loop: incoming frames become scheduler events
-/// (`handleMessage`), and the scheduler's directives become sends, store changes and published
+/// (`handleMessage`), and the scheduler's effects become store changes, sends and published
 /// updates (`apply`).
 extension CoordinatorServer {
-    // MARK: directives
+    // MARK: effects
 
-    func apply(_ directives: [Directive], now: Double) {
-        for d in directives {
-            if let j = d.changedJob, batch.dirtySet.insert(j).inserted { batch.dirtyJobs.append(j) }
-            switch d {
-            case let .assign(w, j, a, spec, exp, lease):
-                guard let id = identityByWorker[w] else {
-                    // Assigned to a worker we can no longer reach: undo at once.
-                    apply(scheduler.handle(.assignmentRefused(worker: w, job: j, attempt: a), now: now), now: now)
-                    continue
-                }
-                var m = Intervene_V1_JobAssignment()
-                m.jobID = j
-                m.attempt = UInt32(clamping: a)
-                m.leaseMs = UInt32(clamping: Int(lease * 1000))
-                m.experiment = exp
-                m.params = JobParams(spec)
-                batch.sends.append((id, .job(m), (w, j, a)))
-                log("job \(j) attempt \(a) -> \(w) (\(spec.task) \(spec.method) layer \(spec.layer) seed \(spec.seed))")
-            case let .ack(w, kind, j, a):
-                guard let id = identityByWorker[w] else { continue }
-                var m = Intervene_V1_Ack()
-                switch kind {
-                case .hello: m.kind = .hello
-                case .ready: m.kind = .ready
-                case .result: m.kind = .result
-                case .failure: m.kind = .failure
-                }
-                m.jobID = j
-                m.attempt = UInt32(clamping: a)
-                m.accepted = true
-                batch.sends.append((id, .ack(m), nil))
-            case let .heartbeatAck(w, j, a, abandon):
-                guard let id = identityByWorker[w] else { continue }
-                var m = Intervene_V1_Ack()
-                m.kind = .heartbeat
-                m.jobID = j
-                m.attempt = UInt32(clamping: a)
-                m.accepted = !abandon
-                m.abandon = abandon
-                batch.sends.append((id, .ack(m), nil))
-            case let .unknownWorker(w):
-                if let id = identityByWorker[w] {
-                    batch.sends.append((id, Wire.error(code: .unknownPeer, "unknown worker \(w); say Hello"), nil))
-                }
-            case let .requeue(j, a, reason):
-                log("job \(j) requeued as attempt \(a): \(reason)")
-            case let .markFailed(j, reason):
-                log("job \(j) failed: \(reason)")
-            case .publish(let rec):
-                for e in scheduler.experimentsOf(rec.id) { batch.updates.append(update(rec, experiment: e, now: now)) }
-            case .persistExperiment(let e):
-                batch.dirtyExperiments.insert(e)
-            case .ignored(let why):
-                count("ignored")
-                if why.hasPrefix("duplicate") { count("duplicate_results") }
-                log(why)
-            case .markRunning, .markDone, .markCancelled, .markQueued, .submitted, .cancelled:
-                break
+    func apply(_ e: Effects, now: Double) {
+        // the store: records saved at the end of the batch, before any reply or update leaves
+        for c in e.jobChanges {
+            if batch.dirtySet.insert(c.job).inserted { batch.dirtyJobs.append(c.job) }
+            switch c {
+            case let .requeued(j, a, reason): log("job \(j) requeued as attempt \(a): \(reason)")
+            case let .failed(j, reason): log("job \(j) failed: \(reason)")
+            case .running, .done, .cancelled, .queued: break
+            }
+        }
+        for x in e.experiments { batch.dirtyExperiments.insert(x) }
+        // the socket
+        for m in e.toWorkers { send(m, now: now) }
+        // the update stream
+        for rec in e.published {
+            for x in scheduler.experimentsOf(rec.id) { batch.updates.append(update(rec, experiment: x, now: now)) }
+        }
+        for why in e.ignored {
+            count("ignored")
+            if why.hasPrefix("duplicate") { count("duplicate_results") }
+            log(why)
+        }
+    }
+
+    /// One message to a worker, in its wire form (queued for after the store's commit).
+    private func send(_ message: WorkerMessage, now: Double) {
+        switch message {
+        case let .assign(w, j, a, spec, exp, lease):
+            guard let id = identityByWorker[w] else {
+                // Assigned to a worker we can no longer reach: undo at once.
+                apply(scheduler.handle(.assignmentRefused(worker: w, job: j, attempt: a), now: now), now: now)
+                return
+            }
+            var m = Intervene_V1_JobAssignment()
+            m.jobID = j
+            m.attempt = UInt32(clamping: a)
+            m.leaseMs = UInt32(clamping: Int(lease * 1000))
+            m.experiment = exp
+            m.params = JobParams(spec)
+            batch.sends.append((id, .job(m), (w, j, a)))
+            log("job \(j) attempt \(a) -> \(w) (\(spec.task) \(spec.method) layer \(spec.layer) seed \(spec.seed))")
+        case let .ack(w, kind, j, a):
+            guard let id = identityByWorker[w] else { return }
+            var m = Intervene_V1_Ack()
+            switch kind {
+            case .hello: m.kind = .hello
+            case .ready: m.kind = .ready
+            case .result: m.kind = .result
+            case .failure: m.kind = .failure
+            }
+            m.jobID = j
+            m.attempt = UInt32(clamping: a)
+            m.accepted = true
+            batch.sends.append((id, .ack(m), nil))
+        case let .heartbeatAck(w, j, a, abandon):
+            guard let id = identityByWorker[w] else { return }
+            var m = Intervene_V1_Ack()
+            m.kind = .heartbeat
+            m.jobID = j
+            m.attempt = UInt32(clamping: a)
+            m.accepted = !abandon
+            m.abandon = abandon
+            batch.sends.append((id, .ack(m), nil))
+        case let .unknownWorker(w):
+            if let id = identityByWorker[w] {
+                batch.sends.append((id, Wire.error(code: .unknownPeer, "unknown worker \(w); say Hello"), nil))
             }
         }
     }
@@ -158,10 +166,14 @@ extension CoordinatorServer {
 
         case .stepMetrics(let m):
             guard let w = worker else { return unknownPeer(identity) }
-            let ds = scheduler.handle(.heartbeat(worker: w, job: m.jobID, attempt: Int(m.attempt), step: Int(m.step),
+            var ds = scheduler.handle(.heartbeat(worker: w, job: m.jobID, attempt: Int(m.attempt), step: Int(m.step),
                                                  total: Int(m.total)), now: now)
             // Step reports are not acknowledged, except to tell a stale worker to stop.
-            apply(ds.filter { if case .heartbeatAck(_, _, _, let abandon) = $0 { return abandon }; return true }, now: now)
+            ds.toWorkers.removeAll {
+                if case .heartbeatAck(_, _, _, let abandon) = $0 { return !abandon }
+                return false
+            }
+            apply(ds, now: now)
             persistLease(m.jobID, now: now)
             guard let job = scheduler.job(m.jobID), job.state == .running, job.attempt == Int(m.attempt) else { return }
             batch.steps.append((m.jobID, Int(m.attempt), Int(m.step), m.values))
@@ -233,7 +245,7 @@ extension CoordinatorServer {
             } else {
                 let ds = scheduler.handle(.cancel(experiment: c.experiment, jobs: c.jobIds), now: now)
                 apply(ds, now: now)
-                for d in ds { if case .cancelled(_, let n) = d { reply.cancelled = UInt32(n) } }
+                if case .cancelled(_, let n)? = ds.reply { reply.cancelled = UInt32(n) }
                 log("experiment \(c.experiment): \(reply.cancelled) jobs cancelled")
             }
             batch.sends.append((identity, .cancelReply(reply), nil))

@@ -16,7 +16,7 @@ final class SchedulerTests: XCTestCase {
     }
 
     @discardableResult
-    func on(_ e: SchedulerEvent) -> [Directive] { s.handle(e, now: now) }
+    func on(_ e: SchedulerEvent) -> Effects { s.handle(e, now: now) }
 
     func jobs(_ n: Int, method: JobMethod = .synthetic, device: DeviceRequirement = .any) -> [SubmittedJob] {
         (0..<n).map { i in
@@ -25,11 +25,11 @@ final class SchedulerTests: XCTestCase {
         }
     }
 
-    func assignments(_ ds: [Directive]) -> [(worker: String, job: String, attempt: Int)] {
-        ds.compactMap { if case let .assign(w, j, a, _, _, _) = $0 { return (w, j, a) }; return nil }
+    func assignments(_ ds: Effects) -> [(worker: String, job: String, attempt: Int)] {
+        ds.toWorkers.compactMap { if case let .assign(w, j, a, _, _, _) = $0 { return (w, j, a) }; return nil }
     }
 
-    func connect(_ w: String, _ caps: WorkerCapabilities) -> [Directive] {
+    func connect(_ w: String, _ caps: WorkerCapabilities) -> Effects {
         on(.workerHello(worker: w, capabilities: caps))
         return on(.workerReady(worker: w))
     }
@@ -46,23 +46,23 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(a[0].attempt, 1)
         XCTAssertEqual(s.job(js[0].id)?.state, .running)
         XCTAssertEqual(s.job(js[0].id)?.leaseExpiry, now + 10)
-        XCTAssertTrue(ds.contains(.submitted(experiment: "e", new: 3, reused: 0, requeued: 0, total: 3)))
+        XCTAssertEqual(ds.reply, .submitted(experiment: "e", new: 3, reused: 0, requeued: 0, total: 3))
 
         // Result, then Ready: the next job in order.
         now += 1
         let r = on(.result(worker: "w1", job: js[0].id, attempt: 1, metrics: ["exact_match": 1], artefactSHA256: nil, artefactPath: nil))
-        XCTAssertTrue(r.contains(.ack(worker: "w1", kind: .result, job: js[0].id, attempt: 1)))
-        XCTAssertTrue(r.contains(.markDone(job: js[0].id, worker: "w1", attempt: 1)))
+        XCTAssertTrue(r.toWorkers.contains(.ack(worker: "w1", kind: .result, job: js[0].id, attempt: 1)))
+        XCTAssertTrue(r.jobChanges.contains(.done(job: js[0].id, worker: "w1", attempt: 1)))
         XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [js[1].id])
     }
 
     func testReadyWithNothingQueuedIsAcked() {
         let ds = connect("w1", cpu)
-        XCTAssertTrue(ds.contains(.ack(worker: "w1", kind: .ready, job: "", attempt: 0)))
+        XCTAssertTrue(ds.toWorkers.contains(.ack(worker: "w1", kind: .ready, job: "", attempt: 0)))
     }
 
     func testReadyFromUnknownWorkerAsksForHello() {
-        XCTAssertEqual(on(.workerReady(worker: "ghost")), [.unknownWorker(worker: "ghost")])
+        XCTAssertEqual(on(.workerReady(worker: "ghost")), Effects(toWorkers: [.unknownWorker(worker: "ghost")]))
     }
 
     func testCapabilityMismatchGivesPendingReason() {
@@ -115,7 +115,7 @@ final class SchedulerTests: XCTestCase {
         // Heartbeats renew the lease.
         now += 8
         XCTAssertEqual(on(.heartbeat(worker: first, job: js[0].id, attempt: 1, step: 3, total: 10)),
-                       [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: false)])
+                       Effects(toWorkers: [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: false)]))
         now += 8
         XCTAssertTrue(assignments(on(.tick)).isEmpty)
         XCTAssertEqual(s.job(js[0].id)?.state, .running)
@@ -123,8 +123,9 @@ final class SchedulerTests: XCTestCase {
         // Silence past the lease: lost, requeued as attempt 2, given to the idle worker.
         now += 11
         let ds = on(.tick)
-        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "lease expired on worker \(first)")))
-        XCTAssertTrue(ds.contains { if case .publish(let r) = $0 { return r.state == .lost }; return false },
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: js[0].id, attempt: 2,
+                                                       reason: "lease expired on worker \(first)")))
+        XCTAssertTrue(ds.published.contains { $0.state == .lost },
                       "the loss itself is published")
         let re = assignments(ds)
         XCTAssertEqual(re.count, 1)
@@ -134,7 +135,7 @@ final class SchedulerTests: XCTestCase {
 
         // The presumed-dead worker's heartbeat for attempt 1 is told to abandon.
         XCTAssertEqual(on(.heartbeat(worker: first, job: js[0].id, attempt: 1, step: 5, total: 10)),
-                       [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: true)])
+                       Effects(toWorkers: [.heartbeatAck(worker: first, job: js[0].id, attempt: 1, abandon: true)]))
     }
 
     func testAttemptsAreCappedWithMessageNamingLastWorker() {
@@ -158,7 +159,7 @@ final class SchedulerTests: XCTestCase {
         let js = jobs(1)
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
         let ds = on(.workerGone(worker: "w1", reason: "goodbye"))
-        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "worker w1 left: goodbye")))
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: js[0].id, attempt: 2, reason: "worker w1 left: goodbye")))
         XCTAssertEqual(s.job(js[0].id)?.state, .queued)
         XCTAssertNil(s.workers["w1"])
     }
@@ -171,7 +172,7 @@ final class SchedulerTests: XCTestCase {
         // Same worker name, new process: Hello, Ready. Its old job is lost; it gets the oldest job.
         on(.workerHello(worker: "w1", capabilities: cpu))
         let ds = on(.workerReady(worker: "w1"))
-        XCTAssertTrue(ds.contains(.requeue(job: js[0].id, attempt: 2, reason: "worker w1 reported idle")))
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: js[0].id, attempt: 2, reason: "worker w1 reported idle")))
         XCTAssertEqual(assignments(ds).map(\.job), [js[0].id])
     }
 
@@ -181,7 +182,7 @@ final class SchedulerTests: XCTestCase {
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
         // A periodic Ready sent before the assignment arrived.
         let ds = on(.workerReady(worker: "w1"))
-        XCTAssertEqual(ds, [.ack(worker: "w1", kind: .ready, job: "", attempt: 0)])
+        XCTAssertEqual(ds, Effects(toWorkers: [.ack(worker: "w1", kind: .ready, job: "", attempt: 0)]))
         XCTAssertEqual(s.job(js[0].id)?.state, .running)
     }
 
@@ -218,15 +219,15 @@ final class SchedulerTests: XCTestCase {
         // The presumed-dead worker's late result for attempt 1 arrives first: accepted.
         let late = on(.result(worker: first, job: js[0].id, attempt: 1, metrics: ["exact_match": 0.5],
                               artefactSHA256: "aa", artefactPath: "artefacts/aa.safetensors"))
-        XCTAssertTrue(late.contains(.markDone(job: js[0].id, worker: first, attempt: 1)))
+        XCTAssertTrue(late.jobChanges.contains(.done(job: js[0].id, worker: first, attempt: 1)))
         XCTAssertEqual(s.job(js[0].id)?.metrics, ["exact_match": 0.5])
 
         // The other worker's result, and a resend of the first: acked, not counted again.
         for (w, a) in [(other, 2), (first, 1)] {
             let d = on(.result(worker: w, job: js[0].id, attempt: a, metrics: ["exact_match": 0.9],
                                artefactSHA256: nil, artefactPath: nil))
-            XCTAssertTrue(d.contains(.ack(worker: w, kind: .result, job: js[0].id, attempt: a)))
-            XCTAssertFalse(d.contains { $0.changedJob != nil }, "no state change for a duplicate")
+            XCTAssertTrue(d.toWorkers.contains(.ack(worker: w, kind: .result, job: js[0].id, attempt: a)))
+            XCTAssertTrue(d.jobChanges.isEmpty && d.published.isEmpty, "no state change for a duplicate")
         }
         XCTAssertEqual(s.duplicateResults, 2)
         XCTAssertEqual(s.job(js[0].id)?.metrics, ["exact_match": 0.5])
@@ -234,7 +235,7 @@ final class SchedulerTests: XCTestCase {
 
         // The other worker, still computing attempt 2, is told to abandon it.
         XCTAssertEqual(on(.heartbeat(worker: other, job: js[0].id, attempt: 2, step: 1, total: 10)),
-                       [.heartbeatAck(worker: other, job: js[0].id, attempt: 2, abandon: true)])
+                       Effects(toWorkers: [.heartbeatAck(worker: other, job: js[0].id, attempt: 2, abandon: true)]))
     }
 
     func testDeterministicFailureIsFinalAtOnce() {
@@ -242,8 +243,8 @@ final class SchedulerTests: XCTestCase {
         let js = jobs(1, method: .syntheticFail)
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
         let ds = on(.failure(worker: "w1", job: js[0].id, attempt: 1, reason: "boom at step 5", deterministic: true))
-        XCTAssertTrue(ds.contains(.markFailed(job: js[0].id, reason: "boom at step 5")))
-        XCTAssertTrue(ds.contains(.ack(worker: "w1", kind: .failure, job: js[0].id, attempt: 1)))
+        XCTAssertTrue(ds.jobChanges.contains(.failed(job: js[0].id, reason: "boom at step 5")))
+        XCTAssertTrue(ds.toWorkers.contains(.ack(worker: "w1", kind: .failure, job: js[0].id, attempt: 1)))
         let j = s.job(js[0].id)!
         XCTAssertEqual(j.state, .failed)
         XCTAssertEqual(j.attempt, 1)
@@ -274,7 +275,7 @@ final class SchedulerTests: XCTestCase {
         _ = on(.workerReady(worker: "w1"))
         _ = on(.failure(worker: "w1", job: js[1].id, attempt: 1, reason: "bad", deterministic: true))
         let ds = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
-        XCTAssertTrue(ds.contains(.submitted(experiment: "e", new: 0, reused: 2, requeued: 1, total: 2)))
+        XCTAssertEqual(ds.reply, .submitted(experiment: "e", new: 0, reused: 2, requeued: 1, total: 2))
         XCTAssertEqual(s.job(js[0].id)?.state, .done)
         XCTAssertEqual(s.job(js[1].id)?.state, .queued)
         XCTAssertEqual(s.job(js[1].id)?.attempt, 2)
@@ -284,12 +285,12 @@ final class SchedulerTests: XCTestCase {
         let js = jobs(2)
         _ = on(.submit(experiment: "a", gridJSON: "{}", jobs: js))
         let ds = on(.submit(experiment: "b", gridJSON: "{}", jobs: [js[1]]))
-        XCTAssertTrue(ds.contains(.submitted(experiment: "b", new: 0, reused: 1, requeued: 0, total: 1)))
+        XCTAssertEqual(ds.reply, .submitted(experiment: "b", new: 0, reused: 1, requeued: 0, total: 1))
         XCTAssertEqual(s.jobs.count, 2)
         XCTAssertEqual(s.experimentsOf(js[1].id), ["a", "b"])
         // Cancelling a keeps the job b needs.
         let c = on(.cancel(experiment: "a", jobs: []))
-        XCTAssertTrue(c.contains(.cancelled(experiment: "a", count: 1)))
+        XCTAssertEqual(c.reply, .cancelled(experiment: "a", count: 1))
         XCTAssertEqual(s.job(js[0].id)?.state, .cancelled)
         XCTAssertEqual(s.job(js[1].id)?.state, .queued)
     }
@@ -302,17 +303,17 @@ final class SchedulerTests: XCTestCase {
         _ = on(.workerReady(worker: "w1"))   // takes js[1]
         XCTAssertEqual(s.job(js[1].id)?.state, .running)
         let ds = on(.cancel(experiment: "e", jobs: []))
-        XCTAssertTrue(ds.contains(.cancelled(experiment: "e", count: 2)))
+        XCTAssertEqual(ds.reply, .cancelled(experiment: "e", count: 2))
         XCTAssertEqual(s.job(js[0].id)?.state, .done, "finished results stay")
         XCTAssertEqual(s.job(js[1].id)?.state, .cancelled)
         XCTAssertEqual(s.job(js[2].id)?.state, .cancelled)
         XCTAssertEqual(on(.heartbeat(worker: "w1", job: js[1].id, attempt: 1, step: 2, total: 10)),
-                       [.heartbeatAck(worker: "w1", job: js[1].id, attempt: 1, abandon: true)])
+                       Effects(toWorkers: [.heartbeatAck(worker: "w1", job: js[1].id, attempt: 1, abandon: true)]))
         // Nothing is dispatched any more.
         XCTAssertTrue(assignments(on(.workerReady(worker: "w1"))).isEmpty)
         // Resubmitting queues them again.
         let re = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
-        XCTAssertTrue(re.contains(.submitted(experiment: "e", new: 0, reused: 3, requeued: 2, total: 3)))
+        XCTAssertEqual(re.reply, .submitted(experiment: "e", new: 0, reused: 3, requeued: 2, total: 3))
     }
 
     // MARK: restart
@@ -328,13 +329,14 @@ final class SchedulerTests: XCTestCase {
         s = Scheduler(config: SchedulerConfig(leaseSeconds: 10), jobs: [a, b, c],
                       experiments: [ExperimentRecord(name: "e", gridJSON: "{}", submitted: 0, jobIDs: js.map(\.id))])
         let ds = on(.tick)
-        XCTAssertTrue(ds.contains(.requeue(job: js[1].id, attempt: 2, reason: "lease expired on worker old")))
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: js[1].id, attempt: 2,
+                                                       reason: "lease expired on worker old")))
         XCTAssertEqual(s.job(js[0].id)?.state, .done)
         XCTAssertEqual(s.job(js[2].id)?.state, .running)
         // The live worker re-introduces itself and heartbeats: its lease is renewed.
         on(.workerHello(worker: "alive", capabilities: cpu))
         XCTAssertEqual(on(.heartbeat(worker: "alive", job: js[2].id, attempt: 1, step: 1, total: 10)),
-                       [.heartbeatAck(worker: "alive", job: js[2].id, attempt: 1, abandon: false)])
+                       Effects(toWorkers: [.heartbeatAck(worker: "alive", job: js[2].id, attempt: 1, abandon: false)]))
         XCTAssertEqual(s.job(js[2].id)?.leaseExpiry, now + 10)
     }
 }

@@ -104,10 +104,10 @@ final class StoreTests: XCTestCase {
             var sched = Scheduler(config: cfg)
             let jobs = (0..<4).map { SubmittedJob(id: spec($0).id, spec: spec($0), device: .any) }
             var changed = Set<String>()
-            func apply(_ ds: [Directive]) throws {
-                for d in ds { if let j = d.changedJob { changed.insert(j) } }
+            func apply(_ ds: Effects) throws {
+                for c in ds.jobChanges { changed.insert(c.job) }
                 try store.saveJobs(changed.sorted().compactMap { sched.job($0) })
-                for d in ds { if case .persistExperiment(let e) = d { try store.saveExperiment(sched.experiments[e]!) } }
+                for e in ds.experiments { try store.saveExperiment(sched.experiments[e]!) }
             }
             try apply(sched.handle(.submit(experiment: "e", gridJSON: "{}", jobs: jobs), now: now))
             for w in ["a", "b", "c"] {
@@ -131,13 +131,13 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(sched.job(ids[0])?.state, .done)
         XCTAssertEqual(sched.job(ids[0])?.metrics, ["exact_match": 1])
         let ds = sched.handle(.tick, now: now)
-        XCTAssertTrue(ds.contains(.requeue(job: ids[2], attempt: 2, reason: "lease expired on worker c")))
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: ids[2], attempt: 2, reason: "lease expired on worker c")))
         XCTAssertEqual(sched.job(ids[1])?.state, .running, "b's lease is still valid")
         XCTAssertEqual(sched.job(ids[2])?.state, .queued)
         XCTAssertEqual(sched.job(ids[3])?.state, .queued)
         // A new worker takes the requeued job first (submission order), then the never-started one.
         _ = sched.handle(.workerHello(worker: "d", capabilities: WorkerCapabilities()), now: now)
-        let a = sched.handle(.workerReady(worker: "d"), now: now).compactMap { d -> String? in
+        let a = sched.handle(.workerReady(worker: "d"), now: now).toWorkers.compactMap { d -> String? in
             if case let .assign(_, j, _, _, _, _) = d { return j }; return nil
         }
         XCTAssertEqual(a, [ids[2]])
@@ -145,7 +145,7 @@ final class StoreTests: XCTestCase {
         let re = sched.handle(.submit(experiment: "e", gridJSON: "{}", jobs: (0..<4).map {
             SubmittedJob(id: spec($0).id, spec: spec($0), device: .any)
         }), now: now)
-        XCTAssertTrue(re.contains(.submitted(experiment: "e", new: 0, reused: 4, requeued: 0, total: 4)))
+        XCTAssertEqual(re.reply, .submitted(experiment: "e", new: 0, reused: 4, requeued: 0, total: 4))
         XCTAssertEqual(sched.job(ids[0])?.state, .done)
     }
 
