@@ -92,8 +92,18 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public init(threads: Int = 1) {
         self.threads = max(1, threads)
-        openblas_set_num_threads(Int32(self.threads))
         name = "cpu (OpenBLAS, \(self.threads) thread\(self.threads == 1 ? "" : "s"))"
+    }
+
+    /// OpenBLAS's thread count is one setting for the whole process. Constructing a backend leaves
+    /// it alone; each backend sets its own count before its BLAS calls (only when it differs), so
+    /// two backends with different counts in one process each run with theirs.
+    private static let blasLock = NSLock()
+    nonisolated(unsafe) private static var blasThreads: Int32 = -1
+    private func useBLASThreads() {
+        let t = Int32(threads)
+        Self.blasLock.lock(); defer { Self.blasLock.unlock() }
+        if Self.blasThreads != t { openblas_set_num_threads(t); Self.blasThreads = t }
     }
 
     /// Few rows: stream the compact blocks. Many rows: OpenBLAS on the fp32 copy. 64 covers five
@@ -106,6 +116,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         if m <= Self.smallRows, let q = w.packed {
             QuantGEMM.linear(x, m, q, y, accumulate: accumulate, threads: threads); return
         }
+        useBLASThreads()
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(w.rows), Int32(w.cols),
                     1, x, Int32(w.cols), w.data, Int32(w.cols), accumulate ? 1 : 0, y, Int32(w.rows))
     }
@@ -115,6 +126,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         if m <= Self.smallRows, let q = w.packed {
             QuantGEMM.linearBackward(dy, m, q, dx, accumulate: accumulate, threads: threads); return
         }
+        useBLASThreads()
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(w.cols), Int32(w.rows),
                     1, dy, Int32(w.rows), w.data, Int32(w.cols), accumulate ? 1 : 0, dx, Int32(w.cols))
     }
@@ -172,6 +184,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0 else { return }
+        useBLASThreads()
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
