@@ -58,6 +58,8 @@ extension Precision {
 /// vectorised Swift. A CUDA backend would implement the same ops on device-resident buffers.
 public protocol Backend: AnyObject, Sendable {
     var name: String { get }
+    /// The runner of the single-token intervention path on this backend (see `PathRunner`).
+    func makePathRunner(model: LlamaModel, layer: Int, prefill: PathPrefill) -> PathRunner
     /// CPU threads the backend may use (also for the element-wise work around its products).
     var threads: Int { get }
     /// Y[m × n] (+)= X[m × k] · Wᵀ, W [n × k].            (forward of a linear layer)
