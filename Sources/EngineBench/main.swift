@@ -40,7 +40,7 @@ do {
         // (name, matrix, how many of it one layer has); the head once per step
         for (name, w, perLayer) in [("q", blk.wq, 1), ("k", blk.wk, 2), ("o", blk.wo, 1), ("gate", blk.wGate, 2),
                                     ("down", blk.wDown, 1), ("head", lm.model.output, 0)] {
-            guard let q = w.packed else { continue }
+            guard let q = CPUBackend.packed(w) else { continue }
             let size = m * max(w.rows, w.cols)
             let x = UnsafeMutablePointer<Float>.allocate(capacity: size), y = UnsafeMutablePointer<Float>.allocate(capacity: size)
             defer { x.deallocate(); y.deallocate() }
@@ -64,7 +64,7 @@ do {
                 out["\(name)_fwd_int8_us"] = f8 * 1e6; out["\(name)_fwd_int8_gflops"] = flop / f8 / 1e9
             }
             let tp = Date()
-            if let t = w.transposedInt8 {
+            if let t = CPUBackend.transposedInt8(w) {
                 out["\(name)_pack_t8_ms"] = Date().timeIntervalSince(tp) * 1000
                 let ins = [QuantGEMM.TransposedInput(transposed: t, dy: x, rows: w.rows)]
                 b8 = best { QuantGEMM.linearBackwardInt8(ins, m, cols: w.cols, y, accumulate: false, threads: threads) }

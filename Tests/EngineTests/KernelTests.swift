@@ -5,7 +5,7 @@ import XCTest
 /// The compact-weight kernels against OpenBLAS on the fp32 copy of the same weights.
 final class KernelTests: XCTestCase {
     func compare(_ w: Weight, rows m: Int, file: StaticString = #filePath, line: UInt = #line) {
-        guard let q = w.packed else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
+        guard let q = CPUBackend.packed(w) else { return XCTFail("\(w.name) has no quantised view", file: file, line: line) }
         var rng = SplitMix64(seed: UInt64(m * 31 + w.rows))
         let x = (0..<(m * w.cols)).map { _ in Float(rng.uniform() * 2 - 1) }
         let dy = (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) }
@@ -40,7 +40,7 @@ final class KernelTests: XCTestCase {
     func testPackedRowsDecodeToTheDequantisedValues() throws {
         let lm = try SharedModel.get()
         for w in [lm.model.blocks[7].wq, lm.model.blocks[7].wDown, lm.model.output] {
-            let q = try XCTUnwrap(w.packed)
+            let q = try XCTUnwrap(CPUBackend.packed(w))
             var row = [Float](repeating: 0, count: w.cols)
             for r in [0, 1, 17, w.rows - 1] {
                 q.decode(row: r, into: &row)
@@ -70,7 +70,7 @@ final class KernelTests: XCTestCase {
         w.quant = QuantView(kind: .q4_1, base: f.rawBytes(info).baseAddress!, rowBytes: 60, owner: f)
         var row = [Float](repeating: 0, count: 96)
         for r in 0..<5 {
-            w.packed!.decode(row: r, into: &row)
+            CPUBackend.packed(w)!.decode(row: r, into: &row)
             XCTAssertEqual(row, Array(ref[(r * 96)..<((r + 1) * 96)]))
         }
         compare(w, rows: 3)
@@ -100,7 +100,7 @@ final class KernelTests: XCTestCase {
         blas.gemm(transA: false, transB: false, m: m, n: D, k: V, alpha: 1, a: z, lda: V, b: w.data, ldb: D, beta: 0, c: &refDh, ldc: D)
         for threads in [1, 2] {
             var loss = [Float](repeating: 0, count: m), dh = [Float](repeating: 0, count: m * D)
-            QuantGEMM.crossEntropyHead(h, m, try XCTUnwrap(w.packed), targets: targets, rowWeight: weight,
+            QuantGEMM.crossEntropyHead(h, m, try XCTUnwrap(CPUBackend.packed(w)), targets: targets, rowWeight: weight,
                                        loss: &loss, dh: &dh, threads: threads)
             for i in 0..<m { XCTAssertEqual(loss[i], refLoss[i], accuracy: 1e-4 * max(1, abs(refLoss[i])), "row \(i) threads \(threads)") }
             let norm = refDh.map { $0 * $0 }.reduce(0, +).squareRoot()
@@ -117,7 +117,7 @@ final class KernelTests: XCTestCase {
     func compareInt8(_ ws: [Weight], rows m: Int, file: StaticString = #filePath, line: UInt = #line) throws {
         guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
         let k = ws[0].cols
-        let qs = try ws.map { try XCTUnwrap($0.packed?.int8 != nil ? $0.packed : nil, "\($0.name) has no int8 copy", file: file, line: line) }
+        let qs = try ws.map { try XCTUnwrap(CPUBackend.packed($0)?.int8 != nil ? CPUBackend.packed($0) : nil, "\($0.name) has no int8 copy", file: file, line: line) }
         var rng = SplitMix64(seed: UInt64(m * 131 + k))
         var xi = (0..<(m * k)).map { _ in Float(Int(rng.next() % 255) - 127) }
         for b in 0..<(m * k / 32) { xi[32 * b + Int(rng.next() % 32)] = rng.next() % 2 == 0 ? 127 : -127 }
@@ -202,7 +202,7 @@ final class KernelTests: XCTestCase {
                              file: StaticString = #filePath, line: UInt = #line) throws {
         guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
         let k = ws[0].cols
-        XCTAssertTrue(ws.allSatisfy { $0.transposedInt8 != nil }, "no transposed int8 copy", file: file, line: line)
+        XCTAssertTrue(ws.allSatisfy { CPUBackend.transposedInt8($0) != nil }, "no transposed int8 copy", file: file, line: line)
         var rng = SplitMix64(seed: UInt64(m * 71 + k))
         let blas = CPUBackend(threads: 1)
         for exactInputs in [true, false] {

@@ -28,10 +28,24 @@ final class CPUPathRunner: PathRunner {
         let hIn, hMid, xnFfn, invFfn, g, u: UnsafeMutablePointer<Float>
         let all: [UnsafeMutablePointer<Float>]
         init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, ctx: Int) {
-            func a(_ n: Int) -> UnsafeMutablePointer<Float> { let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1)); p.initialize(repeating: 0, count: max(n, 1)); return p }
-            xnAttn = a(N * D); invAttn = a(N); q = a(N * A); kSelf = a(N * KV); vSelf = a(N * KV)
-            probs = a(N * H * ctx); o = a(N * A)
-            hIn = a(N * D); hMid = a(N * D); xnFfn = a(N * D); invFfn = a(N); g = a(N * F); u = a(N * F)
+            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+                p.initialize(repeating: 0, count: max(n, 1))
+                return p
+            }
+            xnAttn = a(N * D)
+            invAttn = a(N)
+            q = a(N * A)
+            kSelf = a(N * KV)
+            vSelf = a(N * KV)
+            probs = a(N * H * ctx)
+            o = a(N * A)
+            hIn = a(N * D)
+            hMid = a(N * D)
+            xnFfn = a(N * D)
+            invFfn = a(N)
+            g = a(N * F)
+            u = a(N * F)
             all = [xnAttn, invAttn, q, kSelf, vSelf, probs, o, hIn, hMid, xnFfn, invFfn, g, u]
         }
         deinit { all.forEach { $0.deallocate() } }
@@ -46,48 +60,74 @@ final class CPUPathRunner: PathRunner {
         let all: [UnsafeMutablePointer<Float>]
         init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, V: Int, ctx: Int) {
             layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, ctx: ctx) }
-            func a(_ n: Int) -> UnsafeMutablePointer<Float> { let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1)); p.initialize(repeating: 0, count: max(n, 1)); return p }
-            hFinal = a(N * D); hNorm = a(N * D); invFinal = a(N); logits = a(N * V)
-            dh = a(N * D); dxn = a(N * D); dA = a(N * A); dF = a(N * F); dF2 = a(N * F)
-            dKV = a(N * KV); dKV2 = a(N * KV); dQ = a(N * A)
+            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+                p.initialize(repeating: 0, count: max(n, 1))
+                return p
+            }
+            hFinal = a(N * D)
+            hNorm = a(N * D)
+            invFinal = a(N)
+            logits = a(N * V)
+            dh = a(N * D)
+            dxn = a(N * D)
+            dA = a(N * A)
+            dF = a(N * F)
+            dF2 = a(N * F)
+            dKV = a(N * KV)
+            dKV2 = a(N * KV)
+            dQ = a(N * A)
             all = [hFinal, hNorm, invFinal, logits, dh, dxn, dA, dF, dF2, dKV, dKV2, dQ]
         }
         deinit { all.forEach { $0.deallocate() } }
     }
 
     init(model: LlamaModel, backend: Backend, layer: Int, prefill p: PathPrefill) {
-        self.model = model; self.backend = backend; self.layer = layer
+        self.model = model
+        self.backend = backend
+        self.layer = layer
         cfg = model.config
         rows = p.promptLengths.count
         promptLengths = p.promptLengths
         caches = p.caches
-        let N = rows, D = cfg.dModel, A = cfg.attnDim
+        let N = rows
+        let D = cfg.dModel
+        let A = cfg.attnDim
         residIn = .allocate(capacity: N * D)
         residIn.initialize(from: p.residIn, count: N * D)
         heads0 = .allocate(capacity: N * A)
         heads0.initialize(from: p.heads0, count: N * A)
         maxCtx = promptLengths.max()!
-        acts = Activations(count: cfg.nLayers - layer, N: N, D: D, A: A, KV: cfg.kvDim, F: cfg.ffnDim,
-                           H: cfg.nHeads, V: cfg.vocabSize, ctx: maxCtx)
+        acts = Activations(
+            count: cfg.nLayers - layer, N: N, D: D, A: A, KV: cfg.kvDim, F: cfg.ffnDim,
+            H: cfg.nHeads, V: cfg.vocabSize, ctx: maxCtx)
     }
 
-    deinit { residIn.deallocate(); heads0.deallocate() }
+    deinit {
+        residIn.deallocate()
+        heads0.deallocate()
+    }
 
     // MARK: PathRunner
 
-    func step(deltas: UnsafePointer<Float>, loss: TaskLoss, rowWeight: [Float], perRow: UnsafeMutablePointer<Float>,
-              grad: UnsafeMutablePointer<Float>?) {
+    func step(
+        deltas: UnsafePointer<Float>, loss: TaskLoss, rowWeight: [Float], perRow: UnsafeMutablePointer<Float>,
+        grad: UnsafeMutablePointer<Float>?
+    ) {
         let N = rows
         // Cross-entropy with a gradient: logits, softmax and dz·W_emb in one pass over W_emb.
         var fusedTargets: [Int]? = nil
-        if grad != nil, case let .nextToken(targets) = loss, backend.fusesHead(model.output, rows: N, precision: precision) {
+        if grad != nil, case .nextToken(let targets) = loss,
+            backend.fusesHead(model.output, rows: N, precision: precision)
+        {
             fusedTargets = targets
         }
         forward(deltas, logits: lossNeedsLogits(loss) && fusedTargets == nil)
         if let targets = fusedTargets {
             precondition(targets.count == N)
-            backend.crossEntropyHead(acts.hNorm, N, model.output, targets: targets, rowWeight: rowWeight,
-                                     loss: perRow, dh: acts.dxn)
+            backend.crossEntropyHead(
+                acts.hNorm, N, model.output, targets: targets, rowWeight: rowWeight,
+                loss: perRow, dh: acts.dxn)
         } else {
             var l = [Float](repeating: 0, count: N)
             lossHead(loss, rowWeight: rowWeight, perRow: &l, gradient: grad != nil)
@@ -113,11 +153,16 @@ final class CPUPathRunner: PathRunner {
     /// Runs the single-token path for per-row Δs (`deltas` [N × A]); leaves the logits [N × V] in
     /// `acts.logits` and everything the backward needs in `acts`.
     func forward(_ deltas: UnsafePointer<Float>, logits wantLogits: Bool = true) {
-        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
-        let shape = LastTokenAttention.Shape(cfg), ctxMax = maxCtx
-                var h = acts.layers[0].hIn
+        let N = rows
+        let D = cfg.dModel
+        let A = cfg.attnDim
+        let KV = cfg.kvDim
+        let shape = LastTokenAttention.Shape(cfg)
+        let ctxMax = maxCtx
+        var h = acts.layers[0].hIn
         for (k, l) in (layer..<cfg.nLayers).enumerated() {
-            let blk = model.blocks[l], s = acts.layers[k]
+            let blk = model.blocks[l]
+            let s = acts.layers[k]
             if k == 0 {
                 // ---- layer ℓ: o = heads0 + Δ                            o [N × A]
                 for i in 0..<N * A { s.o[i] = heads0[i] + deltas[i] }
@@ -125,16 +170,18 @@ final class CPUPathRunner: PathRunner {
             } else {
                 if s.hIn != h { s.hIn.update(from: h, count: N * D) }
                 // ---- attention of layer l for the last token, over its cached prefix
-                blk.attentionInputForward(backend, cfg, h: s.hIn, rows: N, xn: s.xnAttn, invRMS: s.invAttn,
-                                          q: s.q, k: s.kSelf, v: s.vSelf, precision: precision)
+                blk.attentionInputForward(
+                    backend, cfg, h: s.hIn, rows: N, xn: s.xnAttn, invRMS: s.invAttn,
+                    q: s.q, k: s.kSelf, v: s.vSelf, precision: precision)
                 forEachRow { i in
                     let p = promptLengths[i] - 1
                     model.rope.forward(s.q + i * A, heads: cfg.nHeads, position: p)
                     model.rope.forward(s.kSelf + i * KV, heads: cfg.nKVHeads, position: p)
-                    LastTokenAttention.forward(shape, q: s.q + i * A, kSelf: s.kSelf + i * KV, vSelf: s.vSelf + i * KV,
-                                               kc: caches[i].keys(layer: l), vc: caches[i].values(layer: l),
-                                               n: promptLengths[i], probs: s.probs + i * cfg.nHeads * ctxMax,
-                                               probStride: ctxMax, o: s.o + i * A)
+                    LastTokenAttention.forward(
+                        shape, q: s.q + i * A, kSelf: s.kSelf + i * KV, vSelf: s.vSelf + i * KV,
+                        kc: caches[i].keys(layer: l), vc: caches[i].values(layer: l),
+                        n: promptLengths[i], probs: s.probs + i * cfg.nHeads * ctxMax,
+                        probStride: ctxMax, o: s.o + i * A)
                 }
             }
             // h_mid = h_in + o · W_oᵀ                                        [N × D]
@@ -142,13 +189,17 @@ final class CPUPathRunner: PathRunner {
             backend.linear(s.o, N, [(blk.wo, s.hMid)], accumulate: true, precision: precision)
             // ---- MLP: h_out = h_mid + MLP(rms(h_mid)); m [N × F] in the scratch dF
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
-            blk.mlpForward(backend, cfg, h: s.hMid, rows: N, out: out, xn: s.xnFfn, invRMS: s.invFfn, g: s.g, u: s.u,
-                           m: acts.dF, precision: precision, perRows: forEachRowRange)
+            blk.mlpForward(
+                backend, cfg, h: s.hMid, rows: N, out: out, xn: s.xnFfn, invRMS: s.invFfn, g: s.g, u: s.u,
+                m: acts.dF, precision: precision, perRows: forEachRowRange)
             h = out
         }
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
-        Ops.rmsnorm(acts.hFinal, model.outputNorm.data, acts.hNorm, rows: N, dim: D, eps: cfg.rmsEps, invRMS: acts.invFinal)
-        if wantLogits { backend.linear(acts.hNorm, N, [(model.output, acts.logits)], accumulate: false, precision: precision) }
+        Ops.rmsnorm(
+            acts.hFinal, model.outputNorm.data, acts.hNorm, rows: N, dim: D, eps: cfg.rmsEps, invRMS: acts.invFinal)
+        if wantLogits {
+            backend.linear(acts.hNorm, N, [(model.output, acts.logits)], accumulate: false, precision: precision)
+        }
     }
 
     // MARK: loss
@@ -156,11 +207,13 @@ final class CPUPathRunner: PathRunner {
     /// Per-row loss and dL/dz (or directly dL/dh_norm for the restricted KL), each row's loss
     /// weighted by `rowWeight[i]` (1/N for a plain mean).
     func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: inout [Float], gradient: Bool = true) {
-        let N = rows, D = cfg.dModel, V = cfg.vocabSize
+        let N = rows
+        let D = cfg.dModel
+        let V = cfg.vocabSize
         let W = model.output
         let dhn = acts.dxn
         switch loss {
-        case let .nextToken(targets):
+        case .nextToken(let targets):
             precondition(targets.count == N)
             // dz = w_i (softmax(z) − onehot(t)); dh_norm = dz · W_emb
             for i in 0..<N {
@@ -173,8 +226,11 @@ final class CPUPathRunner: PathRunner {
                 for v in 0..<V { z[v] *= w }
                 z[t] -= w
             }
-            if gradient { backend.linearBackward([(UnsafePointer(acts.logits), W)], N, dhn, accumulate: false, precision: precision) }
-        case let .restrictedKL(alphabets, target):
+            if gradient {
+                backend.linearBackward(
+                    [(UnsafePointer(acts.logits), W)], N, dhn, accumulate: false, precision: precision)
+            }
+        case .restrictedKL(let alphabets, let target):
             precondition(target.count == N && alphabets.count == N)
             dhn.update(repeating: 0, count: N * D)
             for i in 0..<N {
@@ -195,7 +251,8 @@ final class CPUPathRunner: PathRunner {
 
     /// softmax over `alphabet` of row i's logits, from the last forward's final hidden state.
     func restricted(row i: Int, alphabet: [Int]) -> [Float] {
-        let D = cfg.dModel, W = model.output
+        let D = cfg.dModel
+        let W = model.output
         return InterventionPath.softmax(alphabet.map { Ops.dot(acts.hNorm + i * D, W.data + $0 * D, D) })
     }
 
@@ -204,44 +261,56 @@ final class CPUPathRunner: PathRunner {
     /// Back-propagates dL/dh_norm (in `acts.dxn`) to dL/dΔ per row, written to `grad` [N × A].
     /// Each block of the forward, reversed.
     func backward(_ grad: UnsafeMutablePointer<Float>) {
-        let N = rows, D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
-        let shape = LastTokenAttention.Shape(cfg), ctxMax = maxCtx
-                let dh = acts.dh, dxn = acts.dxn
+        let N = rows
+        let D = cfg.dModel
+        let A = cfg.attnDim
+        let KV = cfg.kvDim
+        let shape = LastTokenAttention.Shape(cfg)
+        let ctxMax = maxCtx
+        let dh = acts.dh
+        let dxn = acts.dxn
         // final norm: dh = rmsnorm_backward(h_final, dh_norm)
         dh.update(repeating: 0, count: N * D)
         Ops.rmsnormBackward(acts.hFinal, model.outputNorm.data, dxn, dh, rows: N, dim: D, invRMS: acts.invFinal)
         for (k, l) in (layer..<cfg.nLayers).enumerated().reversed() {
-            let blk = model.blocks[l], s = acts.layers[k]
+            let blk = model.blocks[l]
+            let s = acts.layers[k]
             // ---- MLP backward: dh_mid = dh_out + MLP′ᵀ dh_out
-            blk.mlpBackward(backend, cfg, h: s.hMid, rows: N, invRMS: s.invFfn, g: s.g, u: s.u, dh: dh, dm: acts.dF,
-                            du: acts.dF2, dxn: dxn, precision: precision, perRows: forEachRowRange)
+            blk.mlpBackward(
+                backend, cfg, h: s.hMid, rows: N, invRMS: s.invFfn, g: s.g, u: s.u, dh: dh, dm: acts.dF,
+                du: acts.dF2, dxn: dxn, precision: precision, perRows: forEachRowRange)
             // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
             if k == 0 {
-                backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, grad, accumulate: false, precision: precision) // dΔ_i = do_i
+                backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, grad, accumulate: false, precision: precision)  // dΔ_i = do_i
                 return
             }
             let dO = acts.dA
-            backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, dO, accumulate: false, precision: precision) // do [N × A]
+            backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, dO, accumulate: false, precision: precision)  // do [N × A]
             // ---- attention backward, per row (only the token's own q, k, v depend on Δ), then RoPE's
-            let dQ = acts.dQ, dK = acts.dKV, dV = acts.dKV2
-            dK.update(repeating: 0, count: N * KV); dV.update(repeating: 0, count: N * KV)
+            let dQ = acts.dQ
+            let dK = acts.dKV
+            let dV = acts.dKV2
+            dK.update(repeating: 0, count: N * KV)
+            dV.update(repeating: 0, count: N * KV)
             forEachRow { i in
                 var dp = [Float](repeating: 0, count: ctxMax)
                 dp.withUnsafeMutableBufferPointer { dpb in
-                    LastTokenAttention.backward(shape, dO: dO + i * A, q: s.q + i * A, kSelf: s.kSelf + i * KV,
-                                                vSelf: s.vSelf + i * KV, kc: caches[i].keys(layer: l),
-                                                vc: caches[i].values(layer: l), n: promptLengths[i],
-                                                probs: s.probs + i * cfg.nHeads * ctxMax, probStride: ctxMax,
-                                                dq: dQ + i * A, dkSelf: dK + i * KV, dvSelf: dV + i * KV,
-                                                dp: dpb.baseAddress!)
+                    LastTokenAttention.backward(
+                        shape, dO: dO + i * A, q: s.q + i * A, kSelf: s.kSelf + i * KV,
+                        vSelf: s.vSelf + i * KV, kc: caches[i].keys(layer: l),
+                        vc: caches[i].values(layer: l), n: promptLengths[i],
+                        probs: s.probs + i * cfg.nHeads * ctxMax, probStride: ctxMax,
+                        dq: dQ + i * A, dkSelf: dK + i * KV, dvSelf: dV + i * KV,
+                        dp: dpb.baseAddress!)
                 }
                 let p = promptLengths[i] - 1
                 model.rope.backward(dQ + i * A, heads: cfg.nHeads, position: p)
                 model.rope.backward(dK + i * KV, heads: cfg.nKVHeads, position: p)
             }
             // ---- q/k/v and the attention norm: dh_in = dh_mid + …
-            blk.attentionInputBackward(backend, cfg, h: s.hIn, rows: N, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
-                                       dxn: dxn, dh: dh, precision: precision)
+            blk.attentionInputBackward(
+                backend, cfg, h: s.hIn, rows: N, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
+                dxn: dxn, dh: dh, precision: precision)
         }
     }
 
@@ -254,7 +323,10 @@ final class CPUPathRunner: PathRunner {
     /// The rows in one range per thread (the ops' `perRows`).
     func forEachRowRange(_ body: (Range<Int>) -> Void) {
         let t = min(backend.threads, rows)
-        if t <= 1 { body(0..<rows); return }
+        if t <= 1 {
+            body(0..<rows)
+            return
+        }
         let per = (rows + t - 1) / t
         SpinPool.shared(threads: t).run(t) { ti in
             let r = (ti * per)..<min(rows, (ti + 1) * per)

@@ -51,21 +51,29 @@ public final class InterventionPath {
         let cfg = lm.config
         precondition(layer >= 0 && layer < cfg.nLayers, "layer \(layer) outside 0..<\(cfg.nLayers)")
         precondition(!prompts.isEmpty && prompts.allSatisfy { !$0.isEmpty })
-        self.lm = lm; self.layer = layer; self.cfg = cfg
+        self.lm = lm
+        self.layer = layer
+        self.cfg = cfg
         rows = prompts.count
         promptLengths = prompts.map(\.count)
-        let N = rows, D = cfg.dModel, A = cfg.attnDim
-        var residIn = [Float](repeating: 0, count: N * D), heads0 = [Float](repeating: 0, count: N * A)
+        let N = rows
+        let D = cfg.dModel
+        let A = cfg.attnDim
+        var residIn = [Float](repeating: 0, count: N * D)
+        var heads0 = [Float](repeating: 0, count: N * A)
         let caches = prompts.map { lm.model.makeCache(capacity: $0.count) }
         baseLogits = residIn.withUnsafeMutableBufferPointer { r in
             heads0.withUnsafeMutableBufferPointer { h in
-                lm.model.forward(tokens: prompts, caches: caches,
-                                 hooks: Capture(layer: layer, D: D, A: A, resid: r.baseAddress!, heads: h.baseAddress!))
+                lm.model.forward(
+                    tokens: prompts, caches: caches,
+                    hooks: Capture(layer: layer, D: D, A: A, resid: r.baseAddress!, heads: h.baseAddress!))
             }
         }
         runner = lm.model.backend.makePathRunner(
-            model: lm.model, layer: layer, prefill: PathPrefill(caches: caches, promptLengths: promptLengths,
-                                                                  residIn: residIn, heads0: heads0))
+            model: lm.model, layer: layer,
+            prefill: PathPrefill(
+                caches: caches, promptLengths: promptLengths,
+                residIn: residIn, heads0: heads0))
     }
 
     /// Captures layer ℓ's residual input and head outputs at each prompt's last position.
@@ -73,7 +81,11 @@ public final class InterventionPath {
         let layer: Int, D: Int, A: Int
         let resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>
         init(layer: Int, D: Int, A: Int, resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>) {
-            self.layer = layer; self.D = D; self.A = A; self.resid = resid; self.heads = heads
+            self.layer = layer
+            self.D = D
+            self.A = A
+            self.resid = resid
+            self.heads = heads
         }
         func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
             guard layer == self.layer else { return }
@@ -90,9 +102,12 @@ public final class InterventionPath {
     /// Several jobs on one path (DESIGN idea 4): job j owns the rows `jobs[j]` and its own Δ_j.
     /// Returns each job's loss (the mean over its rows) and, when asked, its gradient ∂loss_j/∂Δ_j.
     /// All jobs share every weight read: one GEMM per projection for all rows.
-    public func lossesAndGradients(deltas: [[Float]], jobs: [Range<Int>], loss: TaskLoss,
-                                   gradient: Bool = true) -> [(loss: Float, grad: [Float])] {
-        let A = cfg.attnDim, N = rows
+    public func lossesAndGradients(
+        deltas: [[Float]], jobs: [Range<Int>], loss: TaskLoss,
+        gradient: Bool = true
+    ) -> [(loss: Float, grad: [Float])] {
+        let A = cfg.attnDim
+        let N = rows
         precondition(deltas.count == jobs.count && deltas.allSatisfy { $0.count == A })
         precondition(jobs.reduce(0) { $0 + $1.count } == N, "the jobs' rows must cover the path's rows")
         var D = [Float](repeating: 0, count: N * A)
@@ -108,8 +123,9 @@ public final class InterventionPath {
         D.withUnsafeBufferPointer { d in
             perRow.withUnsafeMutableBufferPointer { l in
                 G.withUnsafeMutableBufferPointer { g in
-                    runner.step(deltas: d.baseAddress!, loss: loss, rowWeight: weight, perRow: l.baseAddress!,
-                                grad: gradient ? g.baseAddress! : nil)
+                    runner.step(
+                        deltas: d.baseAddress!, loss: loss, rowWeight: weight, perRow: l.baseAddress!,
+                        grad: gradient ? g.baseAddress! : nil)
                 }
             }
         }
@@ -163,7 +179,9 @@ public final class InterventionPath {
     /// The same for Δ shared by all rows (opinion evaluation).
     public func restrictedDistributions(delta: [Float], alphabets: [[Int]]) -> [[Float]] {
         precondition(alphabets.count == rows)
-        return perRow(delta).withUnsafeBufferPointer { runner.restrictedDistributions(deltas: $0.baseAddress!, alphabets: alphabets) }
+        return perRow(delta).withUnsafeBufferPointer {
+            runner.restrictedDistributions(deltas: $0.baseAddress!, alphabets: alphabets)
+        }
     }
 }
 
@@ -186,8 +204,9 @@ public protocol PathRunner: AnyObject {
     var precision: Precision { get set }
     /// One step for per-row Δs [N × A]: each row's loss into `perRow` [N] (row i weighted by
     /// `rowWeight[i]` in the gradient) and, when `grad` is given, dL/dΔ per row [N × A].
-    func step(deltas: UnsafePointer<Float>, loss: TaskLoss, rowWeight: [Float], perRow: UnsafeMutablePointer<Float>,
-              grad: UnsafeMutablePointer<Float>?)
+    func step(
+        deltas: UnsafePointer<Float>, loss: TaskLoss, rowWeight: [Float], perRow: UnsafeMutablePointer<Float>,
+        grad: UnsafeMutablePointer<Float>?)
     /// The path's logits [N × V] for per-row Δs.
     func logits(deltas: UnsafePointer<Float>) -> [Float]
     /// Each row's next-token distribution restricted to `alphabets[i]` and renormalised.

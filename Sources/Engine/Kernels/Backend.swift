@@ -10,12 +10,14 @@ public final class Weight: @unchecked Sendable {
     public let rows: Int
     public let cols: Int
     public let data: UnsafeMutablePointer<Float>
-    /// The original quantised blocks, when the file had them (see `QuantView`). Setting them
-    /// builds `packed`, the copy the few-row kernels read.
+    /// The original quantised blocks, when the file had them (see `QuantView`): what any backend
+    /// may derive its own copies from.
     public var quant: QuantView? {
-        didSet { packed = quant.map { PackedWeight($0, rows: rows, cols: cols) } }
+        didSet { cpu.reset() }
     }
-    public private(set) var packed: PackedWeight?
+    /// The copies a CPU backend derives from this weight (packed blocks, the int8 Wᵀ). Only
+    /// `CPUBackend` builds or reads them; a device backend would keep its own, keyed by the handle.
+    let cpu = CPUCopies()
 
     public init(name: String, rows: Int, cols: Int) {
         self.name = name; self.rows = rows; self.cols = cols
@@ -26,22 +28,41 @@ public final class Weight: @unchecked Sendable {
         self.init(name: name, rows: rows, cols: cols)
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
     }
-    deinit { data.deallocate(); transposedInt8Store?.deallocate() }
+    deinit { data.deallocate() }
     public var count: Int { rows * cols }
+}
 
-    private let transposedLock = NSLock()
-    private var transposedInt8Store: UnsafeMutableRawPointer?
-    /// Wᵀ for the int8 backward (`ik_pack_transposed_q8`: each run of 32 entries of a column of
-    /// W rounded to 8 bits), built from `data` on first use and kept; nil when the CPU lacks VNNI
-    /// or the shape does not tile (rows % 32, cols % 16), and for weights the file did not
-    /// quantise (those stay fp32 throughout).
-    public var transposedInt8: UnsafeMutableRawPointer? {
-        guard QuantGEMM.int8Available, quant != nil, rows % 32 == 0, cols % 16 == 0 else { return nil }
-        transposedLock.lock(); defer { transposedLock.unlock() }
-        if let p = transposedInt8Store { return p }
-        let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(Int32(IK_Q8), Int32(cols), Int32(rows)), alignment: 64)
-        ik_pack_transposed_q8(data, Int32(rows), Int32(cols), p)
-        transposedInt8Store = p
+/// A weight's CPU-side copies, built once (under a lock) on first use or by `CPUBackend.prepare`.
+final class CPUCopies: @unchecked Sendable {
+    private let lock = NSLock()
+    private var packedBuilt = false
+    private var packedStore: PackedWeight?
+    private var transposedStore: UnsafeMutableRawPointer?
+    deinit { transposedStore?.deallocate() }
+
+    func reset() {
+        lock.lock(); defer { lock.unlock() }
+        packedBuilt = false; packedStore = nil
+        transposedStore?.deallocate(); transposedStore = nil
+    }
+
+    func packed(_ w: Weight) -> PackedWeight? {
+        lock.lock(); defer { lock.unlock() }
+        if !packedBuilt {
+            packedStore = w.quant.map { PackedWeight($0, rows: w.rows, cols: w.cols) }
+            packedBuilt = true
+        }
+        return packedStore
+    }
+
+    func transposedInt8(_ w: Weight) -> UnsafeMutableRawPointer? {
+        guard QuantGEMM.int8Available, w.quant != nil, w.rows % 32 == 0, w.cols % 16 == 0 else { return nil }
+        lock.lock(); defer { lock.unlock() }
+        if let p = transposedStore { return p }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(Int32(IK_Q8), Int32(w.cols), Int32(w.rows)),
+                                                 alignment: 64)
+        ik_pack_transposed_q8(w.data, Int32(w.rows), Int32(w.cols), p)
+        transposedStore = p
         return p
     }
 }
@@ -58,6 +79,9 @@ extension Precision {
 /// vectorised Swift. A CUDA backend would implement the same ops on device-resident buffers.
 public protocol Backend: AnyObject, Sendable {
     var name: String { get }
+    /// Builds what this backend derives from a weight (packed copies, a device upload) now, at
+    /// load, so that no solver step pays for it.
+    func prepare(_ w: Weight)
     /// The runner of the single-token intervention path on this backend (see `PathRunner`).
     func makePathRunner(model: LlamaModel, layer: Int, prefill: PathPrefill) -> PathRunner
     /// CPU threads the backend may use (also for the element-wise work around its products).
@@ -108,6 +132,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         if Self.blasThreads != t { openblas_set_num_threads(t); Self.blasThreads = t }
     }
 
+    /// The weight's blocks repacked for the few-row (and int8) kernels, or nil when the file did
+    /// not quantise it: built once, at `prepare` (model load) or on first use.
+    public static func packed(_ w: Weight) -> PackedWeight? { w.cpu.packed(w) }
+    /// Wᵀ for the int8 backward (`ik_pack_transposed_q8`: each run of 32 entries of a column of W
+    /// rounded to 8 bits), built from the fp32 data on first use and kept; nil when the CPU lacks
+    /// VNNI, the shape does not tile (rows % 32, cols % 16), or the file did not quantise W.
+    public static func transposedInt8(_ w: Weight) -> UnsafeMutableRawPointer? { w.cpu.transposedInt8(w) }
+
+    public func prepare(_ w: Weight) { _ = Self.packed(w) }
+
     /// Few rows: stream the compact blocks. Many rows: OpenBLAS on the fp32 copy. 64 covers five
     /// fused 10-prompt jobs (measured, 2 threads: 177 ms per fused step against 200 ms with
     /// OpenBLAS for those 50 rows).
@@ -115,7 +149,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
-        if m <= Self.smallRows, let q = w.packed {
+        if m <= Self.smallRows, let q = Self.packed(w) {
             QuantGEMM.linear(x, m, q, y, accumulate: accumulate, threads: threads); return
         }
         useBLASThreads()
@@ -125,7 +159,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard m > 0 else { return }
-        if m <= Self.smallRows, let q = w.packed {
+        if m <= Self.smallRows, let q = Self.packed(w) {
             QuantGEMM.linearBackward(dy, m, q, dx, accumulate: accumulate, threads: threads); return
         }
         useBLASThreads()
@@ -137,12 +171,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                        accumulate: Bool, precision: Precision) {
         guard m > 0, !outs.isEmpty else { return }
         let k = outs[0].0.cols
-        if precision == .int8, outs.allSatisfy({ $0.0.packed?.int8 != nil && $0.0.cols == k }) {
-            QuantGEMM.linearInt8(x, m, cols: k, outs.map { .init($0.0.packed!, $0.1) }, accumulate: accumulate, threads: threads)
+        if precision == .int8, outs.allSatisfy({ Self.packed($0.0)?.int8 != nil && $0.0.cols == k }) {
+            QuantGEMM.linearInt8(x, m, cols: k, outs.map { .init(Self.packed($0.0)!, $0.1) }, accumulate: accumulate,
+                                 threads: threads)
             return
         }
-        if m <= Self.smallRows, outs.allSatisfy({ $0.0.packed != nil && $0.0.cols == k }) {
-            QuantGEMM.linear(x, m, cols: k, outs.map { .init($0.0.packed!, $0.1) }, accumulate: accumulate, threads: threads)
+        if m <= Self.smallRows, outs.allSatisfy({ Self.packed($0.0) != nil && $0.0.cols == k }) {
+            QuantGEMM.linear(x, m, cols: k, outs.map { .init(Self.packed($0.0)!, $0.1) }, accumulate: accumulate,
+                             threads: threads)
             return
         }
         for (w, y) in outs { linear(x, m, w, y, accumulate: accumulate) }
@@ -155,15 +191,15 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         // int8 at any row count: 10 fused seeds (100 rows, 2 threads) step in 164 ms against
         // 284 ms with OpenBLAS's fp32 backward
         if precision == .int8, ins.allSatisfy({ $0.1.cols == k && $0.1.quant != nil }) {
-            let ts = ins.map { ($0.1.transposedInt8, $0.0, $0.1.rows) }
+            let ts = ins.map { (Self.transposedInt8($0.1), $0.0, $0.1.rows) }
             if ts.allSatisfy({ $0.0 != nil }) {
                 QuantGEMM.linearBackwardInt8(ts.map { .init(transposed: $0.0!, dy: $0.1, rows: $0.2) }, m, cols: k, dx,
                                              accumulate: accumulate, threads: threads)
                 return
             }
         }
-        if m <= Self.smallRows, ins.allSatisfy({ $0.1.packed != nil && $0.1.cols == ins[0].1.cols }) {
-            QuantGEMM.linearBackward(ins.map { .init($0.1.packed!, $0.0) }, m, cols: ins[0].1.cols, dx,
+        if m <= Self.smallRows, ins.allSatisfy({ Self.packed($0.1) != nil && $0.1.cols == ins[0].1.cols }) {
+            QuantGEMM.linearBackward(ins.map { .init(Self.packed($0.1)!, $0.0) }, m, cols: ins[0].1.cols, dx,
                                      accumulate: accumulate, threads: threads)
             return
         }
@@ -173,13 +209,14 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// At int8, logits from the int8 kernel and then the int8 backward beat the fp32 one-pass head
     /// (measured, 10 rows, 1 thread: 3.3 + 4.3 ms against 19 ms).
     public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
-        m <= Self.smallRows && w.packed != nil && !(precision == .int8 && w.packed?.int8 != nil)
+        m <= Self.smallRows && Self.packed(w) != nil && !(precision == .int8 && Self.packed(w)?.int8 != nil)
     }
 
     public func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
                                  loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>) {
-        precondition(m <= Self.smallRows && w.packed != nil)
-        QuantGEMM.crossEntropyHead(h, m, w.packed!, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh, threads: threads)
+        precondition(m <= Self.smallRows && Self.packed(w) != nil)
+        QuantGEMM.crossEntropyHead(h, m, Self.packed(w)!, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh,
+                                   threads: threads)
     }
 
     public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,

@@ -17,20 +17,24 @@ extension LlamaBlock {
 
     /// h [N × D] → xn [N × D] (and 1/rms per row in `invRMS` when the backward needs it),
     /// q [N × A], k [N × KV], v [N × KV]: one pass over the three weights.
-    func attentionInputForward(_ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-                               xn: UnsafeMutablePointer<Float>, invRMS: UnsafeMutablePointer<Float>?,
-                               q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
-                               v: UnsafeMutablePointer<Float>, precision: Precision) {
+    func attentionInputForward(
+        _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
+        xn: UnsafeMutablePointer<Float>, invRMS: UnsafeMutablePointer<Float>?,
+        q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
+        v: UnsafeMutablePointer<Float>, precision: Precision
+    ) {
         Ops.rmsnorm(h, attnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: invRMS)
         backend.linear(xn, N, [(wq, q), (wk, k), (wv, v)], accumulate: false, precision: precision)
     }
 
     /// dq [N × A], dk, dv [N × KV] → dh [N × D] (accumulated): dx = dq W_q + dk W_k + dv W_v into
     /// the scratch `dxn`, then the RMSNorm backward at h.
-    func attentionInputBackward(_ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-                                invRMS: UnsafePointer<Float>, dq: UnsafePointer<Float>, dk: UnsafePointer<Float>,
-                                dv: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>,
-                                dh: UnsafeMutablePointer<Float>, precision: Precision) {
+    func attentionInputBackward(
+        _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
+        invRMS: UnsafePointer<Float>, dq: UnsafePointer<Float>, dk: UnsafePointer<Float>,
+        dv: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>,
+        dh: UnsafeMutablePointer<Float>, precision: Precision
+    ) {
         backend.linearBackward([(dq, wq), (dk, wk), (dv, wv)], N, dxn, accumulate: false, precision: precision)
         Ops.rmsnormBackward(h, attnNorm.data, dxn, dh, rows: N, dim: cfg.dModel, invRMS: invRMS)
     }
@@ -41,11 +45,13 @@ extension LlamaBlock {
     /// Keeps xn, 1/rms (when `invRMS` is given), g and u [N × F] for the backward; m [N × F] is
     /// the SwiGLU output (it may be `g` when no backward follows). `perRows` runs the element-wise
     /// work over row ranges (split between threads by the path).
-    func mlpForward(_ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-                    out: UnsafeMutablePointer<Float>, xn: UnsafeMutablePointer<Float>,
-                    invRMS: UnsafeMutablePointer<Float>?, g: UnsafeMutablePointer<Float>,
-                    u: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, precision: Precision,
-                    perRows: ((Range<Int>) -> Void) -> Void) {
+    func mlpForward(
+        _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
+        out: UnsafeMutablePointer<Float>, xn: UnsafeMutablePointer<Float>,
+        invRMS: UnsafeMutablePointer<Float>?, g: UnsafeMutablePointer<Float>,
+        u: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, precision: Precision,
+        perRows: ((Range<Int>) -> Void) -> Void
+    ) {
         let F = cfg.ffnDim
         Ops.rmsnorm(h, ffnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: invRMS)
         backend.linear(xn, N, [(wGate, g), (wUp, u)], accumulate: false, precision: precision)
@@ -56,18 +62,21 @@ extension LlamaBlock {
 
     /// dout [N × D] → dh [N × D] (accumulated: `dh` holds dout on entry, the residual path). Uses
     /// the scratches dm, dg [N × F] (dm may be reused as dg), du [N × F] and dxn [N × D].
-    func mlpBackward(_ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-                     invRMS: UnsafePointer<Float>, g: UnsafePointer<Float>, u: UnsafePointer<Float>,
-                     dh: UnsafeMutablePointer<Float>, dm: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>,
-                     dxn: UnsafeMutablePointer<Float>, precision: Precision,
-                     perRows: ((Range<Int>) -> Void) -> Void) {
+    func mlpBackward(
+        _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
+        invRMS: UnsafePointer<Float>, g: UnsafePointer<Float>, u: UnsafePointer<Float>,
+        dh: UnsafeMutablePointer<Float>, dm: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>,
+        dxn: UnsafeMutablePointer<Float>, precision: Precision,
+        perRows: ((Range<Int>) -> Void) -> Void
+    ) {
         let F = cfg.ffnDim
         backend.linearBackward([(UnsafePointer(dh), wDown)], N, dm, accumulate: false, precision: precision)
-        perRows { r in   // dg → dm (in place), du
+        perRows { r in  // dg → dm (in place), du
             for i in r { Ops.swigluBackward(g + i * F, u + i * F, dm + i * F, dm + i * F, du + i * F, F) }
         }
-        backend.linearBackward([(UnsafePointer(dm), wGate), (UnsafePointer(du), wUp)], N, dxn, accumulate: false,
-                               precision: precision)
+        backend.linearBackward(
+            [(UnsafePointer(dm), wGate), (UnsafePointer(du), wUp)], N, dxn, accumulate: false,
+            precision: precision)
         Ops.rmsnormBackward(h, ffnNorm.data, dxn, dh, rows: N, dim: cfg.dModel, invRMS: invRMS)
     }
 }
@@ -77,20 +86,25 @@ extension LlamaBlock {
 /// "rotate half" form.) Tables are computed once per model.
 struct Rope: Sendable {
     let half: Int, headDim: Int, positions: Int
-    let cos: [Float], sin: [Float]   // [positions × half]
+    let cos: [Float], sin: [Float]  // [positions × half]
 
     init(_ cfg: LlamaConfig) {
-        half = cfg.ropeDim / 2; headDim = cfg.headDim; positions = cfg.contextLength
-        var c = [Float](repeating: 0, count: positions * half), s = c
+        half = cfg.ropeDim / 2
+        headDim = cfg.headDim
+        positions = cfg.contextLength
+        var c = [Float](repeating: 0, count: positions * half)
+        var s = c
         for p in 0..<positions {
             for i in 0..<half {
                 // computed in Double then rounded, as references do in fp32
                 let inv = Float(1.0 / pow(Double(cfg.ropeTheta), Double(2 * i) / Double(cfg.ropeDim)))
                 let a = Float(p) * inv
-                c[p * half + i] = Foundation.cos(a); s[p * half + i] = Foundation.sin(a)
+                c[p * half + i] = Foundation.cos(a)
+                s[p * half + i] = Foundation.sin(a)
             }
         }
-        cos = c; sin = s
+        cos = c
+        sin = s
     }
 
     /// x [heads × d] (one row) at position p, in place.
@@ -98,11 +112,13 @@ struct Rope: Sendable {
         precondition(p < positions, "position \(p) beyond the model's context length \(positions)")
         cos.withUnsafeBufferPointer { cb in
             sin.withUnsafeBufferPointer { sb in
-                let cr = cb.baseAddress! + p * half, sr = sb.baseAddress! + p * half
+                let cr = cb.baseAddress! + p * half
+                let sr = sb.baseAddress! + p * half
                 for h in 0..<heads {
                     let v = x + h * headDim
                     for i in 0..<half {
-                        let a = v[2 * i], b = v[2 * i + 1]
+                        let a = v[2 * i]
+                        let b = v[2 * i + 1]
                         v[2 * i] = a * cr[i] - b * sr[i]
                         v[2 * i + 1] = a * sr[i] + b * cr[i]
                     }
@@ -115,11 +131,13 @@ struct Rope: Sendable {
     func backward(_ dx: UnsafeMutablePointer<Float>, heads: Int, position p: Int) {
         cos.withUnsafeBufferPointer { cb in
             sin.withUnsafeBufferPointer { sb in
-                let cr = cb.baseAddress! + p * half, sr = sb.baseAddress! + p * half
+                let cr = cb.baseAddress! + p * half
+                let sr = sb.baseAddress! + p * half
                 for h in 0..<heads {
                     let v = dx + h * headDim
                     for i in 0..<half {
-                        let da = v[2 * i], db = v[2 * i + 1]
+                        let da = v[2 * i]
+                        let db = v[2 * i + 1]
                         v[2 * i] = da * cr[i] + db * sr[i]
                         v[2 * i + 1] = -da * sr[i] + db * cr[i]
                     }
@@ -139,15 +157,23 @@ enum LastTokenAttention {
         var A: Int { heads * headDim }
         var KV: Int { kvHeads * headDim }
         var scale: Float { 1 / Float(headDim).squareRoot() }
-        init(_ cfg: LlamaConfig) { heads = cfg.nHeads; kvHeads = cfg.nKVHeads; headDim = cfg.headDim }
+        init(_ cfg: LlamaConfig) {
+            heads = cfg.nHeads
+            kvHeads = cfg.nKVHeads
+            headDim = cfg.headDim
+        }
     }
 
     /// q [A], kSelf, vSelf [KV], cached kc, vc [n−1 × KV] → o [A] = Σ_t p_t v_t with
     /// p = softmax(scale · q·k_t) over the n positions; p [H × probStride] is kept for the backward.
-    static func forward(_ s: Shape, q: UnsafePointer<Float>, kSelf: UnsafePointer<Float>, vSelf: UnsafePointer<Float>,
-                        kc: UnsafePointer<Float>, vc: UnsafePointer<Float>, n: Int,
-                        probs: UnsafeMutablePointer<Float>, probStride: Int, o: UnsafeMutablePointer<Float>) {
-        let hd = s.headDim, KV = s.KV, scale = s.scale
+    static func forward(
+        _ s: Shape, q: UnsafePointer<Float>, kSelf: UnsafePointer<Float>, vSelf: UnsafePointer<Float>,
+        kc: UnsafePointer<Float>, vc: UnsafePointer<Float>, n: Int,
+        probs: UnsafeMutablePointer<Float>, probStride: Int, o: UnsafeMutablePointer<Float>
+    ) {
+        let hd = s.headDim
+        let KV = s.KV
+        let scale = s.scale
         for hh in 0..<s.heads {
             let g = hh / s.group
             let qv = q + hh * hd
@@ -165,21 +191,30 @@ enum LastTokenAttention {
 
     /// do [A] → dq [A] (written), dkSelf, dvSelf [KV] (accumulated); the cached prefix gets no
     /// gradient (Δ cannot reach it). `dp` is scratch of n floats.
-    static func backward(_ s: Shape, dO: UnsafePointer<Float>, q: UnsafePointer<Float>, kSelf: UnsafePointer<Float>,
-                         vSelf: UnsafePointer<Float>, kc: UnsafePointer<Float>, vc: UnsafePointer<Float>, n: Int,
-                         probs: UnsafePointer<Float>, probStride: Int, dq: UnsafeMutablePointer<Float>,
-                         dkSelf: UnsafeMutablePointer<Float>, dvSelf: UnsafeMutablePointer<Float>,
-                         dp: UnsafeMutablePointer<Float>) {
-        let hd = s.headDim, KV = s.KV, scale = s.scale
+    static func backward(
+        _ s: Shape, dO: UnsafePointer<Float>, q: UnsafePointer<Float>, kSelf: UnsafePointer<Float>,
+        vSelf: UnsafePointer<Float>, kc: UnsafePointer<Float>, vc: UnsafePointer<Float>, n: Int,
+        probs: UnsafePointer<Float>, probStride: Int, dq: UnsafeMutablePointer<Float>,
+        dkSelf: UnsafeMutablePointer<Float>, dvSelf: UnsafeMutablePointer<Float>,
+        dp: UnsafeMutablePointer<Float>
+    ) {
+        let hd = s.headDim
+        let KV = s.KV
+        let scale = s.scale
         for hh in 0..<s.heads {
             let g = hh / s.group
             let pr = probs + hh * probStride
             let dov = dO + hh * hd
-            let vS = vSelf + g * hd, kS = kSelf + g * hd
+            let vS = vSelf + g * hd
+            let kS = kSelf + g * hd
             // o = Σ_t p_t v_t: dp_t = do · v_t; dv_self += p_self do
             var pdp: Float = 0
-            for t in 0..<(n - 1) { dp[t] = Ops.dot(dov, vc + t * KV + g * hd, hd); pdp += pr[t] * dp[t] }
-            dp[n - 1] = Ops.dot(dov, vS, hd); pdp += pr[n - 1] * dp[n - 1]
+            for t in 0..<(n - 1) {
+                dp[t] = Ops.dot(dov, vc + t * KV + g * hd, hd)
+                pdp += pr[t] * dp[t]
+            }
+            dp[n - 1] = Ops.dot(dov, vS, hd)
+            pdp += pr[n - 1] * dp[n - 1]
             Ops.axpy(pr[n - 1], dov, dvSelf + g * hd, hd)
             // softmax: ds_t = p_t (dp_t − Σ p dp); scores = scale q·k_t
             let dqh = dq + hh * hd

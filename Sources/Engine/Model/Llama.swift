@@ -141,7 +141,9 @@ public final class LlamaModel: @unchecked Sendable {
             let format = try WeightFormat.of(info)
             let w = Weight(name: name, rows: rows, cols: cols)
             if let kind = format.packed, cols % 32 == 0 {
-                w.quant = QuantView(kind: kind, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * kind.blockBytes, owner: f)
+                w.quant = QuantView(kind: kind, base: f.rawBytes(info).baseAddress!, rowBytes: cols / 32 * kind.blockBytes,
+                                    owner: f)
+                backend.prepare(w)
             }
             let (be, bb) = info.type.blockLayout!
             let blocks = info.elementCount / be
