@@ -35,8 +35,9 @@ static float half_to_float(uint16_t h) {
     float f; memcpy(&f, &bits, 4); return f;
 }
 
-void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int cols, void *dst) {
-    const int nb = cols / 32, bb = q4_1 ? 20 : 18, qoff = q4_1 ? 4 : 2;
+void ik_pack_q4(const void *blocks, size_t row_bytes, int block_bytes, int values_offset, int has_min,
+                int rows, int cols, void *dst) {
+    const int nb = cols / 32, bb = block_bytes, qoff = values_offset;
     uint8_t *out = (uint8_t *)dst;
     for (int g = 0; g < rows / 16; g++)
         for (int b = 0; b < nb; b++) {
@@ -46,7 +47,7 @@ void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int co
                 const uint8_t *blk = (const uint8_t *)blocks + (size_t)(16 * g + o) * row_bytes + (size_t)b * bb;
                 uint16_t hd, hm; memcpy(&hd, blk, 2); memcpy(&hm, blk + 2, 2);
                 d[o] = half_to_float(hd);
-                mm[o] = q4_1 ? half_to_float(hm) : -8.0f * d[o];
+                mm[o] = has_min ? half_to_float(hm) : -8.0f * d[o];
                 uint8_t q[32];
                 for (int j = 0; j < 16; j++) { q[j] = blk[qoff + j] & 0xF; q[j + 16] = blk[qoff + j] >> 4; }
                 for (int s = 0; s < 4; s++)

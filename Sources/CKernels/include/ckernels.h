@@ -15,12 +15,15 @@ enum { IK_Q4 = 0, IK_Q8 = 1 };
 /// (rows % 16 == 0, cols % 32 == 0).
 size_t ik_packed_bytes(int kind, int rows, int cols);
 
-/// Repacks a GGUF Q4_0 (`q4_1` = 0) or Q4_1 (`q4_1` = 1) matrix, `row_bytes` bytes per source row,
+/// Repacks a GGUF 4-bit matrix, `row_bytes` bytes per source row, each block of 32 weights
+/// `block_bytes` long: f16 d at byte 0, with `has_min` an f16 m at byte 2 (Q4_1; else m = −8·d,
+/// Q4_0), the 16 bytes of nibbles at `values_offset` (the layouts are Swift's `PackedKind`),
 /// for `ik_linear`: per group of 16 rows and block of 32 columns, 384 bytes: four 64-byte vectors
 /// whose byte 4·o + c holds q(o, 8s + c) in its low nibble and q(o, 8s + 4 + c) in its high one
 /// (s = 0…3, o the row in the group), then the 16 rows' scales d, then their offsets m
 /// (Q4_0: m = −8·d), as fp32. A weight is d·q + m exactly as the GGUF block defines it.
-void ik_pack_q4(const void *blocks, size_t row_bytes, int q4_1, int rows, int cols, void *dst);
+void ik_pack_q4(const void *blocks, size_t row_bytes, int block_bytes, int values_offset, int has_min,
+                int rows, int cols, void *dst);
 
 /// Repacks a GGUF Q8_0 matrix for `ik_linear` (kind IK_Q8): per group of 16 rows and block of 32
 /// columns, 640 bytes: eight 64-byte vectors whose byte 4·o + c of vector t holds the signed

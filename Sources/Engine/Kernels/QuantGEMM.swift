@@ -46,7 +46,9 @@ public final class PackedWeight: @unchecked Sendable {
                                                      alignment: 64)
             switch q.kind {
             case .q8_0: ik_pack_q8(q.base, q.rowBytes, Int32(rows), Int32(cols), p)
-            case .q4_0, .q4_1: ik_pack_q4(q.base, q.rowBytes, q.kind == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p)
+            case .q4_0, .q4_1:
+                ik_pack_q4(q.base, q.rowBytes, Int32(q.kind.blockBytes), Int32(q.kind.valuesOffset),
+                           q.kind == .q4_1 ? 1 : 0, Int32(rows), Int32(cols), p)
             }
             int8 = p
         } else {
