@@ -88,6 +88,9 @@ public enum WorkerMessage: Equatable, Sendable {
     case heartbeatAck(worker: String, job: String, attempt: Int, abandon: Bool)
     /// The sender is not registered (e.g. the coordinator restarted): ask it to say Hello again.
     case unknownWorker(worker: String)
+    /// A result or failure from a worker that does not hold that job and attempt: answered (so it
+    /// stops resending) but not taken.
+    case refused(worker: String, kind: AckKind, job: String, attempt: Int)
 
     public enum AckKind: String, Sendable { case hello, ready, result, failure }
 }
@@ -135,6 +138,21 @@ public struct Scheduler {
     /// Counters for diagnostics.
     public private(set) var duplicateResults = 0
     public private(set) var staleMessages = 0
+    /// Results and failures refused because the sender never held that job and attempt.
+    public private(set) var refusedResults = 0
+    /// Every (worker, attempt) a job was assigned to since this coordinator started: a late result
+    /// from an earlier holder still counts (once: the first result wins).
+    private var holders: [String: Set<Holder>] = [:]
+    struct Holder: Hashable { let worker: String; let attempt: Int }
+
+    /// Whether `worker` held (or holds) `job` at `attempt`: it was assigned it since this
+    /// coordinator started, or the store names it as the job's last holder and the attempt is not
+    /// newer than the job's (a result resent across a coordinator restart).
+    public func holds(worker: String, job j: String, attempt: Int) -> Bool {
+        guard let job = jobs[j] else { return false }
+        if job.worker == worker && attempt >= 1 && attempt <= job.attempt { return true }
+        return holders[j]?.contains(Holder(worker: worker, attempt: attempt)) ?? false
+    }
 
     public struct WorkerRecord: Equatable, Sendable {
         public var id: String
@@ -331,12 +349,19 @@ public struct Scheduler {
                 if rec.job == j { rec.job = nil }
                 workers[w] = rec
             }
-            out.toWorkers.append(.ack(worker: w, kind: .result, job: j, attempt: a))
             guard var job = jobs[j] else {
+                out.toWorkers.append(.ack(worker: w, kind: .result, job: j, attempt: a))
                 staleMessages += 1
                 out.ignored.append("result for unknown job \(j)")
                 break
             }
+            guard holds(worker: w, job: j, attempt: a) else {
+                refusedResults += 1
+                out.toWorkers.append(.refused(worker: w, kind: .result, job: j, attempt: a))
+                out.ignored.append("refused result for \(j) attempt \(a) from \(w), which does not hold it")
+                break
+            }
+            out.toWorkers.append(.ack(worker: w, kind: .result, job: j, attempt: a))
             if job.state == .done {
                 duplicateResults += 1
                 out.ignored.append("duplicate result for \(j) (attempt \(a) from \(w))")
@@ -361,8 +386,14 @@ public struct Scheduler {
                 if rec.job == j { rec.job = nil }
                 workers[w] = rec
             }
+            guard jobs[j] == nil || holds(worker: w, job: j, attempt: a) else {
+                refusedResults += 1
+                out.toWorkers.append(.refused(worker: w, kind: .failure, job: j, attempt: a))
+                out.ignored.append("refused failure for \(j) attempt \(a) from \(w), which does not hold it")
+                break
+            }
             out.toWorkers.append(.ack(worker: w, kind: .failure, job: j, attempt: a))
-            guard let job = jobs[j], job.state == .running, job.attempt == a else {
+            guard let job = jobs[j], job.state == .running, job.attempt == a, job.worker == w else {
                 staleMessages += 1
                 out.ignored.append("stale failure for \(j) attempt \(a) from \(w)")
                 break
@@ -542,6 +573,7 @@ public struct Scheduler {
             var job = jobs[j]!
             job.state = .running
             job.worker = w.id
+            holders[j, default: []].insert(Holder(worker: w.id, attempt: job.attempt))
             job.leaseExpiry = now + config.leaseSeconds
             job.started = now
             job.error = nil

@@ -56,6 +56,7 @@ extension CoordinatorServer {
         reply.counters = counters
         reply.counters["duplicate_results"] = UInt64(scheduler.duplicateResults)
         reply.counters["stale_messages"] = UInt64(scheduler.staleMessages)
+        reply.counters["refused_results"] = UInt64(scheduler.refusedResults)
         let names = r.experiment.isEmpty
             ? scheduler.experiments.values.sorted { ($0.submitted, $0.name) < ($1.submitted, $1.name) }.map { $0.name }
             : [r.experiment]

@@ -71,6 +71,14 @@ extension CoordinatorServer {
             m.accepted = !abandon
             m.abandon = abandon
             batch.sends.append((id, .ack(m), nil))
+        case let .refused(w, kind, j, a):   // counted by the scheduler (status: refused_results)
+            guard let id = identityByWorker[w] else { return }
+            var m = Intervene_V1_Ack()
+            m.kind = kind == .failure ? .failure : .result
+            m.jobID = j
+            m.attempt = UInt32(clamping: a)
+            m.accepted = false
+            batch.sends.append((id, .ack(m), nil))
         case let .unknownWorker(w):
             if let id = identityByWorker[w] {
                 batch.sends.append((id, Wire.error(code: .unknownPeer, "unknown worker \(w); say Hello"), nil))
@@ -194,7 +202,10 @@ extension CoordinatorServer {
             let w = worker ?? (r.workerID.isEmpty ? "unknown" : r.workerID)
             var sha: String?
             var path: String?
-            if !r.artefact.isEmpty || !r.artefactSha256.isEmpty {
+            // Only the job's holder may post its result: a refused one never touches the disk.
+            let holder = scheduler.job(r.jobID) == nil
+                || scheduler.holds(worker: w, job: r.jobID, attempt: Int(r.attempt))
+            if holder, !r.artefact.isEmpty || !r.artefactSha256.isEmpty {
                 do {
                     let stored = try store.putArtefact(r.artefact, claimedSHA256: r.artefactSha256)
                     sha = stored.sha256

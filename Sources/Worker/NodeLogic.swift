@@ -148,7 +148,9 @@ public struct NodeLogic {
                 let key = JobKey(ack.jobID, ack.attempt)
                 if let i = pending.firstIndex(where: { $0.key == key }) {
                     pending.remove(at: i)
-                    out.append(.log("coordinator acknowledged \(ack.kind == .result ? "result" : "failure") of \(key)"))
+                    let what = ack.kind == .result ? "result" : "failure"
+                    out.append(.log(ack.accepted ? "coordinator acknowledged \(what) of \(key)"
+                                    : "coordinator refused \(what) of \(key): this worker does not hold that job"))
                 }
             case .heartbeat:
                 if ack.abandon, var r = running, r.key == JobKey(ack.jobID, ack.attempt), !r.abandoned {

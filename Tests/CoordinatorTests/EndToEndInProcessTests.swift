@@ -192,6 +192,61 @@ final class EndToEndInProcessTests: XCTestCase {
         XCTAssertEqual(srv.counterSnapshot["artefact_rejected"], 1)
     }
 
+    /// The issue's drill: a peer that never said Hello posts results (with an artefact) for a
+    /// running job and a queued one; a registered worker that does not hold the job tries too.
+    /// Every one is refused (Ack, accepted = false), counted, and stores nothing; the holder's own
+    /// result is then taken.
+    func testForgedResultsAreRefusedAndCounted() throws {
+        let srv = try startServer()
+        let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
+        let grid = #"{"experiment": "f", "tasks": "t", "methods": "synthetic", "seeds": [0, 1]}"#
+        XCTAssertTrue(try client.submit(gridJSON: grid).ok)
+        let holder = try dealer(srv.endpoint)
+        var hello = Intervene_V1_Hello(); hello.workerID = "holder"; hello.device = "cpu"
+        try holder.send(Wire.encode(.hello(hello)), timeoutMs: 1000)
+        try holder.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
+        var job: Intervene_V1_JobAssignment?
+        while job == nil, let b = try receiveBody(holder) { if case .job(let a) = b { job = a } }
+        guard let held = job else { return XCTFail("no job") }
+        let queued = try XCTUnwrap(try client.query(experiment: "f").jobs.first { $0.state == "queued" }).jobID
+
+        func forge(_ s: ZSocket, job: String, claiming id: String) throws -> Intervene_V1_Ack? {
+            var res = Intervene_V1_Result()
+            res.jobID = job; res.attempt = 1; res.workerID = id
+            res.metrics = ["exact_match": 0.999]
+            res.artefact = Data("forged".utf8); res.artefactSha256 = SHA256.hex(Data("forged".utf8))
+            try s.send(Wire.encode(.result(res)), timeoutMs: 1000)
+            while let b = try receiveBody(s, timeout: 2000) { if case .ack(let k) = b, k.kind == .result { return k } }
+            return nil
+        }
+        let stranger = try dealer(srv.endpoint)
+        XCTAssertEqual(try forge(stranger, job: held.jobID, claiming: "")?.accepted, false)
+        XCTAssertEqual(try forge(stranger, job: queued, claiming: "intruder")?.accepted, false)
+        let other = try dealer(srv.endpoint)
+        var hello2 = Intervene_V1_Hello(); hello2.workerID = "other"; hello2.device = "cpu"
+        try other.send(Wire.encode(.hello(hello2)), timeoutMs: 1000)
+        XCTAssertEqual(try forge(other, job: held.jobID, claiming: "other")?.accepted, false)
+
+        let jobs = try client.query(experiment: "f").jobs
+        XCTAssertEqual(jobs.first { $0.jobID == held.jobID }?.state, "running")
+        XCTAssertEqual(jobs.first { $0.jobID == queued }?.state, "queued")
+        XCTAssertTrue(jobs.allSatisfy { $0.metrics["exact_match"] == nil }, "no forged metric was stored")
+        XCTAssertEqual(try client.status().counters["refused_results"], 3)
+        let artefacts = dir.appendingPathComponent("artefacts")
+        XCTAssertEqual((try? FileManager.default.contentsOfDirectory(atPath: artefacts.path))?.count ?? 0, 0,
+                       "a refused result stores no artefact")
+
+        var res = Intervene_V1_Result()
+        res.jobID = held.jobID; res.attempt = held.attempt; res.metrics = ["exact_match": 0.5]
+        try holder.send(Wire.encode(.result(res)), timeoutMs: 1000)
+        var accepted: Bool?
+        while accepted == nil, let b = try receiveBody(holder, timeout: 2000) {
+            if case .ack(let k) = b, k.kind == .result { accepted = k.accepted }
+        }
+        XCTAssertEqual(accepted, true)
+        XCTAssertEqual(try client.query(experiment: "f").jobs.first { $0.jobID == held.jobID }?.state, "done")
+    }
+
     func testCancelAndStatus() throws {
         let srv = try startServer()
         let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)

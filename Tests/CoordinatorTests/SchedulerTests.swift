@@ -238,6 +238,33 @@ final class SchedulerTests: XCTestCase {
                        Effects(toWorkers: [.heartbeatAck(worker: other, job: js[0].id, attempt: 2, abandon: true)]))
     }
 
+    /// Results and failures count only from a worker that holds (or held) that job and attempt;
+    /// the rest are refused and counted, and change nothing.
+    func testResultsOnlyFromTheLeaseHolder() {
+        _ = connect("w1", cpu)
+        _ = connect("w2", cpu)
+        let js = jobs(3)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        let heldByW1 = js.first { s.job($0.id)?.worker == "w1" }!.id
+        let queued = js.first { s.job($0.id)?.state == .queued }!.id
+        for (w, j) in [("intruder", heldByW1), ("w2", heldByW1), ("intruder", queued)] {
+            let ds = on(.result(worker: w, job: j, attempt: 1, metrics: ["exact_match": 0.999], artefactSHA256: nil,
+                                artefactPath: nil))
+            XCTAssertEqual(ds.toWorkers, [.refused(worker: w, kind: .result, job: j, attempt: 1)])
+            XCTAssertTrue(ds.jobChanges.isEmpty && ds.published.isEmpty)
+        }
+        let f = on(.failure(worker: "w2", job: heldByW1, attempt: 1, reason: "forged", deterministic: true))
+        XCTAssertEqual(f.toWorkers, [.refused(worker: "w2", kind: .failure, job: heldByW1, attempt: 1)])
+        XCTAssertEqual(s.refusedResults, 4)
+        XCTAssertEqual(s.job(heldByW1)?.state, .running)
+        XCTAssertEqual(s.job(queued)?.state, .queued)
+        XCTAssertFalse(s.holds(worker: "w2", job: heldByW1, attempt: 1))
+        XCTAssertTrue(s.holds(worker: "w1", job: heldByW1, attempt: 1))
+        let ok = on(.result(worker: "w1", job: heldByW1, attempt: 1, metrics: ["exact_match": 0.5], artefactSHA256: nil,
+                            artefactPath: nil))
+        XCTAssertTrue(ok.jobChanges.contains(.done(job: heldByW1, worker: "w1", attempt: 1)))
+    }
+
     func testDeterministicFailureIsFinalAtOnce() {
         _ = connect("w1", cpu)
         let js = jobs(1, method: .syntheticFail)
