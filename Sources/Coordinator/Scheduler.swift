@@ -30,7 +30,9 @@ public struct SubmittedJob: Equatable, Sendable {
 /// An input of the state machine. Every event is handled at a time `now` given by the caller.
 public enum SchedulerEvent: Equatable, Sendable {
     /// A worker announced itself (protocol Hello). It is not idle until it says `workerReady`.
-    case workerHello(worker: String, capabilities: WorkerCapabilities)
+    /// `newConnection`: the Hello came over another connection than the worker's last (a new
+    /// process, or a reconnect), not a Hello repeated on the same one.
+    case workerHello(worker: String, capabilities: WorkerCapabilities, newConnection: Bool = true)
     /// A worker is idle and asks for a job (protocol Ready; repeated by idle workers).
     case workerReady(worker: String)
     /// A worker confirmed it received an assignment (protocol Ack{JOB, accepted}).
@@ -248,12 +250,14 @@ public struct Scheduler {
     public mutating func handle(_ event: SchedulerEvent, now: Double) -> Effects {
         var out = Effects()
         switch event {
-        case let .workerHello(w, caps):
+        case let .workerHello(w, caps, newConnection):
             var rec = workers[w] ?? WorkerRecord(id: w, capabilities: nil, lastSeen: now, idle: false,
                                                  idleSince: now, job: nil, attempt: 0, step: 0, total: 0, confirmed: true)
             rec.capabilities = caps
-            // A new connection: nothing is in flight to it any more.
-            rec.confirmed = true
+            // A new connection: nothing is in flight to it any more (what we sent went to the old
+            // one). A Hello repeated on the same connection changes nothing: an assignment sent to
+            // it may still be on its way, and a Ready crossing it is no loss.
+            if newConnection { rec.confirmed = true }
             rec.lastSeen = now
             rec.idle = false
             if rec.job == nil {

@@ -143,6 +143,7 @@ extension CoordinatorServer {
         case .hello(let h):
             var name = h.workerID.trimmingCharacters(in: .whitespaces)
             if name.isEmpty { name = "worker-" + identity.prefix(8).map { String(format: "%02x", $0) }.joined() }
+            let newConnection = identityByWorker[name] != identity
             if let old = identityByWorker[name], old != identity { workerByIdentity[old] = nil }
             if let oldName = workerByIdentity[identity], oldName != name { identityByWorker[oldName] = nil }
             workerByIdentity[identity] = name
@@ -151,7 +152,8 @@ extension CoordinatorServer {
                                           threads: Int(h.threads), hostname: h.hostname, methods: h.methods,
                                           modelsCached: h.modelsCached)
             log("worker \(name) connected (\(h.device)\(h.device == "gpu" ? " \(h.deviceIndex)" : ""), \(h.threads) threads, \(h.hostname) pid \(h.pid))")
-            apply(scheduler.handle(.workerHello(worker: name, capabilities: caps), now: now), now: now)
+            apply(scheduler.handle(.workerHello(worker: name, capabilities: caps, newConnection: newConnection), now: now),
+                  now: now)
 
         case .ready:
             guard let w = worker else { return unknownPeer(identity) }

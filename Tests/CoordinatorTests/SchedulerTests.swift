@@ -265,6 +265,31 @@ final class SchedulerTests: XCTestCase {
         XCTAssertTrue(ok.jobChanges.contains(.done(job: heldByW1, worker: "w1", attempt: 1)))
     }
 
+    /// A worker restarted under the same id costs its job one attempt, not more: a Hello the new
+    /// process sends again on the same connection (its first one crossed our answer) must not
+    /// mark the assignment just sent to it as received, or its crossing Ready reads as "idle"
+    /// and loses the job a second and third time (the drill in issue 13: "lost 3 times").
+    func testARestartedWorkerCostsItsJobOneAttempt() {
+        _ = connect("w1", cpu)
+        let js = jobs(1)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: js))
+        let j = js[0].id
+        _ = on(.assignmentAccepted(worker: "w1", job: j, attempt: 1))
+        _ = on(.heartbeat(worker: "w1", job: j, attempt: 1, step: 1, total: 10))
+        // the process dies; a new one with the same id says Hello (a new connection) and Ready
+        _ = on(.workerHello(worker: "w1", capabilities: cpu, newConnection: true))
+        let ready = on(.workerReady(worker: "w1"))
+        XCTAssertTrue(ready.jobChanges.contains(.requeued(job: j, attempt: 2, reason: "worker w1 reported idle")))
+        XCTAssertEqual(assignments(ready).map(\.attempt), [2], "the job goes straight back to the idle worker")
+        // its Hello is sent again on the same connection, then a Ready that crossed the assignment
+        _ = on(.workerHello(worker: "w1", capabilities: cpu, newConnection: false))
+        let crossed = on(.workerReady(worker: "w1"))
+        XCTAssertTrue(crossed.jobChanges.isEmpty, "a crossed Ready is not a loss: \(crossed.jobChanges)")
+        XCTAssertEqual(s.job(j)?.attempt, 2)
+        XCTAssertEqual(s.job(j)?.losses, 1)
+        XCTAssertEqual(s.job(j)?.state, .running)
+    }
+
     func testDeterministicFailureIsFinalAtOnce() {
         _ = connect("w1", cpu)
         let js = jobs(1, method: .syntheticFail)
