@@ -152,8 +152,8 @@ extension CoordinatorServer {
                                           threads: Int(h.threads), hostname: h.hostname, methods: h.methods,
                                           modelsCached: h.modelsCached)
             log("worker \(name) connected (\(h.device)\(h.device == "gpu" ? " \(h.deviceIndex)" : ""), \(h.threads) threads, \(h.hostname) pid \(h.pid))")
-            apply(scheduler.handle(.workerHello(worker: name, capabilities: caps, newConnection: newConnection), now: now),
-                  now: now)
+            let hello = SchedulerEvent.workerHello(worker: name, capabilities: caps, newConnection: newConnection)
+            apply(scheduler.handle(hello, now: now), now: now)
 
         case .ready:
             guard let w = worker else { return unknownPeer(identity) }
