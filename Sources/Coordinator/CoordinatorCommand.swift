@@ -252,7 +252,7 @@ extension CoordinatorCommand {
         @Argument(help: "Only this experiment.")
         var experiment: String?
 
-        @Flag(help: "Also show the coordinator's counters (dropped frames, duplicate results, ...).")
+        @Flag(help: "Also show the coordinator's counters (dropped frames, duplicate and refused results, ...).")
         var verbose = false
 
         @OptionGroup var client: ClientOptions
