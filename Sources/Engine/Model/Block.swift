@@ -226,3 +226,32 @@ enum LastTokenAttention {
         }
     }
 }
+
+/// Causal attention of n new rows at positions p0 … p0+n−1 over the cache's positions 0 … p0+n−1
+/// (the new rows' own keys and values already written there), per head as two products: the
+/// prefill's op. (Its backward is still to write: a full-sequence backward starts here.)
+enum CausalAttention {
+    /// q [n × A] (row stride A), k, v cache [ctx × KV] → o [n × A]; `scores` holds one head's
+    /// [n × ctx] at a time.
+    static func forward(_ s: LastTokenAttention.Shape, _ backend: Backend, q: UnsafePointer<Float>,
+                        k: UnsafePointer<Float>, v: UnsafePointer<Float>, rows n: Int, start p0: Int,
+                        scores: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>) {
+        let hd = s.headDim, A = s.A, KV = s.KV, ctx = p0 + n
+        for h in 0..<s.heads {
+            let kvh = h / s.group
+            // S[n × ctx] = Q_h · K_hᵀ · scale
+            backend.gemm(transA: false, transB: true, m: n, n: ctx, k: hd, alpha: s.scale,
+                         a: q + h * hd, lda: A, b: k + kvh * hd, ldb: KV, beta: 0, c: scores, ldc: ctx)
+            for i in 0..<n {   // causal mask: row i sees positions 0…p0+i
+                let row = scores + i * ctx
+                let visible = p0 + i + 1
+                for j in visible..<ctx { row[j] = -.infinity }
+                Ops.softmax(row, visible)
+                for j in visible..<ctx { row[j] = 0 }
+            }
+            // O_h[n × d] = P · V_h
+            backend.gemm(transA: false, transB: false, m: n, n: hd, k: ctx, alpha: 1,
+                         a: scores, lda: ctx, b: v + kvh * hd, ldb: KV, beta: 0, c: o + h * hd, ldc: A)
+        }
+    }
+}

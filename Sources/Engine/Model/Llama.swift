@@ -197,7 +197,7 @@ public final class LlamaModel: @unchecked Sendable {
     public func forward(tokens: [[Int]], caches: [KVCache], hooks: ForwardHooks? = nil, allLogits: Bool = false) -> [Float] {
         precondition(tokens.count == caches.count)
         let cfg = config
-        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim, hd = cfg.headDim
+        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
         var rowStart: [Int] = [], rowCount: [Int] = [], startPos: [Int] = []
         var T = 0
         for (s, t) in tokens.enumerated() {
@@ -230,8 +230,6 @@ public final class LlamaModel: @unchecked Sendable {
             precondition(id >= 0 && id < cfg.vocabSize, "token id \(id) outside the vocabulary")
             (x + r * D).update(from: tokenEmbedding.data + id * D, count: D)
         }
-        let scale = 1 / Float(hd).squareRoot()
-        let group = cfg.nHeads / cfg.nKVHeads
         let shape = LastTokenAttention.Shape(cfg)
         for l in 0..<cfg.nLayers {
             let blk = blocks[l]
@@ -255,24 +253,8 @@ public final class LlamaModel: @unchecked Sendable {
                                                o: o + r0 * A)
                     continue
                 }
-                for h in 0..<cfg.nHeads {
-                    let kvh = h / group
-                    // S[n × ctx] = Q_h · K_hᵀ · scale
-                    backend.gemm(transA: false, transB: true, m: n, n: ctx, k: hd, alpha: scale,
-                                 a: q + r0 * A + h * hd, lda: A, b: c.k[l] + kvh * hd, ldb: KV,
-                                 beta: 0, c: scores, ldc: ctx)
-                    for i in 0..<n {   // causal mask: row i sees positions 0…p0+i
-                        let row = scores + i * ctx
-                        let visible = p0 + i + 1
-                        for j in visible..<ctx { row[j] = -.infinity }
-                        Ops.softmax(row, visible)
-                        for j in visible..<ctx { row[j] = 0 }
-                    }
-                    // O_h[n × d] = P · V_h
-                    backend.gemm(transA: false, transB: false, m: n, n: hd, k: ctx, alpha: 1,
-                                 a: scores, lda: ctx, b: c.v[l] + kvh * hd, ldb: KV,
-                                 beta: 0, c: o + r0 * A + h * hd, ldc: A)
-                }
+                CausalAttention.forward(shape, backend, q: q + r0 * A, k: c.k[l], v: c.v[l], rows: n, start: p0,
+                                        scores: scores, o: o + r0 * A)
             }
             hooks?.headOutputs(layer: l, o, layout)
             backend.linear(o, T, blk.wo, x, accumulate: true)              // x += o · W_oᵀ
