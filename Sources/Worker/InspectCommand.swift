@@ -13,8 +13,10 @@ public struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Model registry name or path to a .gguf file.", valueName: "name-or-path"))
     public var model: String = ModelRegistry.defaultModel
 
-    @Option(name: .long, help: "BLAS threads for this process (one per core is best; see README).")
-    public var threads: Int = 1
+    /// One per core: a user's first `worker run` should not leave cores idle. (A cluster worker,
+    /// `worker serve`, keeps one thread per process: several processes share the cores.)
+    @Option(name: .long, help: "Compute threads for this process (default: one per core of this machine).")
+    public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     public init() {}
 
