@@ -142,6 +142,27 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func prepare(_ w: Weight) { _ = Self.packed(w) }
 
+    /// The fused product's outputs on the weights' packed copies (each looked up once), or nil when
+    /// one weight has none or another width.
+    static func packedOutputs(_ outs: [(Weight, UnsafeMutablePointer<Float>)], cols k: Int) -> [QuantGEMM.Output]? {
+        var r: [QuantGEMM.Output] = []
+        for (w, y) in outs {
+            guard w.cols == k, let p = packed(w) else { return nil }
+            r.append(.init(p, y))
+        }
+        return r
+    }
+
+    /// The same for a fused backward's inputs.
+    static func packedInputs(_ ins: [(UnsafePointer<Float>, Weight)], cols k: Int) -> [QuantGEMM.Input]? {
+        var r: [QuantGEMM.Input] = []
+        for (dy, w) in ins {
+            guard w.cols == k, let p = packed(w) else { return nil }
+            r.append(.init(p, dy))
+        }
+        return r
+    }
+
     /// Few rows: stream the compact blocks. Many rows: OpenBLAS on the fp32 copy. 64 covers five
     /// fused 10-prompt jobs (measured, 2 threads: 177 ms per fused step against 200 ms with
     /// OpenBLAS for those 50 rows).
@@ -171,14 +192,13 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                        accumulate: Bool, precision: Precision) {
         guard m > 0, !outs.isEmpty else { return }
         let k = outs[0].0.cols
-        if precision == .int8, outs.allSatisfy({ Self.packed($0.0)?.int8 != nil && $0.0.cols == k }) {
-            QuantGEMM.linearInt8(x, m, cols: k, outs.map { .init(Self.packed($0.0)!, $0.1) }, accumulate: accumulate,
-                                 threads: threads)
+        let kernelOuts = Self.packedOutputs(outs, cols: k)
+        if precision == .int8, let ko = kernelOuts, ko.allSatisfy({ $0.q.int8 != nil }) {
+            QuantGEMM.linearInt8(x, m, cols: k, ko, accumulate: accumulate, threads: threads)
             return
         }
-        if m <= Self.smallRows, outs.allSatisfy({ Self.packed($0.0) != nil && $0.0.cols == k }) {
-            QuantGEMM.linear(x, m, cols: k, outs.map { .init(Self.packed($0.0)!, $0.1) }, accumulate: accumulate,
-                             threads: threads)
+        if m <= Self.smallRows, let ko = kernelOuts {
+            QuantGEMM.linear(x, m, cols: k, ko, accumulate: accumulate, threads: threads)
             return
         }
         for (w, y) in outs { linear(x, m, w, y, accumulate: accumulate) }
@@ -198,9 +218,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 return
             }
         }
-        if m <= Self.smallRows, ins.allSatisfy({ Self.packed($0.1) != nil && $0.1.cols == ins[0].1.cols }) {
-            QuantGEMM.linearBackward(ins.map { .init(Self.packed($0.1)!, $0.0) }, m, cols: ins[0].1.cols, dx,
-                                     accumulate: accumulate, threads: threads)
+        if m <= Self.smallRows, let ki = Self.packedInputs(ins, cols: k) {
+            QuantGEMM.linearBackward(ki, m, cols: k, dx, accumulate: accumulate, threads: threads)
             return
         }
         for (p, (dy, w)) in ins.enumerated() { linearBackward(dy, m, w, dx, accumulate: accumulate || p > 0) }
@@ -209,13 +228,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// At int8, logits from the int8 kernel and then the int8 backward beat the fp32 one-pass head
     /// (measured, 10 rows, 1 thread: 3.3 + 4.3 ms against 19 ms).
     public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
-        m <= Self.smallRows && Self.packed(w) != nil && !(precision == .int8 && Self.packed(w)?.int8 != nil)
+        guard m <= Self.smallRows, let p = Self.packed(w) else { return false }
+        return !(precision == .int8 && p.int8 != nil)
     }
 
     public func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
                                  loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>) {
-        precondition(m <= Self.smallRows && Self.packed(w) != nil)
-        QuantGEMM.crossEntropyHead(h, m, Self.packed(w)!, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh,
+        guard m <= Self.smallRows, let p = Self.packed(w) else {
+            preconditionFailure("crossEntropyHead runs only where fusesHead says so")
+        }
+        QuantGEMM.crossEntropyHead(h, m, p, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh,
                                    threads: threads)
     }
 
