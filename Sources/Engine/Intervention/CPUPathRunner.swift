@@ -1,5 +1,12 @@
 import Foundation
 
+/// A zero-filled buffer of n floats (at least one), for the path's activations.
+private func zeroed(_ n: Int) -> UnsafeMutablePointer<Float> {
+    let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+    p.initialize(repeating: 0, count: max(n, 1))
+    return p
+}
+
 /// The CPU's `PathRunner`: the single-token path's activations in host memory, products through
 /// `CPUBackend` (OpenBLAS, the few-row and int8 kernels), the block's ops from Block.swift.
 ///
@@ -28,11 +35,7 @@ final class CPUPathRunner: PathRunner {
         let hIn, hMid, xnFfn, invFfn, g, u: UnsafeMutablePointer<Float>
         let all: [UnsafeMutablePointer<Float>]
         init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, ctx: Int) {
-            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
-                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
-                p.initialize(repeating: 0, count: max(n, 1))
-                return p
-            }
+            let a = zeroed
             xnAttn = a(N * D)
             invAttn = a(N)
             q = a(N * A)
@@ -60,11 +63,7 @@ final class CPUPathRunner: PathRunner {
         let all: [UnsafeMutablePointer<Float>]
         init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, V: Int, ctx: Int) {
             layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, ctx: ctx) }
-            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
-                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
-                p.initialize(repeating: 0, count: max(n, 1))
-                return p
-            }
+            let a = zeroed
             hFinal = a(N * D)
             hNorm = a(N * D)
             invFinal = a(N)
@@ -129,9 +128,7 @@ final class CPUPathRunner: PathRunner {
                 acts.hNorm, N, model.output, targets: targets, rowWeight: rowWeight,
                 loss: perRow, dh: acts.dxn)
         } else {
-            var l = [Float](repeating: 0, count: N)
-            lossHead(loss, rowWeight: rowWeight, perRow: &l, gradient: grad != nil)
-            perRow.update(from: l, count: N)
+            lossHead(loss, rowWeight: rowWeight, perRow: perRow, gradient: grad != nil)
         }
         if let grad { backward(grad) }
     }
@@ -206,7 +203,7 @@ final class CPUPathRunner: PathRunner {
 
     /// Per-row loss and dL/dz (or directly dL/dh_norm for the restricted KL), each row's loss
     /// weighted by `rowWeight[i]` (1/N for a plain mean).
-    func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: inout [Float], gradient: Bool = true) {
+    func lossHead(_ loss: TaskLoss, rowWeight: [Float], perRow: UnsafeMutablePointer<Float>, gradient: Bool = true) {
         let N = rows
         let D = cfg.dModel
         let V = cfg.vocabSize
