@@ -57,7 +57,6 @@ public struct OpinionCommand: ParsableCommand {
         do { task = try OpinionTask.load(path: data) } catch { throw CLIError((error as? LocalizedError)?.errorDescription ?? "\(error)") }
         bar.show("loading \(modelOptions.model)…", force: true)
         let lm = try modelOptions.load()
-        guard layer >= 0 && layer < lm.config.nLayers else { throw CLIError("layer \(layer) is outside 0…\(lm.config.nLayers - 1)") }
         let t0 = Date()
         let steps = solve.steps
         let outcome: DeltaOutcome

@@ -108,9 +108,7 @@ public struct DeltaPipeline {
     {
         precondition(!problems.isEmpty)
         let cfg = lm.config
-        guard settings.layer >= 0 && settings.layer < cfg.nLayers else {
-            throw EngineJobError("layer \(settings.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
-        }
+        try lm.checkLayer(settings.layer)
         if problems.count > 1 && settings.solver == .fista {
             throw EngineJobError("the fista solver runs one job at a time; use an Adam solver to fuse seeds")
         }
@@ -163,6 +161,15 @@ public struct DeltaPipeline {
                 DeltaOutcome(result: res, metrics: metrics, artefact: DeltaArtefact(delta: res.delta, metadata: md)))
         }
         return outcomes
+    }
+}
+
+extension LanguageModel {
+    /// A job's layer must be one of the model's; the error names both.
+    func checkLayer(_ layer: Int) throws {
+        guard layer >= 0 && layer < config.nLayers else {
+            throw EngineJobError("layer \(layer) is outside 0…\(config.nLayers - 1) for \(name)")
+        }
     }
 }
 

@@ -133,11 +133,8 @@ public struct PairTaskJobs {
     }
 
     func prepare(_ spec: JobSpec) throws -> Prepared {
-        let cfg = lm.config
         let format = try format(for: spec)
-        guard spec.layer >= 0 && spec.layer < cfg.nLayers else {
-            throw EngineJobError("layer \(spec.layer) is outside 0…\(cfg.nLayers - 1) for \(lm.name)")
-        }
+        try lm.checkLayer(spec.layer)
         guard spec.trainSize >= 1 && spec.trainSize <= 1024 else { throw EngineJobError("train_size must be between 1 and 1024") }
         guard spec.testSize >= 0 else { throw EngineJobError("test_size must be ≥ 0") }
         let method = spec.solver ?? solverMethod
