@@ -204,9 +204,9 @@ extension CoordinatorServer {
             let w = worker ?? (r.workerID.isEmpty ? "unknown" : r.workerID)
             var sha: String?
             var path: String?
-            // Only the job's holder may post its result: a refused one never touches the disk.
-            let holder = scheduler.job(r.jobID) == nil
-                || scheduler.holds(worker: w, job: r.jobID, attempt: Int(r.attempt))
+            // Only the job's holder may post its result: a refused one, or one for a job this
+            // coordinator does not know, never touches the disk.
+            let holder = scheduler.holds(worker: w, job: r.jobID, attempt: Int(r.attempt))
             if holder, !r.artefact.isEmpty || !r.artefactSha256.isEmpty {
                 do {
                     let stored = try store.putArtefact(r.artefact, claimedSHA256: r.artefactSha256)
