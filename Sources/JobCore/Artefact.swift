@@ -32,14 +32,15 @@ public struct DeltaMetadata: Equatable, Sendable {
     /// The precision that actually ran (a job may ask for int8 on a CPU that only runs fp32).
     public var precision: String
     public var trainSize: Int
-    public var finalLoss: Double
+    /// The solver's loss at the returned Δ, in the fp32 it was computed in.
+    public var finalLoss: Float
     /// Task-specific entries (prompt and target formats, the data file, a headline metric).
     public var extra: [String: String] = [:]
 
     public init(
         model: String, modelSHA256: String, task: String, method: String, layer: Int, heads: Int, headDim: Int,
         seed: Int, lambda: Double, gamma: Double, steps: Int, lr: Double, solver: String, precision: String,
-        trainSize: Int, finalLoss: Double, extra: [String: String] = [:]
+        trainSize: Int, finalLoss: Float, extra: [String: String] = [:]
     ) {
         self.model = model
         self.modelSHA256 = modelSHA256
@@ -80,8 +81,7 @@ public struct DeltaMetadata: Equatable, Sendable {
         d["solver"] = solver
         d["precision"] = precision
         d["train_size"] = "\(trainSize)"
-        // a loss computed in fp32 prints as the fp32 value it is ("1.389327", not "1.389327049255371")
-        d["final_loss"] = Double(Float(finalLoss)) == finalLoss ? "\(Float(finalLoss))" : "\(finalLoss)"
+        d["final_loss"] = "\(finalLoss)"
         return d
     }
 
@@ -117,11 +117,10 @@ public struct DeltaMetadata: Equatable, Sendable {
             guard let v = Double(s) else { throw ReadError(key: k, message: "not a number: \(s)") }
             return v
         }
-        /// A loss written as the fp32 value it is ("1.389327") reads back as that fp32 value.
-        func lossValue() throws -> Double {
-            let s = try string("final_loss")
-            if let f = Float(s), "\(f)" == s { return Double(f) }
-            return try double("final_loss")
+        func float(_ k: String) throws -> Float {
+            let s = try string(k)
+            guard let v = Float(s) else { throw ReadError(key: k, message: "not a number: \(s)") }
+            return v
         }
         let schema = legacy ? 0 : try int("schema")
         guard schema <= Self.currentSchema else {
@@ -134,7 +133,7 @@ public struct DeltaMetadata: Equatable, Sendable {
             heads: try int("heads"), headDim: try int("head_dim"), seed: try int("seed"),
             lambda: try double("lambda"), gamma: try double("gamma"), steps: try int("steps"),
             lr: try double("lr", legacyDefault: 0), solver: try string("solver"), precision: try string("precision"),
-            trainSize: try int("train_size", legacyDefault: 0), finalLoss: try lossValue(),
+            trainSize: try int("train_size", legacyDefault: 0), finalLoss: try float("final_loss"),
             extra: d.filter { !Self.typedKeys.contains($0.key) })
         self.schema = schema
         self.positions = try string("positions", legacyDefault: "last")

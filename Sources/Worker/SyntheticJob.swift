@@ -145,7 +145,7 @@ public final class SyntheticJobRunner: JobRunner {
                                  layer: spec.layer, heads: Self.heads, headDim: Self.headSize, seed: spec.seed,
                                  lambda: spec.lambda, gamma: spec.gamma, steps: spec.steps, lr: spec.lr,
                                  solver: "synthetic-prox-gradient", precision: "fp64", trainSize: spec.trainSize,
-                                 finalLoss: loss + penalty(), extra: ["format": "synthetic"])
+                                 finalLoss: Float(loss + penalty()), extra: ["format": "synthetic"])
         return JobOutcome(metrics: metrics, artefact: DeltaArtefact(delta: w.map(Float.init), metadata: meta).data)
     }
 

@@ -7,7 +7,7 @@ final class ArtefactTests: XCTestCase {
     static let md = DeltaMetadata(
         model: "smollm2-135m-instruct", modelSHA256: String(repeating: "ab", count: 32), task: "antonym",
         method: "intervention", layer: 4, heads: 2, headDim: 3, seed: 7, lambda: 0.01, gamma: 0.02,
-        steps: 200, lr: 0.1, solver: "adam-avg", precision: "int8", trainSize: 10, finalLoss: Double(Float(0.85707814)),
+        steps: 200, lr: 0.1, solver: "adam-avg", precision: "int8", trainSize: 10, finalLoss: 0.85707814,
         extra: ["prompt_format": "Q: {input}\nA:", "exact_match": "0.3"])
 
     func testRoundTripThroughSafetensors() throws {

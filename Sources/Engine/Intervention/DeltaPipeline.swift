@@ -156,7 +156,7 @@ public struct DeltaPipeline {
                 heads: cfg.nHeads, headDim: cfg.headDim, seed: p.seed, lambda: settings.lambda, gamma: settings.gamma,
                 steps: res.history.count - 1, lr: settings.lr, solver: settings.solver.rawValue,
                 precision: settings.precision.effective.rawValue,
-                trainSize: p.prompts.count, finalLoss: Double(f.loss), extra: p.artefactEntries(metrics))
+                trainSize: p.prompts.count, finalLoss: f.loss, extra: p.artefactEntries(metrics))
             outcomes.append(
                 DeltaOutcome(result: res, metrics: metrics, artefact: DeltaArtefact(delta: res.delta, metadata: md)))
         }
