@@ -83,10 +83,8 @@ public struct SolveOptions: ParsableArguments {
         guard lr > 0 else { throw ValidationError("--lr must be > 0") }
     }
 
-    public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
-        SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)
-    }
-    public var options: SolverOptions { settings(layer: 0).options }
+    /// The objective and solver for a Δ learned at `layer` (the pipeline derives the penalty and
+    /// the solver's options from it).
     public func settings(layer: Int) -> DeltaSettings {
         DeltaSettings(layer: layer, lambda: lambda, gamma: gamma, solver: solver, steps: steps, lr: lr, precision: precision)
     }
