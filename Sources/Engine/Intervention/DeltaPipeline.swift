@@ -71,7 +71,6 @@ public struct DeltaOutcome {
     public var result: SolverResult
     public var metrics: [String: Double]
     public var artefact: DeltaArtefact
-    public var delta: [Float] { result.delta }
 }
 
 /// prepare → solve → evaluate → artefact, once for every job that learns a Δ: the worker's job
