@@ -44,6 +44,18 @@ final class EndToEndInProcessTests: XCTestCase {
         return try Wire.decodeBody(last)
     }
 
+    /// A hand-driven worker that says Hello and Ready, and the job it is then given (nil if none
+    /// comes within the receive timeout).
+    func workerWithAJob(_ endpoint: String, id: String) throws -> (ZSocket, Intervene_V1_JobAssignment?) {
+        let w = try dealer(endpoint)
+        var hello = Intervene_V1_Hello(); hello.workerID = id; hello.device = "cpu"
+        try w.send(Wire.encode(.hello(hello)), timeoutMs: 1000)
+        try w.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
+        var job: Intervene_V1_JobAssignment?
+        while job == nil, let b = try receiveBody(w) { if case .job(let a) = b { job = a } }
+        return (w, job)
+    }
+
     /// Garbage, wrong shapes, another protocol version and oversized messages are dropped and
     /// counted; the coordinator keeps answering.
     func testMalformedAndOversizedFramesAreDroppedAndCounted() throws {
@@ -162,12 +174,7 @@ final class EndToEndInProcessTests: XCTestCase {
         let srv = try startServer()
         let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
         XCTAssertTrue(try client.submit(gridJSON: #"{"experiment": "h", "tasks": "t", "methods": "synthetic"}"#).ok)
-        let w = try dealer(srv.endpoint)
-        var hello = Intervene_V1_Hello(); hello.workerID = "h1"; hello.device = "cpu"
-        try w.send(Wire.encode(.hello(hello)), timeoutMs: 1000)
-        try w.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
-        var job: Intervene_V1_JobAssignment?
-        while job == nil, let b = try receiveBody(w) { if case .job(let a) = b { job = a } }
+        let (w, job) = try workerWithAJob(srv.endpoint, id: "h1")
         guard let a = job else { return XCTFail("no job") }
         var res = Intervene_V1_Result()
         res.jobID = a.jobID; res.attempt = a.attempt
@@ -201,12 +208,7 @@ final class EndToEndInProcessTests: XCTestCase {
         let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
         let grid = #"{"experiment": "f", "tasks": "t", "methods": "synthetic", "seeds": [0, 1]}"#
         XCTAssertTrue(try client.submit(gridJSON: grid).ok)
-        let holder = try dealer(srv.endpoint)
-        var hello = Intervene_V1_Hello(); hello.workerID = "holder"; hello.device = "cpu"
-        try holder.send(Wire.encode(.hello(hello)), timeoutMs: 1000)
-        try holder.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
-        var job: Intervene_V1_JobAssignment?
-        while job == nil, let b = try receiveBody(holder) { if case .job(let a) = b { job = a } }
+        let (holder, job) = try workerWithAJob(srv.endpoint, id: "holder")
         guard let held = job else { return XCTFail("no job") }
         let queued = try XCTUnwrap(try client.query(experiment: "f").jobs.first { $0.state == "queued" }).jobID
 
