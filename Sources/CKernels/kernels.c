@@ -1,21 +1,49 @@
-// See include/ckernels.h. Functions that use AVX-512 carry their own target attribute, so the
-// file builds for any x86-64 (and any other architecture, where ik_available() is 0).
+// See include/ckernels.h. Functions that use AVX-512 or AVX2 carry their own target attribute, so
+// the file builds for any x86-64 (and any other architecture, where ik_cpu_level() is 0) and the
+// level is picked at run time.
 #include "ckernels.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define IK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define IK_AVX2 __attribute__((target("avx2,fma")))
 
-int ik_available(void) {
+int ik_cpu_level(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return IK_AVX512_VNNI;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IK_AVX2_LEVEL;
+    return IK_NONE;
 }
 #else
-int ik_available(void) { return 0; }
+int ik_cpu_level(void) { return IK_NONE; }
 #endif
+
+// -1: not chosen yet (the first ik_level() reads the CPU and $INTERVENE_INT8_KERNELS).
+static int level = -1;
+
+int ik_set_level(int wanted) {
+    const int cpu = ik_cpu_level();
+    level = wanted < IK_NONE ? IK_NONE : (wanted > cpu ? cpu : wanted);
+    return level;
+}
+
+int ik_level(void) {
+    if (level < 0) {
+        const char *env = getenv("INTERVENE_INT8_KERNELS");
+        int wanted = IK_AVX512_VNNI;
+        if (env && strcmp(env, "avx2") == 0) wanted = IK_AVX2_LEVEL;
+        else if (env && strcmp(env, "none") == 0) wanted = IK_NONE;
+        ik_set_level(wanted);
+    }
+    return level;
+}
+
+int ik_available(void) { return ik_level() > IK_NONE; }
 
 static size_t chunk_bytes(int kind) { return kind == IK_Q8 ? 640 : 384; }
 
@@ -83,7 +111,7 @@ void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *
 // Per group of 16 columns and run of 32 rows: the 32 row segments are 32 vectors of 16 lanes
 // (lane o = column 16g + o); rows j = 4t…4t+3 become vector t with lane o = their four bytes.
 IK_TARGET
-void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
+static void pack_transposed_q8_avx512(const float *w, int rows, int cols, void *dst) {
     const int nb = rows / 32;
     uint8_t *out = (uint8_t *)dst;
     const __m512i byte = _mm512_set1_epi32(0xFF);
@@ -114,13 +142,9 @@ void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
             _mm512_store_ps((void *)(chunk + 576), _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-128.0f), d), _mm512_cvtepi32_ps(sum)));
         }
 }
-#else
-void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) { (void)w; (void)rows; (void)cols; (void)dst; }
-#endif
 
-#if defined(__x86_64__)
 IK_TARGET
-void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
+static void quantize_rows_avx512(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
     const int nb = k / 32;
     for (int i = 0; i < m; i++)
         for (int b = 0; b < nb; b++) {
@@ -138,13 +162,7 @@ void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float
             xs[(size_t)i * nb + b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
         }
 }
-#else
-void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
-    (void)x; (void)m; (void)k; (void)xq; (void)xd; (void)xs;
-}
-#endif
 
-#if defined(__x86_64__)
 // One group of 16 output rows against R activation rows (R a compile-time constant after
 // inlining, so acc[] lives in registers): per block, unpack 8 vectors of u8 weights (lane o holds
 // q(o, 4t…4t+3)), then per activation row 8 vpdpbusd against its 4-byte groups broadcast, and
@@ -214,8 +232,8 @@ void group_tile_q8(const uint8_t *chunks, int nb, const int8_t *xq, const float 
     break;
 
 IK_TARGET
-void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
-               float *y, int ldy, int g0, int g1, int accumulate) {
+static void linear_avx512(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+                          float *y, int ldy, int g0, int g1, int accumulate) {
     const int nb = k / 32;
     for (int g = g0; g < g1; g++) {
         const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
@@ -227,8 +245,213 @@ void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const floa
         }
     }
 }
-#else
-void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
-               float *y, int ldy, int g0, int g1, int accumulate) { (void)packed; (void)kind; (void)k; (void)xq; (void)xd;
-    (void)xs; (void)m; (void)y; (void)ldy; (void)g0; (void)g1; (void)accumulate; }
+
+// ---- AVX2 + FMA: the same packed layouts and the same results, bit for bit ----
+//
+// Every integer sum below equals vpdpbusd's exactly (no 16-bit step can saturate, see each
+// kernel), and every float operation is the AVX-512 kernel's, lane for lane and in the same
+// order: a product computed at either level is identical. A 16-row group is two halves of 8
+// lanes (its bytes 32h…32h+31 of each 64-byte vector); a tile is at most 4 activation rows, so
+// that 8 weight vectors, 4 accumulators and temporaries fit the 16 ymm registers.
+
+// dot4 of u8 weights (0…15) against s8 activations (|x| ≤ 127): vpmaddubsw's pair sums are at
+// most 2·15·127 = 3,810, and eight of them 30,480 < 32,767, so the 16-bit sum over a whole
+// block is exact before vpmaddwd widens it.
+static inline __attribute__((always_inline)) IK_AVX2
+void group_tile_avx2(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, const float *xs, int k,
+                     int R, float *y, int ldy, int accumulate) {
+    const __m256i lo = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[4];
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *c = chunks + (size_t)b * 384;
+            __m256i w[8];
+            for (int s = 0; s < 4; s++) {
+                const __m256i p = _mm256_load_si256((const __m256i *)(c + 64 * s + 32 * h));
+                w[2 * s] = _mm256_and_si256(p, lo);
+                w[2 * s + 1] = _mm256_and_si256(_mm256_srli_epi16(p, 4), lo);
+            }
+            const __m256 d = _mm256_load_ps((const float *)(c + 256 + 32 * h));
+            const __m256 mo = _mm256_load_ps((const float *)(c + 320 + 32 * h));
+            for (int r = 0; r < R; r++) {
+                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
+                __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xr[0]));
+                for (int t = 1; t < 8; t++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[t], _mm256_set1_epi32(xr[t])));
+                const __m256i s = _mm256_madd_epi16(s16, ones);
+                const float dx = xd[(size_t)r * (k / 32) + b], sx = xs[(size_t)r * (k / 32) + b];
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(dx)), acc[r]);
+                acc[r] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sx), acc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            float *yr = y + (size_t)r * ldy + 8 * h;
+            if (accumulate) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(yr));
+            _mm256_storeu_ps(yr, acc[r]);
+        }
+    }
+}
+
+// Signed 8-bit weights. vpdpbusd's sum is S = Σ q (x + 128) (the packed offsets take 128·Σq back
+// out); here S = Σ q·x + 128·Σ q, both exact: Σ q·x by vpmaddubsw on |q| (≤ 128) and x·sign(q)
+// (|x| ≤ 127), pair sums ≤ 32,512, widened per vector; Σ q by vpmaddubsw of ones against q, pair
+// sums ≤ 256, eight of them ≤ 2,048, once per block for all rows.
+static inline __attribute__((always_inline)) IK_AVX2
+void group_tile_q8_avx2(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, int k,
+                        int R, float *y, int ldy, int accumulate) {
+    const __m256i ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[4];
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *c = chunks + (size_t)b * 640;
+            __m256i w[8], aw[8];
+            __m256i q16 = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++) {
+                w[t] = _mm256_load_si256((const __m256i *)(c + 64 * t + 32 * h));
+                aw[t] = _mm256_sign_epi8(w[t], w[t]);   // |q| (−128 stays 0x80 = 128 unsigned)
+                q16 = _mm256_add_epi16(q16, _mm256_maddubs_epi16(ones8, w[t]));
+            }
+            const __m256i sum128 = _mm256_slli_epi32(_mm256_madd_epi16(q16, ones16), 7);
+            const __m256 d = _mm256_load_ps((const float *)(c + 512 + 32 * h));
+            const __m256 co = _mm256_load_ps((const float *)(c + 576 + 32 * h));
+            for (int r = 0; r < R; r++) {
+                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
+                __m256i s = sum128;
+                for (int t = 0; t < 8; t++) {
+                    const __m256i xs8 = _mm256_sign_epi8(_mm256_set1_epi32(xr[t]), w[t]);
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(aw[t], xs8), ones16));
+                }
+                const __m256 dx = _mm256_set1_ps(xd[(size_t)r * (k / 32) + b]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dx), acc[r]);
+                acc[r] = _mm256_fmadd_ps(co, dx, acc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            float *yr = y + (size_t)r * ldy + 8 * h;
+            if (accumulate) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(yr));
+            _mm256_storeu_ps(yr, acc[r]);
+        }
+    }
+}
+
+#define IK_TILE_AVX2(R) case R: \
+    if (kind == IK_Q8) group_tile_q8_avx2(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    else group_tile_avx2(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, xs + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    break;
+
+IK_AVX2
+static void linear_avx2(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+                        float *y, int ldy, int g0, int g1, int accumulate) {
+    const int nb = k / 32;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
+        for (int i = 0; i < m; i += 4) {
+            switch (m - i < 4 ? m - i : 4) { IK_TILE_AVX2(1) IK_TILE_AVX2(2) IK_TILE_AVX2(3) IK_TILE_AVX2(4) }
+        }
+    }
+}
+
+// As quantize_rows_avx512: the max is exact in any order, d and 1/d are the same scalar
+// operations, vcvtps2dq rounds to nearest even in both, and the integer sum is exact.
+IK_AVX2
+static void quantize_rows_avx2(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
+    const int nb = k / 32;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int i = 0; i < m; i++)
+        for (int b = 0; b < nb; b++) {
+            const float *v = x + (size_t)i * k + 32 * b;
+            __m256 vs[4], mx = _mm256_setzero_ps();
+            for (int j = 0; j < 4; j++) {
+                vs[j] = _mm256_loadu_ps(v + 8 * j);
+                mx = _mm256_max_ps(mx, _mm256_and_ps(vs[j], absmask));
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+            const float amax = _mm_cvtss_f32(m4);
+            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            const __m256 sc = _mm256_set1_ps(inv);
+            __m256i q[4];
+            for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(vs[j], sc));
+            // |q| ≤ 127: the saturating packs are exact; they interleave 4-byte groups, the
+            // permutation puts them back in order
+            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(xq + (size_t)i * k + 32 * b), _mm256_permutevar8x32_epi32(p, order));
+            __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+            xd[(size_t)i * nb + b] = d;
+            xs[(size_t)i * nb + b] = d * (float)_mm_cvtsi128_si32(s4);
+        }
+}
+
+// As pack_transposed_q8_avx512, 8 columns at a time (half h of a group of 16).
+IK_AVX2
+static void pack_transposed_q8_avx2(const float *w, int rows, int cols, void *dst) {
+    const int nb = rows / 32;
+    uint8_t *out = (uint8_t *)dst;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256i byte = _mm256_set1_epi32(0xFF);
+    for (int b = 0; b < nb; b++)
+        for (int g = 0; g < cols / 16; g++)
+            for (int h = 0; h < 2; h++) {
+                uint8_t *chunk = out + ((size_t)g * nb + b) * 640;
+                const float *src = w + (size_t)(32 * b) * cols + 16 * g + 8 * h;
+                __m256 v[32], amax = _mm256_setzero_ps();
+                for (int j = 0; j < 32; j++) {
+                    v[j] = _mm256_loadu_ps(src + (size_t)j * cols);
+                    amax = _mm256_max_ps(amax, _mm256_and_ps(v[j], absmask));
+                }
+                const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
+                const __m256 nz = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_GT_OQ);
+                const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), nz);
+                __m256i sum = _mm256_setzero_si256();
+                for (int t = 0; t < 8; t++) {
+                    __m256i lanes = _mm256_setzero_si256();
+                    for (int c = 0; c < 4; c++) {
+                        const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(v[4 * t + c], inv));
+                        sum = _mm256_add_epi32(sum, q);
+                        lanes = _mm256_or_si256(lanes, _mm256_slli_epi32(_mm256_and_si256(q, byte), 8 * c));
+                    }
+                    _mm256_store_si256((__m256i *)(chunk + 64 * t + 32 * h), lanes);
+                }
+                _mm256_store_ps((float *)(chunk + 512 + 32 * h), d);
+                _mm256_store_ps((float *)(chunk + 576 + 32 * h),
+                                _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(-128.0f), d), _mm256_cvtepi32_ps(sum)));
+            }
+}
 #endif
+
+// ---- dispatch: the level ik_level() names ----
+
+void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
+#if defined(__x86_64__)
+    if (ik_level() == IK_AVX512_VNNI) pack_transposed_q8_avx512(w, rows, cols, dst);
+    else if (ik_level() == IK_AVX2_LEVEL) pack_transposed_q8_avx2(w, rows, cols, dst);
+#else
+    (void)w; (void)rows; (void)cols; (void)dst;
+#endif
+}
+
+void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
+#if defined(__x86_64__)
+    if (ik_level() == IK_AVX512_VNNI) quantize_rows_avx512(x, m, k, xq, xd, xs);
+    else if (ik_level() == IK_AVX2_LEVEL) quantize_rows_avx2(x, m, k, xq, xd, xs);
+#else
+    (void)x; (void)m; (void)k; (void)xq; (void)xd; (void)xs;
+#endif
+}
+
+void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+               float *y, int ldy, int g0, int g1, int accumulate) {
+#if defined(__x86_64__)
+    if (ik_level() == IK_AVX512_VNNI) linear_avx512(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+    else if (ik_level() == IK_AVX2_LEVEL) linear_avx2(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+#else
+    (void)packed; (void)kind; (void)k; (void)xq; (void)xd; (void)xs; (void)m; (void)y; (void)ldy; (void)g0; (void)g1;
+    (void)accumulate;
+#endif
+}

@@ -301,6 +301,7 @@ public struct BenchCommand: ParsableCommand {
             "eval_ms": m["eval_ms"] ?? 0, "n_test": Int(m["n_test"] ?? 0), "n_train": Int(m["n_train"] ?? 0), "steps": times.count,
             "layer": job.layer, "threads": modelOptions.threads, "solver": job.solver.rawValue,
             "precision": job.solve.precision.effective.rawValue, "exact_match": m["exact_match"] ?? 0,
+            "int8_kernels": job.solve.precision.effective == .int8 ? Int8Kernels.current.rawValue : "none",
             "zero_shot_exact_match": m["zero_shot_exact_match"] ?? 0,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]

@@ -2,7 +2,7 @@ import Engine
 import Foundation
 import XCTest
 
-final class InterventionTests: XCTestCase {
+extension XCTestCase {
     /// The ten antonym prompts/targets recorded in parity.json (split seed 0, Q/A format).
     func trainingBatch(_ lm: LanguageModel) throws -> (prompts: [[Int]], targets: [Int], json: [String: Any]) {
         let root = try loadJSON(TestPaths.parity) as! [String: Any]
@@ -11,7 +11,9 @@ final class InterventionTests: XCTestCase {
         XCTAssertEqual(prompts, tr["prompt_token_ids"] as! [[Int]])
         return (prompts, tr["target_first_token_ids"] as! [Int], tr)
     }
+}
 
+final class InterventionTests: XCTestCase {
     /// The single-token path must give the same logits as a whole forward pass with Δ hooked in.
     func testPathLogitsEqualFullForwardWithDelta() throws {
         let lm = try SharedModel.get()
@@ -93,7 +95,7 @@ final class InterventionTests: XCTestCase {
     /// int8: the threads split every product's outputs (no partial sums), so the result does not
     /// depend on the thread count at all.
     func testInt8IsBitIdenticalOnOneAndTwoThreads() throws {
-        guard Precision.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        guard Precision.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
         let lm1 = try SharedModel.get()
         let lm2 = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
         let (prompts, targets, _) = try trainingBatch(lm1)
@@ -111,7 +113,7 @@ final class InterventionTests: XCTestCase {
     /// random Δ: the loss and its gradient stay close to the exact ones (measured: loss within
     /// 0.3%, cosine 0.9995, norm within 1%).
     func testInt8LossAndGradientStayCloseToFP32() throws {
-        guard Precision.int8Available else { throw XCTSkip("this CPU has no AVX-512 VNNI: the int8 kernel never runs here") }
+        guard Precision.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
         let lm = try SharedModel.get()
         let (prompts, targets, _) = try trainingBatch(lm)
         var rng = SplitMix64(seed: 5)

@@ -1,11 +1,27 @@
-// Integer kernels the Swift engine cannot express: AVX-512 VNNI dot products (vpdpbusd), chosen
-// at run time. Every entry point is safe to call only when ik_available() returns 1.
+// Integer kernels the Swift engine cannot express: int8 dot products with AVX-512 VNNI (vpdpbusd)
+// or AVX2 (vpmaddubsw + vpmaddwd), the level chosen at run time. Both levels read the same packed
+// layouts and give bit-identical results. The products and packers are safe to call only when
+// ik_available() returns 1; ik_pack_q4/ik_pack_q8 and ik_packed_bytes run anywhere.
 #ifndef CKERNELS_H
 #define CKERNELS_H
 #include <stddef.h>
 #include <stdint.h>
 
-/// 1 when this CPU has AVX-512 F/BW/VL and VNNI (the int8 kernels can run), else 0.
+/// Kernel levels, lowest first.
+enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX512_VNNI = 2 };
+
+/// The highest level this CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA, else none.
+int ik_cpu_level(void);
+
+/// The level the products use: at first call the CPU's, lowered by $INTERVENE_INT8_KERNELS
+/// ("avx2" or "none"; anything else keeps the CPU's), then whatever ik_set_level chose.
+int ik_level(void);
+
+/// Uses `wanted`, or the CPU's level if lower; returns the level now in use. Packed weights stay
+/// valid across levels (one layout); ik_pack_transposed_q8's copies too.
+int ik_set_level(int wanted);
+
+/// 1 when ik_level() is above IK_NONE (the int8 products can run), else 0.
 int ik_available(void);
 
 /// The two packed layouts.

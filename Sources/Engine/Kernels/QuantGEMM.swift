@@ -29,7 +29,8 @@ public final class PackedWeight: @unchecked Sendable {
     public let rowBytes: Int
     let base: UnsafeMutableRawPointer
     /// The same weights laid out for the int8 kernel (`ik_pack_q4` / `ik_pack_q8`: 16 rows × 32
-    /// columns per chunk), when `rows` is a multiple of 16 and the CPU has VNNI.
+    /// columns per chunk), when `rows` is a multiple of 16 and the CPU runs some int8 level (one
+    /// layout serves every level).
     public let int8: UnsafeMutableRawPointer?
     var int8Kind: Int32 { kind.int8Kind }
 
@@ -41,7 +42,7 @@ public final class PackedWeight: @unchecked Sendable {
         base = .allocate(byteCount: max(rows * rowBytes, 1), alignment: 64)
         base.initializeMemory(as: UInt8.self, repeating: 0, count: rows * rowBytes)
         for r in 0..<rows { Self.pack(q, row: r, blocks: blocks, into: base + r * rowBytes) }
-        if QuantGEMM.int8Available, rows % 16 == 0 {
+        if Int8Kernels.cpu != .none, rows % 16 == 0 {
             let p = UnsafeMutableRawPointer.allocate(byteCount: ik_packed_bytes(q.kind.int8Kind, Int32(rows), Int32(cols)),
                                                      alignment: 64)
             switch q.kind {
@@ -199,8 +200,8 @@ public enum QuantGEMM {
         }
     }
 
-    /// Whether this CPU runs the int8 kernels (AVX-512 F/BW/VL + VNNI), read once.
-    public static let int8Available: Bool = ik_available() == 1
+    /// Whether the int8 products run now (`Int8Kernels.current` is not `.none`).
+    public static var int8Available: Bool { Int8Kernels.current != .none }
 
     /// `linear(x, m, cols:, outs)` with x rounded to int8 per block of 32 and integer dot
     /// products against the 4- or 8-bit weights (every `outs[p].q.int8` must exist): ~4× the fp32
@@ -218,6 +219,16 @@ public enum QuantGEMM {
             ik_linear(o.q.int8, o.q.int8Kind, Int32(k), xq, xd, xs, Int32(m), o.y, Int32(o.rows), Int32(r0 / 16), Int32(r1 / 16),
                       accumulate ? 1 : 0)
         }
+    }
+
+    /// Packs Wᵀ of the fp32 W [rows × cols] as an 8-bit matrix for the backward product
+    /// (`ik_pack_transposed_q8`); `dst` holds `transposedBytes(rows:cols:)` bytes, 64-aligned.
+    public static func packTransposedQ8(_ w: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutableRawPointer) {
+        precondition(rows % 32 == 0 && cols % 16 == 0 && int8Available)
+        ik_pack_transposed_q8(w, Int32(rows), Int32(cols), dst)
+    }
+    public static func transposedBytes(rows: Int, cols: Int) -> Int {
+        ik_packed_bytes(Int32(IK_Q8), Int32(cols), Int32(rows))
     }
 
     /// One input of an int8 backward product: Wᵀ packed by `ik_pack_transposed_q8` (W has `rows`
@@ -602,4 +613,42 @@ extension QuantGEMM {
             return used
         }
     }
+}
+
+/// The int8 products' instruction set, chosen at run time: the best this CPU has unless lowered
+/// by `$INTERVENE_INT8_KERNELS` (avx2 | none) or by setting `current` (tests, benchmarks). The
+/// levels give bit-identical products (one packed layout, the same integer sums and the same
+/// float operations in the same order), so a result does not depend on which one ran.
+public enum Int8Kernels: String, CaseIterable, Sendable {
+    /// No int8 kernel: `Precision.int8` runs as fp32.
+    case none
+    /// AVX2 + FMA: vpmaddubsw + vpmaddwd (Haswell and later, Zen 1 and later).
+    case avx2
+    /// AVX-512 F/BW/VL + VNNI: vpdpbusd (Ice Lake and later, Zen 4 and later).
+    case avx512vnni = "avx512-vnni"
+
+    init(level: Int32) {
+        switch level {
+        case Int32(IK_AVX512_VNNI): self = .avx512vnni
+        case Int32(IK_AVX2_LEVEL): self = .avx2
+        default: self = .none
+        }
+    }
+    var level: Int32 {
+        switch self {
+        case .none: return Int32(IK_NONE)
+        case .avx2: return Int32(IK_AVX2_LEVEL)
+        case .avx512vnni: return Int32(IK_AVX512_VNNI)
+        }
+    }
+
+    /// The best level this CPU runs.
+    public static var cpu: Int8Kernels { Int8Kernels(level: ik_cpu_level()) }
+    /// The level in use; setting a level above the CPU's gives the CPU's.
+    public static var current: Int8Kernels {
+        get { Int8Kernels(level: ik_level()) }
+        set { _ = ik_set_level(newValue.level) }
+    }
+    /// Every level this CPU runs, best first.
+    public static var supported: [Int8Kernels] { allCases.filter { $0.level <= cpu.level }.sorted { $0.level > $1.level } }
 }

@@ -1,0 +1,130 @@
+import Engine
+import Foundation
+import XCTest
+
+/// The int8 kernel levels (`Int8Kernels`) against each other: every level this CPU runs must give
+/// the best level's products bit for bit (the same packed weights, integer sums and float
+/// operations), forward, backward and through a whole loss-and-gradient. A binary built here then
+/// gives the same Δ on a CPU with only the lower level.
+final class KernelLevelTests: XCTestCase {
+    override func tearDown() {
+        Int8Kernels.current = Int8Kernels.cpu
+        super.tearDown()
+    }
+
+    func levels() throws -> [Int8Kernels] {
+        let levels = Int8Kernels.supported.filter { $0 != .none }
+        guard levels.count > 1 else {
+            throw XCTSkip("this CPU runs \(levels.count) int8 level(s) (\(Int8Kernels.cpu.rawValue)): nothing to compare")
+        }
+        return levels
+    }
+
+    func testSettingALevelAboveTheCPUsGivesTheCPUs() {
+        Int8Kernels.current = .avx512vnni
+        XCTAssertEqual(Int8Kernels.current, Int8Kernels.cpu)
+        Int8Kernels.current = .none
+        XCTAssertEqual(Int8Kernels.current, Int8Kernels.none)
+        XCTAssertFalse(Precision.int8Available)
+        XCTAssertEqual(Precision.int8.effective, .fp32, "no int8 level: int8 runs as fp32")
+    }
+
+    /// Forward products, every tile height (1…13 rows crosses both levels' tile sizes), 4- and
+    /// 8-bit weights, then the backward through the transposed 8-bit copies.
+    func testEveryLevelGivesTheSameProductsBitForBit() throws {
+        let levels = try levels()
+        let lm = try SharedModel.get()
+        let b = lm.model.blocks[3]
+        let forward = [[b.wq, b.wk, b.wv], [b.wDown], [lm.model.output]]
+        var rng = SplitMix64(seed: 99)
+        for ws in forward {
+            let k = ws[0].cols
+            let qs = try ws.map { try XCTUnwrap(CPUBackend.packed($0)) }
+            for m in [1, 3, 4, 5, 12, 13] {
+                let x = (0..<(m * k)).map { _ in Float(rng.uniform() * 4 - 2) }
+                var results: [[[UInt32]]] = []
+                for level in levels {
+                    Int8Kernels.current = level
+                    XCTAssertEqual(Int8Kernels.current, level)
+                    let ptrs = ws.map { w -> UnsafeMutablePointer<Float> in
+                        let p = UnsafeMutablePointer<Float>.allocate(capacity: m * w.rows)
+                        p.initialize(repeating: 0.25, count: m * w.rows)
+                        return p
+                    }
+                    defer { ptrs.forEach { $0.deallocate() } }
+                    QuantGEMM.linearInt8(x, m, cols: k, zip(qs, ptrs).map { .init($0, $1) }, accumulate: true, threads: 2)
+                    results.append(zip(ws, ptrs).map { w, p in UnsafeBufferPointer(start: p, count: m * w.rows).map(\.bitPattern) })
+                }
+                for (i, r) in results.enumerated().dropFirst() {
+                    XCTAssertEqual(r, results[0], "\(ws.map(\.name)) m=\(m): \(levels[i].rawValue) differs from \(levels[0].rawValue)")
+                }
+            }
+        }
+        for ws in [[b.wq, b.wk, b.wv], [b.wGate, b.wUp], [b.wDown]] {
+            let k = ws[0].cols
+            for m in [1, 5, 10] {
+                let dys = ws.map { w in (0..<(m * w.rows)).map { _ in Float(rng.uniform() * 2 - 1) } }
+                var results: [[UInt32]] = []
+                for level in levels {
+                    Int8Kernels.current = level
+                    let ins = try zip(ws, dys).map { w, dy in
+                        QuantGEMM.TransposedInput(
+                            transposed: try XCTUnwrap(CPUBackend.transposedInt8(w)),
+                            dy: dy.withUnsafeBufferPointer { $0.baseAddress! }, rows: w.rows)
+                    }
+                    var dx = [Float](repeating: 0.5, count: m * k)
+                    withExtendedLifetime(dys) {
+                        dx.withUnsafeMutableBufferPointer {
+                            QuantGEMM.linearBackwardInt8(ins, m, cols: k, $0.baseAddress!, accumulate: true, threads: 2)
+                        }
+                    }
+                    results.append(dx.map(\.bitPattern))
+                }
+                for (i, r) in results.enumerated().dropFirst() {
+                    XCTAssertEqual(r, results[0], "backward \(ws.map(\.name)) m=\(m): \(levels[i].rawValue) differs")
+                }
+            }
+        }
+    }
+
+    /// The transposed 8-bit copy itself, packed at each level from the same fp32 W.
+    func testTransposedPackingIsTheSameAtEveryLevel() throws {
+        let levels = try levels()
+        let rows = 64, cols = 48
+        var rng = SplitMix64(seed: 3)
+        var w = (0..<(rows * cols)).map { _ in Float(rng.uniform() * 2 - 1) }
+        for c in 0..<cols { w[5 * cols + c] = 0 }              // a zero run start
+        for r in 32..<64 { w[r * cols + 7] = 0 }               // an all-zero run of 32 (scale 0)
+        var packs: [[UInt8]] = []
+        let n = QuantGEMM.transposedBytes(rows: rows, cols: cols)
+        for level in levels {
+            Int8Kernels.current = level
+            let p = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
+            defer { p.deallocate() }
+            w.withUnsafeBufferPointer { QuantGEMM.packTransposedQ8($0.baseAddress!, rows: rows, cols: cols, into: p) }
+            packs.append(Array(UnsafeRawBufferPointer(start: p, count: n)))
+        }
+        for (i, p) in packs.enumerated().dropFirst() { XCTAssertEqual(p, packs[0], "\(levels[i].rawValue) packs differently") }
+    }
+
+    /// A whole int8 loss and gradient through 26 layers: identical at every level.
+    func testInt8GradientIsTheSameAtEveryLevel() throws {
+        let levels = try levels()
+        let lm = try SharedModel.get()
+        let (prompts, targets, _) = try trainingBatch(lm)
+        var rng = SplitMix64(seed: 8)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) }
+        var results: [(Float, [Float])] = []
+        for level in levels {
+            Int8Kernels.current = level
+            let path = InterventionPath(model: lm, layer: 4, prompts: prompts)
+            path.precision = .int8
+            let r = path.lossAndGradient(delta: delta, loss: .nextToken(targets: targets))
+            results.append((r.loss, r.grad))
+        }
+        for (i, r) in results.enumerated().dropFirst() {
+            XCTAssertEqual(r.0.bitPattern, results[0].0.bitPattern, "loss at \(levels[i].rawValue)")
+            XCTAssertEqual(r.1.map(\.bitPattern), results[0].1.map(\.bitPattern), "gradient at \(levels[i].rawValue)")
+        }
+    }
+}
