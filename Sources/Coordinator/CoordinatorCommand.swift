@@ -25,7 +25,7 @@ public struct CoordinatorCommand: ParsableCommand {
         Jobs are identified by a hash of their parameters, so submitting a grid again reuses every \
         finished job and runs only what is missing (or had failed).
         """,
-        subcommands: [Serve.self, Submit.self, Status.self, Tail.self, Results.self, Cancel.self, Bench.self]
+        subcommands: [Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Cancel.self, Bench.self]
     )
     public init() {}
 }
@@ -58,6 +58,9 @@ func runClient(_ body: () throws -> Void) throws {
         printError("error: \(e)")
         throw ExitCode.failure
     } catch let e as ZMQError {
+        printError("error: \(e)")
+        throw ExitCode.failure
+    } catch let e as CompareError {
         printError("error: \(e)")
         throw ExitCode.failure
     }
@@ -378,6 +381,60 @@ extension CoordinatorCommand {
                 let r = try client.client().query(experiment: experiment)
                 let text = Render.results(try r.jobs.map(JobView.init), format: format)
                 print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
+            }
+        }
+    }
+}
+
+// MARK: compare
+
+extension CoordinatorCommand {
+    struct Compare: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Compare configurations task by task on one metric, paired by seed.",
+            discussion: """
+            Gathers the done jobs of the experiments named, groups them into arms (every parameter \
+            but model, task, seed and test size) and prints one row per task: each arm's mean ± std \
+            over seeds and its difference from the baseline arm paired by seed (± SE), then the \
+            mean over the tasks every arm has (SE = √(Σ SE_t²)/T), the worst task's difference, and \
+            the mean final objective, loss, ‖Δ‖ and non-zeros of each arm beside the metric.
+
+            Examples:
+              coordinator compare dev-base dev-subgrad
+              coordinator compare dev-base dev-subgrad --baseline adam-subgradient --format markdown
+              coordinator compare quickstart --metric judge_accuracy --format json
+            """
+        )
+
+        @Argument(help: "One or more experiments; their jobs are pooled.")
+        var experiments: [String]
+
+        @Option(help: "The metric compared.")
+        var metric: String = "exact_match"
+
+        @Option(help: "The arm the others are paired against: its label, or a part of it that names one arm (default: the first arm).")
+        var baseline: String?
+
+        @Option(help: "table, markdown or json.")
+        var format: String = "table"
+
+        @OptionGroup var client: ClientOptions
+
+        func validate() throws {
+            guard ["table", "markdown", "json"].contains(format) else {
+                throw ValidationError("--format must be table, markdown or json, not \"\(format)\"")
+            }
+            guard !experiments.isEmpty else { throw ValidationError("name at least one experiment") }
+        }
+
+        func run() throws {
+            try runClient {
+                let c = try client.client()
+                var jobs: [JobView] = []
+                for e in experiments { jobs += try c.query(experiment: e).jobs.map(JobView.init) }
+                let cmp = try Comparison.make(jobs, metric: metric, baseline: baseline)
+                let text = format == "json" ? Render.comparisonJSON(cmp) : Render.comparison(cmp, markdown: format == "markdown")
+                print(text, terminator: "")
             }
         }
     }

@@ -189,29 +189,37 @@ public enum Render {
         return s.n > 1 ? String(format: "%.3f ± %.3f", s.mean, s.std) : String(format: "%.3f", s.mean)
     }
 
+    /// A configuration's parameters besides task, method and seed, as tables name them: "" where
+    /// the job's method has no such axis. The summary shows those that vary; `Comparison` labels
+    /// its arms with them.
+    public static let parameterColumns: [(String, (JobSpec) -> String)] = {
+        typealias Column = (String, (JobSpec) -> String)
+        var c: [Column] = []
+        c.append(("model", { $0.model }))
+        c.append(("layer", { axis($0, .layer, String($0.layer)) }))
+        c.append(("λ", { axis($0, .lambda, num($0.lambda)) }))
+        c.append(("γ", { axis($0, .gamma, num($0.gamma)) }))
+        c.append(("steps", { axis($0, .solver, String($0.steps)) }))
+        c.append(("lr", { axis($0, .solver, num($0.lr)) }))
+        c.append(("solver", { axis($0, .solver, $0.solver?.rawValue ?? "") }))
+        c.append(("precision", { axis($0, .solver, $0.precision?.rawValue ?? "") }))
+        c.append(("train", { String($0.trainSize) }))
+        c.append(("test", { String($0.testSize) }))
+        c.append(("shots", { axis($0, .shots, String($0.shots)) }))
+        c.append(("max_new_tokens", { String($0.maxNewTokens) }))
+        c.append(("prompt", { $0.promptTemplate }))
+        c.append(("target", { $0.targetTemplate }))
+        for t in Tunable.all { c.append((String(t.name), { axis($0, t.axis, num($0[t])) })) }
+        return c
+    }()
+
     /// The per-configuration table: one row per configuration, mean ± std over seeds.
     public static func summary(_ jobs: [JobView]) -> String {
         let rows = configurations(jobs)
         let metrics = metricColumns(jobs)
         // Show the parameters that vary between configurations, plus task and method.
         var cols: [(String, (JobSpec) -> String)] = [("task", { $0.task }), ("method", { $0.method.rawValue })]
-        let tunableColumns: [(String, (JobSpec) -> String)] = Tunable.all.map { t in
-            (String(t.name), { (s: JobSpec) -> String in axis(s, t.axis, num(s[t])) })
-        }
-        let optional: [(String, (JobSpec) -> String)] = [
-            ("model", { $0.model }),
-            ("layer", { axis($0, .layer, String($0.layer)) }),
-            ("λ", { axis($0, .lambda, num($0.lambda)) }),
-            ("γ", { axis($0, .gamma, num($0.gamma)) }),
-            ("steps", { axis($0, .solver, String($0.steps)) }),
-            ("lr", { axis($0, .solver, num($0.lr)) }),
-            ("solver", { axis($0, .solver, $0.solver?.rawValue ?? "") }),
-            ("precision", { axis($0, .solver, $0.precision?.rawValue ?? "") }),
-            ("train", { String($0.trainSize) }),
-            ("test", { String($0.testSize) }),
-            ("shots", { axis($0, .shots, String($0.shots)) }),
-        ] + tunableColumns
-        for (name, f) in optional {
+        for (name, f) in parameterColumns {
             let values = Set(rows.map { f($0.key) })
             if values.count > 1 || ["layer", "λ", "γ"].contains(name) { cols.append((name, f)) }
         }
