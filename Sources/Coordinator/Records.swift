@@ -94,14 +94,27 @@ public struct WorkerCapabilities: Equatable, Sendable {
     /// Method families this worker runs (`JobMethod.Family` names); empty means any.
     public var methods: [String]
     public var modelsCached: [String]
+    /// Solver precisions this worker's CPU runs (`Precision` names); empty means not said (any).
+    public var precisions: [String]
 
     public init(device: WorkerDevice = .cpu, deviceIndex: Int = -1, threads: Int = 1, hostname: String = "",
-                methods: [String] = [], modelsCached: [String] = []) {
+                methods: [String] = [], modelsCached: [String] = [], precisions: [String] = []) {
         self.device = device; self.deviceIndex = deviceIndex; self.threads = threads
         self.hostname = hostname; self.methods = methods; self.modelsCached = modelsCached
+        self.precisions = precisions
     }
 
     public func runs(_ method: JobMethod) -> Bool {
         methods.isEmpty || methods.contains(method.family.rawValue)
     }
+
+    /// Whether the job's solver precision runs here as the job names it (a job without a solver
+    /// has none to check).
+    public func runsPrecision(of spec: JobSpec) -> Bool {
+        guard spec.method.axes.contains(.solver), !precisions.isEmpty else { return true }
+        return precisions.contains((spec.precision ?? .solverDefault).rawValue)
+    }
+
+    /// Method family and precision both.
+    public func runs(_ spec: JobSpec) -> Bool { runs(spec.method) && runsPrecision(of: spec) }
 }

@@ -212,7 +212,7 @@ public struct Scheduler {
     /// Why a queued job waits.
     public func pendingReason(_ id: String) -> String? {
         guard let j = jobs[id], j.state == .queued else { return nil }
-        return waitReason(device: j.device, method: j.spec.method)
+        return waitReason(device: j.device, spec: j.spec)
     }
 
     /// Why each of these jobs waits (nil entries for jobs that are not queued); one computation per
@@ -222,21 +222,28 @@ public struct Scheduler {
         var out: [String: String] = [:]
         for id in ids {
             guard let j = jobs[id], j.state == .queued else { continue }
-            let key = j.device.rawValue + "|" + j.spec.method.family.rawValue
+            let key = j.device.rawValue + "|" + j.spec.method.family.rawValue + "|"
+                + (j.spec.normalised.precision?.rawValue ?? "")
             if let r = memo[key] { out[id] = r; continue }
-            let r = waitReason(device: j.device, method: j.spec.method)
+            let r = waitReason(device: j.device, spec: j.spec)
             memo[key] = r
             out[id] = r
         }
         return out
     }
 
-    private func waitReason(device: DeviceRequirement, method: JobMethod) -> String {
+    private func waitReason(device: DeviceRequirement, spec: JobSpec) -> String {
         let live = workers.values.filter { $0.capabilities != nil }
         if live.isEmpty { return "no worker connected" }
-        let family = method.family.rawValue
-        let byMethod = live.filter { $0.capabilities!.runs(method) }
-        if byMethod.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
+        let family = spec.method.family.rawValue
+        let byFamily = live.filter { $0.capabilities!.runs(spec.method) }
+        if byFamily.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
+        let byMethod = byFamily.filter { $0.capabilities!.runsPrecision(of: spec) }
+        if byMethod.isEmpty, let p = spec.normalised.precision {
+            return "needs a worker whose CPU runs \(p.rawValue) products (int8: AVX2 or AVX-512 VNNI); the "
+                + "\(byFamily.count) connected run \(Set(byFamily.flatMap { $0.capabilities!.precisions }).sorted().joined(separator: ", ")) "
+                + "only (solver.precision \"fp32\" runs anywhere)"
+        }
         let fitting = byMethod.filter { device.fits($0.capabilities!.device) }
         let need = device == .any ? "" : "needs \(device.rawValue), "
         let kind = device == .any ? "" : device.rawValue + " "
@@ -570,7 +577,7 @@ public struct Scheduler {
             // Move the queue out while the closures read `jobs` (no overlapping access, no copy).
             var q = queue
             queue = DeviceQueues()
-            let picked = q.popFirst(for: caps.device, fits: { jobs[$0].map { caps.runs($0.spec.method) } ?? false },
+            let picked = q.popFirst(for: caps.device, fits: { jobs[$0].map { caps.runs($0.spec) } ?? false },
                                     isLive: { jobs[$0]?.state == .queued })
             queue = q
             guard let j = picked else { continue }

@@ -150,7 +150,7 @@ extension CoordinatorServer {
             identityByWorker[name] = identity
             let caps = WorkerCapabilities(device: h.device == "gpu" ? .gpu : .cpu, deviceIndex: Int(h.deviceIndex),
                                           threads: Int(h.threads), hostname: h.hostname, methods: h.methods,
-                                          modelsCached: h.modelsCached)
+                                          modelsCached: h.modelsCached, precisions: h.precisions)
             log("worker \(name) connected (\(h.device)\(h.device == "gpu" ? " \(h.deviceIndex)" : ""), \(h.threads) threads, \(h.hostname) pid \(h.pid))")
             let hello = SchedulerEvent.workerHello(worker: name, capabilities: caps, newConnection: newConnection)
             apply(scheduler.handle(hello, now: now), now: now)

@@ -283,6 +283,9 @@ public nonisolated struct Intervene_V1_Hello: Sendable {
   /// method families this build runs, e.g. "synthetic", "engine"
   public var methods: [String] = []
 
+  /// solver precisions this worker's CPU runs, e.g. "fp32", "int8";
+  public var precisions: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1394,7 +1397,7 @@ nonisolated extension Intervene_V1_Envelope: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Intervene_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}device\0\u{3}device_index\0\u{1}threads\0\u{3}models_cached\0\u{1}hostname\0\u{1}pid\0\u{1}version\0\u{1}methods\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_id\0\u{1}device\0\u{3}device_index\0\u{1}threads\0\u{3}models_cached\0\u{1}hostname\0\u{1}pid\0\u{1}version\0\u{1}methods\0\u{1}precisions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1411,6 +1414,7 @@ nonisolated extension Intervene_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.pid) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.version) }()
       case 9: try { try decoder.decodeRepeatedStringField(value: &self.methods) }()
+      case 10: try { try decoder.decodeRepeatedStringField(value: &self.precisions) }()
       default: break
       }
     }
@@ -1444,6 +1448,9 @@ nonisolated extension Intervene_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.methods.isEmpty {
       try visitor.visitRepeatedStringField(value: self.methods, fieldNumber: 9)
     }
+    if !self.precisions.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.precisions, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1457,6 +1464,7 @@ nonisolated extension Intervene_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.pid != rhs.pid {return false}
     if lhs.version != rhs.version {return false}
     if lhs.methods != rhs.methods {return false}
+    if lhs.precisions != rhs.precisions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -29,6 +29,7 @@ public struct NodeOptions: Sendable {
         h.pid = UInt32(clamping: ProcessInfo.processInfo.processIdentifier)
         h.version = WorkerNode.version
         h.methods = RunnerRegistry.methodFamilies
+        h.precisions = Precision.runnable.map(\.rawValue)
         return h
     }
 }

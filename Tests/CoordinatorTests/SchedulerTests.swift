@@ -91,6 +91,36 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(s.pendingReason(js[0].id), "needs a worker that runs engine jobs, none connected")
     }
 
+    /// An int8 job goes only to a worker whose CPU runs int8 products (Hello's precisions), and
+    /// waits with a reason that says so; its fp32 twin runs on the fp32-only worker; a worker that
+    /// says nothing (an older build) takes either.
+    func testInt8JobsGoOnlyToWorkersThatRunInt8() {
+        func job(_ p: Precision, seed: Int) -> SubmittedJob {
+            let spec = JobSpec(task: "t", method: .intervention, seed: seed, steps: 10, precision: p)
+            return SubmittedJob(id: spec.id, spec: spec, device: .any)
+        }
+        let int8 = job(.int8, seed: 0), fp32 = job(.fp32, seed: 1)
+        var noSolver = JobSpec(task: "t", method: .zeroShot, seed: 2)
+        noSolver.precision = nil
+        let zero = SubmittedJob(id: noSolver.id, spec: noSolver, device: .any)
+        _ = connect("arm", WorkerCapabilities(device: .cpu, precisions: ["fp32"]))
+        let a = assignments(on(.submit(experiment: "e", gridJSON: "{}", jobs: [int8, fp32, zero])))
+        XCTAssertEqual(a.map(\.job), [fp32.id], "the fp32-only worker skips the int8 job and takes the fp32 one")
+        XCTAssertEqual(s.job(int8.id)?.state, .queued)
+        let reason = s.pendingReason(int8.id) ?? ""
+        XCTAssertTrue(reason.contains("int8") && reason.contains("run fp32 only"), reason)
+        _ = on(.result(worker: "arm", job: fp32.id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+        XCTAssertEqual(assignments(on(.workerReady(worker: "arm"))).map(\.job), [zero.id], "no solver: nothing to check")
+
+        _ = connect("x86", WorkerCapabilities(device: .cpu, precisions: ["fp32", "int8"]))
+        XCTAssertEqual(s.job(int8.id)?.state, .running)
+        XCTAssertEqual(s.job(int8.id)?.worker, "x86")
+
+        let later = job(.int8, seed: 3)
+        _ = connect("old", cpu)  // says no precisions: takes anything
+        XCTAssertEqual(assignments(on(.submit(experiment: "e2", gridJSON: "{}", jobs: [later]))).map(\.worker), ["old"])
+    }
+
     func testCPUWorkerSkipsGPUJobsButTakesLaterCPUJob() {
         _ = connect("c1", cpu)
         let g = jobs(1, device: .gpu)

@@ -70,6 +70,8 @@ final class CPUCopies: @unchecked Sendable {
 extension Precision {
     /// Whether `int8` products can run on this CPU at all.
     public static var int8Available: Bool { QuantGEMM.int8Available }
+    /// The precisions this CPU runs as named (a worker says so in its Hello).
+    public static var runnable: [Precision] { allCases.filter { $0.effective == $0 } }
     /// What actually runs on this CPU: `int8` falls back to `fp32` without an int8 kernel level.
     public var effective: Precision { self == .int8 && !Self.int8Available ? .fp32 : self }
 }
