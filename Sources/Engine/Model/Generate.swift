@@ -42,9 +42,14 @@ extension LanguageModel {
         return Generation(tokens: out, firstArgmax: first)
     }
 
-    /// Greedy decoding from `logits` (one row per cache, the prompt pass's last position) until each
-    /// sequence meets its stop rule. Returns the new tokens and the first argmax per sequence.
-    func decode(caches: [KVCache], logits first: [Float], stop: StopRules) -> (tokens: [[Int]], first: [Int]) {
+    /// Decoding from `logits` (one row per cache, the prompt pass's last position) until each
+    /// sequence meets its stop rule, each token chosen by `choose(sequence, logits, V)` (default:
+    /// the argmax), each step run with `hooks`. Returns the new tokens and the first token chosen
+    /// per sequence.
+    func decode(caches: [KVCache], logits first: [Float], stop: StopRules, hooks: ForwardHooks? = nil,
+                choose: (Int, UnsafePointer<Float>, Int) -> Int = { _, z, V in Ops.argmax(z, V) })
+        -> (tokens: [[Int]], first: [Int])
+    {
         let V = config.vocabSize, S = caches.count
         var logits = first
         var out = [[Int]](repeating: [], count: S)
@@ -55,7 +60,7 @@ extension LanguageModel {
             var next: [Int] = [], still: [Int] = []
             logits.withUnsafeBufferPointer { lb in
                 for (i, s) in active.enumerated() {
-                    let id = Ops.argmax(lb.baseAddress! + i * V, V)
+                    let id = choose(s, lb.baseAddress! + i * V, V)
                     if step == 0 { firstIDs[s] = id }
                     if stop.budget(sequence: s) <= 0 { continue }     // a zero budget: first id only
                     if stop.atEOS && (id == tokenizer.eosID || tokenizer.isControl(id)) { continue }
@@ -68,7 +73,7 @@ extension LanguageModel {
             active = still
             step += 1
             if active.isEmpty { break }
-            logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] })
+            logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] }, hooks: hooks)
         }
         return (out, firstIDs)
     }
