@@ -27,12 +27,7 @@ public struct GenerateCommand: ParsableCommand {
         """)
 
     @OptionGroup public var modelOptions: ModelOptions
-
-    @Option(name: .long, help: ArgumentHelp("A Δ artefact (repeatable).", valueName: "path"))
-    public var delta: [String] = []
-
-    @Option(name: .long, help: "Multiply every Δ by this factor.")
-    public var scale: Float = 1
+    @OptionGroup var deltas: DeltaOptions
 
     @Option(name: .long, help: "Where Δ is added: last (the prompt's last token, as trained), all, or generated.")
     public var positions: String = DeltaPositions.last.rawValue
@@ -75,14 +70,13 @@ public struct GenerateCommand: ParsableCommand {
         guard DeltaPositions(rawValue: positions) != nil else {
             throw ValidationError("--positions must be one of \(DeltaPositions.quotedNames), not \"\(positions)\"")
         }
-        guard scale.isFinite else { throw ValidationError("--scale must be a finite number") }
         guard maxNewTokens >= 1 && maxNewTokens <= 4096 else { throw ValidationError("--max-new-tokens must be 1…4096") }
         guard temperature >= 0 && temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0") }
         guard topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard !prompt.isEmpty || promptsFile != nil else {
             throw ValidationError("give at least one --prompt or a --prompts-file")
         }
-        guard !delta.isEmpty || compare == false else {
+        guard !deltas.delta.isEmpty || compare == false else {
             throw ValidationError("--compare needs at least one --delta to compare with")
         }
     }
@@ -104,20 +98,9 @@ public struct GenerateCommand: ParsableCommand {
 
     public func run() throws {
         let texts = try loadPrompts()
-        var artefacts: [(name: String, artefact: DeltaArtefact)] = []
-        for path in delta {
-            guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read --delta \(path)") }
-            do { artefacts.append((path, try DeltaArtefact(data: data))) } catch {
-                throw CLIError("\(path) is not a Δ artefact: \(error)")
-            }
-        }
+        _ = try deltas.artefacts()   // unreadable files fail before the model loads
         let lm = try modelOptions.load()
-        let steering: Steering?
-        do {
-            steering = artefacts.isEmpty
-                ? nil
-                : try Steering(artefacts: artefacts, model: lm, scale: scale, positions: DeltaPositions(rawValue: positions)!)
-        } catch { throw CLIError("\(error)") }
+        let steering = try deltas.steering(lm, positions: DeltaPositions(rawValue: positions)!)
 
         let prompts: [String]
         if chat {
@@ -143,7 +126,7 @@ public struct GenerateCommand: ParsableCommand {
                 return r
             }
             let obj: [String: Any] = [
-                "model": lm.name, "deltas": delta, "scale": Double(scale), "positions": positions,
+                "model": lm.name, "deltas": deltas.delta, "scale": Double(deltas.scale), "positions": positions,
                 "layers": (steering?.byLayer.keys.sorted() ?? []), "temperature": Double(temperature),
                 "top_p": Double(topP), "seed": seed, "results": rows,
             ]
@@ -151,7 +134,7 @@ public struct GenerateCommand: ParsableCommand {
             return
         }
         let layers = steering.map { s in s.byLayer.keys.sorted().map(String.init).joined(separator: ", ") } ?? "none"
-        print("model \(lm.name) · Δ at layer \(layers), positions \(positions), scale \(scale)"
+        print("model \(lm.name) · Δ at layer \(layers), positions \(positions), scale \(deltas.scale)"
               + (temperature > 0 ? " · temperature \(temperature), top-p \(topP), seed \(seed)" : " · greedy"))
         for i in texts.indices {
             print("\n> \(texts[i].replacingOccurrences(of: "\n", with: "\n> "))")

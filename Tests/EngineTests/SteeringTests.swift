@@ -83,3 +83,76 @@ final class SteeringTests: XCTestCase {
         XCTAssertEqual(nucleus.tokens, greedy.tokens, "top-p → 0 keeps only the most likely token")
     }
 }
+
+/// The llama.cpp forms of a Δ (`DeltaExport`) and their emulation here.
+final class DeltaExportTests: XCTestCase {
+    func testControlVectorAndBiasFilesHoldWoDelta() throws {
+        let lm = try SharedModel.get()
+        var rng = SplitMix64(seed: 4)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) }
+        let md = DeltaMetadata(
+            model: lm.name, modelSHA256: try lm.sha256(), task: "t", method: "intervention", layer: 4,
+            heads: lm.config.nHeads, headDim: lm.config.headDim, seed: 0, lambda: 0, gamma: 0, steps: 1, lr: 0.1,
+            solver: "adam", precision: "fp32", trainSize: 10, finalLoss: 0)
+        let s = try Steering(artefacts: [("d", DeltaArtefact(delta: delta, metadata: md))], model: lm, scale: 2)
+        // W_O·(2Δ) by hand, in Double
+        let w = lm.model.blocks[4].wo
+        let expected = (0..<w.rows).map { i in
+            Float((0..<w.cols).reduce(0.0) { $0 + Double(w.data[i * w.cols + $1]) * Double(2 * delta[$1]) })
+        }
+        let dir = NSTemporaryDirectory() + "export-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+
+        try DeltaExport.controlVector(s, model: lm).write(to: URL(fileURLWithPath: dir + "/cv.gguf"))
+        let cv = try GGUFFile(path: dir + "/cv.gguf")
+        XCTAssertEqual(cv.metadata["general.architecture"]?.string, "controlvector")
+        XCTAssertEqual(cv.tensorOrder, ["direction.4"])
+        let got = try Dequant.tensor(cv, try cv.tensor("direction.4"))
+        XCTAssertEqual(got.count, lm.config.dModel)
+        for (a, b) in zip(got, expected) { XCTAssertEqual(a, b, accuracy: 1e-4 * max(1, abs(b))) }
+
+        try DeltaExport.modelWithBias(s, model: lm).write(to: dir + "/m.gguf")
+        let orig = try GGUFFile(path: lm.path), copy = try GGUFFile(path: dir + "/m.gguf")
+        XCTAssertEqual(copy.metadataKeys, orig.metadataKeys)
+        for k in orig.metadataKeys { XCTAssertEqual("\(copy.metadata[k]!)", "\(orig.metadata[k]!)", k) }
+        XCTAssertEqual(copy.tensorOrder, orig.tensorOrder + ["blk.4.attn_output.bias"])
+        for name in orig.tensorOrder {
+            XCTAssertTrue(copy.rawBytes(try copy.tensor(name)).elementsEqual(orig.rawBytes(try orig.tensor(name))), name)
+        }
+        XCTAssertEqual(try Dequant.tensor(copy, try copy.tensor("blk.4.attn_output.bias")), got)
+        // the copy still loads as the model it was
+        XCTAssertNoThrow(try LanguageModel(dir + "/m.gguf", backend: CPUBackend(threads: 1)))
+
+        var at0 = s
+        at0.byLayer = [0: delta]
+        XCTAssertThrowsError(try DeltaExport.controlVector(at0, model: lm)) { XCTAssertTrue("\($0)".contains("layer 0"), "\($0)") }
+    }
+
+    /// `worker evaluate`'s path: the native form scores what the job's evaluation scored; the
+    /// other forms differ; a zero control vector is no Δ.
+    func testEvaluationFormsAgreeWithTheJobsEvaluation() throws {
+        let lm = try SharedModel.get()
+        let pairs = try TaskRegistry().load("antonym")
+        let split = TaskSplit(pairs: pairs, seed: 0, trainSize: 10, testSize: 30)
+        let prompts = split.test.map { PromptFormat.qa.prompt($0.input) }
+        let judge = Judge.exactMatch(task: "antonym")
+        let delta = (0..<lm.config.attnDim).map { Float(($0 % 9) - 4) * 0.5 }
+        let md = DeltaMetadata(
+            model: lm.name, modelSHA256: try lm.sha256(), task: "antonym", method: "intervention", layer: 4,
+            heads: lm.config.nHeads, headDim: lm.config.headDim, seed: 0, lambda: 0, gamma: 0, steps: 1, lr: 0.1,
+            solver: "adam", precision: "fp32", trainSize: 10, finalLoss: 0)
+        let s = try Steering(artefacts: [("d", DeltaArtefact(delta: delta, metadata: md))], model: lm)
+        let job = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, deltas: [delta, nil], layer: 4, judge: judge)
+        let native = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: s, judge: judge)
+        XCTAssertEqual(native.items.map(\.prediction), job[0].items.map(\.prediction))
+        let none = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: nil, judge: judge)
+        XCTAssertEqual(none.items.map(\.prediction), job[1].items.map(\.prediction))
+        var zero = s
+        zero.byLayer = [4: [Float](repeating: 0, count: delta.count)]
+        let zcv = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: zero.asControlVector(lm), judge: judge)
+        XCTAssertEqual(zcv.items.map(\.prediction), none.items.map(\.prediction))
+        let cv = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: s.asControlVector(lm), judge: judge)
+        XCTAssertNotEqual(cv.items.map(\.prediction), native.items.map(\.prediction))
+    }
+}

@@ -61,25 +61,51 @@ extension LanguageModel {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { tokenizer.encode($0) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
-            // each item's own budget, so an item's answer does not depend on the batch it is in
-            let stop = maxNewTokens > 0 ? StopRules(maxNewTokens: maxNewTokens, atNewline: true)
-                                        : StopRules(perPrompt: tgt.map { max($0.count, 1) + 2 }, atNewline: true)
-            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: stop)
-            for (v, gen) in gens.enumerated() {
-                for (j, p) in pairs[b..<e].enumerated() {
-                    let text = tokenizer.decode(gen.tokens[j])
-                    let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
-                        .trimmingCharacters(in: .whitespaces)
-                    let exact = line.lowercased() == p.output.trimmingCharacters(in: .whitespaces).lowercased()
-                    items[v].append(.init(input: p.input, expected: p.output, prediction: line, exact: exact,
-                                          firstToken: gen.firstArgmax[j] == tgt[j].first,
-                                          judged: judge.accept(input: p.input, prediction: line, expected: p.output)))
-                }
-            }
+            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: Self.stop(tgt, maxNewTokens))
+            for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
             b = e
             progress?(b)
         }
         return items.map { Evaluation(items: $0) }
+    }
+
+    /// The same evaluation with any `Steering` (any site, any positions; nil = none), without the
+    /// shared-prefix batching that last-position Δs allow: what `worker evaluate` compares.
+    public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, steering: Steering?,
+                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100) -> Evaluation {
+        var items: [Evaluation.Item] = []
+        var b = 0
+        while b < prompts.count {
+            let e = min(prompts.count, b + batchSize)
+            let ids = prompts[b..<e].map { tokenizer.encode($0) }
+            let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
+            let gen = generate(prompts: ids, steering: steering, sampling: .greedy, stop: Self.stop(tgt, maxNewTokens))
+            items += score(gen, Array(pairs[b..<e]), tgt, judge)
+            b = e
+        }
+        return Evaluation(items: items)
+    }
+
+    /// Each item's own budget (the target's length + 2, or `maxNewTokens`), so an item's answer
+    /// does not depend on the batch it is in; a newline ends an answer.
+    static func stop(_ targets: [[Int]], _ maxNewTokens: Int) -> StopRules {
+        maxNewTokens > 0 ? StopRules(maxNewTokens: maxNewTokens, atNewline: true)
+            : StopRules(perPrompt: targets.map { max($0.count, 1) + 2 }, atNewline: true)
+    }
+
+    /// The answer is the decoded text up to the first newline, trimmed; exact match compares it
+    /// case-insensitively with the expected output; first-token accuracy compares the first decoded
+    /// token with the target's first token; `judge` decides `judged`.
+    func score(_ gen: Generation, _ pairs: [TaskPair], _ tgt: [[Int]], _ judge: Judge) -> [Evaluation.Item] {
+        pairs.enumerated().map { j, p in
+            let text = tokenizer.decode(gen.tokens[j])
+            let line = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                .trimmingCharacters(in: .whitespaces)
+            let exact = line.lowercased() == p.output.trimmingCharacters(in: .whitespaces).lowercased()
+            return .init(input: p.input, expected: p.output, prediction: line, exact: exact,
+                         firstToken: gen.firstArgmax[j] == tgt[j].first,
+                         judged: judge.accept(input: p.input, prediction: line, expected: p.output))
+        }
     }
 }
 

@@ -24,9 +24,13 @@ public enum DeltaPositions: String, NamedChoice, CaseIterable {
 /// Learned Δs applied at use time: every artefact checked against the model, those for the same
 /// layer summed (composition at use time), each sum added at its own layer, scaled by `scale`.
 public struct Steering: Sendable {
+    /// Δ at the head outputs (o_proj's input) of each layer, at `positions`.
     public var byLayer: [Int: [Float]]
     public var positions: DeltaPositions
     public var scale: Float
+    /// Vectors added to the residual stream leaving block ℓ, at every position (llama.cpp's
+    /// control vectors; see `asControlVector`).
+    public var blockOutputs: [Int: [Float]] = [:]
 
     public struct LoadError: Error, CustomStringConvertible {
         public var description: String
@@ -70,6 +74,18 @@ public struct Steering: Sendable {
         self.scale = scale
     }
 
+    /// What a llama.cpp control vector can express of this steering: W_O·Δ added to the residual
+    /// stream leaving block ℓ, at every position (it has no o_proj-input site and no position
+    /// policy). Exact for `positions: .all` up to where the MLP of block ℓ sees the change: there
+    /// it does not.
+    public func asControlVector(_ lm: LanguageModel) -> Steering {
+        var s = self
+        s.byLayer = [:]
+        s.positions = .all
+        s.blockOutputs = Dictionary(uniqueKeysWithValues: byLayer.map { ($0.key, DeltaExport.outputProjection(lm, layer: $0.key, $0.value)) })
+        return s
+    }
+
     /// The hooks of one prompt pass (`decoding` false) or one decoding step.
     func hook(decoding: Bool) -> SteeringHook { SteeringHook(steering: self, decoding: decoding) }
 }
@@ -81,7 +97,11 @@ final class SteeringHook: ForwardHooks {
         self.steering = steering
         self.decoding = decoding
     }
-    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        // the stream entering block l is the one leaving block l − 1
+        guard let v = steering.blockOutputs[layer - 1] else { return }
+        for r in 0..<layout.totalRows { v.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: x + r * v.count, v.count) } }
+    }
     func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         guard let d = steering.byLayer[layer] else { return }
         for s in 0..<layout.rowCount.count {
