@@ -94,6 +94,7 @@ public struct EvaluateCommand: ParsableCommand {
           native          Δ at the prompt's last token, as learned
           all             Δ at every position (= llama.cpp with the o_proj bias of `worker export --format bias`)
           control-vector  W_O·Δ on the residual leaving block ℓ, every position (= llama.cpp's control vector)
+          last+generated  Δ at the prompt's last token and at every generated token
           none            no Δ
 
         Examples:
@@ -104,7 +105,7 @@ public struct EvaluateCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var deltas: DeltaOptions
 
-    @Option(name: .long, help: "Comma-separated forms: native, all, control-vector, none.")
+    @Option(name: .long, help: "Comma-separated forms: native, all, control-vector, last+generated, none.")
     var forms: String = "native,all,control-vector,none"
 
     @Option(name: .long, help: "Test pairs (0 = all that remain after the training pairs).")
@@ -118,7 +119,7 @@ public struct EvaluateCommand: ParsableCommand {
 
     public init() {}
 
-    static let formNames = ["native", "all", "control-vector", "none"]
+    static let formNames = ["native", "all", "control-vector", "last+generated", "none"]
 
     public func validate() throws {
         let fs = forms.split(separator: ",").map(String.init)
@@ -152,6 +153,7 @@ public struct EvaluateCommand: ParsableCommand {
                 var s: Steering? = native
                 switch f {
                 case "all": s!.positions = .all
+                case "last+generated": s!.positions = .lastAndGenerated
                 case "control-vector": s = native.asControlVector(lm)
                 case "none": s = nil
                 default: break

@@ -17,7 +17,7 @@ public struct GenerateCommand: ParsableCommand {
 
         Positions: a Δ is learned at the prompt's last token, and `last` (the default) adds it \
         there only, as it was trained; `all` adds it at every prompt and generated position; \
-        `generated` only where generated tokens are read back in.
+        `generated` only where generated tokens are read back in; `last+generated` both.
 
         Examples:
           worker generate --delta runs/3f…e1.safetensors --prompt $'Q: hot\\nA:'
@@ -29,7 +29,7 @@ public struct GenerateCommand: ParsableCommand {
     @OptionGroup public var modelOptions: ModelOptions
     @OptionGroup var deltas: DeltaOptions
 
-    @Option(name: .long, help: "Where Δ is added: last (the prompt's last token, as trained), all, or generated.")
+    @Option(name: .long, help: "Where Δ is added: last (the prompt's last token, as trained), all, generated, or last+generated.")
     public var positions: String = DeltaPositions.last.rawValue
 
     @Option(name: .long, help: ArgumentHelp("A prompt (repeatable; use $'…' in bash for newlines).", valueName: "text"))

@@ -3,16 +3,18 @@ import JobCore
 
 /// Where a Δ is added while generating with it. A Δ is learned at the prompt's last position
 /// (`last`, the default and what its artefact records); `all` adds it at every prompt position and
-/// every generated one; `generated` only where generated tokens are read back in.
+/// every generated one; `generated` only where generated tokens are read back in;
+/// `last+generated` at the prompt's last position and every generated one.
 public enum DeltaPositions: String, NamedChoice, CaseIterable {
     case last
     case all
     case generated
+    case lastAndGenerated = "last+generated"
 
     /// In the prompt pass: which rows of sequence `s` get Δ.
     func promptRows(_ layout: BatchLayout, _ s: Int) -> Range<Int> {
         switch self {
-        case .last: return layout.lastRow(s)..<(layout.lastRow(s) + 1)
+        case .last, .lastAndGenerated: return layout.lastRow(s)..<(layout.lastRow(s) + 1)
         case .all: return layout.rowStart[s]..<(layout.rowStart[s] + layout.rowCount[s])
         case .generated: return 0..<0
         }
