@@ -15,7 +15,7 @@ public struct ModelOptions: ParsableArguments {
 
     /// One per core: a user's first `worker run` should not leave cores idle. (A cluster worker,
     /// `worker serve`, keeps one thread per process: several processes share the cores.)
-    @Option(name: .long, help: "Compute threads for this process (default: one per core of this machine).")
+    @Option(name: .long, help: "Compute threads for this process (the default is this machine's core count).")
     public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     public init() {}

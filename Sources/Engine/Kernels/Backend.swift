@@ -138,8 +138,8 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     /// not quantise it: built once, at `prepare` (model load) or on first use.
     public static func packed(_ w: Weight) -> PackedWeight? { w.cpu.packed(w) }
     /// Wᵀ for the int8 backward (`ik_pack_transposed_q8`: each run of 32 entries of a column of W
-    /// rounded to 8 bits), built from the fp32 data on first use and kept; nil when the CPU lacks
-    /// VNNI, the shape does not tile (rows % 32, cols % 16), or the file did not quantise W.
+    /// rounded to 8 bits), built from the fp32 data on first use and kept; nil when no int8 kernel level runs
+    /// here, the shape does not tile (rows % 32, cols % 16), or the file did not quantise W.
     public static func transposedInt8(_ w: Weight) -> UnsafeMutableRawPointer? { w.cpu.transposedInt8(w) }
 
     public func prepare(_ w: Weight) { _ = Self.packed(w) }
