@@ -40,11 +40,13 @@ public struct InspectCommand: ParsableCommand {
         Examples:
           worker inspect --prompt "The capital of France is"
           worker inspect --prompt "hot:" --top 5 --generate 8 --json
+          worker inspect --prompt $'Q: hot\\nA:' --delta runs/3f…e1.safetensors     (logits with Δ at the last token)
         The prompt is used exactly as given: no BOS token unless the model file asks for one, no \
         chat template. Logits are the model's raw next-token scores at the last prompt position.
         """)
 
     @OptionGroup public var modelOptions: ModelOptions
+    @OptionGroup var deltas: DeltaOptions
 
     @Option(name: .long, help: "The prompt text (use $'…' in bash for newlines).")
     public var prompt: String
@@ -70,10 +72,12 @@ public struct InspectCommand: ParsableCommand {
         let lm = try modelOptions.load()
         let ids = lm.tokenizer.encode(prompt)
         guard !ids.isEmpty else { throw ValidationError("the prompt encodes to no tokens") }
+        let steering = try deltas.steering(lm)
         let cache = lm.model.makeCache(capacity: ids.count + generate + 1)
-        let logits = lm.model.forward(tokens: [ids], caches: [cache])
+        let logits = lm.model.forward(tokens: [ids], caches: [cache], hooks: steering?.promptHooks)
         let order = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(min(top, logits.count))
-        let gen = lm.generate(prompts: [ids], stop: StopRules(maxNewTokens: generate, atNewline: false, atEOS: true))
+        let gen = lm.generate(prompts: [ids], steering: steering, sampling: .greedy,
+                              stop: StopRules(maxNewTokens: generate, atNewline: false, atEOS: true))
         let text = lm.tokenizer.decode(gen.tokens[0])
         if json {
             let obj: [String: Any] = [

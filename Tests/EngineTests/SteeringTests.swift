@@ -156,3 +156,37 @@ final class DeltaExportTests: XCTestCase {
         XCTAssertNotEqual(cv.items.map(\.prediction), native.items.map(\.prediction))
     }
 }
+
+/// PyTorch interop: `clients/python/intervene_delta.py` applies a Δ artefact to a transformers
+/// model loaded from the same GGUF file; the steered logits it gave (committed fixture
+/// `interop-steered-logits.json`, written by `clients/python/steered_logits.py`) must be this
+/// engine's.
+final class PyTorchInteropTests: XCTestCase {
+    func testSteeredLogitsMatchTransformersWithTheHook() throws {
+        let lm = try SharedModel.get()
+        let root = TestPaths.packageRoot.appendingPathComponent("Tests/EngineTests/Fixtures")
+        let fixture = try loadJSON(root.appendingPathComponent("interop-steered-logits.json")) as! [String: Any]
+        XCTAssertEqual(fixture["model_sha256"] as? String, try lm.sha256(), "the fixture was made on another model file")
+        let data = try Data(contentsOf: root.appendingPathComponent("interop-delta.safetensors"))
+        let s = try Steering(artefacts: [("interop-delta", try DeltaArtefact(data: data))], model: lm,
+                             scale: Float(fixture["scale"] as! Double))
+        var worst: Float = 0
+        for row in fixture["prompts"] as! [[String: Any]] {
+            let ids = lm.tokenizer.encode(row["prompt"] as! String)
+            XCTAssertEqual(ids, row["token_ids"] as! [Int])
+            for (hooks, idKey, logitKey) in [(s.promptHooks as ForwardHooks?, "top_ids", "top_logits"),
+                                             (nil, "plain_top_ids", "plain_top_logits")] {
+                let z = lm.model.forward(tokens: [ids], caches: [lm.model.makeCache(capacity: ids.count)], hooks: hooks)
+                let refIDs = row[idKey] as! [Int], refLogits = (row[logitKey] as! [Double]).map(Float.init)
+                XCTAssertEqual(z.indices.sorted { z[$0] > z[$1] }.first, refIDs.first, "\(row["prompt"]!) \(idKey)")
+                for (id, ref) in zip(refIDs, refLogits) {
+                    worst = max(worst, abs(z[id] - ref))
+                    // both dequantise the same Q4_1 weights to fp32 and sum in another order:
+                    // 6.9e-5 measured; a Δ at the wrong site or position is off by whole units
+                    XCTAssertEqual(z[id], ref, accuracy: 1e-3, "\(row["prompt"]!) token \(id) (\(idKey))")
+                }
+            }
+        }
+        print("largest |logit − transformers'| over the fixture: \(worst)")
+    }
+}

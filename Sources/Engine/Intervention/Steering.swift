@@ -88,6 +88,9 @@ public struct Steering: Sendable {
         return s
     }
 
+    /// The hooks of a prompt pass (for a forward of whole prompts, as `worker inspect` runs).
+    public var promptHooks: ForwardHooks { hook(decoding: false) }
+
     /// The hooks of one prompt pass (`decoding` false) or one decoding step.
     func hook(decoding: Bool) -> SteeringHook { SteeringHook(steering: self, decoding: decoding) }
 }
