@@ -55,6 +55,13 @@ public final class CoordinatorServer: @unchecked Sendable {
     var router: ZSocket?
     var pubSocket: ZSocket?
     var counters: [String: UInt64] = [:]
+    /// Why the last store write failed (disk full, I/O error), until a write succeeds again.
+    var storeFailure: String?
+    var retryStoreAt = 0.0
+    /// Tests: make every store write fail with this message (a full disk on demand), or stop.
+    private var _injectedStoreFailure: String?
+    public func injectStoreFailure(_ message: String?) { lock.withLock { _injectedStoreFailure = message } }
+    struct InjectedStoreFailure: Error, CustomStringConvertible { var description: String }
     var workerByIdentity: [Data: String] = [:]
     var identityByWorker: [String: Data] = [:]
     var pubSequence: [String: UInt64] = [:]
@@ -206,6 +213,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     }
 
     func commit() {
+        // after a failed write, retry at most every 0.5 s (the loop turns faster)
+        if storeFailure != nil, Self.now() < retryStoreAt { return }
         var rounds = 0
         while !batch.isEmpty, rounds < 8 {
             rounds += 1
@@ -213,6 +222,7 @@ public final class CoordinatorServer: @unchecked Sendable {
             batch = Batch()
             if !b.dirtyJobs.isEmpty || !b.dirtyExperiments.isEmpty || !b.steps.isEmpty {
                 do {
+                    if let e = lock.withLock({ _injectedStoreFailure }) { throw InjectedStoreFailure(description: e) }
                     let reasons = scheduler.pendingReasons(b.dirtyJobs)
                     try store.db.transaction {
                         for id in b.dirtyJobs {
@@ -227,10 +237,33 @@ public final class CoordinatorServer: @unchecked Sendable {
                             try store.saveStepMetrics(job: s.job, attempt: s.attempt, step: s.step, values: s.values)
                         }
                     }
+                    if storeFailure != nil { log("store writes again") }
+                    storeFailure = nil
                 } catch {
-                    // Keep serving from memory; the next change of these jobs writes them again.
+                    // Nothing is acknowledged that is not on disk: the writes go back into the
+                    // next batch (retried every loop turn), results are not acked (their workers
+                    // resend them), and new submissions are refused until a write succeeds.
                     count("store_errors")
-                    log("store write failed: \(error)")
+                    if storeFailure == nil { log("store write failed: \(error); refusing submissions, holding result acks") }
+                    storeFailure = "\(error)"
+                    for id in b.dirtyJobs where batch.dirtySet.insert(id).inserted { batch.dirtyJobs.append(id) }
+                    batch.dirtyExperiments.formUnion(b.dirtyExperiments)
+                    batch.steps = Array((b.steps + batch.steps).suffix(10_000))  // step metrics: the latest only
+                    retryStoreAt = Self.now() + 0.5
+                    for s in b.sends {
+                        if case .ack(let a) = s.body, a.kind == .result {
+                            count("result_acks_withheld")
+                            continue
+                        }
+                        if !send(s.identity, s.body), let a = s.assignment {
+                            let now = Self.now()
+                            apply(scheduler.handle(.assignmentRefused(worker: a.worker, job: a.job, attempt: a.attempt), now: now), now: now)
+                            apply(scheduler.handle(.workerGone(worker: a.worker, reason: "unreachable"), now: now), now: now)
+                            forget(worker: a.worker)
+                        }
+                    }
+                    for u in b.updates { publish(u) }
+                    return
                 }
             }
             for s in b.sends {

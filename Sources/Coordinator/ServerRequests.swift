@@ -12,6 +12,14 @@ extension CoordinatorServer {
     func submit(_ s: Intervene_V1_Submit, now: Double) -> Intervene_V1_SubmitReply {
         var reply = Intervene_V1_SubmitReply()
         reply.pubEndpoint = advertisedPub
+        if let failure = storeFailure {
+            reply.ok = false
+            var f = Intervene_V1_FieldError()
+            f.message = "the coordinator cannot write its store (\(failure)); nothing was queued. Free space on the "
+                + "store's disk and submit again (jobs already stored are safe)."
+            reply.errors = [f]
+            return reply
+        }
         let grid: Grid
         do {
             grid = try Grid.parse(s.gridJson)

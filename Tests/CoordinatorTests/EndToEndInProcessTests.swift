@@ -199,6 +199,45 @@ final class EndToEndInProcessTests: XCTestCase {
         XCTAssertEqual(srv.counterSnapshot["artefact_rejected"], 1)
     }
 
+    /// A store that cannot write (a full disk): results are not acknowledged (the worker keeps
+    /// and resends them), new submissions are refused with a clear error, and once writes succeed
+    /// again the held result is stored and acked, and survives a restart.
+    func testAFullDiskLosesNothingAndRefusesNewWork() throws {
+        var srv = try startServer()
+        let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
+        XCTAssertTrue(try client.submit(gridJSON: #"{"experiment": "d", "tasks": "t", "methods": "synthetic"}"#).ok)
+        let (w, job) = try workerWithAJob(srv.endpoint, id: "d1")
+        guard let a = job else { return XCTFail("no job") }
+        srv.injectStoreFailure("database or disk is full")
+        var res = Intervene_V1_Result()
+        res.jobID = a.jobID; res.attempt = a.attempt; res.workerID = "d1"; res.metrics = ["exact_match": 0.5]
+        try w.send(Wire.encode(.result(res)), timeoutMs: 1000)
+        while let b = try receiveBody(w, timeout: 1500) {
+            if case .ack(let k) = b, k.kind == .result { XCTFail("a result the store could not write was acknowledged") }
+        }
+        let refused = try client.submit(gridJSON: #"{"experiment": "e", "tasks": "u", "methods": "synthetic"}"#)
+        XCTAssertFalse(refused.ok)
+        XCTAssertTrue(refused.errors.first?.message.contains("cannot write its store") ?? false, "\(refused.errors)")
+        XCTAssertGreaterThan(srv.counterSnapshot["store_errors"] ?? 0, 0)
+
+        srv.injectStoreFailure(nil)
+        try w.send(Wire.encode(.result(res)), timeoutMs: 1000)   // the worker's resend
+        var acked = false
+        while let b = try receiveBody(w, timeout: 3000) {
+            if case .ack(let k) = b, k.kind == .result { acked = true; break }
+        }
+        XCTAssertTrue(acked, "acked once the store writes again")
+        XCTAssertTrue(try client.submit(gridJSON: #"{"experiment": "e", "tasks": "u", "methods": "synthetic"}"#).ok)
+        client.close()
+        srv.stop()
+        srv = try startServer()
+        let after = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
+        defer { after.close() }
+        let j = try XCTUnwrap(try after.query(experiment: "d").jobs.first)
+        XCTAssertEqual(j.state, "done")
+        XCTAssertEqual(j.metrics["exact_match"], 0.5)
+    }
+
     /// The issue's drill: a peer that never said Hello posts results (with an artefact) for a
     /// running job and a queued one; a registered worker that does not hold the job tries too.
     /// Every one is refused (Ack, accepted = false), counted, and stores nothing; the holder's own
