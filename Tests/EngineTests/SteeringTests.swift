@@ -61,6 +61,15 @@ final class SteeringTests: XCTestCase {
         let m5 = message(try artefact(lm, delta: d, positions: "all"))
         XCTAssertTrue(m5.contains("\"all\""), m5)
         XCTAssertEqual(message(try artefact(lm, delta: d, sha: "")), "", "an artefact without a fingerprint (schema 0) loads")
+
+        // corrupt files: not safetensors at all, cut short, or without the metadata Δ needs
+        let good = try artefact(lm, delta: d).data
+        XCTAssertNoThrow(try DeltaArtefact(data: good))
+        XCTAssertThrowsError(try DeltaArtefact(data: Data("not a safetensors file".utf8)))
+        XCTAssertThrowsError(try DeltaArtefact(data: good.prefix(good.count - 100)), "truncated data")
+        XCTAssertThrowsError(try DeltaArtefact(data: good.prefix(40)), "truncated header")
+        let noMeta = Safetensors.write(tensors: [("delta", [d.count], d)], metadata: [:])
+        XCTAssertThrowsError(try DeltaArtefact(data: noMeta)) { XCTAssertTrue("\($0)".contains("layer") || "\($0)".contains("model"), "\($0)") }
     }
 
     func testSamplingIsSeededAndTopPTinyIsGreedy() throws {
