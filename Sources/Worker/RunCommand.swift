@@ -64,9 +64,9 @@ public struct JobOptions: ParsableArguments {
 /// The objective's penalties and the solver: shared by `run`, `bench` and `opinion`.
 public struct SolveOptions: ParsableArguments {
     @Option(name: .customLong("lambda"), help: "Group (per-head) ℓ2 penalty λ.")
-    public var lambda: Double = 0.01
+    public var lambda: Double = JobSpec.defaultLambda
     @Option(name: .customLong("gamma"), help: "Element-wise ℓ1 penalty γ.")
-    public var gamma: Double = 0.01
+    public var gamma: Double = JobSpec.defaultGamma
     @Option(name: .long, help: "Solver steps.")
     public var steps: Int = 200
     @Option(name: .long, help: "Solver step size (Adam learning rate, or FISTA's initial step).")
