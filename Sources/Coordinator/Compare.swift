@@ -168,10 +168,11 @@ public struct Comparison: Sendable {
             Set(arms.map(f).filter { $0 != "-" }).count > 1
         }
         return arms.map { a in
-            ([a.method.rawValue] + varying.compactMap { name, f in
-                let v = f(a)
-                return v == "-" ? nil : "\(name)=\(v)"
-            }).joined(separator: " ")
+            ([a.method.rawValue]
+                + varying.compactMap { name, f in
+                    let v = f(a)
+                    return v == "-" ? nil : "\(name)=\(v)"
+                }).joined(separator: " ")
         }
     }
 
@@ -203,22 +204,28 @@ extension Render {
         var rows: [[String]] = []
         for (t, name) in c.tasks.enumerated() {
             let best = c.cells[t].compactMap { $0?.mean }.max()
-            rows.append([name] + c.arms.indices.map { a in
-                guard let s = c.cells[t][a] else { return "–" }
-                var cell = s.n > 1 ? f(s.mean) + " ± " + f(s.std) : f(s.mean)
-                if markdown && s.mean == best && c.arms.count > 1 { cell = "**" + cell + "**" }
-                return cell + diff(c.paired[t][a])
-            })
+            rows.append(
+                [name]
+                    + c.arms.indices.map { a in
+                        guard let s = c.cells[t][a] else { return "–" }
+                        var cell = s.n > 1 ? f(s.mean) + " ± " + f(s.std) : f(s.mean)
+                        if markdown && s.mean == best && c.arms.count > 1 { cell = "**" + cell + "**" }
+                        return cell + diff(c.paired[t][a])
+                    })
         }
         let T = c.suite.count
-        rows.append(["mean (\(T) task\(T == 1 ? "" : "s"))"] + c.arms.indices.map { a in
-            (c.suiteMean[a].map(f) ?? "–") + diff(c.suitePaired[a])
-        })
-        rows.append(["worst task Δ"] + c.arms.indices.map { a in
-            let ds = c.suite.compactMap { t in c.paired[t][a].map { (c.tasks[t], $0.mean) } }
-            guard let w = ds.min(by: { $0.1 < $1.1 }) else { return "" }
-            return signed(w.1) + " " + w.0
-        })
+        rows.append(
+            ["mean (\(T) task\(T == 1 ? "" : "s"))"]
+                + c.arms.indices.map { a in
+                    (c.suiteMean[a].map(f) ?? "–") + diff(c.suitePaired[a])
+                })
+        rows.append(
+            ["worst task Δ"]
+                + c.arms.indices.map { a in
+                    let ds = c.suite.compactMap { t in c.paired[t][a].map { (c.tasks[t], $0.mean) } }
+                    guard let w = ds.min(by: { $0.1 < $1.1 }) else { return "" }
+                    return signed(w.1) + " " + w.0
+                })
         let known = Comparison.defaultExtras.filter { c.extras[$0] != nil }
         for e in known + c.extras.keys.filter({ !known.contains($0) }).sorted() {
             rows.append(["mean " + e] + c.extras[e]!.map { $0.map(f) ?? "–" })
@@ -229,8 +236,10 @@ extension Render {
             + (c.notDone > 0 ? " \(c.notDone) job\(c.notDone == 1 ? "" : "s") not done are left out." : "")
         if markdown {
             let esc = { (s: String) in s.replacingOccurrences(of: "|", with: "\\|") }
-            var out = [title, "", "| " + header.map(esc).joined(separator: " | ") + " |",
-                       "|" + header.indices.map { $0 == 0 ? "---|" : "---:|" }.joined()]
+            var out = [
+                title, "", "| " + header.map(esc).joined(separator: " | ") + " |",
+                "|" + header.indices.map { $0 == 0 ? "---|" : "---:|" }.joined(),
+            ]
             out += rows.map { "| " + $0.map(esc).joined(separator: " | ") + " |" }
             return out.joined(separator: "\n") + "\n"
         }
@@ -246,28 +255,40 @@ extension Render {
         }
         func int(_ i: Int) -> JSONValue { .number(Double(i), literal: String(i)) }
         func armValues(_ t: Int) -> JSONValue {
-            .object(c.arms.indices.map { a in
-                let s = c.cells[t][a], p = c.paired[t][a]
-                return (c.arms[a].label, .object([
-                    ("mean", n(s?.mean)), ("std", n(s?.std)), ("n", int(s?.n ?? 0)),
-                    ("diff", n(p?.mean)), ("diff_se", n(p?.se)), ("pairs", int(p?.n ?? 0)),
-                ]))
-            })
+            .object(
+                c.arms.indices.map { a in
+                    let s = c.cells[t][a]
+                    let p = c.paired[t][a]
+                    return (
+                        c.arms[a].label,
+                        .object([
+                            ("mean", n(s?.mean)), ("std", n(s?.std)), ("n", int(s?.n ?? 0)),
+                            ("diff", n(p?.mean)), ("diff_se", n(p?.se)), ("pairs", int(p?.n ?? 0)),
+                        ])
+                    )
+                })
         }
         let v: JSONValue = .object([
             ("metric", .string(c.metric)),
             ("baseline", .string(c.arms[c.baseline].label)),
             ("arms", .array(c.arms.map { .string($0.label) })),
             ("tasks", .object(c.tasks.indices.map { (c.tasks[$0], armValues($0)) })),
-            ("suite", .object([
-                ("tasks", .array(c.suite.map { .string(c.tasks[$0]) })),
-                ("mean", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suiteMean[$0])) })),
-                ("diff", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suitePaired[$0]?.mean)) })),
-                ("diff_se", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suitePaired[$0]?.se)) })),
-            ])),
-            ("extras", .object(c.extras.keys.sorted().map { e in
-                (e, .object(c.arms.indices.map { (c.arms[$0].label, n(c.extras[e]![$0])) }))
-            })),
+            (
+                "suite",
+                .object([
+                    ("tasks", .array(c.suite.map { .string(c.tasks[$0]) })),
+                    ("mean", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suiteMean[$0])) })),
+                    ("diff", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suitePaired[$0]?.mean)) })),
+                    ("diff_se", .object(c.arms.indices.map { (c.arms[$0].label, n(c.suitePaired[$0]?.se)) })),
+                ])
+            ),
+            (
+                "extras",
+                .object(
+                    c.extras.keys.sorted().map { e in
+                        (e, .object(c.arms.indices.map { (c.arms[$0].label, n(c.extras[e]![$0])) }))
+                    })
+            ),
             ("not_done", int(c.notDone)),
         ])
         return pretty(v) + "\n"

@@ -25,7 +25,10 @@ public struct CoordinatorCommand: ParsableCommand {
         Jobs are identified by a hash of their parameters, so submitting a grid again reuses every \
         finished job and runs only what is missing (or had failed).
         """,
-        subcommands: [Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Cancel.self, Bench.self, Drill.self]
+        subcommands: [
+            Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Cancel.self, Bench.self,
+            Drill.self,
+        ]
     )
     public init() {}
 }
@@ -412,7 +415,7 @@ extension CoordinatorCommand {
         @Option(help: "The metric compared.")
         var metric: String = "exact_match"
 
-        @Option(help: "The arm the others are paired against: its label, or a part of it that names one arm (default: the first arm).")
+        @Option(help: "The arm the others are paired against: its label, or a part naming one arm (default: the first).")
         var baseline: String?
 
         @Option(help: "table, markdown or json.")
@@ -433,7 +436,8 @@ extension CoordinatorCommand {
                 var jobs: [JobView] = []
                 for e in experiments { jobs += try c.query(experiment: e).jobs.map(JobView.init) }
                 let cmp = try Comparison.make(jobs, metric: metric, baseline: baseline)
-                let text = format == "json" ? Render.comparisonJSON(cmp) : Render.comparison(cmp, markdown: format == "markdown")
+                let text = format == "json"
+                    ? Render.comparisonJSON(cmp) : Render.comparison(cmp, markdown: format == "markdown")
                 print(text, terminator: "")
             }
         }
@@ -622,7 +626,7 @@ final class LiveView {
 extension CoordinatorCommand {
     struct Drill: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "A fault drill on this machine: kill workers and the coordinator while a grid runs, then check nothing was lost.",
+            abstract: "A fault drill: kill workers and the coordinator while a grid runs, then check nothing was lost.",
             discussion: """
             Starts a coordinator (its store in --dir) and --workers worker processes on loopback, \
             submits --jobs synthetic jobs (no model; --step-ms per step), and while they run \
@@ -658,14 +662,17 @@ extension CoordinatorCommand {
             guard jobs >= 1, workers >= 1, workerKills >= 0, coordinatorKills >= 0, stalls >= 0, flood >= 0 else {
                 throw ValidationError("counts must be ≥ 0 (jobs and workers ≥ 1)")
             }
-            guard interval > 0, lease > 0, stepMs >= 0 else { throw ValidationError("--interval and --lease must be > 0") }
+            guard interval > 0, lease > 0, stepMs >= 0 else {
+                throw ValidationError("--interval and --lease must be > 0")
+            }
         }
 
         func run() throws {
             let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
             let worker = workerBinary ?? me.deletingLastPathComponent().appendingPathComponent("worker").path
             guard FileManager.default.isExecutableFile(atPath: worker) else {
-                throw ValidationError("no worker executable at \(worker); build it (swift build --product worker) or give --worker-binary")
+                throw ValidationError(
+                    "no worker executable at \(worker); build it (swift build --product worker) or give --worker-binary")
             }
             let folder = dir ?? NSTemporaryDirectory() + "intervene-drill-\(UUID().uuidString.prefix(8))"
             var c = FaultDrill.Config(coordinatorBinary: me.path, workerBinary: worker, directory: folder, port: port)

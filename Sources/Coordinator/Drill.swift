@@ -53,16 +53,20 @@ public struct FaultDrill {
 
         public var text: String {
             var s = """
-            jobs \(jobs): done \(done), failed \(failed), unfinished \(unfinished), missing artefacts \(missingArtefacts)
-            faults injected: \(workerKills) worker kills (restarted under the same id), \(coordinatorKills) coordinator \
-            kills (restarted on the store), \(stalls) stalled worker(s), \(floodFrames) malformed frames
-            requeues \(requeues) (attempts beyond the first; at most \(maxAttempts) per job), duplicate results \
-            ignored \(duplicateResults), refused results \(refusedResults); counted by the coordinator: \(malformed) \
-            malformed, \(versionMismatch) of the wrong protocol version
-            status answered \(String(format: "%.1f", statusAfterFloodMs)) ms after the flood
-            """
+                jobs \(jobs): done \(done), failed \(failed), unfinished \(unfinished), \
+                missing artefacts \(missingArtefacts)
+                faults injected: \(workerKills) worker kills (restarted under the same id), \
+                \(coordinatorKills) coordinator \
+                kills (restarted on the store), \(stalls) stalled worker(s), \(floodFrames) malformed frames
+                requeues \(requeues) (attempts beyond the first; at most \(maxAttempts) per job), duplicate results \
+                ignored \(duplicateResults), refused results \(refusedResults); counted by the coordinator: \
+                \(malformed) \
+                malformed, \(versionMismatch) of the wrong protocol version
+                status answered \(String(format: "%.1f", statusAfterFloodMs)) ms after the flood
+                """
             for (i, r) in recoveries.enumerated() {
-                s += "\ncoordinator restart \(i + 1): answering after \(String(format: "%.2f", r.answer)) s, "
+                s +=
+                    "\ncoordinator restart \(i + 1): answering after \(String(format: "%.2f", r.answer)) s, "
                     + "next job done after \(String(format: "%.2f", r.progress)) s"
             }
             s += "\nwall time \(String(format: "%.1f", seconds)) s"
@@ -94,16 +98,19 @@ public struct FaultDrill {
     }
 
     func startCoordinator() throws -> Process {
-        try start(config.coordinatorBinary, [
-            "serve", "--store", config.directory + "/store", "--bind", endpoint,
-            "--pub", "tcp://127.0.0.1:\(config.port + 1)", "--lease", "\(config.lease)", "--worker-timeout", "10",
-            "--max-attempts", "\(config.maxAttempts)",
-        ], log: config.directory + "/coordinator.log")
+        try start(
+            config.coordinatorBinary,
+            [
+                "serve", "--store", config.directory + "/store", "--bind", endpoint,
+                "--pub", "tcp://127.0.0.1:\(config.port + 1)", "--lease", "\(config.lease)", "--worker-timeout", "10",
+                "--max-attempts", "\(config.maxAttempts)",
+            ], log: config.directory + "/coordinator.log")
     }
 
     func startWorker(_ i: Int) throws -> Process {
-        try start(config.workerBinary, ["--connect", endpoint, "--cpu", "--threads", "1", "--id", "drill-\(i)"],
-                  log: config.directory + "/worker-\(i).log", env: ["INTERVENE_SYNTHETIC_STEP_MS": "\(config.stepMs)"])
+        try start(
+            config.workerBinary, ["--connect", endpoint, "--cpu", "--threads", "1", "--id", "drill-\(i)"],
+            log: config.directory + "/worker-\(i).log", env: ["INTERVENE_SYNTHETIC_STEP_MS": "\(config.stepMs)"])
     }
 
     static func hardKill(_ p: Process) {
@@ -165,7 +172,10 @@ public struct FaultDrill {
         var coordinator = try startCoordinator()
         var workers = try (0..<c0.workers).map(startWorker)
         defer {
-            for w in workers where w.isRunning { kill(w.processIdentifier, SIGCONT); Self.hardKill(w) }
+            for w in workers where w.isRunning {
+                kill(w.processIdentifier, SIGCONT)
+                Self.hardKill(w)
+            }
             if coordinator.isRunning {
                 kill(coordinator.processIdentifier, SIGTERM)
                 coordinator.waitUntilExit()
@@ -173,10 +183,10 @@ public struct FaultDrill {
         }
         _ = try waitForAnswer(deadline: 20)
         let grid = """
-        {"experiment": "drill", "tasks": ["drill"], "methods": ["synthetic"],
-         "seeds": [\((0..<c0.jobs).map(String.init).joined(separator: ","))],
-         "solver": {"steps": \(c0.steps), "lr": 0.1}, "test_size": 1, "train_size": 4}
-        """
+            {"experiment": "drill", "tasks": ["drill"], "methods": ["synthetic"],
+             "seeds": [\((0..<c0.jobs).map(String.init).joined(separator: ","))],
+             "solver": {"steps": \(c0.steps), "lr": 0.1}, "test_size": 1, "train_size": 4}
+            """
         do {
             let c = try CoordinatorClient(endpoint: endpoint, timeoutSeconds: 10)
             let reply = try c.submit(gridJSON: grid)
@@ -202,7 +212,10 @@ public struct FaultDrill {
         var rng = SystemRandomNumberGenerator()
         for f in faults {
             Thread.sleep(forTimeInterval: c0.interval)
-            if let d = doneCount(), d >= c0.jobs { progress("all jobs done before the faults ran out"); break }
+            if let d = doneCount(), d >= c0.jobs {
+                progress("all jobs done before the faults ran out")
+                break
+            }
             switch f {
             case "worker":
                 let i = Int(rng.next() % UInt64(workers.count))
@@ -225,8 +238,11 @@ public struct FaultDrill {
                     Thread.sleep(forTimeInterval: 0.05)
                 }
                 r.recoveries.append((answer, progressed))
-                if progressed.isNaN { r.failures.append("no job finished within 60 s of coordinator restart \(r.coordinatorKills)") }
-                progress("coordinator restart \(r.coordinatorKills): answering after \(String(format: "%.2f", answer)) s")
+                if progressed.isNaN {
+                    r.failures.append("no job finished within 60 s of coordinator restart \(r.coordinatorKills)")
+                }
+                progress(
+                    "coordinator restart \(r.coordinatorKills): answering after \(String(format: "%.2f", answer)) s")
             case "stall":
                 let i = Int(rng.next() % UInt64(workers.count))
                 kill(workers[i].processIdentifier, SIGSTOP)
@@ -250,7 +266,10 @@ public struct FaultDrill {
             if let d = doneCount(), d >= c0.jobs { break }
             guard let c = try? CoordinatorClient(endpoint: endpoint, timeoutSeconds: 2),
                 let q = try? c.query(experiment: "drill")
-            else { Thread.sleep(forTimeInterval: 0.2); continue }
+            else {
+                Thread.sleep(forTimeInterval: 0.2)
+                continue
+            }
             c.close()
             if q.jobs.allSatisfy({ ["done", "failed", "cancelled"].contains($0.state) }) { break }
             Thread.sleep(forTimeInterval: 0.2)
@@ -264,7 +283,8 @@ public struct FaultDrill {
         r.failed = q.jobs.filter { $0.state == "failed" }.count
         r.unfinished = r.jobs - r.done - r.failed
         r.requeues = q.jobs.reduce(0) { $0 + max(0, Int($1.attempt) - 1) }
-        r.missingArtefacts = q.jobs.filter { $0.state == "done" && !FileManager.default.fileExists(atPath: $0.artefactPath) }
+        r.missingArtefacts =
+            q.jobs.filter { $0.state == "done" && !FileManager.default.fileExists(atPath: $0.artefactPath) }
             .count
         r.duplicateResults = st.counters["duplicate_results"] ?? 0
         r.refusedResults = st.counters["refused_results"] ?? 0

@@ -240,9 +240,9 @@ public struct Scheduler {
         if byFamily.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
         let byMethod = byFamily.filter { $0.capabilities!.runsPrecision(of: spec) }
         if byMethod.isEmpty, let p = spec.normalised.precision {
+            let theirs = Set(byFamily.flatMap { $0.capabilities!.precisions }).sorted().joined(separator: ", ")
             return "needs a worker whose CPU runs \(p.rawValue) products (int8: AVX2 or AVX-512 VNNI); the "
-                + "\(byFamily.count) connected run \(Set(byFamily.flatMap { $0.capabilities!.precisions }).sorted().joined(separator: ", ")) "
-                + "only (solver.precision \"fp32\" runs anywhere)"
+                + "\(byFamily.count) connected run \(theirs) only (solver.precision \"fp32\" runs anywhere)"
         }
         let fitting = byMethod.filter { device.fits($0.capabilities!.device) }
         let need = device == .any ? "" : "needs \(device.rawValue), "

@@ -244,7 +244,9 @@ public final class CoordinatorServer: @unchecked Sendable {
                     // next batch (retried every loop turn), results are not acked (their workers
                     // resend them), and new submissions are refused until a write succeeds.
                     count("store_errors")
-                    if storeFailure == nil { log("store write failed: \(error); refusing submissions, holding result acks") }
+                    if storeFailure == nil {
+                        log("store write failed: \(error); refusing submissions, holding result acks")
+                    }
                     storeFailure = "\(error)"
                     for id in b.dirtyJobs where batch.dirtySet.insert(id).inserted { batch.dirtyJobs.append(id) }
                     batch.dirtyExperiments.formUnion(b.dirtyExperiments)
@@ -255,28 +257,25 @@ public final class CoordinatorServer: @unchecked Sendable {
                             count("result_acks_withheld")
                             continue
                         }
-                        if !send(s.identity, s.body), let a = s.assignment {
-                            let now = Self.now()
-                            apply(scheduler.handle(.assignmentRefused(worker: a.worker, job: a.job, attempt: a.attempt), now: now), now: now)
-                            apply(scheduler.handle(.workerGone(worker: a.worker, reason: "unreachable"), now: now), now: now)
-                            forget(worker: a.worker)
-                        }
+                        deliver(s)
                     }
                     for u in b.updates { publish(u) }
                     return
                 }
             }
-            for s in b.sends {
-                if !send(s.identity, s.body), let a = s.assignment {
-                    // The worker is gone: put the job back and forget the worker.
-                    let now = Self.now()
-                    apply(scheduler.handle(.assignmentRefused(worker: a.worker, job: a.job, attempt: a.attempt), now: now), now: now)
-                    apply(scheduler.handle(.workerGone(worker: a.worker, reason: "unreachable"), now: now), now: now)
-                    forget(worker: a.worker)
-                }
-            }
+            for s in b.sends { deliver(s) }
             for u in b.updates { publish(u) }
         }
+    }
+
+    /// Sends one of a batch's messages; an assignment that cannot be sent puts its job back and
+    /// forgets the worker (it is gone).
+    func deliver(_ s: (identity: Data, body: EnvelopeBody, assignment: (worker: String, job: String, attempt: Int)?)) {
+        guard !send(s.identity, s.body), let a = s.assignment else { return }
+        let now = Self.now()
+        apply(scheduler.handle(.assignmentRefused(worker: a.worker, job: a.job, attempt: a.attempt), now: now), now: now)
+        apply(scheduler.handle(.workerGone(worker: a.worker, reason: "unreachable"), now: now), now: now)
+        forget(worker: a.worker)
     }
 
     @discardableResult

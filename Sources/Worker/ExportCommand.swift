@@ -17,8 +17,12 @@ struct DeltaOptions: ParsableArguments {
 
     func artefacts() throws -> [(name: String, artefact: DeltaArtefact)] {
         try delta.map { path in
-            guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read --delta \(path)") }
-            do { return (path, try DeltaArtefact(data: data)) } catch { throw CLIError("\(path) is not a Δ artefact: \(error)") }
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw CLIError("cannot read --delta \(path)")
+            }
+            do { return (path, try DeltaArtefact(data: data)) } catch {
+                throw CLIError("\(path) is not a Δ artefact: \(error)")
+            }
         }
     }
 
@@ -37,17 +41,17 @@ public struct ExportCommand: ParsableCommand {
         commandName: "export",
         abstract: "Export learned Δs for llama.cpp: a control vector, or a model copy with an o_proj bias.",
         discussion: """
-        llama.cpp has no o_proj-input site and no last-token policy, so each form changes what Δ \
-        does (`worker evaluate --forms` measures by how much):
-          control-vector  a GGUF with direction.ℓ = W_O·Δ, added by llama.cpp to the residual stream \
-        leaving block ℓ at every position (`llama-cli --control-vector FILE`; layer 0 has no such form).
-          bias            a copy of the model GGUF with blk.ℓ.attn_output.bias = W_O·Δ: Δ's own site, at \
-        every position (`--positions all` here).
+            llama.cpp has no o_proj-input site and no last-token policy, so each form changes what Δ \
+            does (`worker evaluate --forms` measures by how much):
+              control-vector  a GGUF with direction.ℓ = W_O·Δ, added by llama.cpp to the residual stream \
+            leaving block ℓ at every position (`llama-cli --control-vector FILE`; layer 0 has no such form).
+              bias            a copy of the model GGUF with blk.ℓ.attn_output.bias = W_O·Δ: Δ's own site, at \
+            every position (`--positions all` here).
 
-        Examples:
-          worker export --delta runs/3f…e1.safetensors --format control-vector --out antonym-cv.gguf
-          worker export --delta runs/3f…e1.safetensors --format bias --out smollm2-antonym.gguf
-        """)
+            Examples:
+              worker export --delta runs/3f…e1.safetensors --format control-vector --out antonym-cv.gguf
+              worker export --delta runs/3f…e1.safetensors --format bias --out smollm2-antonym.gguf
+            """)
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var deltas: DeltaOptions
@@ -88,19 +92,19 @@ public struct EvaluateCommand: ParsableCommand {
         commandName: "evaluate",
         abstract: "Score stored Δs on their task's test split, as learned and in the forms other tools run.",
         discussion: """
-        Rebuilds each artefact's split (its task, seed and train size; --task and --test override) \
-        and decodes the test set greedily, scored as jobs are (exact match, first-token accuracy, \
-        judge accuracy), once per form:
-          native          Δ at the prompt's last token, as learned
-          all             Δ at every position (= llama.cpp with the o_proj bias of `worker export --format bias`)
-          control-vector  W_O·Δ on the residual leaving block ℓ, every position (= llama.cpp's control vector)
-          last+generated  Δ at the prompt's last token and at every generated token
-          none            no Δ
+            Rebuilds each artefact's split (its task, seed and train size; --task and --test override) \
+            and decodes the test set greedily, scored as jobs are (exact match, first-token accuracy, \
+            judge accuracy), once per form:
+              native          Δ at the prompt's last token, as learned
+              all             Δ at every position (= llama.cpp with the o_proj bias of `worker export --format bias`)
+              control-vector  W_O·Δ on the residual leaving block ℓ, every position (= llama.cpp's control vector)
+              last+generated  Δ at the prompt's last token and at every generated token
+              none            no Δ
 
-        Examples:
-          worker evaluate --delta runs/3f…e1.safetensors
-          worker evaluate --delta a.safetensors --delta b.safetensors --forms native,control-vector --json
-        """)
+            Examples:
+              worker evaluate --delta runs/3f…e1.safetensors
+              worker evaluate --delta a.safetensors --delta b.safetensors --forms native,control-vector --json
+            """)
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var deltas: DeltaOptions
@@ -137,10 +141,16 @@ public struct EvaluateCommand: ParsableCommand {
         for (name, a) in try deltas.artefacts() {
             let md = a.metadata
             let native: Steering
-            do { native = try Steering(artefacts: [(name, a)], model: lm, scale: deltas.scale) } catch { throw CLIError("\(error)") }
+            do { native = try Steering(artefacts: [(name, a)], model: lm, scale: deltas.scale) } catch {
+                throw CLIError("\(error)")
+            }
             let taskRef = task ?? md.task
-            let pairs: [TaskPair], judge: Judge
-            do { pairs = try registry.load(taskRef); judge = try registry.judge(for: taskRef) } catch {
+            let pairs: [TaskPair]
+            let judge: Judge
+            do {
+                pairs = try registry.load(taskRef)
+                judge = try registry.judge(for: taskRef)
+            } catch {
                 throw CLIError("\(name): cannot load its task \(taskRef): \(error) (give --task)")
             }
             let split = TaskSplit(pairs: pairs, seed: md.seed, trainSize: md.trainSize, testSize: test)
@@ -158,25 +168,35 @@ public struct EvaluateCommand: ParsableCommand {
                 case "none": s = nil
                 default: break
                 }
-                rows.append((f, lm.evaluate(prompts: prompts, pairs: split.test, format: format, steering: s, judge: judge)))
+                rows.append(
+                    (f, lm.evaluate(prompts: prompts, pairs: split.test, format: format, steering: s, judge: judge)))
             }
             if json {
-                var obj: [String: Any] = ["delta": name, "task": taskRef, "seed": md.seed, "layer": md.layer,
-                                          "n_test": split.test.count, "scale": Double(deltas.scale)]
+                var obj: [String: Any] = [
+                    "delta": name, "task": taskRef, "seed": md.seed, "layer": md.layer,
+                    "n_test": split.test.count, "scale": Double(deltas.scale),
+                ]
                 for (f, e) in rows {
-                    obj[f] = ["exact_match": e.exactMatch, "first_token_accuracy": e.firstTokenAccuracy,
-                              "judge_accuracy": e.judgeAccuracy]
+                    obj[f] = [
+                        "exact_match": e.exactMatch, "first_token_accuracy": e.firstTokenAccuracy,
+                        "judge_accuracy": e.judgeAccuracy,
+                    ]
                 }
-                print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self
+                    ))
                 continue
             }
             print("\(name): task \(taskRef), seed \(md.seed), layer \(md.layer), \(split.test.count) test pairs")
             let base = rows.first { $0.0 == "native" }?.1.exactMatch
             for (f, e) in rows {
                 let d = base.map { String(format: "  (%+.3f vs native)", e.exactMatch - $0) } ?? ""
-                print("  " + f.padding(toLength: 15, withPad: " ", startingAt: 0)
-                      + String(format: "exact %.3f  first-token %.3f  judge %.3f", e.exactMatch, e.firstTokenAccuracy,
-                               e.judgeAccuracy) + (f == "native" ? "" : d))
+                print(
+                    "  " + f.padding(toLength: 15, withPad: " ", startingAt: 0)
+                        + String(
+                            format: "exact %.3f  first-token %.3f  judge %.3f", e.exactMatch, e.firstTokenAccuracy,
+                            e.judgeAccuracy) + (f == "native" ? "" : d))
             }
         }
     }

@@ -9,38 +9,44 @@ public struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text with one or more learned Δs added (steered generation).",
         discussion: """
-        Each --delta is a Δ artefact (.safetensors from `worker run`, the store's artefacts/ or \
-        `coordinator results`). It is checked against the model on load: the model's sha256, the \
-        layer, the head count and head size must be its own, else an error names both. Δs for the \
-        same layer add (composition at use time); Δs for different layers apply at their own \
-        layers. --scale multiplies them all.
+            Each --delta is a Δ artefact (.safetensors from `worker run`, the store's artefacts/ or \
+            `coordinator results`). It is checked against the model on load: the model's sha256, the \
+            layer, the head count and head size must be its own, else an error names both. Δs for the \
+            same layer add (composition at use time); Δs for different layers apply at their own \
+            layers. --scale multiplies them all.
 
-        Positions: a Δ is learned at the prompt's last token, and `last` (the default) adds it \
-        there only, as it was trained; `all` adds it at every prompt and generated position; \
-        `generated` only where generated tokens are read back in; `last+generated` both.
+            Positions: a Δ is learned at the prompt's last token, and `last` (the default) adds it \
+            there only, as it was trained; `all` adds it at every prompt and generated position; \
+            `generated` only where generated tokens are read back in; `last+generated` both.
 
-        Examples:
-          worker generate --delta runs/3f…e1.safetensors --prompt $'Q: hot\\nA:'
-          worker generate --delta antonym.safetensors --delta french.safetensors --prompts-file words.txt
-          worker generate --delta d.safetensors --prompt "Tell me about cats" --chat --temperature 0.7 --top-p 0.9 --seed 1
-          worker generate --delta d.safetensors --prompt $'Q: big\\nA:' --compare --json
-        """)
+            Examples:
+              worker generate --delta runs/3f…e1.safetensors --prompt $'Q: hot\\nA:'
+              worker generate --delta antonym.safetensors --delta french.safetensors --prompts-file words.txt
+              worker generate --delta d.safetensors --prompt "Tell me about cats" --chat --temperature 0.7 --seed 1
+              worker generate --delta d.safetensors --prompt $'Q: big\\nA:' --compare --json
+            """)
 
     @OptionGroup public var modelOptions: ModelOptions
     @OptionGroup var deltas: DeltaOptions
 
-    @Option(name: .long, help: "Where Δ is added: last (the prompt's last token, as trained), all, generated, or last+generated.")
+    @Option(
+        name: .long,
+        help: "Where Δ is added: last (the prompt's last token, as trained), all, generated, or last+generated.")
     public var positions: String = DeltaPositions.last.rawValue
 
     @Option(name: .long, help: ArgumentHelp("A prompt (repeatable; use $'…' in bash for newlines).", valueName: "text"))
     public var prompt: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp(
-        "A file of prompts: a JSON array of strings, else one prompt per line (\\n in a line is a newline).",
-        valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A file of prompts: a JSON array of strings, else one prompt per line (\\n in a line is a newline).",
+            valueName: "path"))
     public var promptsFile: String?
 
-    @Flag(name: .long, help: "Wrap each prompt in the model's ChatML template (<|im_start|>user … <|im_start|>assistant).")
+    @Flag(
+        name: .long, help: "Wrap each prompt in the model's ChatML template (<|im_start|>user … <|im_start|>assistant)."
+    )
     public var chat = false
 
     @Option(name: .long, help: "Tokens to generate at most per prompt.")
@@ -70,7 +76,9 @@ public struct GenerateCommand: ParsableCommand {
         guard DeltaPositions(rawValue: positions) != nil else {
             throw ValidationError("--positions must be one of \(DeltaPositions.quotedNames), not \"\(positions)\"")
         }
-        guard maxNewTokens >= 1 && maxNewTokens <= 4096 else { throw ValidationError("--max-new-tokens must be 1…4096") }
+        guard maxNewTokens >= 1 && maxNewTokens <= 4096 else {
+            throw ValidationError("--max-new-tokens must be 1…4096")
+        }
         guard temperature >= 0 && temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0") }
         guard topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard !prompt.isEmpty || promptsFile != nil else {
@@ -84,7 +92,9 @@ public struct GenerateCommand: ParsableCommand {
     func loadPrompts() throws -> [String] {
         var out = prompt
         if let f = promptsFile {
-            guard let data = FileManager.default.contents(atPath: f) else { throw CLIError("cannot read --prompts-file \(f)") }
+            guard let data = FileManager.default.contents(atPath: f) else {
+                throw CLIError("cannot read --prompts-file \(f)")
+            }
             if let arr = try? JSONSerialization.jsonObject(with: data) as? [String] {
                 out += arr
             } else {
@@ -98,14 +108,17 @@ public struct GenerateCommand: ParsableCommand {
 
     public func run() throws {
         let texts = try loadPrompts()
-        _ = try deltas.artefacts()   // unreadable files fail before the model loads
+        _ = try deltas.artefacts()  // unreadable files fail before the model loads
         let lm = try modelOptions.load()
         let steering = try deltas.steering(lm, positions: DeltaPositions(rawValue: positions)!)
 
         let prompts: [String]
         if chat {
             guard lm.tokenizer.id(of: "<|im_start|>") != nil else {
-                throw CLIError("\(lm.name) has no ChatML tokens (<|im_start|>): leave out --chat and write the prompt as the model expects")
+                throw CLIError(
+                    "\(lm.name) has no ChatML tokens (<|im_start|>): leave out --chat and write the prompt "
+                        + "as the model expects"
+                )
             }
             prompts = texts.map { "<|im_start|>user\n\($0)<|im_end|>\n<|im_start|>assistant\n" }
         } else {
@@ -120,8 +133,10 @@ public struct GenerateCommand: ParsableCommand {
 
         if json {
             let rows: [[String: Any]] = texts.indices.map { i in
-                var r: [String: Any] = ["prompt": texts[i], "text": lm.tokenizer.decode(steered.tokens[i]),
-                                        "token_ids": steered.tokens[i]]
+                var r: [String: Any] = [
+                    "prompt": texts[i], "text": lm.tokenizer.decode(steered.tokens[i]),
+                    "token_ids": steered.tokens[i],
+                ]
                 if let plain { r["without_delta"] = lm.tokenizer.decode(plain.tokens[i]) }
                 return r
             }
@@ -130,12 +145,15 @@ public struct GenerateCommand: ParsableCommand {
                 "layers": (steering?.byLayer.keys.sorted() ?? []), "temperature": Double(temperature),
                 "top_p": Double(topP), "seed": seed, "results": rows,
             ]
-            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            print(
+                String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)
+            )
             return
         }
         let layers = steering.map { s in s.byLayer.keys.sorted().map(String.init).joined(separator: ", ") } ?? "none"
-        print("model \(lm.name) · Δ at layer \(layers), positions \(positions), scale \(deltas.scale)"
-              + (temperature > 0 ? " · temperature \(temperature), top-p \(topP), seed \(seed)" : " · greedy"))
+        print(
+            "model \(lm.name) · Δ at layer \(layers), positions \(positions), scale \(deltas.scale)"
+                + (temperature > 0 ? " · temperature \(temperature), top-p \(topP), seed \(seed)" : " · greedy"))
         for i in texts.indices {
             print("\n> \(texts[i].replacingOccurrences(of: "\n", with: "\n> "))")
             print((compare ? "with Δ:    " : "") + lm.tokenizer.decode(steered.tokens[i]).debugDescription)

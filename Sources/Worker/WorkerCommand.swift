@@ -8,7 +8,10 @@ public struct WorkerCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "worker",
         abstract: "Run the model and the Δ solver: for a coordinator, or alone on this machine.",
-        subcommands: [ServeCommand.self, RunCommand.self, OpinionCommand.self, GenerateCommand.self, EvaluateCommand.self, ExportCommand.self, InspectCommand.self, BenchCommand.self],
+        subcommands: [
+            ServeCommand.self, RunCommand.self, OpinionCommand.self, GenerateCommand.self, EvaluateCommand.self,
+            ExportCommand.self, InspectCommand.self, BenchCommand.self,
+        ],
         defaultSubcommand: ServeCommand.self
     )
     public init() {}

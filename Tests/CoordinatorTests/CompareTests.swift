@@ -5,9 +5,11 @@ import XCTest
 
 /// `coordinator compare`'s statistics on jobs with known metrics.
 final class CompareTests: XCTestCase {
-    func job(_ task: String, _ seed: Int, _ em: Double, method: JobMethod = .intervention,
-             solver: SolverMethod? = .adam, lambda: Double = 0.01, state: JobState = .done,
-             objective: Double? = nil) -> JobView {
+    func job(
+        _ task: String, _ seed: Int, _ em: Double, method: JobMethod = .intervention,
+        solver: SolverMethod? = .adam, lambda: Double = 0.01, state: JobState = .done,
+        objective: Double? = nil
+    ) -> JobView {
         var s = JobSpec(task: "data/\(task).json", method: method, lambda: lambda, seed: seed, solver: solver)
         s.testSize = 100
         var metrics = ["exact_match": em]
@@ -19,10 +21,12 @@ final class CompareTests: XCTestCase {
         // arm A (adam): task a seeds 0,1,2 = 0.1, 0.2, 0.3; task b = 0.5, 0.5
         // arm B (fista): task a = 0.2, 0.4, 0.3 (diffs +0.1, +0.2, 0); task b = 0.6, 0.3 (+0.1, −0.2)
         var jobs = [job("a", 0, 0.1), job("a", 1, 0.2), job("a", 2, 0.3), job("b", 0, 0.5), job("b", 1, 0.5)]
-        jobs += [job("a", 0, 0.2, solver: .fista, objective: 1), job("a", 1, 0.4, solver: .fista, objective: 3),
-                 job("a", 2, 0.3, solver: .fista), job("b", 0, 0.6, solver: .fista), job("b", 1, 0.3, solver: .fista)]
+        jobs += [
+            job("a", 0, 0.2, solver: .fista, objective: 1), job("a", 1, 0.4, solver: .fista, objective: 3),
+            job("a", 2, 0.3, solver: .fista), job("b", 0, 0.6, solver: .fista), job("b", 1, 0.3, solver: .fista),
+        ]
         jobs.append(job("b", 2, 0.9, solver: .fista, state: .running))  // not done: left out
-        jobs.append(job("c", 0, 0.9, solver: .fista))                     // only one arm has c: not in the suite
+        jobs.append(job("c", 0, 0.9, solver: .fista))  // only one arm has c: not in the suite
         let c = try Comparison.make(jobs, metric: "exact_match")
         XCTAssertEqual(c.arms.map(\.label), ["intervention solver=adam", "intervention solver=fista"])
         XCTAssertEqual(c.baseline, 0)
@@ -33,16 +37,17 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(a.mean, 0.2, accuracy: 1e-12)
         XCTAssertEqual(a.std, 0.1, accuracy: 1e-12)
         XCTAssertEqual(a.n, 3)
-        let pa = try XCTUnwrap(c.paired[0][1]), pb = try XCTUnwrap(c.paired[1][1])
+        let pa = try XCTUnwrap(c.paired[0][1])
+        let pb = try XCTUnwrap(c.paired[1][1])
         XCTAssertEqual(pa.mean, 0.1, accuracy: 1e-12)
-        XCTAssertEqual(pa.se, 0.1 / 3.0.squareRoot(), accuracy: 1e-12)     // sd of (0.1, 0.2, 0) = 0.1
+        XCTAssertEqual(pa.se, 0.1 / 3.0.squareRoot(), accuracy: 1e-12)  // sd of (0.1, 0.2, 0) = 0.1
         XCTAssertEqual(pb.mean, -0.05, accuracy: 1e-12)
         XCTAssertEqual(pb.se, (0.045).squareRoot() / 2.0.squareRoot(), accuracy: 1e-12)  // sd of (0.1, −0.2)
         XCTAssertNil(c.paired[0][0], "the baseline has no difference from itself")
         let suite = try XCTUnwrap(c.suitePaired[1])
         XCTAssertEqual(suite.mean, 0.025, accuracy: 1e-12)
         XCTAssertEqual(suite.se, (pa.se * pa.se + pb.se * pb.se).squareRoot() / 2, accuracy: 1e-12)
-        XCTAssertEqual(try XCTUnwrap(c.suiteMean[0]), 0.35, accuracy: 1e-12)   // (0.2 + 0.5) / 2
+        XCTAssertEqual(try XCTUnwrap(c.suiteMean[0]), 0.35, accuracy: 1e-12)  // (0.2 + 0.5) / 2
         XCTAssertEqual(try XCTUnwrap(c.extras["final_objective"]?[1]), 2, accuracy: 1e-12)
 
         let text = Render.comparison(c, markdown: false)
@@ -58,7 +63,9 @@ final class CompareTests: XCTestCase {
     }
 
     func testBaselineByLabelAndClearErrors() throws {
-        let jobs = [job("a", 0, 0.1), job("a", 0, 0.3, solver: .fista), job("a", 0, 0.2, method: .fewShot, solver: nil)]
+        let jobs = [
+            job("a", 0, 0.1), job("a", 0, 0.3, solver: .fista), job("a", 0, 0.2, method: .fewShot, solver: nil),
+        ]
         let c = try Comparison.make(jobs, metric: "exact_match", baseline: "fista")
         XCTAssertEqual(c.arms[c.baseline].label, "intervention solver=fista")
         XCTAssertEqual(c.arms[2].label, "few-shot", "few-shot has no solver: its label leaves it out")

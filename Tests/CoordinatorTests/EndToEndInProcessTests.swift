@@ -213,7 +213,7 @@ final class EndToEndInProcessTests: XCTestCase {
         res.jobID = a.jobID; res.attempt = a.attempt; res.workerID = "d1"; res.metrics = ["exact_match": 0.5]
         try w.send(Wire.encode(.result(res)), timeoutMs: 1000)
         while let b = try receiveBody(w, timeout: 1500) {
-            if case .ack(let k) = b, k.kind == .result { XCTFail("a result the store could not write was acknowledged") }
+            if case .ack(let k) = b, k.kind == .result { XCTFail("a result not on disk was acknowledged") }
         }
         let refused = try client.submit(gridJSON: #"{"experiment": "e", "tasks": "u", "methods": "synthetic"}"#)
         XCTAssertFalse(refused.ok)

@@ -110,7 +110,7 @@ final class SchedulerTests: XCTestCase {
         let reason = s.pendingReason(int8.id) ?? ""
         XCTAssertTrue(reason.contains("int8") && reason.contains("run fp32 only"), reason)
         _ = on(.result(worker: "arm", job: fp32.id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
-        XCTAssertEqual(assignments(on(.workerReady(worker: "arm"))).map(\.job), [zero.id], "no solver: nothing to check")
+        XCTAssertEqual(assignments(on(.workerReady(worker: "arm"))).map(\.job), [zero.id], "no solver, no check")
 
         _ = connect("x86", WorkerCapabilities(device: .cpu, precisions: ["fp32", "int8"]))
         XCTAssertEqual(s.job(int8.id)?.state, .running)

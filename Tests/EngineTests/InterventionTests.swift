@@ -95,7 +95,7 @@ final class InterventionTests: XCTestCase {
     /// int8: the threads split every product's outputs (no partial sums), so the result does not
     /// depend on the thread count at all.
     func testInt8IsBitIdenticalOnOneAndTwoThreads() throws {
-        guard Precision.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
+        guard Precision.int8Available else { throw XCTSkip(TestPaths.noInt8) }
         let lm1 = try SharedModel.get()
         let lm2 = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
         let (prompts, targets, _) = try trainingBatch(lm1)
@@ -113,7 +113,7 @@ final class InterventionTests: XCTestCase {
     /// random Δ: the loss and its gradient stay close to the exact ones (measured: loss within
     /// 0.3%, cosine 0.9995, norm within 1%).
     func testInt8LossAndGradientStayCloseToFP32() throws {
-        guard Precision.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
+        guard Precision.int8Available else { throw XCTSkip(TestPaths.noInt8) }
         let lm = try SharedModel.get()
         let (prompts, targets, _) = try trainingBatch(lm)
         var rng = SplitMix64(seed: 5)

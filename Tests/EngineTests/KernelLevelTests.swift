@@ -15,7 +15,8 @@ final class KernelLevelTests: XCTestCase {
     func levels() throws -> [Int8Kernels] {
         let levels = Int8Kernels.supported.filter { $0 != .none }
         guard levels.count > 1 else {
-            throw XCTSkip("this CPU runs \(levels.count) int8 level(s) (\(Int8Kernels.cpu.rawValue)): nothing to compare")
+            throw XCTSkip(
+                "this CPU runs \(levels.count) int8 level(s) (\(Int8Kernels.cpu.rawValue)): nothing to compare")
         }
         return levels
     }
@@ -52,11 +53,16 @@ final class KernelLevelTests: XCTestCase {
                         return p
                     }
                     defer { ptrs.forEach { $0.deallocate() } }
-                    QuantGEMM.linearInt8(x, m, cols: k, zip(qs, ptrs).map { .init($0, $1) }, accumulate: true, threads: 2)
-                    results.append(zip(ws, ptrs).map { w, p in UnsafeBufferPointer(start: p, count: m * w.rows).map(\.bitPattern) })
+                    QuantGEMM.linearInt8(
+                        x, m, cols: k, zip(qs, ptrs).map { .init($0, $1) }, accumulate: true, threads: 2)
+                    results.append(
+                        zip(ws, ptrs).map { w, p in UnsafeBufferPointer(start: p, count: m * w.rows).map(\.bitPattern) }
+                    )
                 }
                 for (i, r) in results.enumerated().dropFirst() {
-                    XCTAssertEqual(r, results[0], "\(ws.map(\.name)) m=\(m): \(levels[i].rawValue) differs from \(levels[0].rawValue)")
+                    XCTAssertEqual(
+                        r, results[0],
+                        "\(ws.map(\.name)) m=\(m): \(levels[i].rawValue) differs from \(levels[0].rawValue)")
                 }
             }
         }
@@ -90,11 +96,12 @@ final class KernelLevelTests: XCTestCase {
     /// The transposed 8-bit copy itself, packed at each level from the same fp32 W.
     func testTransposedPackingIsTheSameAtEveryLevel() throws {
         let levels = try levels()
-        let rows = 64, cols = 48
+        let rows = 64
+        let cols = 48
         var rng = SplitMix64(seed: 3)
         var w = (0..<(rows * cols)).map { _ in Float(rng.uniform() * 2 - 1) }
-        for c in 0..<cols { w[5 * cols + c] = 0 }              // a zero run start
-        for r in 32..<64 { w[r * cols + 7] = 0 }               // an all-zero run of 32 (scale 0)
+        for c in 0..<cols { w[5 * cols + c] = 0 }  // a zero run start
+        for r in 32..<64 { w[r * cols + 7] = 0 }  // an all-zero run of 32 (scale 0)
         var packs: [[UInt8]] = []
         let n = QuantGEMM.transposedBytes(rows: rows, cols: cols)
         for level in levels {
@@ -104,7 +111,9 @@ final class KernelLevelTests: XCTestCase {
             w.withUnsafeBufferPointer { QuantGEMM.packTransposedQ8($0.baseAddress!, rows: rows, cols: cols, into: p) }
             packs.append(Array(UnsafeRawBufferPointer(start: p, count: n)))
         }
-        for (i, p) in packs.enumerated().dropFirst() { XCTAssertEqual(p, packs[0], "\(levels[i].rawValue) packs differently") }
+        for (i, p) in packs.enumerated().dropFirst() {
+            XCTAssertEqual(p, packs[0], "\(levels[i].rawValue) packs differently")
+        }
     }
 
     /// A whole int8 loss and gradient through 26 layers: identical at every level.

@@ -115,7 +115,7 @@ final class KernelTests: XCTestCase {
     /// reaching ±127: the rounding to int8 is then exact (scale 1), so the product must equal the
     /// fp32 one up to fp32 summation order. Then on random x: the rounding's error is small.
     func compareInt8(_ ws: [Weight], rows m: Int, file: StaticString = #filePath, line: UInt = #line) throws {
-        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
+        guard QuantGEMM.int8Available else { throw XCTSkip(TestPaths.noInt8) }
         let k = ws[0].cols
         let qs = try ws.map { try XCTUnwrap(CPUBackend.packed($0)?.int8 != nil ? CPUBackend.packed($0) : nil, "\($0.name) has no int8 copy", file: file, line: line) }
         var rng = SplitMix64(seed: UInt64(m * 131 + k))
@@ -174,7 +174,7 @@ final class KernelTests: XCTestCase {
     }
 
     func int8BackwardMatchesFP32() throws {
-        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
+        guard QuantGEMM.int8Available else { throw XCTSkip(TestPaths.noInt8) }
         let (w, file) = try integerQ8Weight(rows: 64, cols: 96, seed: 17)
         defer { try? FileManager.default.removeItem(atPath: file) }
         for m in [1, 10, 13] { try compareInt8Backward([w], rows: m, exactWeights: true) }
@@ -217,7 +217,7 @@ final class KernelTests: XCTestCase {
     /// random dy the rounding error stays small.
     func compareInt8Backward(_ ws: [Weight], rows m: Int, exactWeights: Bool = false,
                              file: StaticString = #filePath, line: UInt = #line) throws {
-        guard QuantGEMM.int8Available else { throw XCTSkip("this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here") }
+        guard QuantGEMM.int8Available else { throw XCTSkip(TestPaths.noInt8) }
         let k = ws[0].cols
         XCTAssertTrue(ws.allSatisfy { CPUBackend.transposedInt8($0) != nil }, "no transposed int8 copy", file: file, line: line)
         var rng = SplitMix64(seed: UInt64(m * 71 + k))

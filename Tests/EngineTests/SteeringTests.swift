@@ -6,8 +6,10 @@ import XCTest
 /// Using a learned Δ: steered generation (`worker generate`) against the evaluation's own path,
 /// composition, the load checks and sampling.
 final class SteeringTests: XCTestCase {
-    func artefact(_ lm: LanguageModel, delta: [Float], layer: Int = 4, sha: String? = nil, heads: Int? = nil,
-                  positions: String = "last") throws -> DeltaArtefact {
+    func artefact(
+        _ lm: LanguageModel, delta: [Float], layer: Int = 4, sha: String? = nil, heads: Int? = nil,
+        positions: String = "last"
+    ) throws -> DeltaArtefact {
         var md = DeltaMetadata(
             model: lm.name, modelSHA256: try sha ?? lm.sha256(), task: "t", method: "intervention", layer: layer,
             heads: heads ?? lm.config.nHeads, headDim: lm.config.headDim, seed: 0, lambda: 0.01, gamma: 0.01, steps: 1,
@@ -30,14 +32,18 @@ final class SteeringTests: XCTestCase {
 
         // two halves on one layer add up to the whole; scale 0.5 of twice Δ is Δ
         let half = delta.map { $0 / 2 }
-        let two = try Steering(artefacts: [("a", try artefact(lm, delta: half)), ("b", try artefact(lm, delta: half))], model: lm)
-        XCTAssertEqual(lm.generate(prompts: prompts, steering: two, sampling: .greedy, stop: stop).tokens, evaluation.tokens)
-        let scaled = try Steering(artefacts: [("x", try artefact(lm, delta: delta.map { $0 * 2 }))], model: lm, scale: 0.5)
+        let two = try Steering(
+            artefacts: [("a", try artefact(lm, delta: half)), ("b", try artefact(lm, delta: half))], model: lm)
+        XCTAssertEqual(
+            lm.generate(prompts: prompts, steering: two, sampling: .greedy, stop: stop).tokens, evaluation.tokens)
+        let scaled = try Steering(
+            artefacts: [("x", try artefact(lm, delta: delta.map { $0 * 2 }))], model: lm, scale: 0.5)
         XCTAssertEqual(scaled.byLayer[4], delta)
 
         // other positions change the continuation (Δ is also added where generated tokens are read)
         let all = try Steering(artefacts: [("d", try artefact(lm, delta: delta))], model: lm, positions: .all)
-        XCTAssertNotEqual(lm.generate(prompts: prompts, steering: all, sampling: .greedy, stop: stop).tokens, steered.tokens)
+        XCTAssertNotEqual(
+            lm.generate(prompts: prompts, steering: all, sampling: .greedy, stop: stop).tokens, steered.tokens)
     }
 
     func testLoadChecksNameTheArtefactAndTheModel() throws {
@@ -60,7 +66,8 @@ final class SteeringTests: XCTestCase {
         XCTAssertTrue(m4.contains("values"), m4)
         let m5 = message(try artefact(lm, delta: d, positions: "all"))
         XCTAssertTrue(m5.contains("\"all\""), m5)
-        XCTAssertEqual(message(try artefact(lm, delta: d, sha: "")), "", "an artefact without a fingerprint (schema 0) loads")
+        XCTAssertEqual(
+            message(try artefact(lm, delta: d, sha: "")), "", "an artefact without a fingerprint (schema 0) loads")
 
         // corrupt files: not safetensors at all, cut short, or without the metadata Δ needs
         let good = try artefact(lm, delta: d).data
@@ -69,7 +76,9 @@ final class SteeringTests: XCTestCase {
         XCTAssertThrowsError(try DeltaArtefact(data: good.prefix(good.count - 100)), "truncated data")
         XCTAssertThrowsError(try DeltaArtefact(data: good.prefix(40)), "truncated header")
         let noMeta = Safetensors.write(tensors: [("delta", [d.count], d)], metadata: [:])
-        XCTAssertThrowsError(try DeltaArtefact(data: noMeta)) { XCTAssertTrue("\($0)".contains("layer") || "\($0)".contains("model"), "\($0)") }
+        XCTAssertThrowsError(try DeltaArtefact(data: noMeta)) {
+            XCTAssertTrue("\($0)".contains("layer") || "\($0)".contains("model"), "\($0)")
+        }
     }
 
     func testSamplingIsSeededAndTopPTinyIsGreedy() throws {
@@ -81,14 +90,17 @@ final class SteeringTests: XCTestCase {
         let a = lm.generate(prompts: ids, steering: nil, sampling: hot, stop: stop)
         let b = lm.generate(prompts: ids, steering: nil, sampling: hot, stop: stop)
         XCTAssertEqual(a.tokens, b.tokens, "the same seed repeats")
-        let c = lm.generate(prompts: ids, steering: nil, sampling: Sampling(temperature: 1.5, topP: 1, seed: 8), stop: stop)
+        let c = lm.generate(
+            prompts: ids, steering: nil, sampling: Sampling(temperature: 1.5, topP: 1, seed: 8), stop: stop)
         XCTAssertNotEqual(a.tokens, c.tokens, "another seed differs (16 tokens at temperature 1.5)")
         XCTAssertNotEqual(a.tokens, greedy.tokens)
         // each sequence has its own generator (seed + index), not shared with the other prompts:
         // prompt 1 alone with seed 9 gives what it gave as index 1 of the batch with seed 8
-        let alone = lm.generate(prompts: [ids[1]], steering: nil, sampling: Sampling(temperature: 1.5, topP: 1, seed: 9), stop: stop)
+        let alone = lm.generate(
+            prompts: [ids[1]], steering: nil, sampling: Sampling(temperature: 1.5, topP: 1, seed: 9), stop: stop)
         XCTAssertEqual(alone.tokens[0], c.tokens[1])
-        let nucleus = lm.generate(prompts: ids, steering: nil, sampling: Sampling(temperature: 1, topP: 1e-6, seed: 1), stop: stop)
+        let nucleus = lm.generate(
+            prompts: ids, steering: nil, sampling: Sampling(temperature: 1, topP: 1e-6, seed: 1), stop: stop)
         XCTAssertEqual(nucleus.tokens, greedy.tokens, "top-p → 0 keeps only the most likely token")
     }
 }
@@ -122,12 +134,14 @@ final class DeltaExportTests: XCTestCase {
         for (a, b) in zip(got, expected) { XCTAssertEqual(a, b, accuracy: 1e-4 * max(1, abs(b))) }
 
         try DeltaExport.modelWithBias(s, model: lm).write(to: dir + "/m.gguf")
-        let orig = try GGUFFile(path: lm.path), copy = try GGUFFile(path: dir + "/m.gguf")
+        let orig = try GGUFFile(path: lm.path)
+        let copy = try GGUFFile(path: dir + "/m.gguf")
         XCTAssertEqual(copy.metadataKeys, orig.metadataKeys)
         for k in orig.metadataKeys { XCTAssertEqual("\(copy.metadata[k]!)", "\(orig.metadata[k]!)", k) }
         XCTAssertEqual(copy.tensorOrder, orig.tensorOrder + ["blk.4.attn_output.bias"])
         for name in orig.tensorOrder {
-            XCTAssertTrue(copy.rawBytes(try copy.tensor(name)).elementsEqual(orig.rawBytes(try orig.tensor(name))), name)
+            XCTAssertTrue(
+                copy.rawBytes(try copy.tensor(name)).elementsEqual(orig.rawBytes(try orig.tensor(name))), name)
         }
         XCTAssertEqual(try Dequant.tensor(copy, try copy.tensor("blk.4.attn_output.bias")), got)
         // the copy still loads as the model it was
@@ -135,7 +149,9 @@ final class DeltaExportTests: XCTestCase {
 
         var at0 = s
         at0.byLayer = [0: delta]
-        XCTAssertThrowsError(try DeltaExport.controlVector(at0, model: lm)) { XCTAssertTrue("\($0)".contains("layer 0"), "\($0)") }
+        XCTAssertThrowsError(try DeltaExport.controlVector(at0, model: lm)) {
+            XCTAssertTrue("\($0)".contains("layer 0"), "\($0)")
+        }
     }
 
     /// `worker evaluate`'s path: the native form scores what the job's evaluation scored; the
@@ -152,16 +168,19 @@ final class DeltaExportTests: XCTestCase {
             heads: lm.config.nHeads, headDim: lm.config.headDim, seed: 0, lambda: 0, gamma: 0, steps: 1, lr: 0.1,
             solver: "adam", precision: "fp32", trainSize: 10, finalLoss: 0)
         let s = try Steering(artefacts: [("d", DeltaArtefact(delta: delta, metadata: md))], model: lm)
-        let job = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, deltas: [delta, nil], layer: 4, judge: judge)
+        let job = lm.evaluate(
+            prompts: prompts, pairs: split.test, format: .qa, deltas: [delta, nil], layer: 4, judge: judge)
         let native = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: s, judge: judge)
         XCTAssertEqual(native.items.map(\.prediction), job[0].items.map(\.prediction))
         let none = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: nil, judge: judge)
         XCTAssertEqual(none.items.map(\.prediction), job[1].items.map(\.prediction))
         var zero = s
         zero.byLayer = [4: [Float](repeating: 0, count: delta.count)]
-        let zcv = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: zero.asControlVector(lm), judge: judge)
+        let zcv = lm.evaluate(
+            prompts: prompts, pairs: split.test, format: .qa, steering: zero.asControlVector(lm), judge: judge)
         XCTAssertEqual(zcv.items.map(\.prediction), none.items.map(\.prediction))
-        let cv = lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, steering: s.asControlVector(lm), judge: judge)
+        let cv = lm.evaluate(
+            prompts: prompts, pairs: split.test, format: .qa, steering: s.asControlVector(lm), judge: judge)
         XCTAssertNotEqual(cv.items.map(\.prediction), native.items.map(\.prediction))
     }
 }
@@ -175,18 +194,23 @@ final class PyTorchInteropTests: XCTestCase {
         let lm = try SharedModel.get()
         let root = TestPaths.packageRoot.appendingPathComponent("Tests/EngineTests/Fixtures")
         let fixture = try loadJSON(root.appendingPathComponent("interop-steered-logits.json")) as! [String: Any]
-        XCTAssertEqual(fixture["model_sha256"] as? String, try lm.sha256(), "the fixture was made on another model file")
+        XCTAssertEqual(
+            fixture["model_sha256"] as? String, try lm.sha256(), "the fixture was made on another model file")
         let data = try Data(contentsOf: root.appendingPathComponent("interop-delta.safetensors"))
-        let s = try Steering(artefacts: [("interop-delta", try DeltaArtefact(data: data))], model: lm,
-                             scale: Float(fixture["scale"] as! Double))
+        let s = try Steering(
+            artefacts: [("interop-delta", try DeltaArtefact(data: data))], model: lm,
+            scale: Float(fixture["scale"] as! Double))
         var worst: Float = 0
         for row in fixture["prompts"] as! [[String: Any]] {
             let ids = lm.tokenizer.encode(row["prompt"] as! String)
             XCTAssertEqual(ids, row["token_ids"] as! [Int])
-            for (hooks, idKey, logitKey) in [(s.promptHooks as ForwardHooks?, "top_ids", "top_logits"),
-                                             (nil, "plain_top_ids", "plain_top_logits")] {
+            for (hooks, idKey, logitKey) in [
+                (s.promptHooks as ForwardHooks?, "top_ids", "top_logits"),
+                (nil, "plain_top_ids", "plain_top_logits"),
+            ] {
                 let z = lm.model.forward(tokens: [ids], caches: [lm.model.makeCache(capacity: ids.count)], hooks: hooks)
-                let refIDs = row[idKey] as! [Int], refLogits = (row[logitKey] as! [Double]).map(Float.init)
+                let refIDs = row[idKey] as! [Int]
+                let refLogits = (row[logitKey] as! [Double]).map(Float.init)
                 XCTAssertEqual(z.indices.sorted { z[$0] > z[$1] }.first, refIDs.first, "\(row["prompt"]!) \(idKey)")
                 for (id, ref) in zip(refIDs, refLogits) {
                     worst = max(worst, abs(z[id] - ref))

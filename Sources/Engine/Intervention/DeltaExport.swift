@@ -52,8 +52,11 @@ public enum DeltaExport {
         g.alignment = f.alignment
         for k in f.metadataKeys { g.add(k, f.metadata[k]!) }
         for name in f.tensorOrder {
-            if name.hasSuffix(".attn_output.bias"), let l = Int(name.split(separator: ".")[1]), steering.byLayer[l] != nil {
-                throw ExportError(description: "the model already has \(name); adding Δ to an existing bias is not supported")
+            if name.hasSuffix(".attn_output.bias"), let l = Int(name.split(separator: ".")[1]),
+                steering.byLayer[l] != nil
+            {
+                throw ExportError(
+                    description: "the model already has \(name); adding Δ to an existing bias is not supported")
             }
             let t = f.tensors[name]!
             let raw = f.rawBytes(t)

@@ -41,8 +41,10 @@ public struct Steering: Sendable {
     /// Checks each artefact against `lm`: its model fingerprint (sha256), layer, head count and
     /// head size must be the model's, and its position policy one this build applies. The errors
     /// name the artefact's value and the model's.
-    public init(artefacts: [(name: String, artefact: DeltaArtefact)], model lm: LanguageModel, scale: Float = 1,
-                positions: DeltaPositions = .last) throws {
+    public init(
+        artefacts: [(name: String, artefact: DeltaArtefact)], model lm: LanguageModel, scale: Float = 1,
+        positions: DeltaPositions = .last
+    ) throws {
         let cfg = lm.config
         let sha = try lm.sha256()
         var sums: [Int: [Float]] = [:]
@@ -52,7 +54,8 @@ public struct Steering: Sendable {
             if !m.modelSHA256.isEmpty && m.modelSHA256 != sha {
                 throw fail(
                     "learned on model \(m.model) (sha256 \(m.modelSHA256.prefix(12))…), but the model loaded is "
-                        + "\(lm.name) (sha256 \(sha.prefix(12))…); load that model with --model, or learn Δ on this one")
+                        + "\(lm.name) (sha256 \(sha.prefix(12))…); load that model with --model, or learn Δ on this one"
+                )
             }
             guard m.layer >= 0 && m.layer < cfg.nLayers else {
                 throw fail("layer \(m.layer) is outside this model's 0…\(cfg.nLayers - 1)")
@@ -84,7 +87,8 @@ public struct Steering: Sendable {
         var s = self
         s.byLayer = [:]
         s.positions = .all
-        s.blockOutputs = Dictionary(uniqueKeysWithValues: byLayer.map { ($0.key, DeltaExport.outputProjection(lm, layer: $0.key, $0.value)) })
+        s.blockOutputs = Dictionary(
+            uniqueKeysWithValues: byLayer.map { ($0.key, DeltaExport.outputProjection(lm, layer: $0.key, $0.value)) })
         return s
     }
 
@@ -105,13 +109,17 @@ final class SteeringHook: ForwardHooks {
     func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         // the stream entering block l is the one leaving block l − 1
         guard let v = steering.blockOutputs[layer - 1] else { return }
-        for r in 0..<layout.totalRows { v.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: x + r * v.count, v.count) } }
+        for r in 0..<layout.totalRows {
+            v.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: x + r * v.count, v.count) }
+        }
     }
     func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         guard let d = steering.byLayer[layer] else { return }
         for s in 0..<layout.rowCount.count {
-            let rows = decoding
-                ? (steering.positions.atGeneratedTokens ? layout.rowStart[s]..<(layout.rowStart[s] + layout.rowCount[s]) : 0..<0)
+            let rows =
+                decoding
+                ? (steering.positions.atGeneratedTokens
+                    ? layout.rowStart[s]..<(layout.rowStart[s] + layout.rowCount[s]) : 0..<0)
                 : steering.positions.promptRows(layout, s)
             for r in rows { d.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: o + r * d.count, d.count) } }
         }
@@ -147,7 +155,8 @@ public struct Sampling: Sendable {
         var mass: Float = 1
         if topP < 1 {
             order.sort { p[$0] > p[$1] || (p[$0] == p[$1] && $0 < $1) }
-            var acc: Float = 0, keep = 0
+            var acc: Float = 0
+            var keep = 0
             while keep < V {
                 acc += p[order[keep]] / sum
                 keep += 1

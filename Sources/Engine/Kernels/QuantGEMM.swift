@@ -223,7 +223,9 @@ public enum QuantGEMM {
 
     /// Packs Wᵀ of the fp32 W [rows × cols] as an 8-bit matrix for the backward product
     /// (`ik_pack_transposed_q8`); `dst` holds `transposedBytes(rows:cols:)` bytes, 64-aligned.
-    public static func packTransposedQ8(_ w: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutableRawPointer) {
+    public static func packTransposedQ8(
+        _ w: UnsafePointer<Float>, rows: Int, cols: Int, into dst: UnsafeMutableRawPointer
+    ) {
         precondition(rows % 32 == 0 && cols % 16 == 0 && int8Available)
         ik_pack_transposed_q8(w, Int32(rows), Int32(cols), dst)
     }
@@ -650,5 +652,7 @@ public enum Int8Kernels: String, CaseIterable, Sendable {
         set { _ = ik_set_level(newValue.level) }
     }
     /// Every level this CPU runs, best first.
-    public static var supported: [Int8Kernels] { allCases.filter { $0.level <= cpu.level }.sorted { $0.level > $1.level } }
+    public static var supported: [Int8Kernels] {
+        allCases.filter { $0.level <= cpu.level }.sorted { $0.level > $1.level }
+    }
 }

@@ -19,7 +19,9 @@ public struct GGUFWriter {
         addTensor(name, dims: [values.count], type: .f32, bytes: values.withUnsafeBytes { Data($0) })
     }
 
-    static func le<T: FixedWidthInteger>(_ v: T, _ out: inout Data) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+    static func le<T: FixedWidthInteger>(_ v: T, _ out: inout Data) {
+        withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
+    }
     static func str(_ s: String, _ out: inout Data) {
         le(UInt64(s.utf8.count), &out)
         out.append(contentsOf: Array(s.utf8))
@@ -46,19 +48,19 @@ public struct GGUFWriter {
 
     static func payload(_ v: GGUFValue, _ out: inout Data) {
         switch v {
-        case let .uint8(x): le(x, &out)
-        case let .int8(x): le(x, &out)
-        case let .uint16(x): le(x, &out)
-        case let .int16(x): le(x, &out)
-        case let .uint32(x): le(x, &out)
-        case let .int32(x): le(x, &out)
-        case let .float32(x): le(x.bitPattern, &out)
-        case let .bool(x): out.append(x ? 1 : 0)
-        case let .string(s): str(s, &out)
-        case let .uint64(x): le(x, &out)
-        case let .int64(x): le(x, &out)
-        case let .float64(x): le(x.bitPattern, &out)
-        case let .array(items):
+        case .uint8(let x): le(x, &out)
+        case .int8(let x): le(x, &out)
+        case .uint16(let x): le(x, &out)
+        case .int16(let x): le(x, &out)
+        case .uint32(let x): le(x, &out)
+        case .int32(let x): le(x, &out)
+        case .float32(let x): le(x.bitPattern, &out)
+        case .bool(let x): out.append(x ? 1 : 0)
+        case .string(let s): str(s, &out)
+        case .uint64(let x): le(x, &out)
+        case .int64(let x): le(x, &out)
+        case .float64(let x): le(x.bitPattern, &out)
+        case .array(let items):
             // an empty array keeps no element type; uint8 reads back as the same empty array
             le(items.first.map(code) ?? 0, &out)
             le(UInt64(items.count), &out)
