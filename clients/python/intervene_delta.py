@@ -138,10 +138,13 @@ def apply(model, deltas, scale: float = 1.0, positions: str = "last", gguf_path:
 
         hooks.append(o_proj.register_forward_pre_hook(pre_hook))
 
-        # a new generation (a forward with more than one position) starts the count again
+        # a new prompt pass starts the count again: a forward without a filled KV cache, or with
+        # more than one position
         def reset(module, args, kwargs, state=state):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is not None and ids.shape[-1] > 1:
+            cache = kwargs.get("past_key_values")
+            empty = cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
+            if empty or (ids is not None and ids.shape[-1] > 1):
                 state["calls"] = 0
 
         hooks.append(model.register_forward_pre_hook(reset, with_kwargs=True))
