@@ -151,7 +151,9 @@ static void quantize_rows_avx512(const float *x, int m, int k, int8_t *xq, float
             const float *v = x + (size_t)i * k + 32 * b;
             const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            const float d = amax / 127.0f, r = d > 0 ? 1.0f / d : 0.0f;
+            // a block of subnormals: 1/d overflows; its values round to 0, at every level
+            const float inv = isfinite(r) ? r : 0.0f;
             const __m512 s = _mm512_set1_ps(inv);
             // round to nearest even (the default rounding mode), as lrintf
             const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
@@ -371,7 +373,9 @@ static void quantize_rows_avx2(const float *x, int m, int k, int8_t *xq, float *
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
             const float amax = _mm_cvtss_f32(m4);
-            const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+            const float d = amax / 127.0f, r = d > 0 ? 1.0f / d : 0.0f;
+            // a block of subnormals: 1/d overflows; its values round to 0, at every level
+            const float inv = isfinite(r) ? r : 0.0f;
             const __m256 sc = _mm256_set1_ps(inv);
             __m256i q[4];
             for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(vs[j], sc));

@@ -78,17 +78,22 @@ public struct Comparison: Sendable {
         }
         var armOrder: [JobSpec] = []
         var armExample: [JobSpec: JobSpec] = [:]
+        // rows: model, task and test size (a pair agrees on all three and the seed)
         var taskOrder: [String] = []
-        var values: [String: [JobSpec: [Int: JobView]]] = [:]  // task → arm → seed → job
+        var rowSpec: [String: JobSpec] = [:]
+        var values: [String: [JobSpec: [Int: JobView]]] = [:]  // row → arm → seed → job
         for j in done {
             let k = armKey(j.spec)
             if armExample[k] == nil {
                 armOrder.append(k)
                 armExample[k] = j.spec
             }
-            let task = taskName(j.spec)
-            if values[task] == nil { taskOrder.append(task) }
-            values[task, default: [:]][k, default: [:]][j.spec.seed] = j
+            let row = "\(j.spec.model)\u{0}\(j.spec.task)\u{0}\(j.spec.testSize)"
+            if values[row] == nil {
+                taskOrder.append(row)
+                rowSpec[row] = j.spec
+            }
+            values[row, default: [:]][k, default: [:]][j.spec.seed] = j
         }
         let labels = armLabels(armOrder)
         var base = 0
@@ -140,6 +145,17 @@ public struct Comparison: Sendable {
             return Paired(mean: ps.map(\.mean).reduce(0, +) / T, se: se, n: ps.map(\.n).reduce(0, +))
         }
         let suiteTasks = Set(suite.map { taskOrder[$0] })
+        // display names: the task's base name, with what tells rows apart where it is shared
+        let models = Set(rowSpec.values.map(\.model)), tests = Set(rowSpec.values.map(\.testSize))
+        var byName: [String: Int] = [:]
+        for r in taskOrder { byName[taskName(rowSpec[r]!), default: 0] += 1 }
+        let names: [String] = taskOrder.map { r in
+            let s = rowSpec[r]!
+            var n = byName[taskName(s)]! > 1 && models.count == 1 && tests.count == 1 ? s.task : taskName(s)
+            if models.count > 1 { n += " · " + s.model }
+            if tests.count > 1 { n += " · test \(s.testSize)" }
+            return n
+        }
         var extraMeans: [String: [Double?]] = [:]
         for e in extras {
             let col: [Double?] = armOrder.map { a in
@@ -151,7 +167,7 @@ public struct Comparison: Sendable {
         }
         return Comparison(
             metric: metric, arms: zip(labels, armOrder).map { Arm(label: $0, example: armExample[$1]!) },
-            baseline: base, tasks: taskOrder, cells: cells, paired: paired, suite: suite, suiteMean: suiteMean,
+            baseline: base, tasks: names, cells: cells, paired: paired, suite: suite, suiteMean: suiteMean,
             suitePaired: suitePaired, extras: extraMeans, notDone: unique.count - done.count)
     }
 

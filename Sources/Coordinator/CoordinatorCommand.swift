@@ -668,7 +668,10 @@ extension CoordinatorCommand {
         }
 
         func run() throws {
-            let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            // this executable, wherever it was found (a bare name from $PATH is not a path)
+            let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path != "/proc/self/exe"
+                ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+                : URL(fileURLWithPath: Bundle.main.executablePath ?? CommandLine.arguments[0]).resolvingSymlinksInPath()
             let worker = workerBinary ?? me.deletingLastPathComponent().appendingPathComponent("worker").path
             guard FileManager.default.isExecutableFile(atPath: worker) else {
                 throw ValidationError(

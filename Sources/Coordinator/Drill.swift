@@ -114,7 +114,7 @@ public struct FaultDrill {
     }
 
     static func hardKill(_ p: Process) {
-        kill(p.processIdentifier, SIGKILL)
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
     }
 
@@ -170,7 +170,7 @@ public struct FaultDrill {
         try FileManager.default.createDirectory(atPath: c0.directory, withIntermediateDirectories: true)
         let t0 = Date()
         var coordinator = try startCoordinator()
-        var workers = try (0..<c0.workers).map(startWorker)
+        var workers: [Process] = []
         defer {
             for w in workers where w.isRunning {
                 kill(w.processIdentifier, SIGCONT)
@@ -178,9 +178,12 @@ public struct FaultDrill {
             }
             if coordinator.isRunning {
                 kill(coordinator.processIdentifier, SIGTERM)
-                coordinator.waitUntilExit()
+                let t = Date()
+                while coordinator.isRunning && Date().timeIntervalSince(t) < 10 { Thread.sleep(forTimeInterval: 0.05) }
+                Self.hardKill(coordinator)
             }
         }
+        workers = try (0..<c0.workers).map(startWorker)
         _ = try waitForAnswer(deadline: 20)
         let grid = """
             {"experiment": "drill", "tasks": ["drill"], "methods": ["synthetic"],
@@ -245,9 +248,10 @@ public struct FaultDrill {
                     "coordinator restart \(r.coordinatorKills): answering after \(String(format: "%.2f", answer)) s")
             case "stall":
                 let i = Int(rng.next() % UInt64(workers.count))
+                guard workers[i].isRunning else { break }
                 kill(workers[i].processIdentifier, SIGSTOP)
                 Thread.sleep(forTimeInterval: c0.lease + 3)
-                kill(workers[i].processIdentifier, SIGCONT)
+                if workers[i].isRunning { kill(workers[i].processIdentifier, SIGCONT) }
                 r.stalls += 1
                 progress("worker drill-\(i) stalled for \(c0.lease + 3) s")
             case "flood":

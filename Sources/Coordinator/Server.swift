@@ -191,7 +191,12 @@ public final class CoordinatorServer: @unchecked Sendable {
                 if options.measureLatency { _latencies = latencies }
             }
         }
-        commit()
+        // last writes before closing: past the retry gate, a few tries
+        for _ in 0..<3 where !batch.isEmpty {
+            retryStoreAt = 0
+            commit()
+            if storeFailure != nil { Thread.sleep(forTimeInterval: 0.2) }
+        }
         router.close()
         pubSocket?.close()
         store.close()
@@ -205,7 +210,8 @@ public final class CoordinatorServer: @unchecked Sendable {
         var dirtySet: Set<String> = []
         var dirtyExperiments: Set<String> = []
         var steps: [(job: String, attempt: Int, step: Int, values: [String: Double])] = []
-        var sends: [(identity: Data, body: EnvelopeBody, assignment: (worker: String, job: String, attempt: Int)?)] = []
+        typealias Send = (identity: Data, body: EnvelopeBody, assignment: (worker: String, job: String, attempt: Int)?)
+        var sends: [Send] = []
         var updates: [Intervene_V1_Update] = []
         var isEmpty: Bool {
             dirtyJobs.isEmpty && dirtyExperiments.isEmpty && steps.isEmpty && sends.isEmpty && updates.isEmpty
@@ -252,13 +258,19 @@ public final class CoordinatorServer: @unchecked Sendable {
                     batch.dirtyExperiments.formUnion(b.dirtyExperiments)
                     batch.steps = Array((b.steps + batch.steps).suffix(10_000))  // step metrics: the latest only
                     retryStoreAt = Self.now() + 0.5
+                    // replies that say a change is kept wait until it is: result and failure acks,
+                    // submit and cancel replies go out after the write succeeds
+                    var held: [Batch.Send] = []
                     for s in b.sends {
-                        if case .ack(let a) = s.body, a.kind == .result {
-                            count("result_acks_withheld")
-                            continue
+                        switch s.body {
+                        case .ack(let a) where a.kind == .result || a.kind == .failure: held.append(s)
+                        case .submitReply(let r) where r.ok: held.append(s)  // a refusal keeps nothing
+                        case .cancelReply: held.append(s)
+                        default: deliver(s)
                         }
-                        deliver(s)
                     }
+                    count("replies_held", UInt64(held.count))
+                    batch.sends = held + batch.sends
                     for u in b.updates { publish(u) }
                     return
                 }
@@ -270,7 +282,7 @@ public final class CoordinatorServer: @unchecked Sendable {
 
     /// Sends one of a batch's messages; an assignment that cannot be sent puts its job back and
     /// forgets the worker (it is gone).
-    func deliver(_ s: (identity: Data, body: EnvelopeBody, assignment: (worker: String, job: String, attempt: Int)?)) {
+    func deliver(_ s: Batch.Send) {
         guard !send(s.identity, s.body), let a = s.assignment else { return }
         let now = Self.now()
         apply(scheduler.handle(.assignmentRefused(worker: a.worker, job: a.job, attempt: a.attempt), now: now), now: now)

@@ -77,4 +77,17 @@ final class CompareTests: XCTestCase {
         }
         XCTAssertThrowsError(try Comparison.make([job("a", 0, 0.1, state: .queued)], metric: "exact_match"))
     }
+
+    /// Rows are model × task × test size: jobs that differ there are never paired or merged.
+    func testRowsKeepModelsAndTestSizesApart() throws {
+        var jobs = [job("a", 0, 0.1), job("a", 0, 0.3, solver: .fista)]
+        var other = JobSpec(model: "other.gguf", task: "data/a.json", method: .intervention, seed: 0, solver: .adam)
+        other.testSize = 100
+        jobs.append(JobView(id: other.id, spec: other, state: .done, metrics: ["exact_match": 0.9]))
+        let c = try Comparison.make(jobs, metric: "exact_match")
+        XCTAssertEqual(c.tasks.count, 2, "\(c.tasks)")
+        XCTAssertTrue(c.tasks.contains { $0.contains("other.gguf") }, "\(c.tasks)")
+        let i = try XCTUnwrap(c.tasks.firstIndex { !$0.contains("other.gguf") })
+        XCTAssertEqual(try XCTUnwrap(c.cells[i][0]).mean, 0.1, accuracy: 1e-12, "the other model's 0.9 is not merged in")
+    }
 }

@@ -116,6 +116,13 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(s.job(int8.id)?.state, .running)
         XCTAssertEqual(s.job(int8.id)?.worker, "x86")
 
+        // synthetic jobs use no kernels: an fp32-only worker takes them whatever their precision
+        var syn = JobSpec(task: "t", method: .synthetic, seed: 9, steps: 10, precision: .int8)
+        syn.testSize = 1
+        _ = on(.submit(experiment: "s", gridJSON: "{}", jobs: [SubmittedJob(id: syn.id, spec: syn, device: .any)]))
+        _ = on(.result(worker: "arm", job: zero.id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+        XCTAssertEqual(assignments(on(.workerReady(worker: "arm"))).map(\.job), [syn.id])
+
         let later = job(.int8, seed: 3)
         _ = connect("old", cpu)  // says no precisions: takes anything
         XCTAssertEqual(assignments(on(.submit(experiment: "e2", gridJSON: "{}", jobs: [later]))).map(\.worker), ["old"])

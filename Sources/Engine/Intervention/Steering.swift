@@ -168,7 +168,7 @@ public struct Sampling: Sendable {
         var u = Float(rng.uniform()) * mass * sum
         for i in order {
             u -= p[i]
-            if u <= 0 { return i }
+            if u < 0 { return i }
         }
         return order.last!
     }
