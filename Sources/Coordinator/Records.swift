@@ -111,7 +111,9 @@ public struct WorkerCapabilities: Equatable, Sendable {
     /// Whether the job's solver precision runs here as the job names it (a job without a solver
     /// has none to check).
     public func runsPrecision(of spec: JobSpec) -> Bool {
-        guard spec.method.family == .engine, spec.method.axes.contains(.solver), !precisions.isEmpty else { return true }
+        guard spec.method.family == .engine, spec.method.axes.contains(.solver), !precisions.isEmpty else {
+            return true
+        }
         return precisions.contains((spec.precision ?? .solverDefault).rawValue)
     }
 

@@ -88,6 +88,6 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(c.tasks.count, 2, "\(c.tasks)")
         XCTAssertTrue(c.tasks.contains { $0.contains("other.gguf") }, "\(c.tasks)")
         let i = try XCTUnwrap(c.tasks.firstIndex { !$0.contains("other.gguf") })
-        XCTAssertEqual(try XCTUnwrap(c.cells[i][0]).mean, 0.1, accuracy: 1e-12, "the other model's 0.9 is not merged in")
+        XCTAssertEqual(try XCTUnwrap(c.cells[i][0]).mean, 0.1, accuracy: 1e-12, "not merged")
     }
 }
