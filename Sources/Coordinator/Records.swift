@@ -108,15 +108,21 @@ public struct WorkerCapabilities: Equatable, Sendable {
         methods.isEmpty || methods.contains(method.family.rawValue)
     }
 
-    /// Whether the job's solver precision runs here as the job names it (a job without a solver
-    /// has none to check).
+    /// Whether the job's kernel precision runs here as the job names it.
     public func runsPrecision(of spec: JobSpec) -> Bool {
-        guard spec.method.family == .engine, spec.method.axes.contains(.solver), !precisions.isEmpty else {
-            return true
-        }
-        return precisions.contains((spec.precision ?? .solverDefault).rawValue)
+        guard let p = spec.kernelPrecision, !precisions.isEmpty else { return true }
+        return precisions.contains(p.rawValue)
     }
 
     /// Method family and precision both.
     public func runs(_ spec: JobSpec) -> Bool { runs(spec.method) && runsPrecision(of: spec) }
+}
+
+extension JobSpec {
+    /// The precision a worker's kernels must run for this job: its solver's, for engine jobs that
+    /// learn Δ; nil for jobs without a solver and for synthetic ones (they use no kernels).
+    public var kernelPrecision: Precision? {
+        guard method.family == .engine, method.axes.contains(.solver) else { return nil }
+        return precision ?? .solverDefault
+    }
 }

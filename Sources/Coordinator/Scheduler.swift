@@ -223,7 +223,7 @@ public struct Scheduler {
         for id in ids {
             guard let j = jobs[id], j.state == .queued else { continue }
             let key = j.device.rawValue + "|" + j.spec.method.family.rawValue + "|"
-                + (j.spec.normalised.precision?.rawValue ?? "")
+                + (j.spec.kernelPrecision?.rawValue ?? "")
             if let r = memo[key] { out[id] = r; continue }
             let r = waitReason(device: j.device, spec: j.spec)
             memo[key] = r
@@ -239,7 +239,7 @@ public struct Scheduler {
         let byFamily = live.filter { $0.capabilities!.runs(spec.method) }
         if byFamily.isEmpty { return "needs a worker that runs \(family) jobs, none connected" }
         let byMethod = byFamily.filter { $0.capabilities!.runsPrecision(of: spec) }
-        if byMethod.isEmpty, let p = spec.normalised.precision {
+        if byMethod.isEmpty, let p = spec.kernelPrecision {
             let theirs = Set(byFamily.flatMap { $0.capabilities!.precisions }).sorted().joined(separator: ", ")
             return "needs a worker whose CPU runs \(p.rawValue) products (int8: AVX2 or AVX-512 VNNI); the "
                 + "\(byFamily.count) connected run \(theirs) only (solver.precision \"fp32\" runs anywhere)"

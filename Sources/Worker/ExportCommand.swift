@@ -26,8 +26,10 @@ struct DeltaOptions: ParsableArguments {
         }
     }
 
-    func steering(_ lm: LanguageModel, positions: DeltaPositions = .last) throws -> Steering? {
-        let a = try artefacts()
+    /// The artefacts (read before the model loads, so a bad file fails fast) as one steering.
+    func steering(
+        _ lm: LanguageModel, _ a: [(name: String, artefact: DeltaArtefact)], positions: DeltaPositions = .last
+    ) throws -> Steering? {
         if a.isEmpty { return nil }
         do { return try Steering(artefacts: a, model: lm, scale: scale, positions: positions) } catch {
             throw CLIError("\(error)")
@@ -72,8 +74,9 @@ public struct ExportCommand: ParsableCommand {
     }
 
     public func run() throws {
+        let arts = try deltas.artefacts()
         let lm = try modelOptions.load()
-        guard let s = try deltas.steering(lm) else { return }
+        guard let s = try deltas.steering(lm, arts) else { return }
         do {
             if format == "control-vector" {
                 try DeltaExport.controlVector(s, model: lm).write(to: URL(fileURLWithPath: out), options: .atomic)
@@ -135,15 +138,13 @@ public struct EvaluateCommand: ParsableCommand {
     }
 
     public func run() throws {
+        let arts = try deltas.artefacts()
         let lm = try modelOptions.load()
         let registry = TaskRegistry()
         let fs = forms.split(separator: ",").map(String.init)
-        for (name, a) in try deltas.artefacts() {
+        for (name, a) in arts {
             let md = a.metadata
-            let native: Steering
-            do { native = try Steering(artefacts: [(name, a)], model: lm, scale: deltas.scale) } catch {
-                throw CLIError("\(error)")
-            }
+            let native = try deltas.steering(lm, [(name, a)])!
             let taskRef = task ?? md.task
             let pairs: [TaskPair]
             let judge: Judge

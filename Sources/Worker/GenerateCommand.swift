@@ -108,9 +108,9 @@ public struct GenerateCommand: ParsableCommand {
 
     public func run() throws {
         let texts = try loadPrompts()
-        _ = try deltas.artefacts()  // unreadable files fail before the model loads
+        let arts = try deltas.artefacts()
         let lm = try modelOptions.load()
-        let steering = try deltas.steering(lm, positions: DeltaPositions(rawValue: positions)!)
+        let steering = try deltas.steering(lm, arts, positions: DeltaPositions(rawValue: positions)!)
 
         let prompts: [String]
         if chat {

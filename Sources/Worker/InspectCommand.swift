@@ -69,10 +69,11 @@ public struct InspectCommand: ParsableCommand {
     }
 
     public func run() throws {
+        let arts = try deltas.artefacts()
         let lm = try modelOptions.load()
         let ids = lm.tokenizer.encode(prompt)
         guard !ids.isEmpty else { throw ValidationError("the prompt encodes to no tokens") }
-        let steering = try deltas.steering(lm)
+        let steering = try deltas.steering(lm, arts)
         let cache = lm.model.makeCache(capacity: ids.count + generate + 1)
         let logits = lm.model.forward(tokens: [ids], caches: [cache], hooks: steering?.promptHooks)
         let order = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(min(top, logits.count))

@@ -5,20 +5,11 @@ import XCTest
 /// The short fault drill (`coordinator drill`, README "Operations"): real coordinator and worker
 /// processes, killed and restarted while a synthetic grid runs; nothing may be lost.
 final class DrillTests: XCTestCase {
-    func binary(_ name: String) throws -> String {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<4 {  // .build/debug/X.xctest[/Contents/MacOS/X]
-            let u = dir.appendingPathComponent(name)
-            if FileManager.default.isExecutableFile(atPath: u.path) { return u.path }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("\(name) executable not built next to the test bundle")
-    }
-
     func testShortDrillLosesNothing() throws {
         let dir = NSTemporaryDirectory() + "drill-test-\(UUID().uuidString.prefix(8))"
         var c = FaultDrill.Config(
-            coordinatorBinary: try binary("coordinator"), workerBinary: try binary("worker"), directory: dir,
+            coordinatorBinary: try builtExecutable("coordinator"), workerBinary: try builtExecutable("worker"),
+            directory: dir,
             port: 20000 + Int(ProcessInfo.processInfo.processIdentifier % 20000))
         c.jobs = 16
         c.workers = 2

@@ -28,13 +28,7 @@ final class WorkerProcessTests: XCTestCase {
 
     func workerBinary() throws -> URL {
         if let p = ProcessInfo.processInfo.environment["INTERVENE_WORKER_BIN"] { return URL(fileURLWithPath: p) }
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<4 {  // .build/debug/X.xctest[/Contents/MacOS/X]
-            let u = dir.appendingPathComponent("worker")
-            if FileManager.default.isExecutableFile(atPath: u.path) { return u }
-            dir = dir.deletingLastPathComponent()
-        }
-        throw XCTSkip("worker executable not built next to the test bundle")
+        return URL(fileURLWithPath: try builtExecutable("worker"))
     }
 
     func launch() throws -> Process {
@@ -99,4 +93,16 @@ final class WorkerProcessTests: XCTestCase {
         XCTAssertTrue(wait(p, seconds: 10), "worker did not exit")
         XCTAssertEqual(p.terminationStatus, 0)
     }
+}
+
+/// A product executable built beside the test bundle (.build/debug/X.xctest[/Contents/MacOS/X]),
+/// else a skip that says so.
+func builtExecutable(_ name: String) throws -> String {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for _ in 0..<4 {
+        let u = dir.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: u.path) { return u.path }
+        dir = dir.deletingLastPathComponent()
+    }
+    throw XCTSkip("\(name) executable not built next to the test bundle")
 }

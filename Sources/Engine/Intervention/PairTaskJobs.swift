@@ -55,35 +55,40 @@ extension LanguageModel {
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
-        var items = [[Evaluation.Item]](repeating: [], count: deltas.count)
-        var b = 0
-        while b < prompts.count {
-            let e = min(prompts.count, b + batchSize)
-            let ids = prompts[b..<e].map { tokenizer.encode($0) }
-            let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
-            let gens = generate(prompts: ids, variants: deltas, layer: layer, stop: Self.stop(tgt, maxNewTokens))
-            for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
-            b = e
-            progress?(b)
-        }
-        return items.map { Evaluation(items: $0) }
+        evaluateBatches(
+            prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
+            maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
+        ) { ids, stop in generate(prompts: ids, variants: deltas, layer: layer, stop: stop) }
     }
 
     /// The same evaluation with any `Steering` (any site, any positions; nil = none), without the
     /// shared-prefix batching that last-position Δs allow: what `worker evaluate` compares.
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, steering: Steering?,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100) -> Evaluation {
-        var items: [Evaluation.Item] = []
+        evaluateBatches(
+            prompts: prompts, pairs: pairs, format: format, variants: 1, judge: judge, maxNewTokens: maxNewTokens,
+            batchSize: batchSize, progress: nil
+        ) { ids, stop in [generate(prompts: ids, steering: steering, sampling: .greedy, stop: stop)] }[0]
+    }
+
+    /// The test set in batches of `batchSize`: `generate(ids, stop)` decodes one batch for every
+    /// variant, and each variant's answers are scored.
+    func evaluateBatches(
+        prompts: [String], pairs: [TaskPair], format: PromptFormat, variants: Int, judge: Judge, maxNewTokens: Int,
+        batchSize: Int, progress: ((Int) -> Void)?, generate: ([[Int]], StopRules) -> [Generation]
+    ) -> [Evaluation] {
+        var items = [[Evaluation.Item]](repeating: [], count: variants)
         var b = 0
         while b < prompts.count {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { tokenizer.encode($0) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
-            let gen = generate(prompts: ids, steering: steering, sampling: .greedy, stop: Self.stop(tgt, maxNewTokens))
-            items += score(gen, Array(pairs[b..<e]), tgt, judge)
+            let gens = generate(ids, Self.stop(tgt, maxNewTokens))
+            for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
             b = e
+            progress?(b)
         }
-        return Evaluation(items: items)
+        return items.map { Evaluation(items: $0) }
     }
 
     /// Each item's own budget (the target's length + 2, or `maxNewTokens`), so an item's answer

@@ -24,12 +24,11 @@ public enum DeltaPositions: String, NamedChoice, CaseIterable {
 }
 
 /// Learned Δs applied at use time: every artefact checked against the model, those for the same
-/// layer summed (composition at use time), each sum added at its own layer, scaled by `scale`.
+/// layer summed (composition at use time), each sum added at its own layer, scaled by the initialiser's `scale`.
 public struct Steering: Sendable {
     /// Δ at the head outputs (o_proj's input) of each layer, at `positions`.
     public var byLayer: [Int: [Float]]
     public var positions: DeltaPositions
-    public var scale: Float
     /// Vectors added to the residual stream leaving block ℓ, at every position (llama.cpp's
     /// control vectors; see `asControlVector`).
     public var blockOutputs: [Int: [Float]] = [:]
@@ -76,7 +75,6 @@ public struct Steering: Sendable {
         }
         byLayer = sums.mapValues { $0.map { $0 * scale } }
         self.positions = positions
-        self.scale = scale
     }
 
     /// What a llama.cpp control vector can express of this steering: W_O·Δ added to the residual
