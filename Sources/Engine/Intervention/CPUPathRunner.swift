@@ -33,8 +33,13 @@ final class CPUPathRunner: PathRunner {
     final class LayerSave {
         let xnAttn, invAttn, q, kSelf, vSelf, probs, o: UnsafeMutablePointer<Float>
         let hIn, hMid, xnFfn, invFfn, g, u: UnsafeMutablePointer<Float>
+        // the families' extra norms (Gemma 3): post-norms' inputs and 1/rms, q/k before their norms
+        let yAttn, invPostAttn, yFfn, invPostFfn: UnsafeMutablePointer<Float>
+        let headNorms: HeadNormSave
         let all: [UnsafeMutablePointer<Float>]
-        init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, ctx: Int) {
+        var postAttn: NormSave { (yAttn, invPostAttn) }
+        var postFfn: NormSave { (yFfn, invPostFfn) }
+        init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, Hkv: Int, ctx: Int) {
             let a = zeroed
             xnAttn = a(N * D)
             invAttn = a(N)
@@ -49,7 +54,13 @@ final class CPUPathRunner: PathRunner {
             invFfn = a(N)
             g = a(N * F)
             u = a(N * F)
-            all = [xnAttn, invAttn, q, kSelf, vSelf, probs, o, hIn, hMid, xnFfn, invFfn, g, u]
+            yAttn = a(N * D)
+            invPostAttn = a(N)
+            yFfn = a(N * D)
+            invPostFfn = a(N)
+            headNorms = HeadNormSave(q: a(N * A), k: a(N * KV), invQ: a(N * H), invK: a(N * Hkv))
+            all = [xnAttn, invAttn, q, kSelf, vSelf, probs, o, hIn, hMid, xnFfn, invFfn, g, u,
+                   yAttn, invPostAttn, yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK]
         }
         deinit { all.forEach { $0.deallocate() } }
     }
@@ -61,8 +72,8 @@ final class CPUPathRunner: PathRunner {
         // scratch for the backward
         let dh, dxn, dA, dF, dF2, dKV, dKV2, dQ: UnsafeMutablePointer<Float>
         let all: [UnsafeMutablePointer<Float>]
-        init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, V: Int, ctx: Int) {
-            layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, ctx: ctx) }
+        init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, Hkv: Int, V: Int, ctx: Int) {
+            layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, Hkv: Hkv, ctx: ctx) }
             let a = zeroed
             hFinal = a(N * D)
             hNorm = a(N * D)
@@ -99,7 +110,7 @@ final class CPUPathRunner: PathRunner {
         maxCtx = promptLengths.max()!
         acts = Activations(
             count: cfg.nLayers - layer, N: N, D: D, A: A, KV: cfg.kvDim, F: cfg.ffnDim,
-            H: cfg.nHeads, V: cfg.vocabSize, ctx: maxCtx)
+            H: cfg.nHeads, Hkv: cfg.nKVHeads, V: cfg.vocabSize, ctx: maxCtx)
     }
 
     deinit {
@@ -154,12 +165,13 @@ final class CPUPathRunner: PathRunner {
         let D = cfg.dModel
         let A = cfg.attnDim
         let KV = cfg.kvDim
-        let shape = LastTokenAttention.Shape(cfg)
         let ctxMax = maxCtx
         var h = acts.layers[0].hIn
         for (k, l) in (layer..<cfg.nLayers).enumerated() {
             let blk = model.blocks[l]
             let s = acts.layers[k]
+            let shape = LastTokenAttention.Shape(cfg, layer: l)
+            let rope = model.rope(l)
             if k == 0 {
                 // ---- layer ℓ: o = heads0 + Δ                            o [N × A]
                 for i in 0..<N * A { s.o[i] = heads0[i] + deltas[i] }
@@ -169,11 +181,11 @@ final class CPUPathRunner: PathRunner {
                 // ---- attention of layer l for the last token, over its cached prefix
                 blk.attentionInputForward(
                     backend, cfg, h: s.hIn, rows: N, xn: s.xnAttn, invRMS: s.invAttn,
-                    q: s.q, k: s.kSelf, v: s.vSelf, precision: precision)
+                    q: s.q, k: s.kSelf, v: s.vSelf, headNorms: s.headNorms, precision: precision)
                 forEachRow { i in
                     let p = promptLengths[i] - 1
-                    model.rope.forward(s.q + i * A, heads: cfg.nHeads, position: p)
-                    model.rope.forward(s.kSelf + i * KV, heads: cfg.nKVHeads, position: p)
+                    rope.forward(s.q + i * A, heads: cfg.nHeads, position: p)
+                    rope.forward(s.kSelf + i * KV, heads: cfg.nKVHeads, position: p)
                     LastTokenAttention.forward(
                         shape, q: s.q + i * A, kSelf: s.kSelf + i * KV, vSelf: s.vSelf + i * KV,
                         kc: caches[i].keys(layer: l), vc: caches[i].values(layer: l),
@@ -181,14 +193,14 @@ final class CPUPathRunner: PathRunner {
                         probStride: ctxMax, o: s.o + i * A)
                 }
             }
-            // h_mid = h_in + o · W_oᵀ                                        [N × D]
-            s.hMid.update(from: s.hIn, count: N * D)
-            backend.linear(s.o, N, [(blk.wo, s.hMid)], accumulate: true, precision: precision)
-            // ---- MLP: h_out = h_mid + MLP(rms(h_mid)); m [N × F] in the scratch dF
+            // h_mid = h_in + post(o · W_oᵀ)                                  [N × D]
+            blk.attentionOutputForward(
+                backend, cfg, o: s.o, rows: N, h: s.hIn, out: s.hMid, post: s.postAttn, precision: precision)
+            // ---- MLP: h_out = h_mid + post(MLP(rms(h_mid))); m [N × F] in the scratch dF
             let out = k + 1 < acts.layers.count ? acts.layers[k + 1].hIn : acts.hFinal
             blk.mlpForward(
                 backend, cfg, h: s.hMid, rows: N, out: out, xn: s.xnFfn, invRMS: s.invFfn, g: s.g, u: s.u,
-                m: acts.dF, precision: precision, perRows: forEachRowRange)
+                m: acts.dF, post: s.postFfn, precision: precision, perRows: forEachRowRange)
             h = out
         }
         // ---- final norm; logits z = rms(h) W_embᵀ                           z [N × V]
@@ -262,7 +274,6 @@ final class CPUPathRunner: PathRunner {
         let D = cfg.dModel
         let A = cfg.attnDim
         let KV = cfg.kvDim
-        let shape = LastTokenAttention.Shape(cfg)
         let ctxMax = maxCtx
         let dh = acts.dh
         let dxn = acts.dxn
@@ -272,17 +283,17 @@ final class CPUPathRunner: PathRunner {
         for (k, l) in (layer..<cfg.nLayers).enumerated().reversed() {
             let blk = model.blocks[l]
             let s = acts.layers[k]
+            let shape = LastTokenAttention.Shape(cfg, layer: l)
+            let rope = model.rope(l)
             // ---- MLP backward: dh_mid = dh_out + MLP′ᵀ dh_out
             blk.mlpBackward(
-                backend, cfg, h: s.hMid, rows: N, invRMS: s.invFfn, g: s.g, u: s.u, dh: dh, dm: acts.dF,
-                du: acts.dF2, dxn: dxn, precision: precision, perRows: forEachRowRange)
-            // ---- o_proj backward. h_mid = h_in + o W_oᵀ  →  do = dh_mid W_o
-            if k == 0 {
-                backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, grad, accumulate: false, precision: precision)  // dΔ_i = do_i
-                return
-            }
-            let dO = acts.dA
-            backend.linearBackward([(UnsafePointer(dh), blk.wo)], N, dO, accumulate: false, precision: precision)  // do [N × A]
+                backend, cfg, h: s.hMid, rows: N, invRMS: s.invFfn, g: s.g, u: s.u, post: s.postFfn, dh: dh,
+                dm: acts.dF, du: acts.dF2, dxn: dxn, precision: precision, perRows: forEachRowRange)
+            // ---- o_proj backward. h_mid = h_in + post(o W_oᵀ)  →  do = post′ᵀ(dh_mid) W_o; at layer ℓ dΔ_i = do_i
+            let dO = k == 0 ? grad : acts.dA
+            blk.attentionOutputBackward(
+                backend, cfg, dout: dh, rows: N, post: s.postAttn, dy: dxn, dO: dO, precision: precision)
+            if k == 0 { return }
             // ---- attention backward, per row (only the token's own q, k, v depend on Δ), then RoPE's
             let dQ = acts.dQ
             let dK = acts.dKV
@@ -301,13 +312,13 @@ final class CPUPathRunner: PathRunner {
                         dp: dpb.baseAddress!)
                 }
                 let p = promptLengths[i] - 1
-                model.rope.backward(dQ + i * A, heads: cfg.nHeads, position: p)
-                model.rope.backward(dK + i * KV, heads: cfg.nKVHeads, position: p)
+                rope.backward(dQ + i * A, heads: cfg.nHeads, position: p)
+                rope.backward(dK + i * KV, heads: cfg.nKVHeads, position: p)
             }
-            // ---- q/k/v and the attention norm: dh_in = dh_mid + …
+            // ---- q/k norms, q/k/v and the attention norm: dh_in = dh_mid + …
             blk.attentionInputBackward(
                 backend, cfg, h: s.hIn, rows: N, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
-                dxn: dxn, dh: dh, precision: precision)
+                headNorms: s.headNorms, dxn: dxn, dh: dh, precision: precision)
         }
     }
 

@@ -106,6 +106,67 @@ public enum Ops {
         }
     }
 
+    /// tanh-GELU as a logistic: 0.5·x·(1 + tanh z) = x·σ(2z), z = √(2/π)(x + 0.044715x³).
+    static let geluC: Float = 0.797_884_56, geluA: Float = 0.044_715
+
+    /// GeGLU forward: h = gelu_tanh(g) ⊙ u (element-wise over n values; h may alias g).
+    public static func geglu(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ h: UnsafeMutablePointer<Float>, _ n: Int) {
+        var i = 0
+        let rg = UnsafeRawPointer(g), ru = UnsafeRawPointer(u), rh = UnsafeMutableRawPointer(h)
+        let one = SIMD16<Float>(repeating: 1)
+        while i + 16 <= n {
+            let x = rg.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let uv = ru.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let z2 = 2 * geluC * (x + geluA * x * x * x)
+            rh.storeBytes(of: x / (one + exp16(-z2)) * uv, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n {
+            let x = g[i]
+            h[i] = x / (1 + expf(-2 * geluC * (x + geluA * x * x * x))) * u[i]
+            i += 1
+        }
+    }
+
+    /// GeGLU backward, s = σ(2z): dg = dh ⊙ u ⊙ (s + x·s(1 − s)·2z′), z′ = √(2/π)(1 + 3·0.044715x²);
+    /// du = dh ⊙ gelu_tanh(g) (dg may alias dh).
+    public static func gegluBackward(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ dh: UnsafePointer<Float>,
+                                     _ dg: UnsafeMutablePointer<Float>, _ du: UnsafeMutablePointer<Float>, _ n: Int) {
+        var i = 0
+        let rg = UnsafeRawPointer(g), ru = UnsafeRawPointer(u), rdh = UnsafeRawPointer(dh)
+        let rdg = UnsafeMutableRawPointer(dg), rdu = UnsafeMutableRawPointer(du)
+        let one = SIMD16<Float>(repeating: 1)
+        while i + 16 <= n {
+            let x = rg.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let uv = ru.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let d = rdh.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            let s = one / (one + exp16(-2 * geluC * (x + geluA * x * x * x)))
+            let dz2 = 2 * geluC * (one + 3 * geluA * x * x)
+            rdu.storeBytes(of: d * x * s, toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            rdg.storeBytes(of: d * uv * (s + x * s * (one - s) * dz2), toByteOffset: 4 * i, as: SIMD16<Float>.self)
+            i += 16
+        }
+        while i < n {
+            let x = g[i]
+            let s = 1 / (1 + expf(-2 * geluC * (x + geluA * x * x * x)))
+            let dz2 = 2 * geluC * (1 + 3 * geluA * x * x)
+            du[i] = dh[i] * x * s
+            dg[i] = dh[i] * u[i] * (s + x * s * (1 - s) * dz2)
+            i += 1
+        }
+    }
+
+    /// A post-norm's residual add, row by row: out += x / rms(x) ⊙ w (1/rms to `invRMS` when given).
+    public static func rmsnormAdd(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                                  rows: Int, dim: Int, eps: Float, invRMS: UnsafeMutablePointer<Float>? = nil) {
+        for r in 0..<rows {
+            let xr = x + r * dim, o = out + r * dim
+            let inv = 1 / (sumSquares(xr, dim) / Float(dim) + eps).squareRoot()
+            invRMS?[r] = inv
+            for i in 0..<dim { o[i] += xr[i] * inv * w[i] }
+        }
+    }
+
     /// e^x for 16 lanes: x = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial
     /// (relative error < 2e-7), 2^k put straight into the exponent bits. Integer-only rounding
     /// (the 1.5·2²³ trick), since SIMD float→int conversion is scalarised.

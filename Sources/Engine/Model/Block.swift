@@ -6,73 +6,160 @@ import Foundation
 // reads like it reversed. Shapes: N rows, D residual width, A = H·d (heads × head size),
 // KV = H_kv·d, F the MLP width.
 //
-//   h_mid = h_in + Attn(rms(h_in)) W_oᵀ          attentionInput → RoPE → attention → (o_proj)
-//   h_out = h_mid + MLP(rms(h_mid))              mlp
+//   h_mid = h_in + post(Attn(rms(h_in)) W_oᵀ)     attentionInput → RoPE → attention → attentionOutput
+//   h_out = h_mid + post(MLP(rms(h_mid)))         mlp
 //
-// Architecture differences enter as configuration of these ops (`LlamaConfig`), not as another
-// copy of the block.
+// `post` is the identity, or an RMSNorm where the family has one (Gemma 3); Attn may normalise
+// q and k per head first. Architecture differences enter as configuration of these ops
+// (`LlamaConfig`, its table), not as another copy of the block.
+
+/// Where an optional RMSNorm keeps what its backward needs: its input y [N × dim] and 1/rms [N]
+/// (nil when no backward follows; y is then only scratch).
+typealias NormSave = (y: UnsafeMutablePointer<Float>, inv: UnsafeMutablePointer<Float>?)
+
+/// The per-head q/k norms' saved inputs (before the norm): q [N × A], k [N × KV], and 1/rms per
+/// head, [N × H] and [N × H_kv].
+struct HeadNormSave {
+    let q, k, invQ, invK: UnsafeMutablePointer<Float>
+}
 
 extension LlamaBlock {
     // MARK: attention input: x = rms(h), q/k/v = x W_{q,k,v}ᵀ
 
     /// h [N × D] → xn [N × D] (and 1/rms per row in `invRMS` when the backward needs it),
-    /// q [N × A], k [N × KV], v [N × KV]: one pass over the three weights.
+    /// q [N × A], k [N × KV], v [N × KV]: one pass over the three weights; then, where the family
+    /// has them, q and k normalised per head in place (their inputs kept in `headNorms`).
     func attentionInputForward(
         _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
         xn: UnsafeMutablePointer<Float>, invRMS: UnsafeMutablePointer<Float>?,
         q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
-        v: UnsafeMutablePointer<Float>, precision: Precision
+        v: UnsafeMutablePointer<Float>, headNorms: HeadNormSave?, precision: Precision
     ) {
         Ops.rmsnorm(h, attnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: invRMS)
         backend.linear(xn, N, [(wq, q), (wk, k), (wv, v)], accumulate: false, precision: precision)
+        if let qNorm, let kNorm {
+            let d = cfg.headDim
+            if let s = headNorms {
+                s.q.update(from: q, count: N * cfg.attnDim)
+                s.k.update(from: k, count: N * cfg.kvDim)
+            }
+            Ops.rmsnorm(q, qNorm.data, q, rows: N * cfg.nHeads, dim: d, eps: cfg.rmsEps, invRMS: headNorms?.invQ)
+            Ops.rmsnorm(k, kNorm.data, k, rows: N * cfg.nKVHeads, dim: d, eps: cfg.rmsEps, invRMS: headNorms?.invK)
+        }
     }
 
-    /// dq [N × A], dk, dv [N × KV] → dh [N × D] (accumulated): dx = dq W_q + dk W_k + dv W_v into
-    /// the scratch `dxn`, then the RMSNorm backward at h.
+    /// dq [N × A], dk, dv [N × KV] → dh [N × D] (accumulated): back through the per-head norms
+    /// (dq and dk are overwritten), dx = dq W_q + dk W_k + dv W_v into the scratch `dxn`, then
+    /// the RMSNorm backward at h.
     func attentionInputBackward(
         _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-        invRMS: UnsafePointer<Float>, dq: UnsafePointer<Float>, dk: UnsafePointer<Float>,
-        dv: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>,
+        invRMS: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+        dv: UnsafePointer<Float>, headNorms: HeadNormSave?, dxn: UnsafeMutablePointer<Float>,
         dh: UnsafeMutablePointer<Float>, precision: Precision
     ) {
-        backend.linearBackward([(dq, wq), (dk, wk), (dv, wv)], N, dxn, accumulate: false, precision: precision)
+        if let qNorm, let kNorm, let s = headNorms {
+            let d = cfg.headDim
+            for (g, x, w, inv, heads) in [(dq, s.q, qNorm, s.invQ, cfg.nHeads), (dk, s.k, kNorm, s.invK, cfg.nKVHeads)] {
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: N * heads * d) { t in
+                    let dx = t.baseAddress!
+                    dx.initialize(repeating: 0, count: N * heads * d)
+                    Ops.rmsnormBackward(x, w.data, g, dx, rows: N * heads, dim: d, invRMS: inv)
+                    g.update(from: dx, count: N * heads * d)
+                }
+            }
+        }
+        backend.linearBackward(
+            [(UnsafePointer(dq), wq), (UnsafePointer(dk), wk), (dv, wv)], N, dxn, accumulate: false,
+            precision: precision)
         Ops.rmsnormBackward(h, attnNorm.data, dxn, dh, rows: N, dim: cfg.dModel, invRMS: invRMS)
     }
 
-    // MARK: MLP: out = h + (silu(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ, x = rms(h)
+    // MARK: attention output: out = h + post(o W_oᵀ)
+
+    /// o [N × A], h [N × D] → out [N × D] (`out` may be `h`). With a post-norm, y = o W_oᵀ and
+    /// its 1/rms go to `post` for the backward.
+    func attentionOutputForward(
+        _ backend: Backend, _ cfg: LlamaConfig, o: UnsafePointer<Float>, rows N: Int,
+        h: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, post: NormSave, precision: Precision
+    ) {
+        if out != UnsafeMutablePointer(mutating: h) { out.update(from: h, count: N * cfg.dModel) }
+        guard let postAttnNorm else {
+            backend.linear(o, N, [(wo, out)], accumulate: true, precision: precision)
+            return
+        }
+        backend.linear(o, N, [(wo, post.y)], accumulate: false, precision: precision)
+        Ops.rmsnormAdd(post.y, postAttnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
+    }
+
+    /// dout [N × D] → do [N × A] (written); `dy` [N × D] is scratch for the post-norm's backward.
+    func attentionOutputBackward(
+        _ backend: Backend, _ cfg: LlamaConfig, dout: UnsafePointer<Float>, rows N: Int, post: NormSave,
+        dy: UnsafeMutablePointer<Float>, dO: UnsafeMutablePointer<Float>, precision: Precision
+    ) {
+        var d = dout
+        if let postAttnNorm, let inv = post.inv {
+            dy.update(repeating: 0, count: N * cfg.dModel)
+            Ops.rmsnormBackward(post.y, postAttnNorm.data, dout, dy, rows: N, dim: cfg.dModel, invRMS: inv)
+            d = UnsafePointer(dy)
+        }
+        backend.linearBackward([(d, wo)], N, dO, accumulate: false, precision: precision)
+    }
+
+    // MARK: MLP: out = h + post((act(x W_gᵀ) ⊙ x W_uᵀ) W_downᵀ), x = rms(h)
 
     /// h [N × D] → out [N × D] (`out` may be `h` itself: the residual is then updated in place).
     /// Keeps xn, 1/rms (when `invRMS` is given), g and u [N × F] for the backward; m [N × F] is
-    /// the SwiGLU output (it may be `g` when no backward follows). `perRows` runs the element-wise
-    /// work over row ranges (split between threads by the path).
+    /// the gated output (it may be `g` when no backward follows); with a post-norm, the down
+    /// projection's output and its 1/rms go to `post` (`post.y` may be `xn` when no backward
+    /// follows). `perRows` runs the element-wise work over row ranges (split between threads by
+    /// the path). act is SiLU (SwiGLU) or tanh-GELU (GeGLU), as the family says.
     func mlpForward(
         _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
         out: UnsafeMutablePointer<Float>, xn: UnsafeMutablePointer<Float>,
         invRMS: UnsafeMutablePointer<Float>?, g: UnsafeMutablePointer<Float>,
-        u: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, precision: Precision,
+        u: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, post: NormSave, precision: Precision,
         perRows: ((Range<Int>) -> Void) -> Void
     ) {
         let F = cfg.ffnDim
         Ops.rmsnorm(h, ffnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: invRMS)
         backend.linear(xn, N, [(wGate, g), (wUp, u)], accumulate: false, precision: precision)
-        perRows { r in for i in r { Ops.swiglu(g + i * F, u + i * F, m + i * F, F) } }
+        switch cfg.activation {
+        case .silu: perRows { r in for i in r { Ops.swiglu(g + i * F, u + i * F, m + i * F, F) } }
+        case .geluTanh: perRows { r in for i in r { Ops.geglu(g + i * F, u + i * F, m + i * F, F) } }
+        }
         if out != UnsafeMutablePointer(mutating: h) { out.update(from: h, count: N * cfg.dModel) }
-        backend.linear(m, N, [(wDown, out)], accumulate: true, precision: precision)
+        guard let postFfnNorm else {
+            backend.linear(m, N, [(wDown, out)], accumulate: true, precision: precision)
+            return
+        }
+        backend.linear(m, N, [(wDown, post.y)], accumulate: false, precision: precision)
+        Ops.rmsnormAdd(post.y, postFfnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
     }
 
     /// dout [N × D] → dh [N × D] (accumulated: `dh` holds dout on entry, the residual path). Uses
     /// the scratches dm, dg [N × F] (dm may be reused as dg), du [N × F] and dxn [N × D].
     func mlpBackward(
         _ backend: Backend, _ cfg: LlamaConfig, h: UnsafePointer<Float>, rows N: Int,
-        invRMS: UnsafePointer<Float>, g: UnsafePointer<Float>, u: UnsafePointer<Float>,
+        invRMS: UnsafePointer<Float>, g: UnsafePointer<Float>, u: UnsafePointer<Float>, post: NormSave,
         dh: UnsafeMutablePointer<Float>, dm: UnsafeMutablePointer<Float>, du: UnsafeMutablePointer<Float>,
         dxn: UnsafeMutablePointer<Float>, precision: Precision,
         perRows: ((Range<Int>) -> Void) -> Void
     ) {
         let F = cfg.ffnDim
-        backend.linearBackward([(UnsafePointer(dh), wDown)], N, dm, accumulate: false, precision: precision)
+        var dy = UnsafePointer(dh)
+        if let postFfnNorm, let inv = post.inv {  // back through the post-norm first, dxn as scratch
+            dxn.update(repeating: 0, count: N * cfg.dModel)
+            Ops.rmsnormBackward(post.y, postFfnNorm.data, dh, dxn, rows: N, dim: cfg.dModel, invRMS: inv)
+            dy = UnsafePointer(dxn)
+        }
+        backend.linearBackward([(dy, wDown)], N, dm, accumulate: false, precision: precision)
         perRows { r in  // dg → dm (in place), du
-            for i in r { Ops.swigluBackward(g + i * F, u + i * F, dm + i * F, dm + i * F, du + i * F, F) }
+            for i in r {
+                switch cfg.activation {
+                case .silu: Ops.swigluBackward(g + i * F, u + i * F, dm + i * F, dm + i * F, du + i * F, F)
+                case .geluTanh: Ops.gegluBackward(g + i * F, u + i * F, dm + i * F, dm + i * F, du + i * F, F)
+                }
+            }
         }
         backend.linearBackward(
             [(UnsafePointer(dm), wGate), (UnsafePointer(du), wUp)], N, dxn, accumulate: false,
@@ -81,47 +168,69 @@ extension LlamaBlock {
     }
 }
 
-/// RoPE in GGUF's layout: rotation pairs are adjacent, (x[2i], x[2i+1]) turned by p·θ_i with
-/// θ_i = base^(−2i/ropeDim). (The converter permuted W_q and W_k so this equals the Hugging Face
-/// "rotate half" form.) Tables are computed once per model.
+/// RoPE: rotation pair i of each head, (x[a_i], x[b_i]), turned by p·θ_i with
+/// θ_i = base^(−2i/ropeDim). The pairs are adjacent, a_i = 2i (GGUF's Llama layout: the converter
+/// permuted W_q and W_k so that this equals the Hugging Face "rotate half" form), or halves,
+/// a_i = i, b_i = i + ropeDim/2 (Gemma, whose weights are not permuted). Tables are computed once
+/// per base, for up to 8192 positions; later positions compute their angles on the fly.
 struct Rope: Sendable {
-    let half: Int, headDim: Int, positions: Int
+    let half: Int, headDim: Int, positions: Int, base: Double, ropeDim: Int
+    let pairs: LlamaConfig.RopePairs
     let cos: [Float], sin: [Float]  // [positions × half]
 
-    init(_ cfg: LlamaConfig) {
+    init(_ cfg: LlamaConfig, base: Float) {
         half = cfg.ropeDim / 2
         headDim = cfg.headDim
-        positions = cfg.contextLength
+        ropeDim = cfg.ropeDim
+        pairs = cfg.ropePairs
+        self.base = Double(base)
+        positions = min(cfg.contextLength, 8192)
         var c = [Float](repeating: 0, count: positions * half)
         var s = c
         for p in 0..<positions {
             for i in 0..<half {
-                // computed in Double then rounded, as references do in fp32
-                let inv = Float(1.0 / pow(Double(cfg.ropeTheta), Double(2 * i) / Double(cfg.ropeDim)))
-                let a = Float(p) * inv
-                c[p * half + i] = Foundation.cos(a)
-                s[p * half + i] = Foundation.sin(a)
+                let (ci, si) = Self.angle(p, i, base: self.base, ropeDim: ropeDim)
+                c[p * half + i] = ci
+                s[p * half + i] = si
             }
         }
         cos = c
         sin = s
     }
 
+    /// cos and sin of p·θ_i (θ_i computed in Double then rounded, as references do in fp32).
+    static func angle(_ p: Int, _ i: Int, base: Double, ropeDim: Int) -> (Float, Float) {
+        let inv = Float(1.0 / pow(base, Double(2 * i) / Double(ropeDim)))
+        let a = Float(p) * inv
+        return (Foundation.cos(a), Foundation.sin(a))
+    }
+
+    /// Runs `body` with position p's cos and sin rows [half].
+    func rows<R>(_ p: Int, _ body: (UnsafePointer<Float>, UnsafePointer<Float>) -> R) -> R {
+        if p < positions {
+            return cos.withUnsafeBufferPointer { cb in
+                sin.withUnsafeBufferPointer { sb in body(cb.baseAddress! + p * half, sb.baseAddress! + p * half) }
+            }
+        }
+        let t = (0..<half).map { Self.angle(p, $0, base: base, ropeDim: ropeDim) }
+        let c = t.map(\.0), s = t.map(\.1)
+        return c.withUnsafeBufferPointer { cb in s.withUnsafeBufferPointer { sb in body(cb.baseAddress!, sb.baseAddress!) } }
+    }
+
+    /// The element offsets of rotation pair i.
+    @inline(__always) func pair(_ i: Int) -> (Int, Int) { pairs == .adjacent ? (2 * i, 2 * i + 1) : (i, i + half) }
+
     /// x [heads × d] (one row) at position p, in place.
     func forward(_ x: UnsafeMutablePointer<Float>, heads: Int, position p: Int) {
-        precondition(p < positions, "position \(p) beyond the model's context length \(positions)")
-        cos.withUnsafeBufferPointer { cb in
-            sin.withUnsafeBufferPointer { sb in
-                let cr = cb.baseAddress! + p * half
-                let sr = sb.baseAddress! + p * half
-                for h in 0..<heads {
-                    let v = x + h * headDim
-                    for i in 0..<half {
-                        let a = v[2 * i]
-                        let b = v[2 * i + 1]
-                        v[2 * i] = a * cr[i] - b * sr[i]
-                        v[2 * i + 1] = a * sr[i] + b * cr[i]
-                    }
+        rows(p) { cr, sr in
+            for h in 0..<heads {
+                let v = x + h * headDim
+                for i in 0..<half {
+                    let (ia, ib) = pair(i)
+                    let a = v[ia]
+                    let b = v[ib]
+                    v[ia] = a * cr[i] - b * sr[i]
+                    v[ib] = a * sr[i] + b * cr[i]
                 }
             }
         }
@@ -129,18 +238,15 @@ struct Rope: Sendable {
 
     /// dx [heads × d] at position p, in place: the rotation's transpose (turned back by −p·θ_i).
     func backward(_ dx: UnsafeMutablePointer<Float>, heads: Int, position p: Int) {
-        cos.withUnsafeBufferPointer { cb in
-            sin.withUnsafeBufferPointer { sb in
-                let cr = cb.baseAddress! + p * half
-                let sr = sb.baseAddress! + p * half
-                for h in 0..<heads {
-                    let v = dx + h * headDim
-                    for i in 0..<half {
-                        let da = v[2 * i]
-                        let db = v[2 * i + 1]
-                        v[2 * i] = da * cr[i] + db * sr[i]
-                        v[2 * i + 1] = -da * sr[i] + db * cr[i]
-                    }
+        rows(p) { cr, sr in
+            for h in 0..<heads {
+                let v = dx + h * headDim
+                for i in 0..<half {
+                    let (ia, ib) = pair(i)
+                    let da = v[ia]
+                    let db = v[ib]
+                    v[ia] = da * cr[i] + db * sr[i]
+                    v[ib] = -da * sr[i] + db * cr[i]
                 }
             }
         }
@@ -148,20 +254,27 @@ struct Rope: Sendable {
 }
 
 /// Attention of one token (a prompt's last, or a decoding step's) over a cached prefix of n − 1
-/// positions and itself, for every head; grouped-query heads share their K/V head. Used by the
-/// intervention path (forward and backward) and by decoding.
+/// positions and itself, for every head; grouped-query heads share their K/V head. On a
+/// sliding-window layer the token sees only the last `window` positions, itself included. Used
+/// by the intervention path (forward and backward) and by decoding.
 enum LastTokenAttention {
     struct Shape {
         let heads: Int, kvHeads: Int, headDim: Int
+        let scale: Float
+        /// Positions seen, itself included (nil: all).
+        let window: Int?
         var group: Int { heads / kvHeads }
         var A: Int { heads * headDim }
         var KV: Int { kvHeads * headDim }
-        var scale: Float { 1 / Float(headDim).squareRoot() }
-        init(_ cfg: LlamaConfig) {
+        init(_ cfg: LlamaConfig, layer: Int) {
             heads = cfg.nHeads
             kvHeads = cfg.nKVHeads
             headDim = cfg.headDim
+            scale = cfg.attentionScale
+            window = cfg.window(layer: layer)
         }
+        /// The first position a token at position p sees.
+        func first(_ p: Int) -> Int { window.map { max(0, p - $0 + 1) } ?? 0 }
     }
 
     /// q [A], kSelf, vSelf [KV], cached kc, vc [n−1 × KV] → o [A] = Σ_t p_t v_t with
@@ -174,17 +287,19 @@ enum LastTokenAttention {
         let hd = s.headDim
         let KV = s.KV
         let scale = s.scale
+        let t0 = s.first(n - 1)
         for hh in 0..<s.heads {
             let g = hh / s.group
             let qv = q + hh * hd
             let pr = probs + hh * probStride
-            // scores over the n−1 cached positions, then the token itself
-            for t in 0..<(n - 1) { pr[t] = scale * Ops.dot(qv, kc + t * KV + g * hd, hd) }
+            // scores over the cached positions seen, then the token itself (unseen ones: p = 0)
+            for t in 0..<t0 { pr[t] = 0 }
+            for t in t0..<(n - 1) { pr[t] = scale * Ops.dot(qv, kc + t * KV + g * hd, hd) }
             pr[n - 1] = scale * Ops.dot(qv, kSelf + g * hd, hd)
-            Ops.softmax(pr, n)
+            Ops.softmax(pr + t0, n - t0)
             let ov = o + hh * hd
             ov.update(repeating: 0, count: hd)
-            for t in 0..<(n - 1) { Ops.axpy(pr[t], vc + t * KV + g * hd, ov, hd) }
+            for t in t0..<(n - 1) { Ops.axpy(pr[t], vc + t * KV + g * hd, ov, hd) }
             Ops.axpy(pr[n - 1], vSelf + g * hd, ov, hd)
         }
     }
@@ -201,6 +316,7 @@ enum LastTokenAttention {
         let hd = s.headDim
         let KV = s.KV
         let scale = s.scale
+        let t0 = s.first(n - 1)
         for hh in 0..<s.heads {
             let g = hh / s.group
             let pr = probs + hh * probStride
@@ -209,7 +325,7 @@ enum LastTokenAttention {
             let kS = kSelf + g * hd
             // o = Σ_t p_t v_t: dp_t = do · v_t; dv_self += p_self do
             var pdp: Float = 0
-            for t in 0..<(n - 1) {
+            for t in t0..<(n - 1) {
                 dp[t] = Ops.dot(dov, vc + t * KV + g * hd, hd)
                 pdp += pr[t] * dp[t]
             }
@@ -219,7 +335,7 @@ enum LastTokenAttention {
             // softmax: ds_t = p_t (dp_t − Σ p dp); scores = scale q·k_t
             let dqh = dq + hh * hd
             dqh.update(repeating: 0, count: hd)
-            for t in 0..<(n - 1) { Ops.axpy(scale * pr[t] * (dp[t] - pdp), kc + t * KV + g * hd, dqh, hd) }
+            for t in t0..<(n - 1) { Ops.axpy(scale * pr[t] * (dp[t] - pdp), kc + t * KV + g * hd, dqh, hd) }
             let dsSelf = scale * pr[n - 1] * (dp[n - 1] - pdp)
             Ops.axpy(dsSelf, kS, dqh, hd)
             Ops.axpy(dsSelf, q + hh * hd, dkSelf + g * hd, hd)
@@ -242,11 +358,12 @@ enum CausalAttention {
             // S[n × ctx] = Q_h · K_hᵀ · scale
             backend.gemm(transA: false, transB: true, m: n, n: ctx, k: hd, alpha: s.scale,
                          a: q + h * hd, lda: A, b: k + kvh * hd, ldb: KV, beta: 0, c: scores, ldc: ctx)
-            for i in 0..<n {   // causal mask: row i sees positions 0…p0+i
+            for i in 0..<n {   // causal mask: row i sees positions first(p0+i)…p0+i
                 let row = scores + i * ctx
                 let visible = p0 + i + 1
-                for j in visible..<ctx { row[j] = -.infinity }
-                Ops.softmax(row, visible)
+                let lo = s.first(p0 + i)
+                Ops.softmax(row + lo, visible - lo)
+                for j in 0..<lo { row[j] = 0 }
                 for j in visible..<ctx { row[j] = 0 }
             }
             // O_h[n × d] = P · V_h

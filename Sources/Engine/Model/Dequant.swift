@@ -74,7 +74,82 @@ public enum Dequant {
                     o[j + 16] = d * Float(q[j] >> 4) + m
                 }
             }
+        case .q5_0:
+            for b in 0..<count / 32 {
+                let blk = src + b * 22
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let high = blk.loadUnaligned(fromByteOffset: 2, as: UInt32.self)  // bit i: element i's fifth bit
+                let q = (blk + 6).assumingMemoryBound(to: UInt8.self)
+                let o = dst + b * 32
+                for j in 0..<16 {
+                    let lo = Int(q[j] & 0x0F) | Int((high >> UInt32(j)) & 1) << 4
+                    let hi = Int(q[j] >> 4) | Int((high >> UInt32(j + 16)) & 1) << 4
+                    o[j] = d * Float(lo - 16)
+                    o[j + 16] = d * Float(hi - 16)
+                }
+            }
+        case .q4_K:
+            for b in 0..<count / 256 {
+                let blk = src + b * 144
+                let d = halfToFloat(blk.loadUnaligned(as: UInt16.self))
+                let dmin = halfToFloat(blk.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+                let packed = (blk + 4).assumingMemoryBound(to: UInt8.self)  // 12 bytes
+                let q = (blk + 16).assumingMemoryBound(to: UInt8.self)      // 128 bytes
+                let o = dst + b * 256
+                // Sub-blocks s = 0…7 of 32 elements; each 64 elements share 32 bytes of nibbles:
+                // sub-block 2c in the low nibbles, 2c+1 in the high ones.
+                for c in 0..<4 {
+                    let (s0, m0) = scaleMinK4(2 * c, packed)
+                    let (s1, m1) = scaleMinK4(2 * c + 1, packed)
+                    let d0 = d * Float(s0), d1 = d * Float(s1)
+                    let n0 = dmin * Float(m0), n1 = dmin * Float(m1)
+                    let qc = q + 32 * c
+                    let oc = o + 64 * c
+                    for l in 0..<32 {
+                        oc[l] = d0 * Float(qc[l] & 0x0F) - n0
+                        oc[l + 32] = d1 * Float(qc[l] >> 4) - n1
+                    }
+                }
+            }
+        case .q6_K:
+            for b in 0..<count / 256 {
+                let blk = src + b * 210
+                let low = blk.assumingMemoryBound(to: UInt8.self)            // 128 bytes
+                let high = (blk + 128).assumingMemoryBound(to: UInt8.self)   // 64 bytes
+                let scales = (blk + 192).assumingMemoryBound(to: Int8.self)  // 16 int8
+                let d = halfToFloat(blk.loadUnaligned(fromByteOffset: 208, as: UInt16.self))
+                let o = dst + b * 256
+                // Two halves of 128 elements; in half h, element 32k + l (k = 0…3, l = 0…31) takes
+                // its low 4 bits from byte l (+32 for odd k) of the half's 64 low bytes (low nibble
+                // for k < 2, high for k ≥ 2) and its top 2 bits from bits 2k…2k+1 of the half's
+                // high byte l; its scale is scales[8h + 2k + l/16].
+                for h in 0..<2 {
+                    let ql = low + 64 * h, qh = high + 32 * h, sc = scales + 8 * h
+                    let oh = o + 128 * h
+                    for l in 0..<32 {
+                        let top = Int(qh[l])
+                        let v0 = Int(ql[l] & 0x0F) | (top & 3) << 4
+                        let v1 = Int(ql[l + 32] & 0x0F) | (top >> 2 & 3) << 4
+                        let v2 = Int(ql[l] >> 4) | (top >> 4 & 3) << 4
+                        let v3 = Int(ql[l + 32] >> 4) | (top >> 6 & 3) << 4
+                        let s = l / 16
+                        oh[l] = d * Float(sc[s]) * Float(v0 - 32)
+                        oh[l + 32] = d * Float(sc[s + 2]) * Float(v1 - 32)
+                        oh[l + 64] = d * Float(sc[s + 4]) * Float(v2 - 32)
+                        oh[l + 96] = d * Float(sc[s + 6]) * Float(v3 - 32)
+                    }
+                }
+            }
         }
+    }
+
+    /// Q4_K's 6-bit scale and min of sub-block `s` (0…7) from its 12 packed bytes: sub-blocks 0–3
+    /// keep theirs in the low 6 bits of bytes s and s+4; sub-blocks 4–7 in the nibbles of byte
+    /// s+4 (scale low, min high) with their top 2 bits in the top bits of bytes s−4 and s.
+    @inline(__always)
+    static func scaleMinK4(_ s: Int, _ p: UnsafePointer<UInt8>) -> (scale: UInt8, min: UInt8) {
+        if s < 4 { return (p[s] & 63, p[s + 4] & 63) }
+        return ((p[s + 4] & 0x0F) | (p[s - 4] >> 6) << 4, (p[s + 4] >> 4) | (p[s] >> 6) << 4)
     }
 
     /// Dequantises a whole tensor to a new fp32 buffer, splitting the work over `threads`.

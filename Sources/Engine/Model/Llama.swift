@@ -1,8 +1,21 @@
 import Dispatch
 import Foundation
 
-/// Hyper-parameters of a Llama-family decoder, read from GGUF metadata (`<arch>.*` keys).
+/// Hyper-parameters of a decoder, read from GGUF metadata (`<arch>.*` keys). One block serves
+/// every family; what differs between families is configuration here (the table in
+/// `Architecture`), applied by the shared ops in Block.swift:
+///
+/// | | llama, mistral | gemma3 |
+/// |---|---|---|
+/// | embeddings | as stored | × √D |
+/// | norms | before attention and MLP | also after each (on its output, before the residual add), and per head on q and k |
+/// | MLP | SwiGLU | GeGLU (tanh GELU) |
+/// | RoPE | adjacent pairs (the converter permuted W_q, W_k) | halves (i, i + d/2) |
+/// | attention | global | sliding window on 5 of every 6 layers, RoPE base 10 000 there |
 public struct LlamaConfig: Sendable, Equatable, Codable {
+    public enum Activation: String, Sendable, Codable { case silu, geluTanh }
+    public enum RopePairs: String, Sendable, Codable { case adjacent, halves }
+
     public var architecture: String
     public var nLayers: Int
     public var dModel: Int            // D: residual width
@@ -16,10 +29,33 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     public var ropeTheta: Float
     public var ropeDim: Int
     public var tiedEmbeddings: Bool
+    // ---- what differs between families (see the table above)
+    public var embedScale: Float = 1
+    /// RMSNorm on the attention's and the MLP's outputs before the residual add (Gemma 2/3).
+    public var postNorms = false
+    /// RMSNorm of each head's q and k over d (Gemma 3).
+    public var qkNorm = false
+    public var activation = Activation.silu
+    public var ropePairs = RopePairs.adjacent
+    /// The factor on q·k (1/√d unless the model says otherwise).
+    public var attentionScale: Float = 0
+    /// Positions a sliding-window layer sees, itself included (0: every layer is global).
+    public var slidingWindow = 0
+    /// Every `slidingPattern`-th layer is global, the others slide (0: none slide).
+    public var slidingPattern = 0
+    /// RoPE's base on the sliding layers.
+    public var ropeThetaLocal: Float = 10000
 
     /// Width of the concatenated head outputs (the Δ site): H·d.
     public var attnDim: Int { nHeads * headDim }
     public var kvDim: Int { nKVHeads * headDim }
+
+    /// The positions layer `l` attends over, itself included (nil: all).
+    public func window(layer l: Int) -> Int? {
+        slidingWindow > 0 && slidingPattern > 0 && (l + 1) % slidingPattern != 0 ? slidingWindow : nil
+    }
+    /// RoPE's base at layer `l`.
+    public func ropeBase(layer l: Int) -> Float { window(layer: l) == nil ? ropeTheta : ropeThetaLocal }
 
     public init(gguf f: GGUFFile) throws {
         let arch = try f.string("general.architecture")
@@ -37,14 +73,45 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         ropeTheta = Float((try? f.double("\(arch).rope.freq_base")) ?? 10000)
         ropeDim = (try? f.int("\(arch).rope.dimension_count")) ?? headDim
         tiedEmbeddings = f.tensors["output.weight"] == nil
-        // Granite (llama-shaped, but with embedding, attention, residual and logit multipliers
-        // this engine does not apply) is refused rather than run silently wrong.
-        guard ["llama", "mistral"].contains(arch) || arch.hasPrefix("llama") else {
-            throw ModelFileError.badMetadata(key: "general.architecture", expected: "a Llama-family architecture (llama), got \(arch)")
-        }
+        attentionScale = 1 / Float(headDim).squareRoot()
+        try Architecture.configure(&self, arch: arch, file: f)
         guard nLayers > 0, dModel > 0, nHeads > 0, nKVHeads > 0, nHeads % nKVHeads == 0,
               headDim > 0, ffnDim > 0, vocabSize > 0, ropeDim <= headDim, ropeDim % 2 == 0 else {
             throw ModelFileError.badMetadata(key: "\(arch).*", expected: "consistent hyper-parameters")
+        }
+    }
+}
+
+/// The architectures this engine runs, by `general.architecture`, and what each sets beyond
+/// the shared hyper-parameters. Anything not listed is refused rather than run silently wrong
+/// (Granite, say: llama-shaped, but with multipliers this engine does not apply).
+public enum Architecture {
+    public static let supported = ["llama", "mistral", "gemma3"]
+
+    static func configure(_ c: inout LlamaConfig, arch: String, file f: GGUFFile) throws {
+        switch arch {
+        case "llama", "mistral":
+            break
+        case "gemma3":
+            c.embedScale = Float(c.dModel).squareRoot()
+            c.postNorms = true
+            c.qkNorm = true
+            c.activation = .geluTanh
+            c.ropePairs = .halves
+            // q·k is scaled by query_pre_attn_scalar^(−1/2); the GGUF has no key for it, and
+            // Gemma 3 sets it to the head size (256 for 270M and 1B).
+            let preAttn = (try? f.double("gemma3.attention.query_pre_attn_scalar")) ?? Double(c.headDim)
+            c.attentionScale = Float(1 / preAttn.squareRoot())
+            c.slidingWindow = (try? f.int("gemma3.attention.sliding_window")) ?? 0
+            c.slidingPattern = 6      // five sliding layers, then one global (not in the GGUF)
+            c.ropeThetaLocal = 10000  // the sliding layers' base (not in the GGUF)
+            if let type = f.metadata["gemma3.rope.scaling.type"]?.string, type != "none" {
+                throw ModelFileError.badMetadata(
+                    key: "gemma3.rope.scaling.type", expected: "absent or none (got \(type): RoPE scaling is not implemented)")
+            }
+        default:
+            throw ModelFileError.badMetadata(
+                key: "general.architecture", expected: "one of \(supported.joined(separator: ", ")) (got \(arch))")
         }
     }
 }
@@ -60,6 +127,11 @@ public struct LlamaBlock: Sendable {
     public let wGate: Weight      // [F × D]
     public let wUp: Weight        // [F × D]
     public let wDown: Weight      // [D × F]
+    // Gemma 3 only (nil elsewhere):
+    public var postAttnNorm: Weight? = nil  // [1 × D] on o_proj's output
+    public var postFfnNorm: Weight? = nil   // [1 × D] on down_proj's output
+    public var qNorm: Weight? = nil         // [1 × d] per head of q
+    public var kNorm: Weight? = nil         // [1 × d] per head of k
 }
 
 /// Per-sequence key/value cache: for each layer K and V as [capacity × H_kv·d], rows = positions.
@@ -125,8 +197,9 @@ public final class LlamaModel: @unchecked Sendable {
     public let outputNorm: Weight      // [1 × D]
     public let output: Weight          // [V × D] (the embedding itself when tied)
     public let backend: Backend
-    /// RoPE's tables and op pair.
-    let rope: Rope
+    /// RoPE's tables and op pair, per layer (layers with the same base share their tables).
+    let ropes: [Rope]
+    func rope(_ layer: Int) -> Rope { ropes[layer] }
 
     /// Reads every tensor, dequantising to fp32 with `threads` threads.
     public init(gguf f: GGUFFile, backend: Backend, threads: Int = 1) throws {
@@ -165,7 +238,7 @@ public final class LlamaModel: @unchecked Sendable {
         let lock = NSLock()
         DispatchQueue.concurrentPerform(iterations: cfg.nLayers) { l in
             do {
-                let b = LlamaBlock(
+                var b = LlamaBlock(
                     attnNorm: try load("blk.\(l).attn_norm.weight", 1, D),
                     wq: try load("blk.\(l).attn_q.weight", A, D),
                     wk: try load("blk.\(l).attn_k.weight", KV, D),
@@ -175,6 +248,14 @@ public final class LlamaModel: @unchecked Sendable {
                     wGate: try load("blk.\(l).ffn_gate.weight", F, D),
                     wUp: try load("blk.\(l).ffn_up.weight", F, D),
                     wDown: try load("blk.\(l).ffn_down.weight", D, F))
+                if cfg.postNorms {
+                    b.postAttnNorm = try load("blk.\(l).post_attention_norm.weight", 1, D)
+                    b.postFfnNorm = try load("blk.\(l).post_ffw_norm.weight", 1, D)
+                }
+                if cfg.qkNorm {
+                    b.qNorm = try load("blk.\(l).attn_q_norm.weight", 1, cfg.headDim)
+                    b.kNorm = try load("blk.\(l).attn_k_norm.weight", 1, cfg.headDim)
+                }
                 lock.lock(); loaded[l] = b; lock.unlock()
             } catch { lock.lock(); failure = error; lock.unlock() }
         }
@@ -184,7 +265,9 @@ public final class LlamaModel: @unchecked Sendable {
         outputNorm = try load("output_norm.weight", 1, D)
         output = cfg.tiedEmbeddings ? tokenEmbedding : try load("output.weight", cfg.vocabSize, D)
 
-        rope = Rope(cfg)
+        let global = Rope(cfg, base: cfg.ropeTheta)
+        let local = cfg.slidingWindow > 0 ? Rope(cfg, base: cfg.ropeThetaLocal) : global
+        ropes = (0..<cfg.nLayers).map { cfg.window(layer: $0) == nil ? global : local }
     }
 
     public func makeCache(capacity: Int) -> KVCache {
@@ -229,14 +312,16 @@ public final class LlamaModel: @unchecked Sendable {
             let id = tokens[rowSeq[r]][r - rowStart[rowSeq[r]]]
             precondition(id >= 0 && id < cfg.vocabSize, "token id \(id) outside the vocabulary")
             (x + r * D).update(from: tokenEmbedding.data + id * D, count: D)
+            if cfg.embedScale != 1 { for i in 0..<D { x[r * D + i] *= cfg.embedScale } }
         }
-        let shape = LastTokenAttention.Shape(cfg)
         for l in 0..<cfg.nLayers {
             let blk = blocks[l]
+            let shape = LastTokenAttention.Shape(cfg, layer: l)
+            let rope = ropes[l]
             hooks?.residual(layer: l, x, layout)
             // ---- attention
             blk.attentionInputForward(backend, cfg, h: x, rows: T, xn: xn, invRMS: nil, q: q, k: kNew, v: vNew,
-                                      precision: .fp32)
+                                      headNorms: nil, precision: .fp32)
             for r in 0..<T {
                 rope.forward(q + r * A, heads: cfg.nHeads, position: rowPos[r])
                 rope.forward(kNew + r * KV, heads: cfg.nKVHeads, position: rowPos[r])
@@ -257,10 +342,11 @@ public final class LlamaModel: @unchecked Sendable {
                                         scores: scores, o: o + r0 * A)
             }
             hooks?.headOutputs(layer: l, o, layout)
-            backend.linear(o, T, blk.wo, x, accumulate: true)              // x += o · W_oᵀ
-            // ---- MLP, the residual updated in place
-            blk.mlpForward(backend, cfg, h: x, rows: T, out: x, xn: xn, invRMS: nil, g: g, u: u, m: g, precision: .fp32,
-                           perRows: { $0(0..<T) })
+            // x += o · W_oᵀ (post-normed where the family says), xn as the scratch
+            blk.attentionOutputForward(backend, cfg, o: o, rows: T, h: x, out: x, post: (xn, nil), precision: .fp32)
+            // ---- MLP, the residual updated in place (xn holds the normed input, then the output)
+            blk.mlpForward(backend, cfg, h: x, rows: T, out: x, xn: xn, invRMS: nil, g: g, u: u, m: g,
+                           post: (xn, nil), precision: .fp32, perRows: { $0(0..<T) })
         }
         for s in 0..<tokens.count { caches[s].length += rowCount[s] }
         hooks?.residual(layer: cfg.nLayers, x, layout)

@@ -8,7 +8,7 @@ public enum TokenizerError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .unsupportedModel(m): return "tokenizer model \"\(m)\" is not supported (only byte-level BPE, \"gpt2\")"
+        case let .unsupportedModel(m): return "tokenizer model \"\(m)\" is not supported (supported: \"gpt2\", byte-level BPE; \"llama\", SentencePiece)"
         case let .unsupportedPreTokenizer(p): return "pre-tokenizer \"\(p)\" is not supported (supported: \(BPETokenizer.PreTokenizer.allCases.map(\.rawValue).joined(separator: ", ")))"
         case let .missingToken(t): return "the vocabulary lacks the byte token \(t)"
         case let .badVocabulary(w): return "bad tokenizer vocabulary: \(w)"
@@ -16,10 +16,19 @@ public enum TokenizerError: Error, CustomStringConvertible {
     }
 }
 
-/// Byte-level BPE (GPT-2 family) built from GGUF metadata: `tokenizer.ggml.tokens`, `.merges`,
-/// `.token_type`, `.pre`. Text → UTF-8 bytes → each byte shown as a printable character (GPT-2's
-/// byte-to-unicode table) → pre-tokenised into words by the regex that `pre` names → merges
-/// applied in rank order within each word.
+/// The tokenizer a GGUF file names in `tokenizer.ggml.model`, built from its metadata
+/// (`tokenizer.ggml.tokens`, `.token_type`, and `.merges` + `.pre` or `.scores`). Two algorithms:
+///
+/// - `gpt2`, byte-level BPE (SmolLM, Llama 3): text → UTF-8 bytes → each byte shown as a
+///   printable character (GPT-2's byte-to-unicode table) → pre-tokenised into words by the regex
+///   that `pre` names → merges applied in rank order within each word.
+/// - `llama`, SentencePiece (Gemma, Llama 1/2): spaces become "▁" (and one is put in front when
+///   `add_space_prefix` says so) → one symbol per character → the adjacent pair whose joined text
+///   is a token with the highest score is joined, repeatedly (ties: the leftmost) → a symbol that
+///   is no token is spelt with its UTF-8 bytes' `<0xNN>` tokens (byte fallback).
+///
+/// In both, control and user-defined tokens (types 3 and 4; Gemma's "\n" and runs of spaces are
+/// user-defined) are matched verbatim in the input first, longest first.
 public final class BPETokenizer: @unchecked Sendable {
     /// Pre-tokenisers, by the name GGUF gives them. Each is a hand-written scanner equivalent to
     /// the regular expression quoted in its comment.
@@ -42,6 +51,13 @@ public final class BPETokenizer: @unchecked Sendable {
         }
     }
 
+    /// Which algorithm `tokenizer.ggml.model` names.
+    public enum Algorithm: Sendable, Equatable {
+        case byteLevelBPE
+        case sentencePiece(addSpacePrefix: Bool)
+    }
+
+    public let algorithm: Algorithm
     public let tokens: [String]
     public let tokenTypes: [Int32]
     public let preTokenizer: PreTokenizer
@@ -58,6 +74,10 @@ public final class BPETokenizer: @unchecked Sendable {
     private let idToBytes: [[UInt8]]
     /// Control and user-defined tokens matched verbatim in the input, longest first.
     private let specials: [(text: [UInt8], id: Int32)]
+    /// Bytes a special token can start with (the scan for specials looks only there).
+    private let specialStarts: Set<UInt8>
+    /// SentencePiece: each token's score (higher joins first).
+    private let scores: [Float]
     private var cache: [String: [Int32]] = [:]
     private let lock = NSLock()
 
@@ -74,7 +94,13 @@ public final class BPETokenizer: @unchecked Sendable {
 
     public convenience init(gguf: GGUFFile) throws {
         let model = try gguf.string("tokenizer.ggml.model")
-        guard model == "gpt2" else { throw TokenizerError.unsupportedModel(model) }
+        let algorithm: Algorithm
+        switch model {
+        case "gpt2": algorithm = .byteLevelBPE
+        case "llama":
+            algorithm = .sentencePiece(addSpacePrefix: gguf.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
+        default: throw TokenizerError.unsupportedModel(model)
+        }
         guard let toks = gguf.metadata["tokenizer.ggml.tokens"]?.array else {
             throw ModelFileError.missingMetadata("tokenizer.ggml.tokens")
         }
@@ -83,7 +109,15 @@ public final class BPETokenizer: @unchecked Sendable {
             ?? [Int32](repeating: 1, count: tokens.count)
         let merges = gguf.metadata["tokenizer.ggml.merges"]?.array?.map { $0.string ?? "" } ?? []
         let pre = try PreTokenizer.named(gguf.metadata["tokenizer.ggml.pre"]?.string ?? "gpt2")
+        var scores: [Float] = []
+        if case .sentencePiece = algorithm {
+            guard let sc = gguf.metadata["tokenizer.ggml.scores"]?.array, sc.count == tokens.count else {
+                throw ModelFileError.missingMetadata("tokenizer.ggml.scores (one per token, for a SentencePiece vocabulary)")
+            }
+            scores = sc.map { Float($0.double ?? -1e30) }
+        }
         try self.init(tokens: tokens, tokenTypes: types, merges: merges, preTokenizer: pre,
+                      algorithm: algorithm, scores: scores,
                       bosID: gguf.metadata["tokenizer.ggml.bos_token_id"]?.int,
                       eosID: gguf.metadata["tokenizer.ggml.eos_token_id"]?.int,
                       addBOS: gguf.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false,
@@ -91,8 +125,14 @@ public final class BPETokenizer: @unchecked Sendable {
     }
 
     public init(tokens: [String], tokenTypes: [Int32], merges: [String], preTokenizer: PreTokenizer,
+                algorithm: Algorithm = .byteLevelBPE, scores: [Float] = [],
                 bosID: Int?, eosID: Int?, addBOS: Bool, unknownID: Int? = nil) throws {
         self.unknownID = unknownID.map(Int32.init)
+        self.algorithm = algorithm
+        if case .sentencePiece = algorithm, scores.count != tokens.count {
+            throw TokenizerError.badVocabulary("\(tokens.count) tokens but \(scores.count) scores")
+        }
+        self.scores = scores
         guard tokenTypes.count == tokens.count else {
             throw TokenizerError.badVocabulary("\(tokens.count) tokens but \(tokenTypes.count) token types")
         }
@@ -122,6 +162,12 @@ public final class BPETokenizer: @unchecked Sendable {
             if type == 3 || type == 4 {           // control / user-defined: literal text
                 i2b.append(Array(t.utf8))
                 if !t.isEmpty { sp.append((Array(t.utf8), Int32(i))) }
+            } else if case .sentencePiece = algorithm {
+                if type == 6, let b = Self.byteToken(t) {  // byte fallback "<0xNN>"
+                    i2b.append([b])
+                } else {
+                    i2b.append(Array(t.replacingOccurrences(of: "▁", with: " ").utf8))
+                }
             } else {
                 var bytes: [UInt8] = []
                 for c in t {
@@ -132,6 +178,14 @@ public final class BPETokenizer: @unchecked Sendable {
         }
         idToBytes = i2b
         specials = sp.sorted { $0.text.count > $1.text.count }
+        specialStarts = Set(sp.map { $0.text[0] })
+        var fallback = [Int32](repeating: -1, count: 256)
+        if case .sentencePiece = algorithm {
+            for (i, t) in tokens.enumerated() where tokenTypes[i] == 6 {
+                if let b = Self.byteToken(t), fallback[Int(b)] < 0 { fallback[Int(b)] = Int32(i) }
+            }
+        }
+        byteFallback = fallback
 
         var m: [UInt64: (rank: Int32, id: Int32)] = [:]
         m.reserveCapacity(merges.count)
@@ -146,6 +200,14 @@ public final class BPETokenizer: @unchecked Sendable {
         self.merges = m
     }
     private let merges_count: Int
+    /// SentencePiece: byte → its `<0xNN>` token (−1 when the vocabulary lacks it).
+    private let byteFallback: [Int32]
+
+    /// The byte a SentencePiece byte token `<0xNN>` stands for.
+    static func byteToken(_ t: String) -> UInt8? {
+        guard t.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">") else { return nil }
+        return UInt8(t.dropFirst(3).prefix(2), radix: 16)
+    }
 
     /// Is this a control token (e.g. `<|im_end|>`), skipped when decoding for a person?
     public func isControl(_ id: Int) -> Bool { id >= 0 && id < tokenTypes.count && tokenTypes[id] == 3 }
@@ -165,7 +227,7 @@ public final class BPETokenizer: @unchecked Sendable {
         }
         if parseSpecial && !specials.isEmpty {
             while i < bytes.count {
-                if bytes[i] == UInt8(ascii: "<") || bytes[i] == UInt8(ascii: "[") {
+                if specialStarts.contains(bytes[i]) {
                     if let s = specials.first(where: { sp in
                         sp.text.count <= bytes.count - i && bytes[i..<(i + sp.text.count)].elementsEqual(sp.text)
                     }) {
@@ -184,6 +246,13 @@ public final class BPETokenizer: @unchecked Sendable {
     }
 
     private func encodeOrdinary(_ bytes: ArraySlice<UInt8>, into out: inout [Int]) {
+        if case .sentencePiece(let prefix) = algorithm {
+            var text = String(decoding: bytes, as: UTF8.self)
+            if prefix && bytes.startIndex == 0 { text = " " + text }
+            out.append(contentsOf: sentencePiece(Array(text.replacingOccurrences(of: " ", with: "▁").unicodeScalars))
+                .lazy.map(Int.init))
+            return
+        }
         let text = String(decoding: bytes, as: UTF8.self)
         let scalars = Array(text.unicodeScalars)
         for piece in preTokenize(scalars) {
@@ -218,6 +287,58 @@ public final class BPETokenizer: @unchecked Sendable {
             ids.remove(at: at + 1)
         }
         return ids
+    }
+
+    /// SentencePiece: joins adjacent symbols (initially one per character) best score first,
+    /// leftmost on ties, while the joined text is a token; then byte fallback for the rest. A
+    /// heap of candidate pairs; a popped pair is stale when either side has changed since.
+    private func sentencePiece(_ chars: [Unicode.Scalar]) -> [Int32] {
+        let n = chars.count
+        guard n > 0 else { return [] }
+        // symbol k covers chars[start[k] ..< end[k]]; prev/next link the live ones
+        var start = Array(0..<n), end = Array(1...n)
+        var prev = Array(-1..<(n - 1)), next = Array(1...n)
+        next[n - 1] = -1
+        func text(_ a: Int, _ b: Int) -> String { String(String.UnicodeScalarView(chars[a..<b])) }
+        struct Pair: Comparable {
+            let score: Float, left: Int, right: Int, length: Int, id: Int32
+            static func < (x: Pair, y: Pair) -> Bool {  // "comes out first"
+                x.score != y.score ? x.score > y.score : x.left < y.left
+            }
+        }
+        var heap = Heap<Pair>()
+        func consider(_ l: Int, _ r: Int) {
+            guard l >= 0, r >= 0, let id = tokenToID[text(start[l], end[r])], tokenTypes[Int(id)] != 6 else { return }
+            heap.push(Pair(score: scores[Int(id)], left: l, right: r, length: end[r] - start[l], id: id))
+        }
+        for k in 0..<(n - 1) { consider(k, k + 1) }
+        var alive = [Bool](repeating: true, count: n)
+        while let p = heap.pop() {
+            // stale: a side was joined away, or grew since the pair was pushed
+            guard alive[p.left], alive[p.right], next[p.left] == p.right,
+                  end[p.right] - start[p.left] == p.length else { continue }
+            end[p.left] = end[p.right]
+            alive[p.right] = false
+            next[p.left] = next[p.right]
+            if next[p.right] >= 0 { prev[next[p.right]] = p.left }
+            consider(prev[p.left], p.left)
+            consider(p.left, next[p.left])
+        }
+        var out: [Int32] = []
+        var k = 0
+        while k >= 0 {
+            let t = text(start[k], end[k])
+            if let id = tokenToID[t], tokenTypes[Int(id)] != 6 {
+                out.append(id)
+            } else {
+                for b in t.utf8 {
+                    let id = byteFallback[Int(b)]
+                    if id >= 0 { out.append(id) } else if let u = unknownID { out.append(u) }
+                }
+            }
+            k = next[k]
+        }
+        return out
     }
 
     // MARK: pre-tokenisation
@@ -332,7 +453,7 @@ public final class BPETokenizer: @unchecked Sendable {
         return String(decoding: b, as: UTF8.self)
     }
 
-    /// The vocabulary string of a token as stored (byte-level characters).
+    /// The vocabulary string of a token as stored (byte-level characters, or SentencePiece's "▁").
     public func piece(_ id: Int) -> String { id >= 0 && id < tokens.count ? tokens[id] : "" }
     public func id(of piece: String) -> Int? { tokenToID[piece].map(Int.init) }
 }
