@@ -82,7 +82,7 @@ extension LanguageModel {
         while b < prompts.count {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { tokenizer.encode($0) }
-            let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output)) }
+            let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output), bos: false) }
             let gens = generate(ids, Self.stop(tgt, maxNewTokens))
             for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
             b = e
@@ -222,7 +222,7 @@ public struct PairTaskJobs {
         let train = p.split.train
         return DeltaProblem(
             prompts: train.map { lm.tokenizer.encode(p.format.prompt($0.input)) },
-            loss: .nextToken(targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output)).first ?? 0 }),
+            loss: .nextToken(targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0 }),
             task: p.spec.task, seed: p.spec.seed,
             evaluate: { learned, progress in
                 let scale = Float(p.spec[.deltaScale])

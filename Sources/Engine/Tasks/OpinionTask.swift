@@ -69,7 +69,7 @@ public struct OpinionTask: Sendable {
 
     /// The token of " A", " B", … (the answer letters as the model writes them after "Answer:").
     public static func letterTokens(_ tok: BPETokenizer, count: Int) -> [Int] {
-        (0..<count).map { tok.encode(" " + String(Character(UnicodeScalar(65 + $0)!)))[0] }
+        (0..<count).map { tok.encode(" " + String(Character(UnicodeScalar(65 + $0)!)), bos: false)[0] }
     }
 
     /// A seeded split of the group's questions into disjoint train and test sets.
