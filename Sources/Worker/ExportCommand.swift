@@ -49,6 +49,8 @@ public struct ExportCommand: ParsableCommand {
             leaving block ℓ at every position (`llama-cli --control-vector FILE`; layer 0 has no such form).
               bias            a copy of the model GGUF with blk.ℓ.attn_output.bias = W_O·Δ: Δ's own site, at \
             every position (`--positions all` here).
+            Both need a family whose residual stream takes o_proj's output as it is \
+            (llama, mistral); Gemma 3 normalises it first, so its Δs are refused here.
 
             Examples:
               worker export --delta runs/3f…e1.safetensors --format control-vector --out antonym-cv.gguf

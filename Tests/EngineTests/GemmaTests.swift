@@ -34,12 +34,17 @@ final class GemmaTests: XCTestCase {
             let name = b["format"] as! String
             let format = try XCTUnwrap(WeightFormat.allCases.first { $0.ggml.description == name }, name)
             let hex = Array((b["hex"] as! String).utf8)
-            let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<$0 + 2], as: UTF8.self), radix: 16)! }
+            let bytes = stride(from: 0, to: hex.count, by: 2).map {
+                UInt8(String(decoding: hex[$0..<$0 + 2], as: UTF8.self), radix: 16)!
+            }
+            let (be, bb) = format.ggml.blockLayout!
             let want = b["values"] as! [Double]
-            XCTAssertEqual(bytes.count / format.ggml.blockLayout!.bytes * format.ggml.blockLayout!.elements, want.count, name)
+            XCTAssertEqual(bytes.count / bb * be, want.count, name)
             var got = [Float](repeating: .nan, count: want.count)
             bytes.withUnsafeBytes { src in
-                got.withUnsafeMutableBufferPointer { Dequant.run(format, src.baseAddress!, $0.baseAddress!, count: want.count) }
+                got.withUnsafeMutableBufferPointer {
+                    Dequant.run(format, src.baseAddress!, $0.baseAddress!, count: want.count)
+                }
             }
             for (i, (g, w)) in zip(got, want).enumerated() {
                 XCTAssertEqual(Double(g), w, accuracy: 1e-6 * max(1, abs(w)), "\(name) element \(i)")

@@ -26,9 +26,22 @@ public enum DeltaExport {
         }
     }
 
+    /// Both llama.cpp forms put W_O·Δ where the residual stream takes o_proj's output as it is; a
+    /// family that normalises that output first (Gemma 3's post-attention RMSNorm) has no such
+    /// site, so its Δs are refused rather than exported wrong.
+    static func checkExportable(_ lm: LanguageModel, format: String) throws {
+        guard !lm.config.postNorms else {
+            throw ExportError(
+                description: "\(lm.config.architecture) normalises o_proj's output before the residual add, so W_O·Δ "
+                    + "as a \(format) would not act as Δ does; use the Δ with `worker generate` or the PyTorch hook "
+                    + "(clients/python/intervene_delta.py), which apply it at its own site")
+        }
+    }
+
     /// The control-vector GGUF for `steering`'s head-output Δs (summed per layer, scaled).
     public static func controlVector(_ steering: Steering, model lm: LanguageModel) throws -> Data {
         guard !steering.byLayer.isEmpty else { throw ExportError(description: "no Δ to export") }
+        try checkExportable(lm, format: "control vector")
         if steering.byLayer[0] != nil {
             throw ExportError(
                 description: "a Δ at layer 0 has no control-vector form: llama.cpp numbers control vectors from 1 "
@@ -47,6 +60,7 @@ public enum DeltaExport {
     /// A copy of the model file at `lm.path` with `blk.ℓ.attn_output.bias` = W_O·Δ for each layer.
     public static func modelWithBias(_ steering: Steering, model lm: LanguageModel) throws -> GGUFWriter {
         guard !steering.byLayer.isEmpty else { throw ExportError(description: "no Δ to export") }
+        try checkExportable(lm, format: "o_proj bias")
         let f = try GGUFFile(path: lm.path)
         var g = GGUFWriter()
         g.alignment = f.alignment

@@ -154,7 +154,7 @@ public struct DeltaPipeline {
                 model: lm.name, modelSHA256: modelSHA, task: p.task, method: settings.method, layer: settings.layer,
                 heads: cfg.nHeads, headDim: cfg.headDim, seed: p.seed, lambda: settings.lambda, gamma: settings.gamma,
                 steps: res.history.count - 1, lr: settings.lr, solver: settings.solver.rawValue,
-                precision: settings.precision.effective.rawValue,
+                precision: settings.precision.ran(on: lm.model),
                 trainSize: p.prompts.count, finalLoss: f.loss, extra: p.artefactEntries(metrics))
             outcomes.append(
                 DeltaOutcome(result: res, metrics: metrics, artefact: DeltaArtefact(delta: res.delta, metadata: md)))

@@ -222,7 +222,8 @@ public struct PairTaskJobs {
         let train = p.split.train
         return DeltaProblem(
             prompts: train.map { lm.tokenizer.encode(p.format.prompt($0.input)) },
-            loss: .nextToken(targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0 }),
+            loss: .nextToken(
+                targets: train.map { lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0 }),
             task: p.spec.task, seed: p.spec.seed,
             evaluate: { learned, progress in
                 let scale = Float(p.spec[.deltaScale])

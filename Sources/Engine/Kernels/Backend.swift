@@ -74,6 +74,20 @@ extension Precision {
     public static var runnable: [Precision] { allCases.filter { $0.effective == $0 } }
     /// What actually runs on this CPU: `int8` falls back to `fp32` without an int8 kernel level.
     public var effective: Precision { self == .int8 && !Self.int8Available ? .fp32 : self }
+
+    /// What an artefact records as run on `model`: "fp32", "int8", or, when only some weight
+    /// matrices have an int8 layout (Gemma's Q5_0/Q4_K/Q6_K have none), "int8 on k of n weight
+    /// matrices (…), fp32 on the rest".
+    public func ran(on model: LlamaModel) -> String {
+        guard effective == .int8 else { return Precision.fp32.rawValue }
+        let ws = model.blocks.flatMap { [$0.wq, $0.wk, $0.wv, $0.wo, $0.wGate, $0.wUp, $0.wDown] } + [model.output]
+        let quantised = ws.filter { $0.quant != nil }
+        if quantised.count == ws.count { return rawValue }
+        if quantised.isEmpty { return Precision.fp32.rawValue }
+        let kinds = Set(quantised.map { $0.name.split(separator: ".").dropLast().last.map(String.init) ?? $0.name })
+        let names = kinds.sorted().joined(separator: ", ")
+        return "int8 on \(quantised.count) of \(ws.count) weight matrices (\(names)), fp32 on the rest"
+    }
 }
 
 /// The compute seam. The model and the intervention path call only these ops on activations

@@ -110,7 +110,9 @@ public enum Ops {
     static let geluC: Float = 0.797_884_56, geluA: Float = 0.044_715
 
     /// GeGLU forward: h = gelu_tanh(g) ⊙ u (element-wise over n values; h may alias g).
-    public static func geglu(_ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ h: UnsafeMutablePointer<Float>, _ n: Int) {
+    public static func geglu(
+        _ g: UnsafePointer<Float>, _ u: UnsafePointer<Float>, _ h: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
         var i = 0
         let rg = UnsafeRawPointer(g), ru = UnsafeRawPointer(u), rh = UnsafeMutableRawPointer(h)
         let one = SIMD16<Float>(repeating: 1)
@@ -157,8 +159,10 @@ public enum Ops {
     }
 
     /// A post-norm's residual add, row by row: out += x / rms(x) ⊙ w (1/rms to `invRMS` when given).
-    public static func rmsnormAdd(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                                  rows: Int, dim: Int, eps: Float, invRMS: UnsafeMutablePointer<Float>? = nil) {
+    public static func rmsnormAdd(
+        _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+        rows: Int, dim: Int, eps: Float, invRMS: UnsafeMutablePointer<Float>? = nil
+    ) {
         for r in 0..<rows {
             let xr = x + r * dim, o = out + r * dim
             let inv = 1 / (sumSquares(xr, dim) / Float(dim) + eps).squareRoot()

@@ -59,7 +59,8 @@ extension LlamaBlock {
     ) {
         if let qNorm, let kNorm, let s = headNorms {
             let d = cfg.headDim
-            for (g, x, w, inv, heads) in [(dq, s.q, qNorm, s.invQ, cfg.nHeads), (dk, s.k, kNorm, s.invK, cfg.nKVHeads)] {
+            let both = [(dq, s.q, qNorm, s.invQ, cfg.nHeads), (dk, s.k, kNorm, s.invK, cfg.nKVHeads)]
+            for (g, x, w, inv, heads) in both {
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: N * heads * d) { t in
                     let dx = t.baseAddress!
                     dx.initialize(repeating: 0, count: N * heads * d)
@@ -88,7 +89,8 @@ extension LlamaBlock {
             return
         }
         backend.linear(o, N, [(wo, post.y)], accumulate: false, precision: precision)
-        Ops.rmsnormAdd(post.y, postAttnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
+        Ops.rmsnormAdd(
+            post.y, postAttnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
     }
 
     /// dout [N × D] → do [N × A] (written); `dy` [N × D] is scratch for the post-norm's backward.
@@ -133,7 +135,8 @@ extension LlamaBlock {
             return
         }
         backend.linear(m, N, [(wDown, post.y)], accumulate: false, precision: precision)
-        Ops.rmsnormAdd(post.y, postFfnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
+        Ops.rmsnormAdd(
+            post.y, postFfnNorm.data, into: out, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: post.inv)
     }
 
     /// dout [N × D] → dh [N × D] (accumulated: `dh` holds dout on entry, the residual path). Uses
@@ -214,7 +217,9 @@ struct Rope: Sendable {
         }
         let t = (0..<half).map { Self.angle(p, $0, base: base, ropeDim: ropeDim) }
         let c = t.map(\.0), s = t.map(\.1)
-        return c.withUnsafeBufferPointer { cb in s.withUnsafeBufferPointer { sb in body(cb.baseAddress!, sb.baseAddress!) } }
+        return c.withUnsafeBufferPointer { cb in
+            s.withUnsafeBufferPointer { sb in body(cb.baseAddress!, sb.baseAddress!) }
+        }
     }
 
     /// The element offsets of rotation pair i.

@@ -8,7 +8,7 @@ import Foundation
 /// | | llama, mistral | gemma3 |
 /// |---|---|---|
 /// | embeddings | as stored | × √D |
-/// | norms | before attention and MLP | also after each (on its output, before the residual add), and per head on q and k |
+/// | norms | before attention and MLP | also after each (before the residual add); q, k per head |
 /// | MLP | SwiGLU | GeGLU (tanh GELU) |
 /// | RoPE | adjacent pairs (the converter permuted W_q, W_k) | halves (i, i + d/2) |
 /// | attention | global | sliding window on 5 of every 6 layers, RoPE base 10 000 there |
@@ -107,7 +107,8 @@ public enum Architecture {
             c.ropeThetaLocal = 10000  // the sliding layers' base (not in the GGUF)
             if let type = f.metadata["gemma3.rope.scaling.type"]?.string, type != "none" {
                 throw ModelFileError.badMetadata(
-                    key: "gemma3.rope.scaling.type", expected: "absent or none (got \(type): RoPE scaling is not implemented)")
+                    key: "gemma3.rope.scaling.type",
+                    expected: "absent or none (got \(type): RoPE scaling is not implemented)")
             }
         default:
             throw ModelFileError.badMetadata(

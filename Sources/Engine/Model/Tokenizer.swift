@@ -8,7 +8,8 @@ public enum TokenizerError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .unsupportedModel(m): return "tokenizer model \"\(m)\" is not supported (supported: \"gpt2\", byte-level BPE; \"llama\", SentencePiece)"
+        case let .unsupportedModel(m):
+            return "tokenizer model \"\(m)\" is not supported (supported: \"gpt2\", byte-level BPE; \"llama\", SentencePiece)"
         case let .unsupportedPreTokenizer(p): return "pre-tokenizer \"\(p)\" is not supported (supported: \(BPETokenizer.PreTokenizer.allCases.map(\.rawValue).joined(separator: ", ")))"
         case let .missingToken(t): return "the vocabulary lacks the byte token \(t)"
         case let .badVocabulary(w): return "bad tokenizer vocabulary: \(w)"
@@ -112,7 +113,8 @@ public final class BPETokenizer: @unchecked Sendable {
         var scores: [Float] = []
         if case .sentencePiece = algorithm {
             guard let sc = gguf.metadata["tokenizer.ggml.scores"]?.array, sc.count == tokens.count else {
-                throw ModelFileError.missingMetadata("tokenizer.ggml.scores (one per token, for a SentencePiece vocabulary)")
+                throw ModelFileError.missingMetadata(
+                    "tokenizer.ggml.scores (one per token, for a SentencePiece vocabulary)")
             }
             scores = sc.map { Float($0.double ?? -1e30) }
         }
