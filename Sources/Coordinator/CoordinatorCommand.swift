@@ -52,8 +52,8 @@ struct ClientOptions: ParsableArguments {
 
     func client() throws -> CoordinatorClient {
         let keys = try CurveClientKeys.resolve(secretFile: curveSecret, serverKeyFile: serverKey)
-        return try CoordinatorClient(endpoint: coordinator ?? CoordinatorClient.defaultEndpoint, timeoutSeconds: timeout,
-                                     keys: keys)
+        return try CoordinatorClient(
+            endpoint: coordinator ?? CoordinatorClient.defaultEndpoint, timeoutSeconds: timeout, keys: keys)
     }
 }
 
@@ -146,19 +146,21 @@ extension CoordinatorCommand {
                 + "(default: $INTERVENE_CLIENT_KEYS).", valueName: "file"))
         var clientKeys: String?
 
-        @Flag(name: .customLong("insecure-no-auth"), help:
-            "Bind to a non-loopback address without keys: anyone who reaches the port may submit, cancel and post results.")
+        @Flag(name: .customLong("insecure-no-auth"), help: ArgumentHelp(
+            "Bind to a non-loopback address without keys: anyone who reaches the port may submit, cancel and "
+                + "post results."))
         var insecureNoAuth = false
 
-        @Option(name: .customLong("max-grid-jobs"), help: "Jobs one submission may expand to; a larger grid is refused.")
+        @Option(name: .customLong("max-grid-jobs"), help: "Jobs one submission may expand to; larger are refused.")
         var maxGridJobs = CoordinatorLimits().maxGridJobs
 
         @Option(name: .customLong("max-queued-jobs"), help:
             "Jobs waiting in the queue, all experiments together; a submission that would pass it is refused whole.")
         var maxQueuedJobs = SchedulerConfig().maxQueuedJobs
 
-        @Option(name: .customLong("max-bad-frames"), help:
-            "Bad frames (malformed, wrong version, oversized, forbidden) a connection may send per second before it is blocked.")
+        @Option(name: .customLong("max-bad-frames"), help: ArgumentHelp(
+            "Bad frames (malformed, wrong version, oversized, forbidden) a connection may send per second before "
+                + "it is blocked."))
         var maxBadFrames = CoordinatorLimits().badFramesPerSecond
 
         @Option(name: .customLong("bad-frame-block"), help: "Seconds a connection past that budget is ignored.")
@@ -702,7 +704,10 @@ extension CoordinatorCommand {
             SIGKILLs a random worker and restarts it under the same id (--worker-kills times), \
             SIGKILLs the coordinator and restarts it on its store (--coordinator-kills times), stalls \
             a worker past its lease (SIGSTOP, then SIGCONT) and floods the coordinator with \
-            --flood malformed, truncated and wrong-version frames. Then it prints jobs, faults \
+            --flood malformed, truncated and wrong-version frames. With keys (the default; --no-keys \
+            turns them off) every process presents CurveZMQ keys, and intruders without an admitted \
+            key try to post a result, submit and cancel (they must hear nothing), and a client key \
+            forges a result (it must be refused). Then it prints jobs, faults \
             injected, jobs lost, failed and duplicated, requeues and the time each coordinator \
             restart took to recover, and exits non-zero if any job was lost, failed or has no artefact.
 
@@ -726,6 +731,8 @@ extension CoordinatorCommand {
         @Option(help: "Loopback port (the next one is the update stream).") var port = 5650
         @Option(help: "Folder for the store and logs (default: a new temporary folder).") var dir: String?
         @Option(help: "The worker executable (default: `worker` beside this one).") var workerBinary: String?
+        @Flag(inversion: .prefixedNo, help: "CurveZMQ keys for every process, and intruders without them.")
+        var keys = true
 
         func validate() throws {
             guard jobs >= 1, workers >= 1, workerKills >= 0, coordinatorKills >= 0, stalls >= 0, flood >= 0 else {
@@ -751,6 +758,7 @@ extension CoordinatorCommand {
             c.jobs = jobs; c.workers = workers; c.workerKills = workerKills; c.coordinatorKills = coordinatorKills
             c.stalls = stalls; c.floodFrames = flood; c.interval = interval; c.stepMs = stepMs; c.lease = lease
             c.maxAttempts = maxAttempts
+            c.keys = keys
             print("drill: store and logs in \(folder)")
             let report = try FaultDrill(c).run { print("  " + $0) }
             print(report.text, terminator: "")

@@ -77,7 +77,9 @@ public struct CurveKeyPair: Equatable, Sendable {
     /// Writes DIR/NAME.pub and DIR/NAME.secret (0600); returns their paths. Refuses to overwrite
     /// either unless `overwrite`.
     @discardableResult
-    public func write(name: String, directory: String, overwrite: Bool = false) throws -> (pub: String, secret: String) {
+    public func write(name: String, directory: String, overwrite: Bool = false)
+        throws -> (pub: String, secret: String)
+    {
         guard !name.isEmpty, !name.contains("/"), !name.hasPrefix(".") else {
             throw CurveKeyError("key name \"\(name)\": use a plain file name such as coordinator, worker or alice")
         }
@@ -192,17 +194,18 @@ extension CurveClientKeys {
             return "the coordinator refused this \(role.rawValue)'s key \(keys?.pair.publicKey ?? ""): add its "
                 + "NAME.pub to the coordinator's \(role.allowListFlag) list"
         }
-        if failed.contains(where: \.isMechanismMismatch) {
-            return keys == nil
-                ? "the coordinator requires keys: give --curve-secret (this \(role.rawValue)'s NAME.secret) and "
-                    + "--server-key (the coordinator's NAME.pub)"
-                : "the coordinator has no keys: drop --curve-secret and --server-key (and $INTERVENE_CURVE_SECRET, "
-                    + "$INTERVENE_SERVER_KEY)"
+        // without keys a handshake fails only against a coordinator that has them (the first
+        // failure may come without detail: the coordinator hung up first)
+        if keys == nil {
+            return "the coordinator requires keys: give --curve-secret (this \(role.rawValue)'s NAME.secret) and "
+                + "--server-key (the coordinator's NAME.pub)"
         }
-        return keys == nil
-            ? "the security handshake with the coordinator failed"
-            : "the security handshake with the coordinator failed: is --server-key its public key (the coordinator's "
-                + "NAME.pub)?"
+        if failed.contains(where: \.isMechanismMismatch) {
+            return "the coordinator has no keys: drop --curve-secret and --server-key (and $INTERVENE_CURVE_SECRET, "
+                + "$INTERVENE_SERVER_KEY)"
+        }
+        return "the security handshake with the coordinator failed: is --server-key its public key (the "
+            + "coordinator's NAME.pub)?"
     }
 }
 

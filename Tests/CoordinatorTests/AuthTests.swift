@@ -169,7 +169,9 @@ final class AuthTests: XCTestCase {
         r.jobID = job.jobID; r.attempt = job.attempt; r.metrics = ["exact_match": 0.5]
         try w.send(Wire.encode(.result(r)), timeoutMs: 2000)
         var accepted: Bool?
-        while accepted == nil, let b = try receiveBody(w) { if case .ack(let a) = b, a.kind == .result { accepted = a.accepted } }
+        while accepted == nil, let b = try receiveBody(w) {
+            if case .ack(let a) = b, a.kind == .result { accepted = a.accepted }
+        }
         XCTAssertEqual(accepted, true)
     }
 
@@ -198,9 +200,36 @@ final class AuthTests: XCTestCase {
         var cancelled = 0
         let deadline = Date().addingTimeInterval(5)
         while cancelled < 3, Date() < deadline {
-            for case .changed(_, let j, _) in try follower.poll(timeout: 0.2) where j.state == .cancelled { cancelled += 1 }
+            for case .changed(_, let j, _) in try follower.poll(timeout: 0.2) where j.state == .cancelled {
+                cancelled += 1
+            }
         }
         XCTAssertEqual(cancelled, 3, "the keyed follower saw every update")
+    }
+
+    /// `coordinator keys` writes pairs that serve, workers and clients load as they are.
+    func testKeysCommandOutputLoads() throws {
+        let out = dir.appendingPathComponent("keys").path
+        var cmd = try CoordinatorCommand.Keys.parse(["coordinator", "w", "c", "--out", out])
+        try cmd.run()
+        XCTAssertThrowsError(try CoordinatorCommand.Keys.parse(["w", "--out", out]).run(), "no silent overwrite")
+        let secret = try String(contentsOfFile: out + "/c.secret", encoding: .utf8).split(separator: "\n")
+        let pub = try String(contentsOfFile: out + "/c.pub", encoding: .utf8)
+        XCTAssertEqual(secret.count, 2)
+        XCTAssertEqual(secret[0], "public " + pub.dropLast(), "NAME.secret's public line is NAME.pub")
+        XCTAssertTrue(secret[1].hasPrefix("secret ") && secret[1].count == 47)
+        let server = try XCTUnwrap(try CurveServerKeys.resolve(
+            secretFile: out + "/coordinator.secret", workerKeysFile: out + "/w.pub", clientKeysFile: out + "/c.pub",
+            environment: [:]))
+        let c = try XCTUnwrap(try CurveClientKeys.resolve(secretFile: out + "/c.secret",
+                                                          serverKeyFile: out + "/coordinator.pub", environment: [:]))
+        XCTAssertEqual(c.serverKey, server.pair.publicKey)
+        XCTAssertEqual(server.roles[c.pair.publicKey], .client)
+        cmd = try CoordinatorCommand.Keys.parse(["w", "--out", out, "--force"])
+        try cmd.run()
+        XCTAssertNotEqual(try CurveKeyList.load(out + "/w.pub", flag: "").keys, server.roles.filter {
+            $0.value == .worker
+        }.map(\.key), "--force made a new pair")
     }
 
     /// A client that presents no keys, or a refused one, is told why instead of "no reply".
@@ -211,9 +240,11 @@ final class AuthTests: XCTestCase {
                 return "answered"
             } catch { return "\(error)" }
         }
-        XCTAssertTrue(message(nil).contains("requires keys"), message(nil))
-        XCTAssertTrue(message(keys(strangerPair)).contains("--client-keys"), message(keys(strangerPair)))
-        let wrongServer = CurveClientKeys(pair: clientPair, serverKey: strangerPair.publicKey)
-        XCTAssertTrue(message(wrongServer).contains("--server-key"), message(wrongServer))
+        let none = message(nil)
+        XCTAssertTrue(none.contains("requires keys"), none)
+        let refused = message(keys(strangerPair))
+        XCTAssertTrue(refused.contains("refused this client's key") && refused.contains("--client-keys"), refused)
+        let wrongServer = message(CurveClientKeys(pair: clientPair, serverKey: strangerPair.publicKey))
+        XCTAssertTrue(wrongServer.contains("--server-key"), wrongServer)
     }
 }

@@ -33,7 +33,8 @@ final class LimitsTests: XCTestCase {
 
     /// A grid of `seeds` jobs of its own (its task is its name: job ids do not name experiments).
     static func grid(_ name: String, seeds: Int) -> String {
-        #"{"experiment": "\#(name)", "tasks": "\#(name)", "methods": "synthetic", "seeds": [\#((0..<seeds).map(String.init).joined(separator: ","))]}"#
+        let list = (0..<seeds).map(String.init).joined(separator: ",")
+        return #"{"experiment": "\#(name)", "tasks": "\#(name)", "methods": "synthetic", "seeds": [\#(list)]}"#
     }
 
     func testGridSizeAndQueueLengthAreBounded() throws {
