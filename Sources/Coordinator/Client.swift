@@ -6,13 +6,17 @@ import Glibc
 
 /// Errors a client command reports.
 public enum ClientError: Error, CustomStringConvertible {
-    case noReply(endpoint: String, seconds: Double)
+    /// `handshake`: what the client's failed security handshakes say, if any failed (a refused key
+    /// would look like no coordinator at all otherwise).
+    case noReply(endpoint: String, seconds: Double, handshake: String?)
     case remote(String)
     case unexpected(String)
 
     public var description: String {
         switch self {
-        case let .noReply(e, s):
+        case let .noReply(e, s, handshake?):
+            return "no reply from the coordinator at \(e) within \(Int(s)) s: \(handshake)"
+        case let .noReply(e, s, nil):
             return "no reply from a coordinator at \(e) within \(Int(s)) s. Is `coordinator serve` running there? "
                 + "(Point clients elsewhere with --coordinator tcp://HOST:PORT or $INTERVENE_COORDINATOR.)"
         case .remote(let m): return m
@@ -25,6 +29,8 @@ public enum ClientError: Error, CustomStringConvertible {
 /// each bounded by a timeout. Used from one thread.
 public final class CoordinatorClient {
     public let endpoint: String
+    /// This client's keys, for a coordinator that has keys (its sockets are then CurveZMQ).
+    public let keys: CurveClientKeys?
     private let context: ZContext
     private var socket: ZSocket?
     public var timeoutSeconds: Double
@@ -35,9 +41,10 @@ public final class CoordinatorClient {
         return env.isEmpty ? "tcp://127.0.0.1:5555" : env
     }
 
-    public init(endpoint: String, timeoutSeconds: Double = 10) throws {
+    public init(endpoint: String, timeoutSeconds: Double = 10, keys: CurveClientKeys? = nil) throws {
         self.endpoint = endpoint
         self.timeoutSeconds = timeoutSeconds
+        self.keys = keys
         context = try ZContext()
         try reconnect()
     }
@@ -53,7 +60,9 @@ public final class CoordinatorClient {
         socket?.close()
         var o = ZSocketOptions()
         o.lingerMs = 0
+        o.curve = keys?.socketCurve
         let s = try ZSocket(context, .dealer, options: o)
+        try s.startMonitor(ZSocketEvent.handshakeFailures)
         try s.connect(endpoint)
         socket = s
     }
@@ -62,15 +71,18 @@ public final class CoordinatorClient {
     public func request(_ body: EnvelopeBody, timeoutSeconds: Double? = nil) throws -> EnvelopeBody {
         let t = timeoutSeconds ?? self.timeoutSeconds
         if socket == nil { try reconnect() }
-        guard let s = socket else { throw ClientError.noReply(endpoint: endpoint, seconds: t) }
+        guard let s = socket else {
+            throw ClientError.noReply(endpoint: endpoint, seconds: t, handshake: nil)
+        }
         try s.send(Wire.encode(body), timeoutMs: Int(t * 1000))
         let deadline = Date().addingTimeInterval(t)
         while true {
             let left = deadline.timeIntervalSinceNow
             guard left > 0, let frames = try s.receive(timeoutMs: max(1, Int(left * 1000))) else {
                 // A late reply must not be taken for the next request's: start a fresh socket.
+                let why = CurveClientKeys.diagnose(s.monitorEvents(), keys: keys, role: .client)
                 try? reconnect()
-                throw ClientError.noReply(endpoint: endpoint, seconds: t)
+                throw ClientError.noReply(endpoint: endpoint, seconds: t, handshake: why)
             }
             guard let last = frames.last else { continue }
             let reply: EnvelopeBody
@@ -184,6 +196,7 @@ public final class ExperimentFollower {
         var o = ZSocketOptions()
         o.lingerMs = 0
         o.receiveHighWaterMark = 100_000
+        o.curve = client.keys?.socketCurve
         let s = try ZSocket(context, .sub, options: o)
         try s.connect(client.resolvePub(pub))
         try s.subscribe(experiment ?? "")

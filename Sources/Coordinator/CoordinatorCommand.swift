@@ -27,7 +27,7 @@ public struct CoordinatorCommand: ParsableCommand {
         """,
         subcommands: [
             Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Cancel.self, Bench.self,
-            Drill.self,
+            Drill.self, Keys.self,
         ]
     )
     public init() {}
@@ -44,8 +44,16 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .long, help: "Seconds to wait for each reply.")
     var timeout: Double = 10
 
+    @Option(name: .customLong("curve-secret"), help: ArgumentHelp(CurveClientKeys.secretHelp, valueName: "file"))
+    var curveSecret: String?
+
+    @Option(name: .customLong("server-key"), help: ArgumentHelp(CurveClientKeys.serverKeyHelp, valueName: "file"))
+    var serverKey: String?
+
     func client() throws -> CoordinatorClient {
-        try CoordinatorClient(endpoint: coordinator ?? CoordinatorClient.defaultEndpoint, timeoutSeconds: timeout)
+        let keys = try CurveClientKeys.resolve(secretFile: curveSecret, serverKeyFile: serverKey)
+        return try CoordinatorClient(
+            endpoint: coordinator ?? CoordinatorClient.defaultEndpoint, timeoutSeconds: timeout, keys: keys)
     }
 }
 
@@ -66,6 +74,9 @@ func runClient(_ body: () throws -> Void) throws {
     } catch let e as CompareError {
         printError("error: \(e)")
         throw ExitCode.failure
+    } catch let e as CurveKeyError {
+        printError("error: \(e)")
+        throw ExitCode(2)
     }
 }
 
@@ -85,7 +96,13 @@ extension CoordinatorCommand {
             Examples:
               coordinator serve --store runs/store
               coordinator serve --store runs/store --lease 60 --max-attempts 5
-              coordinator serve --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556
+              coordinator serve --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556 \\
+                --curve-secret keys/coordinator.secret --worker-keys keys/workers.txt --client-keys keys/clients.txt
+
+            Authentication (CurveZMQ): with --curve-secret, --worker-keys and --client-keys, every \
+            connection must present a key from one of the lists (`coordinator keys` makes pairs); \
+            worker keys may only run jobs, client keys only submit, cancel and read. Without keys \
+            the coordinator binds only to loopback, unless --insecure-no-auth says otherwise.
             """
         )
 
@@ -114,6 +131,41 @@ extension CoordinatorCommand {
         @Option(name: .customLong("max-message-mb"), help: "Larger messages are dropped and counted.")
         var maxMessageMB: Int = 64
 
+        @Option(name: .customLong("curve-secret"), help: ArgumentHelp(
+            "The coordinator's NAME.secret (from `coordinator keys`): turns on CurveZMQ "
+                + "(default: $INTERVENE_SERVER_SECRET).", valueName: "file"))
+        var curveSecret: String?
+
+        @Option(name: .customLong("worker-keys"), help: ArgumentHelp(
+            "Public keys admitted as workers: one per line, # comments; concatenated NAME.pub files do "
+                + "(default: $INTERVENE_WORKER_KEYS).", valueName: "file"))
+        var workerKeys: String?
+
+        @Option(name: .customLong("client-keys"), help: ArgumentHelp(
+            "Public keys admitted as clients (submit, cancel, status, results, tail), same format "
+                + "(default: $INTERVENE_CLIENT_KEYS).", valueName: "file"))
+        var clientKeys: String?
+
+        @Flag(name: .customLong("insecure-no-auth"), help: ArgumentHelp(
+            "Bind to a non-loopback address without keys: anyone who reaches the port may submit, cancel and "
+                + "post results."))
+        var insecureNoAuth = false
+
+        @Option(name: .customLong("max-grid-jobs"), help: "Jobs one submission may expand to; larger are refused.")
+        var maxGridJobs = CoordinatorLimits().maxGridJobs
+
+        @Option(name: .customLong("max-queued-jobs"), help:
+            "Jobs waiting in the queue, all experiments together; a submission that would pass it is refused whole.")
+        var maxQueuedJobs = SchedulerConfig().maxQueuedJobs
+
+        @Option(name: .customLong("max-bad-frames"), help: ArgumentHelp(
+            "Bad frames (malformed, wrong version, oversized, forbidden) a connection may send per second before "
+                + "it is blocked."))
+        var maxBadFrames = CoordinatorLimits().badFramesPerSecond
+
+        @Option(name: .customLong("bad-frame-block"), help: "Seconds a connection past that budget is ignored.")
+        var badFrameBlock = CoordinatorLimits().blockSeconds
+
         @Flag(help: "Log only errors.")
         var quiet = false
 
@@ -122,6 +174,10 @@ extension CoordinatorCommand {
             guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
             guard workerTimeout > 0 else { throw ValidationError("--worker-timeout must be positive") }
             guard maxMessageMB >= 1 else { throw ValidationError("--max-message-mb must be at least 1") }
+            guard maxGridJobs >= 1, maxQueuedJobs >= 1, maxBadFrames >= 1, badFrameBlock > 0 else {
+                throw ValidationError("--max-grid-jobs, --max-queued-jobs, --max-bad-frames and --bad-frame-block "
+                    + "must be positive")
+            }
         }
 
         func run() throws {
@@ -131,11 +187,26 @@ extension CoordinatorCommand {
                 let f = ISO8601DateFormatter()
                 printError("\(f.string(from: Date())) \(line)")
             }
+            let keys: CurveServerKeys?
+            do {
+                keys = try CurveServerKeys.resolve(secretFile: curveSecret, workerKeysFile: workerKeys,
+                                                   clientKeysFile: clientKeys)
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode(2)
+            }
+            if let why = Exposure.refusal([bind, pub], keyed: keys != nil, insecure: insecureNoAuth) {
+                printError("error: refusing to serve: \(why)")
+                throw ExitCode(2)
+            }
+            let limits = CoordinatorLimits(maxGridJobs: maxGridJobs, badFramesPerSecond: maxBadFrames,
+                                           blockSeconds: badFrameBlock)
             let server = try CoordinatorServer(options: .init(
                 storeDirectory: URL(fileURLWithPath: store, isDirectory: true), bind: bind, pub: pub,
                 advertisedPub: advertisePub,
-                scheduler: SchedulerConfig(leaseSeconds: lease, workerTimeoutSeconds: workerTimeout, maxAttempts: maxAttempts),
-                maxMessageBytes: maxMessageMB << 20, log: logger))
+                scheduler: SchedulerConfig(leaseSeconds: lease, workerTimeoutSeconds: workerTimeout,
+                                           maxAttempts: maxAttempts, maxQueuedJobs: maxQueuedJobs),
+                maxMessageBytes: maxMessageMB << 20, keys: keys, limits: limits, log: logger))
             try server.start()
             signal(SIGINT, SIG_IGN)
             signal(SIGTERM, SIG_IGN)
@@ -210,7 +281,7 @@ extension CoordinatorCommand {
             }
             let parsed: Grid
             do {
-                parsed = try Grid.parse(text)
+                parsed = try Grid.parse(text, maxJobs: .max)   // the coordinator has its own limit
             } catch let e as GridErrors {
                 printError("\(grid): \(e.description)")
                 printError("nothing was queued.")
@@ -633,7 +704,10 @@ extension CoordinatorCommand {
             SIGKILLs a random worker and restarts it under the same id (--worker-kills times), \
             SIGKILLs the coordinator and restarts it on its store (--coordinator-kills times), stalls \
             a worker past its lease (SIGSTOP, then SIGCONT) and floods the coordinator with \
-            --flood malformed, truncated and wrong-version frames. Then it prints jobs, faults \
+            --flood malformed, truncated and wrong-version frames. With keys (the default; --no-keys \
+            turns them off) every process presents CurveZMQ keys, and intruders without an admitted \
+            key try to post a result, submit and cancel (they must hear nothing), and a client key \
+            forges a result (it must be refused). Then it prints jobs, faults \
             injected, jobs lost, failed and duplicated, requeues and the time each coordinator \
             restart took to recover, and exits non-zero if any job was lost, failed or has no artefact.
 
@@ -657,6 +731,8 @@ extension CoordinatorCommand {
         @Option(help: "Loopback port (the next one is the update stream).") var port = 5650
         @Option(help: "Folder for the store and logs (default: a new temporary folder).") var dir: String?
         @Option(help: "The worker executable (default: `worker` beside this one).") var workerBinary: String?
+        @Flag(inversion: .prefixedNo, help: "CurveZMQ keys for every process, and intruders without them.")
+        var keys = true
 
         func validate() throws {
             guard jobs >= 1, workers >= 1, workerKills >= 0, coordinatorKills >= 0, stalls >= 0, flood >= 0 else {
@@ -682,6 +758,7 @@ extension CoordinatorCommand {
             c.jobs = jobs; c.workers = workers; c.workerKills = workerKills; c.coordinatorKills = coordinatorKills
             c.stalls = stalls; c.floodFrames = flood; c.interval = interval; c.stepMs = stepMs; c.lease = lease
             c.maxAttempts = maxAttempts
+            c.keys = keys
             print("drill: store and logs in \(folder)")
             let report = try FaultDrill(c).run { print("  " + $0) }
             print(report.text, terminator: "")

@@ -13,6 +13,8 @@ public struct GridError: Error, Equatable, CustomStringConvertible, Sendable {
 /// Every problem found in a grid (validation reports them all at once).
 public struct GridErrors: Error, CustomStringConvertible, Sendable {
     public var errors: [GridError]
+    /// The grid is valid but expands to more jobs than one submission may have.
+    public var tooLarge = false
     public var description: String {
         "grid has \(errors.count) error\(errors.count == 1 ? "" : "s"):\n"
             + errors.map { "  " + $0.description }.joined(separator: "\n")
@@ -63,13 +65,15 @@ public struct Grid: Equatable, Sendable {
     static func tunableKeys(_ section: String) -> [String] {
         Tunable.all.filter { $0.section == section }.map { String($0.name) }
     }
-    /// A grid that expands to more jobs than this is refused.
-    public static let maxJobs = 100_000
+    /// A grid that expands to more jobs than this is refused, unless the coordinator says otherwise
+    /// (serve --max-grid-jobs, `CoordinatorLimits.maxGridJobs`).
+    public static let defaultMaxJobs = 100_000
 
     // MARK: parsing and validation
 
-    /// Parses and validates grid.json text. Throws `GridErrors` with every problem found.
-    public static func parse(_ text: String) throws -> Grid {
+    /// Parses and validates grid.json text. Throws `GridErrors` with every problem found, or the
+    /// one that it expands to more than `maxJobs` jobs (counted without expanding).
+    public static func parse(_ text: String, maxJobs: Int = defaultMaxJobs) throws -> Grid {
         let root: JSONValue
         do {
             root = try JSONValue.parse(text)
@@ -81,7 +85,9 @@ public struct Grid: Equatable, Sendable {
         if !v.errors.isEmpty { throw GridErrors(errors: v.errors) }
         let n = grid!.jobCount
         if n > maxJobs {
-            throw GridErrors(errors: [GridError("", "the grid expands to \(n) jobs, more than the limit of \(maxJobs)")])
+            throw GridErrors(errors: [GridError("", "the grid expands to \(n) jobs, more than the \(maxJobs) one "
+                + "submission may have (coordinator serve --max-grid-jobs): split it into several experiments")],
+                             tooLarge: true)
         }
         return grid!
     }
@@ -368,12 +374,19 @@ public struct Grid: Equatable, Sendable {
         return out
     }
 
-    /// How many jobs `expand()` gives, computed without expanding.
+    /// How many jobs `expand()` gives, computed without expanding (at most Int.max: a grid's
+    /// lists may multiply past it).
     public var jobCount: Int {
-        methods.reduce(0) { sum, m in
+        func times(_ a: Int, _ b: Int) -> Int {
+            let (p, over) = a.multipliedReportingOverflow(by: b)
+            return over ? .max : p
+        }
+        return methods.reduce(0) { sum, m in
             let a = m.axes
-            return sum + tasks.count * seeds.count * (a.contains(.layer) ? layers.count : 1)
-                * (a.contains(.lambda) ? lambdas.count : 1) * (a.contains(.gamma) ? gammas.count : 1)
+            let n = [tasks.count, seeds.count, a.contains(.layer) ? layers.count : 1,
+                     a.contains(.lambda) ? lambdas.count : 1, a.contains(.gamma) ? gammas.count : 1].reduce(1, times)
+            let (s, over) = sum.addingReportingOverflow(n)
+            return over ? .max : s
         }
     }
 }

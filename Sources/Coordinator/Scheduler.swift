@@ -9,11 +9,16 @@ public struct SchedulerConfig: Sendable {
     public var workerTimeoutSeconds: Double
     /// How many times a job may be lost (or fail transiently) before it is failed.
     public var maxAttempts: Int
+    /// Jobs waiting in the queue, all experiments together: a submission that would queue more is
+    /// refused whole (serve --max-queued-jobs).
+    public var maxQueuedJobs: Int
 
-    public init(leaseSeconds: Double = 30, workerTimeoutSeconds: Double = 60, maxAttempts: Int = 3) {
+    public init(leaseSeconds: Double = 30, workerTimeoutSeconds: Double = 60, maxAttempts: Int = 3,
+                maxQueuedJobs: Int = 200_000) {
         self.leaseSeconds = leaseSeconds
         self.workerTimeoutSeconds = workerTimeoutSeconds
         self.maxAttempts = maxAttempts
+        self.maxQueuedJobs = maxQueuedJobs
     }
 }
 
@@ -119,6 +124,8 @@ public enum JobChange: Equatable, Sendable {
 public enum ClientReply: Equatable, Sendable {
     case submitted(experiment: String, new: Int, reused: Int, requeued: Int, total: Int)
     case cancelled(experiment: String, count: Int)
+    /// Nothing was queued: the queue would pass its bound.
+    case refused(experiment: String, reason: String)
 }
 
 /// The coordinator's scheduling logic as a pure state machine, in the manner of SWIM.Instance:
@@ -207,6 +214,22 @@ public struct Scheduler {
     /// Every experiment a job belongs to, sorted by name.
     public func experimentsOf(_ job: String) -> [String] {
         (membership[job] ?? []).sorted()
+    }
+
+    /// Why these jobs may not be submitted now (nil: they may): the jobs they would put in the
+    /// queue (new ones, and failed or cancelled ones queued again) would take it past its bound.
+    public func queueRefusal(_ submitted: [SubmittedJob]) -> String? {
+        var ids = Set<String>()
+        let adds = submitted.filter { s in
+            guard ids.insert(s.id).inserted else { return false }
+            guard let j = jobs[s.id] else { return true }
+            return j.state == .failed || j.state == .cancelled
+        }.count
+        let queued = jobs.values.filter { $0.state == .queued || $0.state == .lost }.count
+        guard adds > 0, queued + adds > config.maxQueuedJobs else { return nil }
+        return "the queue holds \(queued) jobs and this grid would add \(adds); this coordinator queues at most "
+            + "\(config.maxQueuedJobs) (serve --max-queued-jobs). Nothing was queued: submit again when jobs have "
+            + "finished, cancel an experiment, or raise the limit"
     }
 
     /// Why a queued job waits.
@@ -431,6 +454,10 @@ public struct Scheduler {
             dispatch(now: now, into: &out)
 
         case let .submit(name, grid, submitted):
+            if let why = queueRefusal(submitted) {
+                out.reply = .refused(experiment: name, reason: why)
+                break
+            }
             var new = 0, reused = 0, requeued = 0
             var ids: [String] = []
             var seen = Set<String>()

@@ -27,15 +27,20 @@ public final class CoordinatorServer: @unchecked Sendable {
         public var progressIntervalSeconds: Double
         /// Record the delay from a result's arrival to its Update on the PUB socket.
         public var measureLatency: Bool
+        /// CurveZMQ: the coordinator's key pair and the allow-lists (nil: no authentication).
+        public var keys: CurveServerKeys?
+        public var limits: CoordinatorLimits
         public var log: (@Sendable (String) -> Void)?
 
         public init(storeDirectory: URL, bind: String = "tcp://127.0.0.1:5555", pub: String = "tcp://127.0.0.1:5556",
                     advertisedPub: String? = nil, scheduler: SchedulerConfig = SchedulerConfig(),
                     maxMessageBytes: Int = 64 << 20, tickMs: Int = 200, progressIntervalSeconds: Double = 0.5,
-                    measureLatency: Bool = false, log: (@Sendable (String) -> Void)? = nil) {
+                    measureLatency: Bool = false, keys: CurveServerKeys? = nil,
+                    limits: CoordinatorLimits = CoordinatorLimits(), log: (@Sendable (String) -> Void)? = nil) {
             self.storeDirectory = storeDirectory; self.bind = bind; self.pub = pub; self.advertisedPub = advertisedPub
             self.scheduler = scheduler; self.maxMessageBytes = maxMessageBytes; self.tickMs = tickMs
-            self.progressIntervalSeconds = progressIntervalSeconds; self.measureLatency = measureLatency; self.log = log
+            self.progressIntervalSeconds = progressIntervalSeconds; self.measureLatency = measureLatency
+            self.keys = keys; self.limits = limits; self.log = log
         }
     }
 
@@ -54,6 +59,8 @@ public final class CoordinatorServer: @unchecked Sendable {
     // Loop-thread state.
     var router: ZSocket?
     var pubSocket: ZSocket?
+    var zap: ZAPHandler?
+    var badFrames: BadFrameLimiter
     var counters: [String: UInt64] = [:]
     /// Why the last store write failed (disk full, I/O error), until a write succeeds again.
     var storeFailure: String?
@@ -83,6 +90,7 @@ public final class CoordinatorServer: @unchecked Sendable {
     /// Opens the store and loads the queue; `start()` binds and runs.
     public init(options: Options) throws {
         self.options = options
+        badFrames = BadFrameLimiter(options.limits)
         store = try Store(directory: options.storeDirectory)
         scheduler = Scheduler(config: options.scheduler, jobs: try store.loadJobs(), experiments: try store.loadExperiments())
     }
@@ -114,7 +122,9 @@ public final class CoordinatorServer: @unchecked Sendable {
         if let e = failure.value { throw e }
         let s = scheduler
         log("serving \(endpoint) (updates on \(pubEndpoint)); store \(options.storeDirectory.path): "
-            + "\(s.experiments.count) experiments, \(s.jobs.count) jobs")
+            + "\(s.experiments.count) experiments, \(s.jobs.count) jobs; "
+            + (options.keys.map { "CurveZMQ keys: \($0.workerCount) worker, \($0.clientCount) client" }
+                ?? "no authentication (no keys)"))
     }
 
     /// Asks the loop to stop and waits for it (at most `timeout` seconds).
@@ -136,19 +146,47 @@ public final class CoordinatorServer: @unchecked Sendable {
 
     func open() throws {
         let ctx = try ZContext()
+        // with keys, the ZAP handler must be bound before the curve sockets
+        let curve: ZCurve?
+        if let keys = options.keys {
+            let z = try ZAPHandler(context: ctx, log: options.log) { keys.authorize($0) }
+            z.start()
+            zap = z
+            curve = .server(secretKey: keys.pair.secretKey)
+        } else {
+            curve = nil
+        }
+        do { try bindSockets(ctx, curve: curve) } catch {
+            zap?.stop()
+            zap = nil
+            throw error
+        }
+    }
+
+    private func bindSockets(_ ctx: ZContext, curve: ZCurve?) throws {
         var ro = ZSocketOptions()
+        ro.curve = curve
+        ro.zapDomain = curve == nil ? nil : CurveServerKeys.routerDomain
         ro.maxMessageSize = Int64(options.maxMessageBytes) * 2
         ro.receiveHighWaterMark = 100_000
         ro.sendHighWaterMark = 100_000
         ro.routerMandatory = true
         ro.lingerMs = 500
         let r = try ZSocket(ctx, .router, options: ro)
-        do { try r.bind(options.bind) } catch { r.close(); throw error }
+        do {
+            if curve != nil { try r.startMonitor(ZSocketEvent.handshakeFailures) }
+            try r.bind(options.bind)
+        } catch { r.close(); throw error }
         var po = ZSocketOptions()
+        po.curve = curve
+        po.zapDomain = curve == nil ? nil : CurveServerKeys.updatesDomain
         po.sendHighWaterMark = 100_000
         po.lingerMs = 200
         let p = try ZSocket(ctx, .pub, options: po)
-        do { try p.bind(options.pub) } catch { r.close(); p.close(); throw error }
+        do {
+            if curve != nil { try p.startMonitor(ZSocketEvent.handshakeFailures) }
+            try p.bind(options.pub)
+        } catch { r.close(); p.close(); throw error }
         router = r
         pubSocket = p
         lock.withLock {
@@ -158,6 +196,16 @@ public final class CoordinatorServer: @unchecked Sendable {
     }
 
     func count(_ key: String, _ n: UInt64 = 1) { counters[key, default: 0] += n }
+
+    /// With keys: connections that failed their handshake, i.e. peers that got nothing through
+    /// (a key on no list, no keys at all, or a wrong coordinator key).
+    func countHandshakeFailures() {
+        for e in (router?.monitorEvents() ?? []) + (pubSocket?.monitorEvents() ?? []) where e.isHandshakeFailure {
+            count("handshakes_failed")
+            if e.isAuthRefusal { count("handshakes_failed_key_refused") }
+            if e.isMechanismMismatch { count("handshakes_failed_no_keys") }
+        }
+    }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
 
@@ -169,9 +217,9 @@ public final class CoordinatorServer: @unchecked Sendable {
             do {
                 if try router.poll(.readable, timeoutMs: waitMs).contains(.readable) {
                     var n = 0
-                    while n < 64, let frames = try router.receive(timeoutMs: 0) {
+                    while n < 64, let m = try router.receiveMessage(timeoutMs: 0) {
                         n += 1
-                        handleMessage(frames, arrival: DispatchTime.now().uptimeNanoseconds)
+                        handleMessage(m.frames, userID: m.userID, arrival: DispatchTime.now().uptimeNanoseconds)
                     }
                 }
             } catch let e as ZMQError where e.isTerminated {
@@ -184,6 +232,8 @@ public final class CoordinatorServer: @unchecked Sendable {
             if now >= nextTick {
                 apply(scheduler.handle(.tick, now: now), now: now)
                 nextTick = now + Double(options.tickMs) / 1000
+                badFrames.prune(now: now)
+                countHandshakeFailures()
             }
             commit()
             lock.withLock {
@@ -199,6 +249,7 @@ public final class CoordinatorServer: @unchecked Sendable {
         }
         router.close()
         pubSocket?.close()
+        zap?.stop()
         store.close()
         log("stopped")
     }

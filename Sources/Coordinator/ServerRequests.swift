@@ -22,8 +22,9 @@ extension CoordinatorServer {
         }
         let grid: Grid
         do {
-            grid = try Grid.parse(s.gridJson)
+            grid = try Grid.parse(s.gridJson, maxJobs: options.limits.maxGridJobs)
         } catch let e as GridErrors {
+            if e.tooLarge { count("refused_grid_too_large") }
             reply.ok = false
             reply.errors = e.errors.map {
                 var f = Intervene_V1_FieldError()
@@ -37,10 +38,11 @@ extension CoordinatorServer {
             reply.errors = [f]
             return reply
         }
-        let jobs = grid.expand()
         reply.experiment = grid.experiment
+        let jobs = grid.expand()
         reply.jobsTotal = UInt32(jobs.count)
         if s.dryRun {
+            if let why = scheduler.queueRefusal(jobs) { return refuse(reply, why) }
             let known = jobs.filter { scheduler.job($0.id) != nil }.count
             reply.ok = true
             reply.jobsReused = UInt32(known)
@@ -49,12 +51,28 @@ extension CoordinatorServer {
         }
         let ds = scheduler.handle(.submit(experiment: grid.experiment, gridJSON: s.gridJson, jobs: jobs), now: now)
         apply(ds, now: now)
-        if case let .submitted(_, new, reused, requeued, total)? = ds.reply {
+        switch ds.reply {
+        case let .submitted(_, new, reused, requeued, total)?:
             reply.jobsNew = UInt32(new); reply.jobsReused = UInt32(reused)
             reply.jobsRequeued = UInt32(requeued); reply.jobsTotal = UInt32(total)
+        case let .refused(_, why)?:
+            count("refused_queue_full")
+            return refuse(reply, why)
+        default: break
         }
         reply.ok = true
         log("experiment \(grid.experiment) submitted: \(reply.jobsTotal) jobs (\(reply.jobsNew) new, \(reply.jobsReused) reused, \(reply.jobsRequeued) requeued)")
+        return reply
+    }
+
+    /// A submission refused whole (nothing queued), with the reason and its fix.
+    private func refuse(_ r: Intervene_V1_SubmitReply, _ why: String) -> Intervene_V1_SubmitReply {
+        var reply = r
+        reply.ok = false
+        var f = Intervene_V1_FieldError()
+        f.message = why
+        reply.errors = [f]
+        log("submission of \(r.experiment) refused: \(why)")
         return reply
     }
 

@@ -109,35 +109,51 @@ extension CoordinatorServer {
 
     // MARK: messages
 
-    func handleMessage(_ frames: [Data], arrival: UInt64) {
+    func handleMessage(_ frames: [Data], userID: String? = nil, arrival: UInt64) {
         count("received")
         let size = frames.reduce(0) { $0 + $1.count }
         guard frames.count >= 2, let identity = frames.first, !identity.isEmpty else {
             count("malformed"); return
         }
+        let now = Self.now()
+        if badFrames.isBlocked(identity, now: now) {
+            count("dropped_blocked_peer")
+            return
+        }
         if size > options.maxMessageBytes {
             count("dropped_oversized")
-            send(identity, Wire.error(code: .tooLarge, "message of \(size) bytes exceeds the limit of \(options.maxMessageBytes)"))
-            return
+            let why = "message of \(size) bytes exceeds the limit of \(options.maxMessageBytes)"
+            return refuseBadFrame(identity, Wire.error(code: .tooLarge, why), now: now)
         }
         // [identity, envelope] from a DEALER; [identity, "", envelope] from a REQ.
         guard frames.count == 2 || (frames.count == 3 && frames[1].isEmpty) else {
             count("malformed")
-            send(identity, .error(ProtocolError.badFrames(frames.count - 1).errorBody))
-            return
+            return refuseBadFrame(identity, .error(ProtocolError.badFrames(frames.count - 1).errorBody), now: now)
         }
         let body: EnvelopeBody
         do {
             body = try Wire.decodeBody(frames[frames.count - 1])
         } catch let e as ProtocolError {
             if case .versionMismatch = e { count("version_mismatch") } else { count("malformed") }
-            send(identity, .error(e.errorBody))
-            return
+            return refuseBadFrame(identity, .error(e.errorBody), now: now)
         } catch {
             count("malformed")
-            return
+            return refuseBadFrame(identity, nil, now: now)
         }
-        let now = Self.now()
+        // With keys, each connection's role is its key's (the ZAP handler admitted no other), and
+        // a message outside that role changes nothing.
+        if options.keys != nil {
+            guard let role = userID.flatMap(PeerRole.init(userID:)) else {
+                count("unauthenticated")
+                return
+            }
+            if let why = body.refusal(for: role) {
+                count("forbidden")
+                let n = counters["forbidden"] ?? 0
+                if n == 1 || n % 100 == 0 { log("refused (\(n) so far): \(why); from \(userID ?? "")") }
+                return refuseBadFrame(identity, Wire.error(code: .forbidden, why), now: now)
+            }
+        }
         let worker = workerByIdentity[identity]
         switch body {
         case .hello(let h):
@@ -289,6 +305,22 @@ extension CoordinatorServer {
         body()
         identityByWorker[w] = oldIdentity
         workerByIdentity[identity] = nil
+    }
+
+    /// Answers a bad frame (malformed, of another version, oversized, forbidden) with `reply`, or,
+    /// once its connection passes its budget, says it is blocked (then drops its messages unread).
+    func refuseBadFrame(_ identity: Data, _ reply: EnvelopeBody?, now: Double) {
+        guard badFrames.record(identity, now: now) else {
+            if let reply { send(identity, reply) }
+            return
+        }
+        count("peers_blocked")
+        let l = options.limits
+        let peer = identity.prefix(16).map { String(format: "%02x", $0) }.joined()
+        log("blocking peer \(peer) for \(l.blockSeconds) s: more than \(l.badFramesPerSecond) bad frames in a second")
+        send(identity, Wire.error(code: .limit, "more than \(l.badFramesPerSecond) bad frames (malformed, of another "
+            + "protocol version, oversized or forbidden) in one second: this connection's messages are dropped "
+            + "unread for \(Render.num(l.blockSeconds)) s. Fix the sender; serve --max-bad-frames sets the budget"))
     }
 
     func unknownPeer(_ identity: Data) {

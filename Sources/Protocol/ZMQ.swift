@@ -63,15 +63,66 @@ public final class ZContext: @unchecked Sendable {
 }
 
 public enum ZSocketType: Sendable {
-    case router, dealer, pub, sub, pair
+    case router, dealer, pub, sub, pair, rep
     var raw: Int32 {
         switch self {
+        case .rep: return ZMQ_REP
         case .router: return ZMQ_ROUTER
         case .dealer: return ZMQ_DEALER
         case .pub: return ZMQ_PUB
         case .sub: return ZMQ_SUB
         case .pair: return ZMQ_PAIR
         }
+    }
+}
+
+/// A socket's CurveZMQ role (keys in Z85: 40 characters for 32 bytes). Both ends of a connection
+/// must use curve, or the handshake fails and no message passes.
+public enum ZCurve: Sendable, Equatable {
+    /// A curve server with this secret key. Its context's ZAP handler, if one is bound
+    /// (`ZAPHandler`), decides which client keys may connect, and names them (`ZMessage.userID`).
+    case server(secretKey: String)
+    /// A curve client: its own key pair, and the public key of the server it connects to.
+    case client(serverKey: String, publicKey: String, secretKey: String)
+}
+
+/// Key operations of libzmq's CurveZMQ (libsodium inside).
+public enum ZCurveKeys {
+    /// This libzmq was built with CurveZMQ.
+    public static var available: Bool { zmq_has("curve") != 0 }
+
+    /// A new random key pair, each key in Z85.
+    public static func generate() throws -> (publicKey: String, secretKey: String) {
+        var pub = [CChar](repeating: 0, count: 41)
+        var sec = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_keypair(&pub, &sec) == 0 else { throw ZMQError("zmq_curve_keypair") }
+        return (String(cString: pub), String(cString: sec))
+    }
+
+    /// The public key of a secret key; nil unless `secretKey` is 40 valid Z85 characters.
+    public static func publicKey(secretKey: String) -> String? {
+        guard decode(secretKey) != nil else { return nil }
+        var pub = [CChar](repeating: 0, count: 41)
+        guard zmq_curve_public(&pub, secretKey) == 0 else { return nil }
+        return String(cString: pub)
+    }
+
+    /// The 32 bytes a Z85 key stands for; nil unless it is 40 valid Z85 characters.
+    public static func decode(_ z85: String) -> Data? {
+        guard z85.utf8.count == 40 else { return nil }
+        var out = [UInt8](repeating: 0, count: 32)
+        guard zmq_z85_decode(&out, z85) != nil else { return nil }
+        return Data(out)
+    }
+
+    /// The Z85 form of a 32-byte key.
+    public static func encode(_ key: Data) -> String? {
+        guard key.count == 32 else { return nil }
+        var out = [CChar](repeating: 0, count: 41)
+        let ok = key.withUnsafeBytes { raw in
+            zmq_z85_encode(&out, raw.bindMemory(to: UInt8.self).baseAddress, 32) != nil
+        }
+        return ok ? String(cString: out) : nil
     }
 }
 
@@ -97,7 +148,44 @@ public struct ZSocketOptions: Sendable {
     /// ZMTP heartbeats (libzmq ≥ 4.2): PING every interval, drop the connection after timeout. 0 = off.
     public var zmtpHeartbeatIntervalMs: Int32 = 0
     public var zmtpHeartbeatTimeoutMs: Int32 = 0
+    /// CurveZMQ: encrypt and authenticate every connection of this socket (nil: plain ZMTP).
+    public var curve: ZCurve? = nil
+    /// The ZAP domain this socket's connections are authenticated in (`ZAPRequest.domain`).
+    public var zapDomain: String? = nil
     public init() {}
+}
+
+/// One event of a monitored socket (`ZSocket.startMonitor`).
+public struct ZSocketEvent: Equatable, Sendable {
+    /// One ZMQ_EVENT_* value.
+    public var kind: Int32
+    /// The event's value: an errno, a ZMQ_PROTOCOL_ERROR_* or a ZAP status code, by kind.
+    public var value: UInt32
+    public var endpoint: String
+
+    /// Every way a security handshake fails.
+    public static let handshakeFailures: Int32 =
+        ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+
+    public var isHandshakeFailure: Bool { kind & Self.handshakeFailures != 0 }
+    /// The ZAP handler refused the key (its status code, e.g. 400).
+    public var isAuthRefusal: Bool { kind == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH }
+    /// The two ends use different mechanisms (one has keys, the other not).
+    public var isMechanismMismatch: Bool {
+        kind == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == UInt32(ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+    }
+    /// A message could not be decrypted (a wrong server key, on the server's side).
+    public var isCryptographic: Bool {
+        kind == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == UInt32(ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
+    }
+}
+
+/// One received multipart message, with what libzmq knows of its sender's connection.
+public struct ZMessage: Sendable {
+    public var frames: [Data]
+    /// The user id the ZAP handler gave the sender's connection (libzmq's "User-Id" property);
+    /// nil when no ZAP handler authenticated it.
+    public var userID: String?
 }
 
 public struct ZPollEvents: OptionSet, Sendable {
@@ -113,6 +201,8 @@ public final class ZSocket: @unchecked Sendable {
     private var handle: UnsafeMutableRawPointer?
     public let type: ZSocketType
     public let context: ZContext
+    /// The PAIR socket this socket's events arrive on (`startMonitor`).
+    private var monitor: ZSocket?
 
     public init(_ context: ZContext, _ type: ZSocketType, options: ZSocketOptions = ZSocketOptions()) throws {
         guard let h = zmq_socket(context.handle, type.raw) else { throw ZMQError("zmq_socket") }
@@ -132,6 +222,17 @@ public final class ZSocket: @unchecked Sendable {
             if let id = options.identity, type == .dealer || type == .router {
                 try setBytes(ZMQ_IDENTITY, id)
             }
+            if let domain = options.zapDomain { try setBytes(ZMQ_ZAP_DOMAIN, Data(domain.utf8)) }
+            switch options.curve {
+            case .server(let secret)?:
+                try setInt(ZMQ_CURVE_SERVER, 1)
+                try setBytes(ZMQ_CURVE_SECRETKEY, Data(secret.utf8))
+            case let .client(serverKey, publicKey, secretKey)?:
+                try setBytes(ZMQ_CURVE_SERVERKEY, Data(serverKey.utf8))
+                try setBytes(ZMQ_CURVE_PUBLICKEY, Data(publicKey.utf8))
+                try setBytes(ZMQ_CURVE_SECRETKEY, Data(secretKey.utf8))
+            case nil: break
+            }
             if type == .router {
                 if options.routerMandatory { try setInt(ZMQ_ROUTER_MANDATORY, 1) }
                 if options.routerHandover { try setInt(ZMQ_ROUTER_HANDOVER, 1) }
@@ -149,9 +250,47 @@ public final class ZSocket: @unchecked Sendable {
     /// Closes the socket (idempotent). Pending outbound messages get at most `lingerMs`.
     public func close() {
         if let h = handle {
+            // stop the monitor first: libzmq's end of it would block on a closed reader
+            if monitor != nil { zmq_socket_monitor(h, nil, 0) }
             zmq_close(h)
             handle = nil
         }
+        monitor?.close()
+        monitor = nil
+    }
+
+    // MARK: monitor
+
+    /// Starts reporting this socket's `events` (ZMQ_EVENT_* bits) to `monitorEvents()`. Read them
+    /// often: up to ~100,000 wait unread, then libzmq's I/O thread waits for room.
+    public func startMonitor(_ events: Int32) throws {
+        let h = try live("monitor")
+        let address = "inproc://monitor-\(UUID().uuidString)"
+        guard zmq_socket_monitor(h, address, events) == 0 else { throw ZMQError("zmq_socket_monitor") }
+        var o = ZSocketOptions()
+        o.lingerMs = 0
+        o.receiveHighWaterMark = 100_000
+        let pair = try ZSocket(context, .pair, options: o)
+        do { try pair.connect(address) } catch {
+            zmq_socket_monitor(h, nil, 0)
+            pair.close()
+            throw error
+        }
+        monitor = pair
+    }
+
+    /// The events reported since the last call (none without `startMonitor`).
+    public func monitorEvents(max: Int = 100_000) -> [ZSocketEvent] {
+        guard let m = monitor else { return [] }
+        var out: [ZSocketEvent] = []
+        while out.count < max, let frames = try? m.receive(timeoutMs: 0) {
+            guard let head = frames.first, head.count >= 6 else { continue }
+            let kind = head.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt16.self) }
+            let value = head.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 2, as: UInt32.self) }
+            let endpoint = frames.count > 1 ? String(decoding: frames[1], as: UTF8.self) : ""
+            out.append(ZSocketEvent(kind: Int32(kind), value: value, endpoint: endpoint))
+        }
+        return out
     }
 
     private func live(_ op: String) throws -> UnsafeMutableRawPointer {
@@ -284,9 +423,14 @@ public final class ZSocket: @unchecked Sendable {
     /// Receives one multipart message, waiting at most `timeoutMs` (0 = only if one is queued).
     /// Returns nil on timeout.
     public func receive(timeoutMs: Int) throws -> [Data]? {
+        try receiveMessage(timeoutMs: timeoutMs)?.frames
+    }
+
+    /// `receive`, with the sender's connection properties (its ZAP user id).
+    public func receiveMessage(timeoutMs: Int) throws -> ZMessage? {
         precondition(timeoutMs >= 0, "ZSocket.receive: an infinite wait is not allowed")
         let h = try live("receive")
-        if let frames = try receiveNow(h) { return frames }
+        if let m = try receiveNow(h) { return m }
         if timeoutMs == 0 { return nil }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutMs) * 1_000_000
         while true {
@@ -294,13 +438,14 @@ public final class ZSocket: @unchecked Sendable {
             if now >= deadline { return nil }
             let left = max(1, Int((deadline - now) / 1_000_000))
             if try poll(.readable, timeoutMs: left).contains(.readable) {
-                if let frames = try receiveNow(h) { return frames }
+                if let m = try receiveNow(h) { return m }
             }
         }
     }
 
-    private func receiveNow(_ h: UnsafeMutableRawPointer) throws -> [Data]? {
+    private func receiveNow(_ h: UnsafeMutableRawPointer) throws -> ZMessage? {
         var frames: [Data] = []
+        var userID: String?
         var msg = zmq_msg_t()
         zmq_msg_init(&msg)
         defer { zmq_msg_close(&msg) }
@@ -320,7 +465,10 @@ public final class ZSocket: @unchecked Sendable {
             } else {
                 frames.append(Data(bytes: zmq_msg_data(&msg), count: size))
             }
-            if zmq_msg_more(&msg) == 0 { return frames }
+            // every frame that came over the connection carries its properties (a ROUTER's
+            // identity frame may not): keep the last one found
+            if let u = zmq_msg_gets(&msg, "User-Id") { userID = String(cString: u) }
+            if zmq_msg_more(&msg) == 0 { return ZMessage(frames: frames, userID: userID) }
             flags = 0  // remaining parts are already here
         }
     }

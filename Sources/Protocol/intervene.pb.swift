@@ -35,6 +35,13 @@
 /// A coordinator that does not know the sender (e.g. it restarted) answers Error{UNKNOWN_PEER}; the
 /// worker then sends Hello again. The ROUTER identity of a worker is opaque ("<worker_id>/<nonce>")
 /// and changes when the worker reconnects: key jobs by (job_id, attempt), not by identity.
+///
+/// Authentication (when the coordinator has keys): every socket is CurveZMQ; the coordinator is the
+/// curve server and each peer presents a key pair whose public key is on one of its allow-lists.
+/// A worker key may send Hello, Ready, Ack, Heartbeat, StepMetrics, Result, Failure, Goodbye; a
+/// client key Submit, Cancel; either StatusRequest and Query. Anything else is answered
+/// Error{FORBIDDEN}. A key on no list never completes the handshake: no message of it arrives.
+/// The PUB socket is curve too and admits client keys only.
 /// The coordinator must answer every Hello, Ready and Heartbeat (Ack or a job): a worker that hears
 /// nothing for 15 s drops its socket and reconnects. Worker defaults: Ready every 3 s while idle;
 /// Heartbeat every lease_ms/4 (clamped to 50 ms..5 s; 2 s if lease_ms = 0); at most 5 StepMetrics/s;
@@ -635,6 +642,12 @@ public nonisolated struct Intervene_V1_Error: Sendable {
     case tooLarge // = 5
     case `internal` // = 6
     case notFound // = 7
+
+    /// this peer's key may not send this message (see Authentication)
+    case forbidden // = 8
+
+    /// a limit refused it (grid size, queue length, bad-frame rate)
+    case limit // = 9
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -651,6 +664,8 @@ public nonisolated struct Intervene_V1_Error: Sendable {
       case 5: self = .tooLarge
       case 6: self = .internal
       case 7: self = .notFound
+      case 8: self = .forbidden
+      case 9: self = .limit
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -665,6 +680,8 @@ public nonisolated struct Intervene_V1_Error: Sendable {
       case .tooLarge: return 5
       case .internal: return 6
       case .notFound: return 7
+      case .forbidden: return 8
+      case .limit: return 9
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -679,6 +696,8 @@ public nonisolated struct Intervene_V1_Error: Sendable {
       .tooLarge,
       .internal,
       .notFound,
+      .forbidden,
+      .limit,
     ]
 
   }
@@ -2049,7 +2068,7 @@ nonisolated extension Intervene_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._
 }
 
 nonisolated extension Intervene_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}VERSION_MISMATCH\0\u{1}MALFORMED\0\u{1}UNKNOWN_PEER\0\u{1}BAD_REQUEST\0\u{1}TOO_LARGE\0\u{1}INTERNAL\0\u{1}NOT_FOUND\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}VERSION_MISMATCH\0\u{1}MALFORMED\0\u{1}UNKNOWN_PEER\0\u{1}BAD_REQUEST\0\u{1}TOO_LARGE\0\u{1}INTERNAL\0\u{1}NOT_FOUND\0\u{1}FORBIDDEN\0\u{1}LIMIT\0")
 }
 
 nonisolated extension Intervene_V1_Goodbye: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

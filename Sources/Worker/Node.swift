@@ -11,6 +11,8 @@ public struct NodeOptions: Sendable {
     public var maxMessageSize: Int64 = 64 << 20
     /// Network loop poll period (ms): bounds the latency of progress/ends reaching the socket.
     public var pollMs: Int = 20
+    /// This worker's keys, for a coordinator that has keys (the socket is then CurveZMQ).
+    public var keys: CurveClientKeys?
 
     public init(endpoint: String, hello: Intervene_V1_Hello) {
         self.endpoint = endpoint; self.hello = hello
@@ -76,6 +78,7 @@ public final class WorkerNode: @unchecked Sendable {
         var dropped = 0
         var stopsSeen = 0
         var status: Int32?
+        var handshakeTrouble: String?
 
         func perform(_ actions: [NodeAction]) {
             for a in actions {
@@ -101,12 +104,17 @@ public final class WorkerNode: @unchecked Sendable {
                         o.sendHighWaterMark = 200
                         o.reconnectIntervalMs = 200
                         o.reconnectIntervalMaxMs = 5_000
+                        o.curve = options.keys?.socketCurve
                         // A fresh identity per socket: the coordinator keys work by job+attempt.
                         o.identity = Data("\(options.hello.workerID)/\(UUID().uuidString.prefix(8))".utf8)
                         let s = try ZSocket(context, .dealer, options: o)
-                        do { try s.connect(options.endpoint) } catch { s.close(); throw error }
+                        do {
+                            try s.startMonitor(ZSocketEvent.handshakeFailures)
+                            try s.connect(options.endpoint)
+                        } catch { s.close(); throw error }
                         socket = s
-                        log("connecting to \(options.endpoint) as \(options.hello.workerID)")
+                        log("connecting to \(options.endpoint) as \(options.hello.workerID)"
+                            + (options.keys.map { " with key \($0.pair.publicKey)" } ?? ""))
                         perform(logic.connected(now: clock.ms))
                     } catch {
                         log("cannot open a socket to \(options.endpoint): \(error)")
@@ -149,6 +157,12 @@ public final class WorkerNode: @unchecked Sendable {
                 Thread.sleep(forTimeInterval: Double(options.pollMs) / 1000)
             }
             if status != nil { break }
+            // a refused key or a missing one: say why, once (libzmq keeps retrying)
+            if let events = socket?.monitorEvents(),
+               let why = CurveClientKeys.diagnose(events, keys: options.keys, role: .worker), why != handshakeTrouble {
+                handshakeTrouble = why
+                log(why)
+            }
             // 2. Events from the compute thread and signals.
             let events = inbox.drain()
             for p in events.progress {

@@ -40,6 +40,12 @@ public struct ServeCommand: ParsableCommand {
     @Option(name: .long, help: "Directory of cached models (.gguf); exported as INTERVENE_MODELS.")
     public var models: String?
 
+    @Option(name: .customLong("curve-secret"), help: ArgumentHelp(CurveClientKeys.secretHelp, valueName: "file"))
+    public var curveSecret: String?
+
+    @Option(name: .customLong("server-key"), help: ArgumentHelp(CurveClientKeys.serverKeyHelp, valueName: "file"))
+    public var serverKey: String?
+
     @Option(name: .long, help: ArgumentHelp("Heartbeat period when a job names no lease (ms).", visibility: .hidden))
     public var heartbeatMs: Int64?
 
@@ -73,6 +79,12 @@ public struct ServeCommand: ParsableCommand {
                                   hello: NodeOptions.hello(workerID: workerID, threads: threads,
                                                            modelsCached: Self.cachedModels(in: models ?? ModelRegistry.cacheDirectory)))
         if let heartbeatMs { options.timing.heartbeatMs = heartbeatMs }
+        do {
+            options.keys = try CurveClientKeys.resolve(secretFile: curveSecret, serverKeyFile: serverKey)
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
         let threads = self.threads, precision = self.precision
         let node = try WorkerNode(options: options, registry: RunnerRegistry(engine: { EngineJobRunner(threads: threads, precision: precision) }))
 

@@ -232,7 +232,11 @@ final class GridTests: XCTestCase {
         let seeds = (0..<1000).map(String.init).joined(separator: ",")
         let layers = (0..<101).map(String.init).joined(separator: ",")
         let e = errors(#"{"experiment": "big", "tasks": "a", "layers": [\#(layers)], "seeds": [\#(seeds)]}"#)
-        XCTAssertEqual(e, ["the grid expands to 101000 jobs, more than the limit of 100000"])
+        XCTAssertEqual(e, ["the grid expands to 101000 jobs, more than the 100000 one submission may have "
+                           + "(coordinator serve --max-grid-jobs): split it into several experiments"])
+        let text = #"{"experiment": "big", "tasks": "a", "layers": [1, 2], "seeds": [1, 2]}"#
+        XCTAssertThrowsError(try Grid.parse(text, maxJobs: 3)) { XCTAssertTrue(($0 as? GridErrors)?.tooLarge == true) }
+        XCTAssertEqual(try Grid.parse(text, maxJobs: 4).jobCount, 4)
     }
 
     func testShippedGridsAreValid() throws {

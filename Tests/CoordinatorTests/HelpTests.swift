@@ -20,8 +20,18 @@ final class HelpTests: XCTestCase {
 
     func testCoordinatorHelp() {
         let root = CoordinatorCommand.helpMessage(columns: 100)
-        for s in ["serve", "submit", "status", "tail", "results", "cancel", "INTERVENE_COORDINATOR"] {
+        for s in ["serve", "submit", "status", "tail", "results", "cancel", "keys", "INTERVENE_COORDINATOR"] {
             XCTAssertTrue(root.contains(s), "missing \(s) in:\n\(root)")
+        }
+        let serve = CoordinatorCommand.helpMessage(for: CoordinatorCommand.Serve.self, columns: 100)
+        for s in ["--curve-secret", "--worker-keys", "--client-keys", "--insecure-no-auth", "--max-grid-jobs",
+                  "--max-queued-jobs", "--max-bad-frames"] {
+            XCTAssertTrue(serve.contains(s), "missing \(s) in:\n\(serve)")
+        }
+        let status = CoordinatorCommand.helpMessage(for: CoordinatorCommand.Status.self, columns: 100)
+        let worker = WorkerCommand.helpMessage(for: ServeCommand.self, columns: 100)
+        for text in [status, worker] {
+            XCTAssertTrue(text.contains("--curve-secret") && text.contains("--server-key"), text)
         }
     }
 
