@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
@@ -155,6 +156,82 @@ class CurveKeys:
         sock.curve_serverkey = self.server
 
 
+# Handshake failures, as a socket monitor reports them (libzmq >= 4.3; the numbers are libzmq's, for a pyzmq
+# that lacks the names). A coordinator with keys refuses a connection in its handshake, so a refused peer never
+# gets a reply: the monitor is how it learns why.
+EVENT_HANDSHAKE_FAILED_NO_DETAIL = getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0x0800)
+EVENT_HANDSHAKE_FAILED_PROTOCOL = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0x2000)
+EVENT_HANDSHAKE_FAILED_AUTH = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0x4000)
+HANDSHAKE_FAILURES = EVENT_HANDSHAKE_FAILED_NO_DETAIL | EVENT_HANDSHAKE_FAILED_PROTOCOL | EVENT_HANDSHAKE_FAILED_AUTH
+PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH = 0x11000002
+
+
+class Monitor:
+    """The handshake failures of one socket (a PAIR socket on zmq_socket_monitor); a no-op where libzmq has
+    no monitor."""
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self.events: List[tuple] = []   # (event, value)
+        self.pair: Optional[zmq.Socket] = None
+        try:
+            self.pair = sock.get_monitor_socket(HANDSHAKE_FAILURES, addr=f"inproc://intervene-monitor-{uuid.uuid4()}")
+        except (zmq.ZMQError, NotImplementedError, AttributeError):
+            self.pair = None
+
+    def read(self) -> List[tuple]:
+        """Takes the events waiting; returns every event seen so far."""
+        while self.pair is not None and self.pair.poll(0):
+            frames = self.pair.recv_multipart()
+            if len(frames) >= 1 and len(frames[0]) >= 6:
+                event = int.from_bytes(frames[0][:2], "little")
+                value = int.from_bytes(frames[0][2:6], "little")
+                self.events.append((event, value))
+        return self.events
+
+    def close(self) -> None:
+        if self.pair is not None:
+            try:
+                self.sock.disable_monitor()   # first: libzmq's end would block on a closed reader
+            except zmq.ZMQError:
+                pass
+            self.pair.close(0)
+            self.pair = None
+
+
+def is_refusal(events: List[tuple]) -> bool:
+    """A failure that will not pass by retrying: the coordinator refused the key (ZAP), or one end has keys and
+    the other has none."""
+    return any(e == EVENT_HANDSHAKE_FAILED_AUTH
+               or (e == EVENT_HANDSHAKE_FAILED_PROTOCOL and v == PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+               for e, v in events)
+
+
+def diagnose(events: List[tuple], keys: Optional[CurveKeys], stream: str = "requests") -> Optional[str]:
+    """What to do about failed handshakes with the coordinator (None: none failed). `stream`: "requests" (its
+    ROUTER) or "updates" (its PUB, which admits client keys only)."""
+    failed = [(e, v) for e, v in events if e & HANDSHAKE_FAILURES]
+    if not failed:
+        return None
+    if any(e == EVENT_HANDSHAKE_FAILED_AUTH for e, _ in failed):
+        key = keys.public.decode("ascii") if keys else ""
+        if stream == "updates":
+            return (f"the coordinator's update stream refused this key {key}: it admits keys on the coordinator's "
+                    "--client-keys list only (a worker key cannot follow updates)")
+        return (f"the coordinator refused this client's key {key}: add its NAME.pub to the coordinator's "
+                "--client-keys list")
+    # without keys a handshake fails only against a coordinator that has them (the first failure may come
+    # without detail: the coordinator hung up first)
+    if keys is None:
+        return ("the coordinator requires keys: give --secret (this client's NAME.secret) and --server-key (the "
+                "coordinator's NAME.pub), or $INTERVENE_CURVE_SECRET and $INTERVENE_SERVER_KEY")
+    if any(e == EVENT_HANDSHAKE_FAILED_PROTOCOL and v == PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH for e, v in failed):
+        return ("the coordinator has no keys: drop --secret and --server-key (and $INTERVENE_CURVE_SECRET, "
+                "$INTERVENE_SERVER_KEY)")
+    return ("the security handshake with the coordinator failed: is --server-key its public key (the coordinator's "
+            "NAME.pub)?")
+
+
 # ------------------------------------------------------------------------------------------- request/reply
 
 class ClientError(Exception):
@@ -165,14 +242,31 @@ class NoReply(ClientError):
     pass
 
 
+class Refused(NoReply):
+    """The coordinator refused this client's connection in the CurveZMQ handshake (a key it does not admit, or
+    keys on one end only): nothing gets through, so this is raised at once rather than after the timeout."""
+
+
+# Error codes a protocol-3 coordinator may send, for an intervene_pb2 generated from an older .proto; and what
+# the ones a person must act on mean.
+ERROR_NAMES = {1: "VERSION_MISMATCH", 2: "MALFORMED", 3: "UNKNOWN_PEER", 4: "BAD_REQUEST", 5: "TOO_LARGE",
+               6: "INTERNAL", 7: "NOT_FOUND", 8: "FORBIDDEN", 9: "LIMIT"}
+ERROR_HINTS = {
+    "FORBIDDEN": "this key's role may not send that message: clients submit and cancel, workers run jobs",
+    "LIMIT": "a limit of the coordinator refused it; `coordinator serve --help` lists them",
+}
+
+
 class RemoteError(ClientError):
     """An Error body from the coordinator."""
 
     def __init__(self, code: int, message: str, supported_version: int):
         self.code = code
         self.supported_version = supported_version
-        name = pb.Error.Code.Name(code) if code in pb.Error.Code.values() else str(code)
-        super().__init__(f"coordinator: {message} ({name})")
+        name = pb.Error.Code.Name(code) if code in pb.Error.Code.values() else ERROR_NAMES.get(code, str(code))
+        self.name = name
+        hint = ERROR_HINTS.get(name)
+        super().__init__(f"coordinator: {message} ({name}{': ' + hint if hint else ''})")
 
 
 def encode(body_field: str, message, seq: int = 0, version: int = PROTOCOL_VERSION) -> bytes:
@@ -210,6 +304,7 @@ class Client:
         self.keys = keys
         self.context = context or zmq.Context.instance()
         self.sock: Optional[zmq.Socket] = None
+        self.monitor: Optional[Monitor] = None
         self.seq = 0
 
     def _connect(self) -> zmq.Socket:
@@ -218,12 +313,16 @@ class Client:
         s.linger = 0
         if self.keys:
             self.keys.apply(s)
+        self.monitor = Monitor(s)
         s.connect(self.endpoint)
         self.sock = s
         self.seq = 0
         return s
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
@@ -239,8 +338,29 @@ class Client:
         s = self.sock or self._connect()
         t = self.timeout if timeout is None else timeout
         s.send_multipart(frames)
-        if not s.poll(int(t * 1000), zmq.POLLIN):
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        mon = self.monitor.pair if self.monitor else None
+        if mon is not None:
+            poller.register(mon, zmq.POLLIN)
+        deadline = time.time() + t
+        replied = False
+        while not replied:
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            ready = dict(poller.poll(max(1, int(left * 1000))))
+            replied = s in ready
+            if not replied and mon in ready and is_refusal(self.monitor.read()):
+                break   # refused in the handshake: no reply will come
+        if not replied:
+            events = self.monitor.read() if self.monitor else []
+            why = diagnose(events, self.keys)
             self.close()  # a late reply must not be taken for the next request's
+            if why and is_refusal(events):
+                raise Refused(f"the coordinator at {self.endpoint} refused this connection: {why}")
+            if why:
+                raise NoReply(f"no reply from the coordinator at {self.endpoint} within {t:g} s: {why}")
             raise NoReply(f"no reply from a coordinator at {self.endpoint} within {t:g} s. Is `coordinator serve` "
                           "running there? (--coordinator tcp://HOST:PORT or $INTERVENE_COORDINATOR)")
         kind, body = decode(s.recv_multipart()[-1])
@@ -371,6 +491,8 @@ class Follower:
         self.plain_updates = plain_updates
         self.state = ExperimentState(experiment)
         self.sub: Optional[zmq.Socket] = None
+        self.sub_monitor: Optional[Monitor] = None
+        self.pub_endpoint = ""
         self.gaps = 0
         self.snapshots = 0
         self.updates = 0
@@ -381,15 +503,36 @@ class Follower:
         s = self.client.context.socket(zmq.SUB)
         s.linger = 0
         s.rcvhwm = 100_000
-        if self.client.keys and not self.plain_updates:
-            self.client.keys.apply(s)
-        s.connect(self.client.resolve_pub(pub))
+        keys = None if self.plain_updates else self.client.keys
+        if keys:
+            keys.apply(s)
+        self.sub_monitor = Monitor(s)
+        self.pub_endpoint = self.client.resolve_pub(pub)
+        s.connect(self.pub_endpoint)
         s.setsockopt(zmq.SUBSCRIBE, self.experiment.encode("utf-8"))
         self.sub = s
         time.sleep(0.2)  # let the subscription reach the publisher before the snapshot, so nothing falls between
-        return self.snapshot()
+        events = self.snapshot()
+        self.check_stream()
+        return events
+
+    def check_stream(self) -> None:
+        """Raises ClientError when the coordinator refused the update socket's handshake: no update would
+        ever come (the coordinator's PUB admits client keys only)."""
+        if self.sub_monitor is None:
+            return
+        events = self.sub_monitor.read()
+        if is_refusal(events):
+            if self.plain_updates and self.client.keys:
+                why = "the coordinator's update stream requires keys too: drop --plain-updates"
+            else:
+                why = diagnose(events, self.client.keys, stream="updates")
+            raise ClientError(f"no updates from {self.pub_endpoint}: {why}")
 
     def close(self) -> None:
+        if self.sub_monitor is not None:
+            self.sub_monitor.close()
+            self.sub_monitor = None
         if self.sub is not None:
             self.sub.close(0)
             self.sub = None
@@ -413,6 +556,7 @@ class Follower:
         events: list = []
         if self.sub is None:
             return events
+        self.check_stream()
         deadline = time.time() + timeout
         need_snapshot = False
         st = self.state
@@ -545,8 +689,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--coordinator", help="the coordinator's ROUTER address (default: $INTERVENE_COORDINATOR, "
                     f"else {DEFAULT_ENDPOINT})")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
-    ap.add_argument("--secret", metavar="FILE", help="CurveZMQ: this client's key pair (a NAME.secret file)")
-    ap.add_argument("--server-key", metavar="FILE", help="CurveZMQ: the coordinator's public key (a NAME.pub file)")
+    ap.add_argument("--secret", "--curve-secret", metavar="FILE", default=os.environ.get("INTERVENE_CURVE_SECRET"),
+                    help="CurveZMQ: this client's key pair, a NAME.secret file from `coordinator keys` (default: "
+                    "$INTERVENE_CURVE_SECRET)")
+    ap.add_argument("--server-key", metavar="FILE", default=os.environ.get("INTERVENE_SERVER_KEY"),
+                    help="CurveZMQ: the coordinator's public key, its NAME.pub (default: $INTERVENE_SERVER_KEY)")
     ap.add_argument("--plain-updates", action="store_true",
                     help="with keys: subscribe to the update stream without CURVE")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -567,8 +714,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = ap.parse_args(argv)
 
     if bool(a.secret) != bool(a.server_key):
-        ap.error("--secret and --server-key go together")
-    keys = CurveKeys.from_files(a.secret, a.server_key) if a.secret else None
+        ap.error("--secret and --server-key go together (or $INTERVENE_CURVE_SECRET and $INTERVENE_SERVER_KEY)")
+    try:
+        keys = CurveKeys.from_files(a.secret, a.server_key) if a.secret else None
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     client = Client(a.coordinator, timeout=a.timeout, keys=keys)
     try:
         if a.command == "submit":
