@@ -350,16 +350,18 @@ enum LastTokenAttention {
 
 /// Causal attention of n new rows at positions p0 … p0+n−1 over the cache's positions 0 … p0+n−1
 /// (the new rows' own keys and values already written there), per head as two products: the
-/// prefill's op. (Its backward is still to write: a full-sequence backward starts here.)
+/// prefill's op, and with its backward the full-sequence training path's (`SequencePath`).
 enum CausalAttention {
-    /// q [n × A] (row stride A), k, v cache [ctx × KV] → o [n × A]; `scores` holds one head's
-    /// [n × ctx] at a time.
+    /// q [n × A] (row stride A), k, v cache [ctx × KV] → o [n × A]. `scores` holds head h's
+    /// probabilities [n × ctx] at `scores + h·headStride` (0: every head reuses one buffer; n·ctx:
+    /// all kept for the backward).
     static func forward(_ s: LastTokenAttention.Shape, _ backend: Backend, q: UnsafePointer<Float>,
                         k: UnsafePointer<Float>, v: UnsafePointer<Float>, rows n: Int, start p0: Int,
-                        scores: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>) {
+                        scores all: UnsafeMutablePointer<Float>, headStride: Int = 0, o: UnsafeMutablePointer<Float>) {
         let hd = s.headDim, A = s.A, KV = s.KV, ctx = p0 + n
         for h in 0..<s.heads {
             let kvh = h / s.group
+            let scores = all + h * headStride
             // S[n × ctx] = Q_h · K_hᵀ · scale
             backend.gemm(transA: false, transB: true, m: n, n: ctx, k: hd, alpha: s.scale,
                          a: q + h * hd, lda: A, b: k + kvh * hd, ldb: KV, beta: 0, c: scores, ldc: ctx)
@@ -374,6 +376,37 @@ enum CausalAttention {
             // O_h[n × d] = P · V_h
             backend.gemm(transA: false, transB: false, m: n, n: hd, k: ctx, alpha: 1,
                          a: scores, lda: ctx, b: v + kvh * hd, ldb: KV, beta: 0, c: o + h * hd, ldc: A)
+        }
+    }
+
+    /// The backward of `forward` for a whole sequence (p0 = 0, ctx = n), the probabilities kept
+    /// per head (`probs + h·n·n`): dO [n × A] → dq [n × A] (written), dk, dv [n × KV]
+    /// (accumulated: grouped heads add into their K/V head). `dS` is scratch of n·n floats.
+    ///   dP = dO_h V_hᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP));  dQ_h = scale·dS K_h;
+    ///   dK_h += scale·dSᵀ Q_h;  dV_h += Pᵀ dO_h
+    static func backward(_ s: LastTokenAttention.Shape, _ backend: Backend, dO: UnsafePointer<Float>,
+                         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rows n: Int,
+                         probs: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>,
+                         dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         dS: UnsafeMutablePointer<Float>) {
+        let hd = s.headDim, A = s.A, KV = s.KV
+        for h in 0..<s.heads {
+            let kvh = h / s.group
+            let P = probs + h * n * n
+            backend.gemm(transA: false, transB: true, m: n, n: n, k: hd, alpha: 1,
+                         a: dO + h * hd, lda: A, b: v + kvh * hd, ldb: KV, beta: 0, c: dS, ldc: n)
+            for i in 0..<n {
+                let p = P + i * n, d = dS + i * n
+                let pdp = Ops.dot(p, d, i + 1)
+                for j in 0...i { d[j] = p[j] * (d[j] - pdp) }
+                for j in (i + 1)..<n { d[j] = 0 }
+            }
+            backend.gemm(transA: false, transB: false, m: n, n: hd, k: n, alpha: s.scale,
+                         a: dS, lda: n, b: k + kvh * hd, ldb: KV, beta: 0, c: dq + h * hd, ldc: A)
+            backend.gemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: s.scale,
+                         a: dS, lda: n, b: q + h * hd, ldb: A, beta: 1, c: dk + kvh * hd, ldc: KV)
+            backend.gemm(transA: true, transB: false, m: n, n: hd, k: n, alpha: 1,
+                         a: P, lda: n, b: dO + h * hd, ldb: A, beta: 1, c: dv + kvh * hd, ldc: KV)
         }
     }
 }

@@ -1,0 +1,183 @@
+import Foundation
+
+/// Trainable parameters attached to the model's weight products: the fine-tuning baselines
+/// (LoRA; IA³ next). The full-sequence path (`SequencePath`) runs the block's ops through an
+/// `AdaptedBackend`, which hands every product of an adapted weight to the adapter, so that the
+/// block itself has no second, adapted copy.
+public protocol ProductAdapter: AnyObject {
+    /// The trainable parameters, flat, and the gradient accumulated by `backward` (same layout).
+    var parameters: [Float] { get set }
+    var gradient: [Float] { get set }
+    /// Whether products of `w` are changed.
+    func adapts(_ w: Weight) -> Bool
+    /// y [m × out] = x Wᵀ was just computed for x [m × in]: change y in place, keep what the
+    /// backward needs (x may be overwritten after the call).
+    func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int)
+    /// dx [m × in] (+)= dy W was just computed for the same rows: add the adapter's part of dx
+    /// and accumulate the parameters' gradient.
+    func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int)
+}
+
+/// LoRA (Hu et al. 2021): y = x Wᵀ + s·(x Aᵀ) Bᵀ for each target matrix W [out × in], with
+/// A [r × in], B [out × r] and s = α / r. Parameters are laid out per layer, per target, A then B
+/// (row-major). Initialised as the authors do, A random and B = 0, so training starts at the
+/// model itself.
+///
+/// Backward, for u = x Aᵀ [m × r] and e = dy B [m × r]:
+///   dB += s·dyᵀ u;  dA += s·eᵀ x;  dx += s·e A
+public final class LoRA: ProductAdapter {
+    public enum Target: String, CaseIterable, Sendable { case q, k, v, o, gate, up, down }
+
+    public let rank: Int
+    public let alpha: Float
+    public var scale: Float { alpha / Float(rank) }
+    public let targets: [Target]
+    public var parameters: [Float]
+    public var gradient: [Float]
+    let backend: Backend
+
+    struct Slot { let a: Int, b: Int, inDim: Int, outDim: Int }
+    private var slots: [ObjectIdentifier: Slot] = [:]
+    /// The slots in parameter order, with their layer and target (for artefacts and tests).
+    public private(set) var layout: [(layer: Int, target: Target, offset: Int, rows: Int, cols: Int)] = []
+    /// What each forward left for the backward: x [m × in] and u = x Aᵀ [m × r], per weight.
+    private var saved: [ObjectIdentifier: (x: [Float], u: [Float])] = [:]
+
+    /// LoRA of rank `rank` on `targets` of every layer in `layers` (default: all), A drawn from
+    /// U(−1/√in, 1/√in) with `seed` (Kaiming-uniform with a = √5, as PEFT does), B = 0.
+    public init(model: LlamaModel, targets: [Target] = [.q, .v], rank: Int = 4, alpha: Float = 8,
+                layers: Range<Int>? = nil, seed: UInt64 = 0) {
+        precondition(rank > 0 && !targets.isEmpty)
+        self.rank = rank
+        self.alpha = alpha
+        self.targets = targets
+        backend = model.backend
+        var n = 0
+        var rng = SplitMix64(seed: seed)
+        var values: [Float] = []
+        for l in layers ?? 0..<model.config.nLayers {
+            for t in targets {
+                let w = Self.weight(model.blocks[l], t)
+                let slot = Slot(a: n, b: n + rank * w.cols, inDim: w.cols, outDim: w.rows)
+                slots[ObjectIdentifier(w)] = slot
+                layout.append((l, t, n, rank, w.cols))
+                layout.append((l, t, slot.b, w.rows, rank))
+                let bound = 1 / Float(w.cols).squareRoot()
+                values += (0..<(rank * w.cols)).map { _ in Float(rng.uniform() * 2 - 1) * bound }
+                values += [Float](repeating: 0, count: w.rows * rank)
+                n = slot.b + w.rows * rank
+            }
+        }
+        parameters = values
+        gradient = [Float](repeating: 0, count: n)
+    }
+
+    static func weight(_ b: LlamaBlock, _ t: Target) -> Weight {
+        switch t {
+        case .q: return b.wq
+        case .k: return b.wk
+        case .v: return b.wv
+        case .o: return b.wo
+        case .gate: return b.wGate
+        case .up: return b.wUp
+        case .down: return b.wDown
+        }
+    }
+
+    public func adapts(_ w: Weight) -> Bool { slots[ObjectIdentifier(w)] != nil }
+
+    public func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int) {
+        guard let s = slots[ObjectIdentifier(w)] else { return }
+        let r = rank
+        var u = [Float](repeating: 0, count: m * r)
+        parameters.withUnsafeBufferPointer { p in
+            u.withUnsafeMutableBufferPointer { ub in
+                let A = p.baseAddress! + s.a, B = p.baseAddress! + s.b
+                // u = x Aᵀ [m × r];  y += s·u Bᵀ
+                backend.gemm(transA: false, transB: true, m: m, n: r, k: s.inDim, alpha: 1, a: x, lda: s.inDim,
+                             b: A, ldb: s.inDim, beta: 0, c: ub.baseAddress!, ldc: r)
+                backend.gemm(transA: false, transB: true, m: m, n: s.outDim, k: r, alpha: scale, a: ub.baseAddress!,
+                             lda: r, b: B, ldb: r, beta: 1, c: y, ldc: s.outDim)
+            }
+        }
+        saved[ObjectIdentifier(w)] = (Array(UnsafeBufferPointer(start: x, count: m * s.inDim)), u)
+    }
+
+    public func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int) {
+        guard let s = slots[ObjectIdentifier(w)], let (x, u) = saved[ObjectIdentifier(w)] else { return }
+        precondition(x.count == m * s.inDim, "backward rows differ from the forward's")
+        let r = rank
+        var e = [Float](repeating: 0, count: m * r)
+        parameters.withUnsafeBufferPointer { p in
+            gradient.withUnsafeMutableBufferPointer { g in
+                let A = p.baseAddress! + s.a, B = p.baseAddress! + s.b
+                let dA = g.baseAddress! + s.a, dB = g.baseAddress! + s.b
+                x.withUnsafeBufferPointer { xb in
+                    u.withUnsafeBufferPointer { ub in
+                        e.withUnsafeMutableBufferPointer { eb in
+                            let e = eb.baseAddress!
+                            // dB += s·dyᵀ u [out × r];  e = dy B [m × r]
+                            backend.gemm(transA: true, transB: false, m: s.outDim, n: r, k: m, alpha: scale, a: dy,
+                                         lda: s.outDim, b: ub.baseAddress!, ldb: r, beta: 1, c: dB, ldc: r)
+                            backend.gemm(transA: false, transB: false, m: m, n: r, k: s.outDim, alpha: 1, a: dy,
+                                         lda: s.outDim, b: B, ldb: r, beta: 0, c: e, ldc: r)
+                            // dA += s·eᵀ x [r × in];  dx += s·e A [m × in]
+                            backend.gemm(transA: true, transB: false, m: r, n: s.inDim, k: m, alpha: scale, a: e, lda: r,
+                                         b: xb.baseAddress!, ldb: s.inDim, beta: 1, c: dA, ldc: s.inDim)
+                            backend.gemm(transA: false, transB: false, m: m, n: s.inDim, k: r, alpha: scale, a: e, lda: r,
+                                         b: A, ldb: s.inDim, beta: 1, c: dx, ldc: s.inDim)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A backend that runs `base`'s products and hands those of adapted weights to `adapter`
+/// (forward after the product, backward after dx = dy W). Everything else is `base`'s.
+public final class AdaptedBackend: Backend, @unchecked Sendable {
+    public let base: Backend
+    public let adapter: ProductAdapter
+    public init(_ base: Backend, adapter: ProductAdapter) {
+        self.base = base
+        self.adapter = adapter
+    }
+    public var name: String { base.name + " + adapter" }
+    public var threads: Int { base.threads }
+    public func prepare(_ w: Weight) { base.prepare(w) }
+    public func makePathRunner(model: LlamaModel, layer: Int, prefill: PathPrefill) -> PathRunner {
+        base.makePathRunner(model: model, layer: layer, prefill: prefill)
+    }
+    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>,
+                       accumulate: Bool) {
+        linear(x, m, [(w, y)], accumulate: accumulate, precision: .fp32)
+    }
+    public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>,
+                               accumulate: Bool) {
+        linearBackward([(dy, w)], m, dx, accumulate: accumulate, precision: .fp32)
+    }
+    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
+                       accumulate: Bool, precision: Precision) {
+        base.linear(x, m, outs, accumulate: accumulate, precision: precision)
+        for (w, y) in outs where adapter.adapts(w) { adapter.forward(w, x: x, y: y, rows: m) }
+    }
+    public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
+                               accumulate: Bool, precision: Precision) {
+        base.linearBackward(ins, m, dx, accumulate: accumulate, precision: precision)
+        for (dy, w) in ins where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
+    }
+    public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
+        !adapter.adapts(w) && base.fusesHead(w, rows: m, precision: precision)
+    }
+    public func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
+                                 loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>) {
+        base.crossEntropyHead(h, m, w, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh)
+    }
+    public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        base.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc)
+    }
+}

@@ -1,0 +1,221 @@
+import Foundation
+
+/// The full-sequence path: every position of every prompt through every layer, with what the
+/// backward needs kept, and the backward through all of it (causal attention over all positions
+/// with its K/V gradients, RoPE, the norms, the MLP) to the parameters of a `ProductAdapter`.
+/// Where the intervention's single-token path (`CPUPathRunner`) needs one position from one
+/// layer up, fine-tuning baselines change every position of every layer, so this path keeps all
+/// of them. Both are written with the same op pairs (Block.swift).
+///
+/// The loss is the intervention's: −log p(first target token) at each prompt's last position,
+/// the mean over prompts. Shapes: T rows (all prompts' positions, prompt after prompt), D, A, KV,
+/// F as in Block.swift; S prompts.
+public final class SequencePath {
+    public let lm: LanguageModel
+    public let prompts: [[Int]]
+    let cfg: LlamaConfig
+    let backend: AdaptedBackend
+    public var adapter: ProductAdapter { backend.adapter }
+    let rowStart: [Int]
+    let T: Int
+    /// Offset of prompt s's attention probabilities (H × n_s × n_s) in a layer's `probs`.
+    let probStart: [Int]
+    let acts: [Save]
+    let hFinal: UnsafeMutablePointer<Float>
+
+    /// What one layer keeps for the backward (T rows each).
+    final class Save {
+        let hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m: UnsafeMutablePointer<Float>
+        let yAttn, invPostAttn, yFfn, invPostFfn: UnsafeMutablePointer<Float>
+        let headNorms: HeadNormSave
+        let all: [UnsafeMutablePointer<Float>]
+        var postAttn: NormSave { (yAttn, invPostAttn) }
+        var postFfn: NormSave { (yFfn, invPostFfn) }
+        init(_ c: LlamaConfig, rows T: Int, probs P: Int) {
+            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+                p.initialize(repeating: 0, count: max(n, 1))
+                return p
+            }
+            let D = c.dModel, A = c.attnDim, KV = c.kvDim, F = c.ffnDim
+            hIn = a(T * D); xnAttn = a(T * D); invAttn = a(T); q = a(T * A); k = a(T * KV); v = a(T * KV)
+            probs = a(P); o = a(T * A); hMid = a(T * D); xnFfn = a(T * D); invFfn = a(T)
+            g = a(T * F); u = a(T * F); m = a(T * F)
+            yAttn = a(T * D); invPostAttn = a(T); yFfn = a(T * D); invPostFfn = a(T)
+            headNorms = HeadNormSave(q: a(T * A), k: a(T * KV), invQ: a(T * c.nHeads), invK: a(T * c.nKVHeads))
+            all = [hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m, yAttn, invPostAttn,
+                   yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK]
+        }
+        deinit { all.forEach { $0.deallocate() } }
+    }
+
+    public init(model lm: LanguageModel, prompts: [[Int]], adapter: ProductAdapter) {
+        precondition(!prompts.isEmpty && prompts.allSatisfy { !$0.isEmpty })
+        self.lm = lm
+        self.prompts = prompts
+        cfg = lm.config
+        backend = AdaptedBackend(lm.model.backend, adapter: adapter)
+        var rs: [Int] = [], ps: [Int] = []
+        var t = 0, p = 0
+        for s in prompts {
+            rs.append(t); ps.append(p)
+            t += s.count; p += cfg.nHeads * s.count * s.count
+        }
+        rowStart = rs
+        probStart = ps
+        T = t
+        acts = (0..<cfg.nLayers).map { _ in Save(lm.config, rows: t, probs: p) }
+        hFinal = .allocate(capacity: t * cfg.dModel)
+    }
+    deinit { hFinal.deallocate() }
+
+    /// Row r's position in its prompt.
+    func position(_ r: Int) -> Int { r - rowStart[rowStart.lastIndex { $0 <= r }!] }
+    func lastRow(_ s: Int) -> Int { rowStart[s] + prompts[s].count - 1 }
+
+    // MARK: forward
+
+    /// All rows through all layers; leaves the residual after the last block in `hFinal`.
+    func forward() {
+        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
+        let model = lm.model
+        let x = acts[0].hIn
+        for (s, ids) in prompts.enumerated() {
+            for (j, id) in ids.enumerated() {
+                let r = rowStart[s] + j
+                for i in 0..<D { x[r * D + i] = model.tokenEmbedding.data[id * D + i] * cfg.embedScale }
+            }
+        }
+        for l in 0..<cfg.nLayers {
+            let blk = model.blocks[l], s = acts[l], rope = model.rope(l)
+            let shape = LastTokenAttention.Shape(cfg, layer: l)
+            blk.attentionInputForward(
+                backend, cfg, h: s.hIn, rows: T, xn: s.xnAttn, invRMS: s.invAttn, q: s.q, k: s.k, v: s.v,
+                headNorms: s.headNorms, precision: .fp32)
+            for r in 0..<T {
+                rope.forward(s.q + r * A, heads: cfg.nHeads, position: position(r))
+                rope.forward(s.k + r * KV, heads: cfg.nKVHeads, position: position(r))
+            }
+            for (p, ids) in prompts.enumerated() {
+                let r0 = rowStart[p], n = ids.count
+                CausalAttention.forward(
+                    shape, backend, q: s.q + r0 * A, k: s.k + r0 * KV, v: s.v + r0 * KV, rows: n, start: 0,
+                    scores: s.probs + probStart[p], headStride: n * n, o: s.o + r0 * A)
+            }
+            blk.attentionOutputForward(
+                backend, cfg, o: s.o, rows: T, h: s.hIn, out: s.hMid, post: s.postAttn, precision: .fp32)
+            let out = l + 1 < cfg.nLayers ? acts[l + 1].hIn : hFinal
+            blk.mlpForward(
+                backend, cfg, h: s.hMid, rows: T, out: out, xn: s.xnFfn, invRMS: s.invFfn, g: s.g, u: s.u, m: s.m,
+                post: s.postFfn, precision: .fp32, perRows: { $0(0..<T) })
+        }
+    }
+
+    /// The logits of each prompt's last position [S × V] (checks against the model's forward).
+    public func logits() -> [Float] {
+        forward()
+        let (hn, _) = finalNorm()
+        var z = [Float](repeating: 0, count: prompts.count * cfg.vocabSize)
+        z.withUnsafeMutableBufferPointer {
+            lm.model.backend.linear(hn, prompts.count, lm.model.output, $0.baseAddress!, accumulate: false)
+        }
+        hn.deallocate()
+        return z
+    }
+
+    /// rms(h) of each prompt's last row [S × D] (caller deallocates) and 1/rms per prompt.
+    func finalNorm() -> (UnsafeMutablePointer<Float>, [Float]) {
+        let D = cfg.dModel, S = prompts.count
+        let hn = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
+        for s in 0..<S { (hn + s * D).update(from: hFinal + lastRow(s) * D, count: D) }
+        var inv = [Float](repeating: 0, count: S)
+        inv.withUnsafeMutableBufferPointer {
+            Ops.rmsnorm(hn, lm.model.outputNorm.data, hn, rows: S, dim: D, eps: cfg.rmsEps, invRMS: $0.baseAddress!)
+        }
+        return (hn, inv)
+    }
+
+    // MARK: loss and backward
+
+    /// The mean first-target-token loss over the prompts and, when asked, its gradient with
+    /// respect to the adapter's parameters (in `adapter.gradient`, overwritten).
+    @discardableResult
+    public func loss(targets: [Int], gradient: Bool = true) -> Float {
+        precondition(targets.count == prompts.count)
+        let D = cfg.dModel, S = prompts.count, V = cfg.vocabSize
+        forward()
+        let (hn, inv) = finalNorm()
+        defer { hn.deallocate() }
+        var z = [Float](repeating: 0, count: S * V)
+        var total: Float = 0
+        z.withUnsafeMutableBufferPointer { zb in
+            let z = zb.baseAddress!
+            lm.model.backend.linear(hn, S, lm.model.output, z, accumulate: false)
+            for s in 0..<S {  // dz = (softmax(z) − onehot(t)) / S
+                let row = z + s * V
+                let zt = row[targets[s]]
+                total += Ops.softmax(row, V) - zt
+                for i in 0..<V { row[i] /= Float(S) }
+                row[targets[s]] -= 1 / Float(S)
+            }
+        }
+        guard gradient else { return total / Float(S) }
+        adapter.gradient = [Float](repeating: 0, count: adapter.parameters.count)
+        // dh at the last rows: back through the head and the final norm (the rows before get none)
+        let dh = UnsafeMutablePointer<Float>.allocate(capacity: T * D)
+        dh.initialize(repeating: 0, count: T * D)
+        defer { dh.deallocate() }
+        let dhn = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
+        defer { dhn.deallocate() }
+        z.withUnsafeBufferPointer { lm.model.backend.linearBackward($0.baseAddress!, S, lm.model.output, dhn, accumulate: false) }
+        let last = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
+        defer { last.deallocate() }
+        for s in 0..<S { (last + s * D).update(from: hFinal + lastRow(s) * D, count: D) }
+        let dLast = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
+        defer { dLast.deallocate() }
+        dLast.initialize(repeating: 0, count: S * D)
+        inv.withUnsafeBufferPointer {
+            Ops.rmsnormBackward(last, lm.model.outputNorm.data, dhn, dLast, rows: S, dim: D, invRMS: $0.baseAddress!)
+        }
+        for s in 0..<S { (dh + lastRow(s) * D).update(from: dLast + s * D, count: D) }
+        backward(dh)
+        return total / Float(S)
+    }
+
+    /// Each block of `forward`, reversed: dh [T × D] (the gradient at the residual after the last
+    /// block) down to the first block's input, the adapter collecting its gradient on the way.
+    func backward(_ dh: UnsafeMutablePointer<Float>) {
+        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
+        let model = lm.model
+        let longest = prompts.map(\.count).max()!
+        func a(_ n: Int) -> UnsafeMutablePointer<Float> { .allocate(capacity: max(n, 1)) }
+        let dxn = a(T * D), dO = a(T * A), dQ = a(T * A), dK = a(T * KV), dV = a(T * KV)
+        let dF = a(T * F), dF2 = a(T * F), dS = a(longest * longest)
+        defer { [dxn, dO, dQ, dK, dV, dF, dF2, dS].forEach { $0.deallocate() } }
+        for l in (0..<cfg.nLayers).reversed() {
+            let blk = model.blocks[l], s = acts[l], rope = model.rope(l)
+            let shape = LastTokenAttention.Shape(cfg, layer: l)
+            blk.mlpBackward(
+                backend, cfg, h: s.hMid, rows: T, invRMS: s.invFfn, g: s.g, u: s.u, post: s.postFfn, dh: dh, dm: dF,
+                du: dF2, dxn: dxn, precision: .fp32, perRows: { $0(0..<T) })
+            blk.attentionOutputBackward(
+                backend, cfg, dout: dh, rows: T, post: s.postAttn, dy: dxn, dO: dO, precision: .fp32)
+            dK.initialize(repeating: 0, count: T * KV)
+            dV.initialize(repeating: 0, count: T * KV)
+            for (p, ids) in prompts.enumerated() {
+                let r0 = rowStart[p]
+                CausalAttention.backward(
+                    shape, backend, dO: dO + r0 * A, q: s.q + r0 * A, k: s.k + r0 * KV, v: s.v + r0 * KV,
+                    rows: ids.count, probs: s.probs + probStart[p], dq: dQ + r0 * A, dk: dK + r0 * KV,
+                    dv: dV + r0 * KV, dS: dS)
+            }
+            for r in 0..<T {
+                rope.backward(dQ + r * A, heads: cfg.nHeads, position: position(r))
+                rope.backward(dK + r * KV, heads: cfg.nKVHeads, position: position(r))
+            }
+            blk.attentionInputBackward(
+                backend, cfg, h: s.hIn, rows: T, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
+                headNorms: s.headNorms, dxn: dxn, dh: dh, precision: .fp32)
+        }
+    }
+}

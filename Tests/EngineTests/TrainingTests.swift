@@ -1,0 +1,108 @@
+import Engine
+import Foundation
+import XCTest
+
+/// The full-sequence path (fine-tuning baselines): its forward against the model's, and its
+/// backward against central differences, on both families.
+final class TrainingTests: XCTestCase {
+    func batch(_ lm: LanguageModel) -> (prompts: [[Int]], targets: [Int]) {
+        let pairs = [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow")]
+        return (pairs.map { lm.tokenizer.encode("Q: \($0.0)\nA:") }, pairs.map { lm.tokenizer.encode(" " + $0.1, bos: false)[0] })
+    }
+
+    /// With B = 0 (LoRA's start) the path is the model: its last-position logits equal a forward's.
+    func checkForward(_ lm: LanguageModel) throws {
+        let (prompts, _) = batch(lm)
+        let lora = LoRA(model: lm.model, targets: LoRA.Target.allCases, rank: 4, seed: 1)
+        let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
+        let ours = path.logits()
+        let ref = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) })
+        let worst = zip(ours, ref).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(worst, 2e-3, "\(lm.config.architecture)")
+    }
+
+    /// Central differences on random coordinates of A and B, at random A and B, every target.
+    func checkGradient(_ lm: LanguageModel, layers: Range<Int>, probes: Int) throws {
+        let (prompts, targets) = batch(lm)
+        let lora = LoRA(model: lm.model, targets: LoRA.Target.allCases, rank: 4, layers: layers, seed: 2)
+        var rng = SplitMix64(seed: 3)
+        lora.parameters = lora.parameters.map { _ in Float(rng.uniform() - 0.5) * 0.2 }
+        let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
+        path.loss(targets: targets)
+        let grad = lora.gradient
+        let theta = lora.parameters
+        XCTAssertGreaterThan(grad.map(abs).max()!, 1e-3, "the loss must depend on the adapter")
+        // probe the largest-gradient coordinate of every slot (A and B of each target and layer)
+        // and random others
+        var picks: [Int] = lora.layout.map { slot in
+            (slot.offset..<(slot.offset + slot.rows * slot.cols)).max { abs(grad[$0]) < abs(grad[$1]) }!
+        }
+        picks += (0..<probes).map { _ in Int(rng.next() % UInt64(theta.count)) }
+        var worst: Double = 0, largest: Double = 0
+        for j in picks {
+            let eps: Float = 1e-2
+            lora.parameters = theta; lora.parameters[j] += eps
+            let up = path.loss(targets: targets, gradient: false)
+            lora.parameters = theta; lora.parameters[j] -= eps
+            let down = path.loss(targets: targets, gradient: false)
+            let fd = Double(up - down) / Double(2 * eps)
+            let err = abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2)
+            worst = max(worst, err)
+            largest = max(largest, abs(fd))
+        }
+        lora.parameters = theta
+        XCTAssertGreaterThan(largest, 1e-2, "the probed differences must not all be ~0")
+        XCTAssertLessThan(worst, 0.03, "\(lm.config.architecture): worst relative error over \(picks.count) coordinates")
+    }
+
+    /// Loss and gradients of a fixed LoRA (v_proj and o_proj of every layer) against PyTorch +
+    /// PEFT on the same GGUF (Fixtures/make_lora_parity.py wrote the fixture).
+    func testLoRALossAndGradientMatchPEFT() throws {
+        let lm = try SharedModel.get()
+        let url = TestPaths.packageRoot.appendingPathComponent("Tests/EngineTests/Fixtures/lora-parity.json")
+        let root = try loadJSON(url) as! [String: Any]
+        let prompts = root["prompts"] as! [[Int]], targets = root["targets"] as! [Int]
+        let lora = LoRA(model: lm.model, targets: [.v, .o], rank: 4, alpha: 8)
+        for slot in lora.layout {
+            let k = Double(slot.layer + (slot.target == .o ? 100 : 0))
+            let isA = slot.rows == lora.rank
+            for i in 0..<slot.rows {
+                for j in 0..<slot.cols {
+                    let (i, j) = (Double(i), Double(j))
+                    lora.parameters[slot.offset + Int(i) * slot.cols + Int(j)] =
+                        Float(isA ? 0.02 * sin(1 + 7 * i + 0.37 * j + k) : 0.02 * cos(2 + 3 * i + 0.11 * j + k))
+                }
+            }
+        }
+        let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
+        let loss = path.loss(targets: targets)
+        XCTAssertEqual(Double(loss), root["loss"] as! Double, accuracy: 1e-3)
+        let want = root["gradients"] as! [String: [String: Any]]
+        var checked = 0
+        for slot in lora.layout {
+            let key = "\(slot.layer).\(slot.target.rawValue).\(slot.rows == lora.rank ? "A" : "B")"
+            let w = try XCTUnwrap(want[key], key)
+            let g = Array(lora.gradient[slot.offset..<(slot.offset + slot.rows * slot.cols)])
+            let l2 = Double(g.reduce(0) { $0 + $1 * $1 }.squareRoot())
+            let wl2 = w["l2"] as! Double
+            XCTAssertEqual(l2, wl2, accuracy: 2e-3 * wl2 + 1e-7, key)
+            for (a, b) in zip(g.prefix(4), w["first4"] as! [Double]) { XCTAssertEqual(Double(a), b, accuracy: 2e-3 * wl2 + 1e-7, key) }
+            if wl2 > 1e-5 { XCTAssertEqual(g.indices.max { abs(g[$0]) < abs(g[$1]) }, w["argmax_abs"] as? Int, key) }
+            checked += 1
+        }
+        XCTAssertEqual(checked, 120)
+    }
+
+    func testForwardEqualsTheModel() throws {
+        try checkForward(try SharedModel.get())
+        try checkForward(try SharedGemma.get())
+    }
+
+    func testGradientAgainstFiniteDifferencesSmolLM() throws {
+        try checkGradient(try SharedModel.get(), layers: 28..<30, probes: 8)
+    }
+
+    func testGradientAgainstFiniteDifferencesGemma() throws {
+        try checkGradient(try SharedGemma.get(), layers: 5..<6, probes: 4)
+    }
+}
