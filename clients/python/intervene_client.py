@@ -17,6 +17,10 @@ protoc generates from that file, exactly as the Swift client (Sources/Coordinato
     python3 intervene_client.py results EXPERIMENT [--format json|csv]
     python3 intervene_client.py status [EXPERIMENT]
     python3 intervene_client.py cancel EXPERIMENT
+    python3 intervene_client.py --secret keys/alice.secret --server-key keys/coordinator.pub status   # CurveZMQ
+
+A coordinator with keys admits only keys on its lists; a refused client says why (from a socket monitor on its
+handshakes) instead of waiting: see `Refused` and `diagnose`.
 
 Needs pyzmq and protobuf (pip install pyzmq protobuf) and protoc (Debian: protobuf-compiler), which
 turns the .proto into Python classes on first use (cached by the .proto's sha256).
