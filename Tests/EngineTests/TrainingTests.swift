@@ -7,7 +7,10 @@ import XCTest
 final class TrainingTests: XCTestCase {
     func batch(_ lm: LanguageModel) -> (prompts: [[Int]], targets: [Int]) {
         let pairs = [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow")]
-        return (pairs.map { lm.tokenizer.encode("Q: \($0.0)\nA:") }, pairs.map { lm.tokenizer.encode(" " + $0.1, bos: false)[0] })
+        return (
+            pairs.map { lm.tokenizer.encode("Q: \($0.0)\nA:") },
+            pairs.map { lm.tokenizer.encode(" " + $0.1, bos: false)[0] }
+        )
     }
 
     /// With B = 0 (LoRA's start) the path is the model: its last-position logits equal a forward's.
@@ -38,12 +41,15 @@ final class TrainingTests: XCTestCase {
             (slot.offset..<(slot.offset + slot.rows * slot.cols)).max { abs(grad[$0]) < abs(grad[$1]) }!
         }
         picks += (0..<probes).map { _ in Int(rng.next() % UInt64(theta.count)) }
-        var worst: Double = 0, largest: Double = 0
+        var worst: Double = 0
+        var largest: Double = 0
         for j in picks {
             let eps: Float = 1e-2
-            lora.parameters = theta; lora.parameters[j] += eps
+            lora.parameters = theta
+            lora.parameters[j] += eps
             let up = path.loss(targets: targets, gradient: false)
-            lora.parameters = theta; lora.parameters[j] -= eps
+            lora.parameters = theta
+            lora.parameters[j] -= eps
             let down = path.loss(targets: targets, gradient: false)
             let fd = Double(up - down) / Double(2 * eps)
             let err = abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2)
@@ -52,7 +58,8 @@ final class TrainingTests: XCTestCase {
         }
         lora.parameters = theta
         XCTAssertGreaterThan(largest, 1e-2, "the probed differences must not all be ~0")
-        XCTAssertLessThan(worst, 0.03, "\(lm.config.architecture): worst relative error over \(picks.count) coordinates")
+        XCTAssertLessThan(
+            worst, 0.03, "\(lm.config.architecture): worst relative error over \(picks.count) coordinates")
     }
 
     /// Loss and gradients of a fixed LoRA (v_proj and o_proj of every layer) against PyTorch +
@@ -61,7 +68,8 @@ final class TrainingTests: XCTestCase {
         let lm = try SharedModel.get()
         let url = TestPaths.packageRoot.appendingPathComponent("Tests/EngineTests/Fixtures/lora-parity.json")
         let root = try loadJSON(url) as! [String: Any]
-        let prompts = root["prompts"] as! [[Int]], targets = root["targets"] as! [Int]
+        let prompts = root["prompts"] as! [[Int]]
+        let targets = root["targets"] as! [Int]
         let lora = LoRA(model: lm.model, targets: [.v, .o], rank: 4, alpha: 8)
         for slot in lora.layout {
             let k = Double(slot.layer + (slot.target == .o ? 100 : 0))
@@ -86,7 +94,9 @@ final class TrainingTests: XCTestCase {
             let l2 = Double(g.reduce(0) { $0 + $1 * $1 }.squareRoot())
             let wl2 = w["l2"] as! Double
             XCTAssertEqual(l2, wl2, accuracy: 2e-3 * wl2 + 1e-7, key)
-            for (a, b) in zip(g.prefix(4), w["first4"] as! [Double]) { XCTAssertEqual(Double(a), b, accuracy: 2e-3 * wl2 + 1e-7, key) }
+            for (a, b) in zip(g.prefix(4), w["first4"] as! [Double]) {
+                XCTAssertEqual(Double(a), b, accuracy: 2e-3 * wl2 + 1e-7, key)
+            }
             if wl2 > 1e-5 { XCTAssertEqual(g.indices.max { abs(g[$0]) < abs(g[$1]) }, w["argmax_abs"] as? Int, key) }
             checked += 1
         }

@@ -45,8 +45,10 @@ public final class LoRA: ProductAdapter {
 
     /// LoRA of rank `rank` on `targets` of every layer in `layers` (default: all), A drawn from
     /// U(−1/√in, 1/√in) with `seed` (Kaiming-uniform with a = √5, as PEFT does), B = 0.
-    public init(model: LlamaModel, targets: [Target] = [.q, .v], rank: Int = 4, alpha: Float = 8,
-                layers: Range<Int>? = nil, seed: UInt64 = 0) {
+    public init(
+        model: LlamaModel, targets: [Target] = [.q, .v], rank: Int = 4, alpha: Float = 8,
+        layers: Range<Int>? = nil, seed: UInt64 = 0
+    ) {
         precondition(rank > 0 && !targets.isEmpty)
         self.rank = rank
         self.alpha = alpha
@@ -92,12 +94,15 @@ public final class LoRA: ProductAdapter {
         var u = [Float](repeating: 0, count: m * r)
         parameters.withUnsafeBufferPointer { p in
             u.withUnsafeMutableBufferPointer { ub in
-                let A = p.baseAddress! + s.a, B = p.baseAddress! + s.b
+                let A = p.baseAddress! + s.a
+                let B = p.baseAddress! + s.b
                 // u = x Aᵀ [m × r];  y += s·u Bᵀ
-                backend.gemm(transA: false, transB: true, m: m, n: r, k: s.inDim, alpha: 1, a: x, lda: s.inDim,
-                             b: A, ldb: s.inDim, beta: 0, c: ub.baseAddress!, ldc: r)
-                backend.gemm(transA: false, transB: true, m: m, n: s.outDim, k: r, alpha: scale, a: ub.baseAddress!,
-                             lda: r, b: B, ldb: r, beta: 1, c: y, ldc: s.outDim)
+                backend.gemm(
+                    transA: false, transB: true, m: m, n: r, k: s.inDim, alpha: 1, a: x, lda: s.inDim,
+                    b: A, ldb: s.inDim, beta: 0, c: ub.baseAddress!, ldc: r)
+                backend.gemm(
+                    transA: false, transB: true, m: m, n: s.outDim, k: r, alpha: scale, a: ub.baseAddress!,
+                    lda: r, b: B, ldb: r, beta: 1, c: y, ldc: s.outDim)
             }
         }
         saved[ObjectIdentifier(w)] = (Array(UnsafeBufferPointer(start: x, count: m * s.inDim)), u)
@@ -110,22 +115,28 @@ public final class LoRA: ProductAdapter {
         var e = [Float](repeating: 0, count: m * r)
         parameters.withUnsafeBufferPointer { p in
             gradient.withUnsafeMutableBufferPointer { g in
-                let A = p.baseAddress! + s.a, B = p.baseAddress! + s.b
-                let dA = g.baseAddress! + s.a, dB = g.baseAddress! + s.b
+                let A = p.baseAddress! + s.a
+                let B = p.baseAddress! + s.b
+                let dA = g.baseAddress! + s.a
+                let dB = g.baseAddress! + s.b
                 x.withUnsafeBufferPointer { xb in
                     u.withUnsafeBufferPointer { ub in
                         e.withUnsafeMutableBufferPointer { eb in
                             let e = eb.baseAddress!
                             // dB += s·dyᵀ u [out × r];  e = dy B [m × r]
-                            backend.gemm(transA: true, transB: false, m: s.outDim, n: r, k: m, alpha: scale, a: dy,
-                                         lda: s.outDim, b: ub.baseAddress!, ldb: r, beta: 1, c: dB, ldc: r)
-                            backend.gemm(transA: false, transB: false, m: m, n: r, k: s.outDim, alpha: 1, a: dy,
-                                         lda: s.outDim, b: B, ldb: r, beta: 0, c: e, ldc: r)
+                            backend.gemm(
+                                transA: true, transB: false, m: s.outDim, n: r, k: m, alpha: scale, a: dy,
+                                lda: s.outDim, b: ub.baseAddress!, ldb: r, beta: 1, c: dB, ldc: r)
+                            backend.gemm(
+                                transA: false, transB: false, m: m, n: r, k: s.outDim, alpha: 1, a: dy,
+                                lda: s.outDim, b: B, ldb: r, beta: 0, c: e, ldc: r)
                             // dA += s·eᵀ x [r × in];  dx += s·e A [m × in]
-                            backend.gemm(transA: true, transB: false, m: r, n: s.inDim, k: m, alpha: scale, a: e, lda: r,
-                                         b: xb.baseAddress!, ldb: s.inDim, beta: 1, c: dA, ldc: s.inDim)
-                            backend.gemm(transA: false, transB: false, m: m, n: s.inDim, k: r, alpha: scale, a: e, lda: r,
-                                         b: A, ldb: s.inDim, beta: 1, c: dx, ldc: s.inDim)
+                            backend.gemm(
+                                transA: true, transB: false, m: r, n: s.inDim, k: m, alpha: scale, a: e, lda: r,
+                                b: xb.baseAddress!, ldb: s.inDim, beta: 1, c: dA, ldc: s.inDim)
+                            backend.gemm(
+                                transA: false, transB: false, m: m, n: s.inDim, k: r, alpha: scale, a: e, lda: r,
+                                b: A, ldb: s.inDim, beta: 1, c: dx, ldc: s.inDim)
                         }
                     }
                 }
@@ -149,35 +160,48 @@ public final class AdaptedBackend: Backend, @unchecked Sendable {
     public func makePathRunner(model: LlamaModel, layer: Int, prefill: PathPrefill) -> PathRunner {
         base.makePathRunner(model: model, layer: layer, prefill: prefill)
     }
-    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>,
-                       accumulate: Bool) {
+    public func linear(
+        _ x: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ y: UnsafeMutablePointer<Float>,
+        accumulate: Bool
+    ) {
         linear(x, m, [(w, y)], accumulate: accumulate, precision: .fp32)
     }
-    public func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>,
-                               accumulate: Bool) {
+    public func linearBackward(
+        _ dy: UnsafePointer<Float>, _ m: Int, _ w: Weight, _ dx: UnsafeMutablePointer<Float>,
+        accumulate: Bool
+    ) {
         linearBackward([(dy, w)], m, dx, accumulate: accumulate, precision: .fp32)
     }
-    public func linear(_ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
-                       accumulate: Bool, precision: Precision) {
+    public func linear(
+        _ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
+        accumulate: Bool, precision: Precision
+    ) {
         base.linear(x, m, outs, accumulate: accumulate, precision: precision)
         for (w, y) in outs where adapter.adapts(w) { adapter.forward(w, x: x, y: y, rows: m) }
     }
-    public func linearBackward(_ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
-                               accumulate: Bool, precision: Precision) {
+    public func linearBackward(
+        _ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
+        accumulate: Bool, precision: Precision
+    ) {
         base.linearBackward(ins, m, dx, accumulate: accumulate, precision: precision)
         for (dy, w) in ins where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
     }
     public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
         !adapter.adapts(w) && base.fusesHead(w, rows: m, precision: precision)
     }
-    public func crossEntropyHead(_ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
-                                 loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>) {
+    public func crossEntropyHead(
+        _ h: UnsafePointer<Float>, _ m: Int, _ w: Weight, targets: [Int], rowWeight: [Float],
+        loss: UnsafeMutablePointer<Float>, dh: UnsafeMutablePointer<Float>
+    ) {
         base.crossEntropyHead(h, m, w, targets: targets, rowWeight: rowWeight, loss: loss, dh: dh)
     }
-    public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        base.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                  beta: beta, c: c, ldc: ldc)
+    public func gemm(
+        transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        base.gemm(
+            transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+            beta: beta, c: c, ldc: ldc)
     }
 }

@@ -37,14 +37,33 @@ public final class SequencePath {
                 p.initialize(repeating: 0, count: max(n, 1))
                 return p
             }
-            let D = c.dModel, A = c.attnDim, KV = c.kvDim, F = c.ffnDim
-            hIn = a(T * D); xnAttn = a(T * D); invAttn = a(T); q = a(T * A); k = a(T * KV); v = a(T * KV)
-            probs = a(P); o = a(T * A); hMid = a(T * D); xnFfn = a(T * D); invFfn = a(T)
-            g = a(T * F); u = a(T * F); m = a(T * F)
-            yAttn = a(T * D); invPostAttn = a(T); yFfn = a(T * D); invPostFfn = a(T)
+            let D = c.dModel
+            let A = c.attnDim
+            let KV = c.kvDim
+            let F = c.ffnDim
+            hIn = a(T * D)
+            xnAttn = a(T * D)
+            invAttn = a(T)
+            q = a(T * A)
+            k = a(T * KV)
+            v = a(T * KV)
+            probs = a(P)
+            o = a(T * A)
+            hMid = a(T * D)
+            xnFfn = a(T * D)
+            invFfn = a(T)
+            g = a(T * F)
+            u = a(T * F)
+            m = a(T * F)
+            yAttn = a(T * D)
+            invPostAttn = a(T)
+            yFfn = a(T * D)
+            invPostFfn = a(T)
             headNorms = HeadNormSave(q: a(T * A), k: a(T * KV), invQ: a(T * c.nHeads), invK: a(T * c.nKVHeads))
-            all = [hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m, yAttn, invPostAttn,
-                   yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK]
+            all = [
+                hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m, yAttn, invPostAttn,
+                yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK,
+            ]
         }
         deinit { all.forEach { $0.deallocate() } }
     }
@@ -55,11 +74,15 @@ public final class SequencePath {
         self.prompts = prompts
         cfg = lm.config
         backend = AdaptedBackend(lm.model.backend, adapter: adapter)
-        var rs: [Int] = [], ps: [Int] = []
-        var t = 0, p = 0
+        var rs: [Int] = []
+        var ps: [Int] = []
+        var t = 0
+        var p = 0
         for s in prompts {
-            rs.append(t); ps.append(p)
-            t += s.count; p += cfg.nHeads * s.count * s.count
+            rs.append(t)
+            ps.append(p)
+            t += s.count
+            p += cfg.nHeads * s.count * s.count
         }
         rowStart = rs
         probStart = ps
@@ -77,7 +100,9 @@ public final class SequencePath {
 
     /// All rows through all layers; leaves the residual after the last block in `hFinal`.
     func forward() {
-        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim
+        let D = cfg.dModel
+        let A = cfg.attnDim
+        let KV = cfg.kvDim
         let model = lm.model
         let x = acts[0].hIn
         for (s, ids) in prompts.enumerated() {
@@ -87,7 +112,9 @@ public final class SequencePath {
             }
         }
         for l in 0..<cfg.nLayers {
-            let blk = model.blocks[l], s = acts[l], rope = model.rope(l)
+            let blk = model.blocks[l]
+            let s = acts[l]
+            let rope = model.rope(l)
             let shape = LastTokenAttention.Shape(cfg, layer: l)
             blk.attentionInputForward(
                 backend, cfg, h: s.hIn, rows: T, xn: s.xnAttn, invRMS: s.invAttn, q: s.q, k: s.k, v: s.v,
@@ -97,7 +124,8 @@ public final class SequencePath {
                 rope.forward(s.k + r * KV, heads: cfg.nKVHeads, position: position(r))
             }
             for (p, ids) in prompts.enumerated() {
-                let r0 = rowStart[p], n = ids.count
+                let r0 = rowStart[p]
+                let n = ids.count
                 CausalAttention.forward(
                     shape, backend, q: s.q + r0 * A, k: s.k + r0 * KV, v: s.v + r0 * KV, rows: n, start: 0,
                     scores: s.probs + probStart[p], headStride: n * n, o: s.o + r0 * A)
@@ -125,7 +153,8 @@ public final class SequencePath {
 
     /// rms(h) of each prompt's last row [S × D] (caller deallocates) and 1/rms per prompt.
     func finalNorm() -> (UnsafeMutablePointer<Float>, [Float]) {
-        let D = cfg.dModel, S = prompts.count
+        let D = cfg.dModel
+        let S = prompts.count
         let hn = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
         for s in 0..<S { (hn + s * D).update(from: hFinal + lastRow(s) * D, count: D) }
         var inv = [Float](repeating: 0, count: S)
@@ -142,7 +171,9 @@ public final class SequencePath {
     @discardableResult
     public func loss(targets: [Int], gradient: Bool = true) -> Float {
         precondition(targets.count == prompts.count)
-        let D = cfg.dModel, S = prompts.count, V = cfg.vocabSize
+        let D = cfg.dModel
+        let S = prompts.count
+        let V = cfg.vocabSize
         forward()
         let (hn, inv) = finalNorm()
         defer { hn.deallocate() }
@@ -167,7 +198,9 @@ public final class SequencePath {
         defer { dh.deallocate() }
         let dhn = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
         defer { dhn.deallocate() }
-        z.withUnsafeBufferPointer { lm.model.backend.linearBackward($0.baseAddress!, S, lm.model.output, dhn, accumulate: false) }
+        z.withUnsafeBufferPointer {
+            lm.model.backend.linearBackward($0.baseAddress!, S, lm.model.output, dhn, accumulate: false)
+        }
         let last = UnsafeMutablePointer<Float>.allocate(capacity: S * D)
         defer { last.deallocate() }
         for s in 0..<S { (last + s * D).update(from: hFinal + lastRow(s) * D, count: D) }
@@ -185,15 +218,26 @@ public final class SequencePath {
     /// Each block of `forward`, reversed: dh [T × D] (the gradient at the residual after the last
     /// block) down to the first block's input, the adapter collecting its gradient on the way.
     func backward(_ dh: UnsafeMutablePointer<Float>) {
-        let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
+        let D = cfg.dModel
+        let A = cfg.attnDim
+        let KV = cfg.kvDim
+        let F = cfg.ffnDim
         let model = lm.model
         let longest = prompts.map(\.count).max()!
         func a(_ n: Int) -> UnsafeMutablePointer<Float> { .allocate(capacity: max(n, 1)) }
-        let dxn = a(T * D), dO = a(T * A), dQ = a(T * A), dK = a(T * KV), dV = a(T * KV)
-        let dF = a(T * F), dF2 = a(T * F), dS = a(longest * longest)
+        let dxn = a(T * D)
+        let dO = a(T * A)
+        let dQ = a(T * A)
+        let dK = a(T * KV)
+        let dV = a(T * KV)
+        let dF = a(T * F)
+        let dF2 = a(T * F)
+        let dS = a(longest * longest)
         defer { [dxn, dO, dQ, dK, dV, dF, dF2, dS].forEach { $0.deallocate() } }
         for l in (0..<cfg.nLayers).reversed() {
-            let blk = model.blocks[l], s = acts[l], rope = model.rope(l)
+            let blk = model.blocks[l]
+            let s = acts[l]
+            let rope = model.rope(l)
             let shape = LastTokenAttention.Shape(cfg, layer: l)
             blk.mlpBackward(
                 backend, cfg, h: s.hMid, rows: T, invRMS: s.invFfn, g: s.g, u: s.u, post: s.postFfn, dh: dh, dm: dF,
