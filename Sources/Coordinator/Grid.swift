@@ -59,6 +59,15 @@ public struct Grid: Equatable, Sendable {
     /// Top-level keys, in the order the help text lists them.
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
                               "train_size", "test_size", "shots", "solver", "eval", "prompt", "device"]
+        + tunableSections
+    /// Sections that hold only `Tunable`s (a method's own parameters, e.g. "lora": {"rank": 8}).
+    public static let tunableSections: [String] = {
+        var seen: [String] = []
+        for t in Tunable.all where !["solver", "eval"].contains(String(t.section)) && !seen.contains(String(t.section)) {
+            seen.append(String(t.section))
+        }
+        return seen
+    }()
     public static let promptKeys = ["query", "target"]
     public static let solverKeys = ["steps", "lr", "method", "precision"] + tunableKeys("solver")
     public static let evalKeys = ["max_new_tokens"] + tunableKeys("eval")
@@ -174,6 +183,16 @@ public struct Grid: Equatable, Sendable {
                     maxNew = scalarInt(ev["max_new_tokens"], "eval.max_new_tokens", min: 0) ?? maxNew
                 } else {
                     err("eval", "expected an object like {\"max_new_tokens\": 4}, got \(ev.shortDescription)")
+                }
+            }
+            for section in Grid.tunableSections {
+                guard let v = root[section] else { continue }
+                if case .object(let m) = v {
+                    checkKeys(m, allowed: Grid.tunableKeys(section), prefix: section + ".")
+                    parseTunables(v, section: section, into: &tunables)
+                } else {
+                    let example = Tunable.all.first { $0.section == section }.map { "{\"\($0.name)\": \($0.defaultValue)}" }
+                    err(section, "expected an object like \(example ?? "{}"), got \(v.shortDescription)")
                 }
             }
             var promptTemplate = "", targetTemplate = ""

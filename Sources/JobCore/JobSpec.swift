@@ -45,6 +45,10 @@ public enum JobMethod: String, NamedChoice, Codable {
     case zeroShot = "zero-shot"
     /// Greedy decoding after `shots` demonstrations drawn from the training split.
     case fewShot = "few-shot"
+    /// Fine-tuning baseline: LoRA (rank `lora.rank`, scale `lora.alpha`/rank) on the attention
+    /// projections of every layer, trained with Adam (`lora.lr`, `steps`) on the training pairs'
+    /// first-target-token loss, then evaluated by greedy decoding as the others are.
+    case lora
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
     /// halfway; one that kills the worker process.
     case synthetic
@@ -52,7 +56,7 @@ public enum JobMethod: String, NamedChoice, Codable {
     case syntheticCrash = "synthetic-crash"
 
     /// The methods the engine runs (the others are the synthetic test kinds).
-    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot]
+    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora]
 
     /// Which runner family a worker needs for this method; workers announce families in Hello.
     public enum Family: String, Sendable { case engine, synthetic }
@@ -66,11 +70,12 @@ public enum JobMethod: String, NamedChoice, Codable {
             return [.layer, .lambda, .gamma, .solver, .trainSize]
         case .zeroShot: return [.trainSize]
         case .fewShot: return [.trainSize, .shots]
+        case .lora: return [.trainSize, .solver, .adapter]
         }
     }
 
     /// Whether the method learns a Δ (and so has an artefact).
-    public var learnsDelta: Bool { axes.contains(.solver) }
+    public var learnsDelta: Bool { axes.contains(.solver) && self != .lora }
 }
 
 /// Grid axes. An axis a method does not depend on is collapsed when a grid is expanded, so e.g. a
@@ -84,6 +89,7 @@ public struct JobAxes: OptionSet, Sendable {
     public static let solver = JobAxes(rawValue: 8)  // steps, lr, solver method, precision
     public static let trainSize = JobAxes(rawValue: 16)
     public static let shots = JobAxes(rawValue: 32)
+    public static let adapter = JobAxes(rawValue: 64)  // fine-tuning baselines' own parameters
 }
 
 /// The proximal solver for Δ. The engine implements each; the measurements behind the default

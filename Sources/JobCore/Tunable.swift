@@ -70,7 +70,17 @@ extension Tunable {
         help: "Stop once the objective changes by at most this fraction over 10 steps (0 = run every step).")
 
     /// Every tunable, in the order help texts list them.
-    public static let all: [Tunable] = [deltaScale, tolerance]
+    public static let loraRank = Tunable(
+        "lora.rank", default: 4, range: 1...256, integer: true, axis: .adapter,
+        help: "LoRA's rank r (the lora method).")
+    public static let loraAlpha = Tunable(
+        "lora.alpha", default: 8, range: 0.001...10000, axis: .adapter,
+        help: "LoRA's α: the update is scaled by α/r (the lora method).")
+    public static let loraLR = Tunable(
+        "lora.lr", default: 0.001, range: 1e-7...10, axis: .adapter,
+        help: "Adam's learning rate for LoRA (the lora method; Δ's solver.lr is 100× larger).")
+
+    public static let all: [Tunable] = [deltaScale, tolerance, loraRank, loraAlpha, loraLR]
 }
 
 extension JobSpec {

@@ -31,10 +31,10 @@ final class GridTests: XCTestCase {
          "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
         """)
         let expected = [
-            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device"#,
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora"#,
             #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
             "tasks: expected a non-empty list, got an empty list",
-            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
+            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
             "layers[0]: expected a non-negative integer, got -1",
             "layers[1]: expected a non-negative integer, got 2.5",
             #"lambda: expected a non-negative number, got "0.1""#,
@@ -108,6 +108,22 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(errors(base + #", "eval": {"delta_scal": 2}}"#),
                        [#"eval.delta_scal: unknown key (did you mean "delta_scale"?); "#
                             + "expected one of max_new_tokens, delta_scale"])
+    }
+
+    /// A method's own section ("lora") holds its tunables: carried to that method's jobs only.
+    func testMethodSectionsCarryTheirTunables() throws {
+        let grid = #"{"experiment": "x", "tasks": ["antonym"], "methods": ["lora", "intervention"], "lora": {"rank": 8, "lr": 0.0005}}"#
+        let jobs = try Grid.parse(grid).expand()
+        let lora = try XCTUnwrap(jobs.first { $0.spec.method == .lora })
+        XCTAssertEqual(lora.spec[.loraRank], 8)
+        XCTAssertEqual(lora.spec[.loraLR], 0.0005)
+        XCTAssertEqual(lora.spec[.loraAlpha], 8, "unset: the default")
+        let iv = try XCTUnwrap(jobs.first { $0.spec.method == .intervention })
+        XCTAssertTrue(iv.spec.tunables.isEmpty, "LoRA's parameters are not the intervention's")
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a"], "lora": {"rank": 0.5}}"#),
+                       ["lora.rank: expected an integer in 1…256, got 0.5"])
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a"], "lora": 4}"#),
+                       [#"lora: expected an object like {"rank": 4.0}, got 4"#])
     }
 
     func testPromptTemplatesAreValidatedAndCarried() throws {

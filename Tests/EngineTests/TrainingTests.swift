@@ -115,4 +115,29 @@ final class TrainingTests: XCTestCase {
     func testGradientAgainstFiniteDifferencesGemma() throws {
         try checkGradient(try SharedGemma.get(), layers: 5..<6, probes: 4)
     }
+
+    /// The `lora` job kind end to end: it trains (the loss falls), its parameters stay out of Δ's
+    /// axes, and the adapted model is evaluated like every method; a zero learning rate leaves the
+    /// model as it is (B stays 0), so it scores as the 0-shot job does.
+    func testLoRAJobTrainsAndEvaluates() throws {
+        let lm = try SharedModel.get()
+        var spec = JobSpec(task: "antonym", method: .lora, seed: 2, testSize: 8, steps: 6)
+        try spec.set(.loraLR, 0.005)
+        let m = try PairTaskJobs(lm: lm).run(spec).metrics
+        XCTAssertLessThan(try XCTUnwrap(m["final_loss"]), try XCTUnwrap(m["initial_loss"]) * 0.8)
+        XCTAssertEqual(m["n_test"], 8)
+        // q and o: A [4 × 576], B [576 × 4]; k and v: A [4 × 576], B [192 × 4]; 30 layers
+        XCTAssertEqual(m["parameters"], Double(30 * (2 * (4 * 576 + 576 * 4) + 2 * (4 * 576 + 192 * 4))))
+        XCTAssertNotNil(m["exact_match"])
+        var still = spec
+        try still.set(.loraLR, 1e-7)
+        still.steps = 1
+        let a = try PairTaskJobs(lm: lm).run(still).metrics
+        let zero = try PairTaskJobs(lm: lm).run(JobSpec(task: "antonym", method: .zeroShot, seed: 2, testSize: 8)).metrics
+        XCTAssertEqual(a["exact_match"], zero["exact_match"])
+        XCTAssertEqual(a["first_token_accuracy"], zero["first_token_accuracy"])
+        XCTAssertFalse(JobMethod.lora.learnsDelta)
+        XCTAssertNotEqual(spec.id, JobSpec(task: "antonym", method: .lora, seed: 2, testSize: 8, steps: 6).id,
+                          "lora.lr is part of a lora job's id")
+    }
 }

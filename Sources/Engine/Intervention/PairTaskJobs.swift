@@ -53,12 +53,12 @@ extension LanguageModel {
     /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = each item's target length
     /// + 2 tokens.
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
-                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100,
+                         judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100, using backend: Backend? = nil,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
         evaluateBatches(
             prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
             maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
-        ) { ids, stop in generate(prompts: ids, variants: deltas, layer: layer, stop: stop) }
+        ) { ids, stop in generate(prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend) }
     }
 
     /// The same evaluation with any `Steering` (any site, any positions; nil = none), without the
@@ -209,6 +209,8 @@ public struct PairTaskJobs {
                         into: &metrics)
         case .intervention:
             return try runFused([spec], progress: progress)[0]
+        case .lora:
+            return runLoRA(p, progress: progress)
         case .synthetic, .syntheticFail, .syntheticCrash:
             preconditionFailure("prepare refuses non-engine methods")
         }

@@ -47,6 +47,7 @@ extension LanguageModel {
     /// the argmax), each step run with `hooks`. Returns the new tokens and the first token chosen
     /// per sequence.
     func decode(caches: [KVCache], logits first: [Float], stop: StopRules, hooks: ForwardHooks? = nil,
+                using backend: Backend? = nil,
                 choose: (Int, UnsafePointer<Float>, Int) -> Int = { _, z, V in Ops.argmax(z, V) })
         -> (tokens: [[Int]], first: [Int])
     {
@@ -73,7 +74,8 @@ extension LanguageModel {
             active = still
             step += 1
             if active.isEmpty { break }
-            logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] }, hooks: hooks)
+            logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] }, hooks: hooks,
+                                   using: backend)
         }
         return (out, firstIDs)
     }
@@ -96,8 +98,10 @@ extension LanguageModel {
     /// Greedy decoding of several variants of the same prompts, each variant with its own Δ at
     /// layer `layer` (nil = none). Δ reaches only each prompt's last position, so every position
     /// before it is computed once for all variants; the last token and the decoding then run for
-    /// all variants in one batch. Returns one `Generation` per variant.
-    public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules) -> [Generation] {
+    /// all variants in one batch. Returns one `Generation` per variant. `using` runs the model on
+    /// another backend (a fine-tuned model's `AdaptedBackend`).
+    public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules,
+                         using backend: Backend? = nil) -> [Generation] {
         precondition(prompts.allSatisfy { !$0.isEmpty })
         let P = prompts.count
         // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
@@ -111,7 +115,7 @@ extension LanguageModel {
         let prefixCaches: [KVCache]
         if common > 0 && P > 1 {
             let shared = model.makeCache(capacity: common)
-            _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared])
+            _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend)
             prefixCaches = prompts.map { shared.copy(extra: $0.count - common + stop.maxNewTokens + 1) }
         } else {
             prefixCaches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
@@ -120,7 +124,7 @@ extension LanguageModel {
         let withRest = (0..<P).filter { prompts[$0].count - 1 > prefixCaches[$0].length }
         if !withRest.isEmpty {
             _ = model.forward(tokens: withRest.map { Array(prompts[$0][prefixCaches[$0].length..<(prompts[$0].count - 1)]) },
-                              caches: withRest.map { prefixCaches[$0] })
+                              caches: withRest.map { prefixCaches[$0] }, using: backend)
         }
         // 3. one sequence per (variant, prompt); the first variant takes the prefix cache itself
         var caches: [KVCache] = []
@@ -133,9 +137,9 @@ extension LanguageModel {
         }
         let S = caches.count
         let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
-                                   hooks: DeltaHook(layer: layer, perSequence: deltas))
+                                   hooks: DeltaHook(layer: layer, perSequence: deltas), using: backend)
         // 4. decode all sequences together
-        let (out, first) = decode(caches: caches, logits: logits, stop: stop)
+        let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend)
         return (0..<variants.count).map { vi in
             Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
         }

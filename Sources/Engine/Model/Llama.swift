@@ -278,8 +278,11 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs `tokens[s]` (appended to `caches[s]`) through the whole model for all sequences at
     /// once; every projection is one GEMM over all rows. Returns the logits of the last new token of
     /// each sequence, [S × V] row-major, or all rows when `allLogits`.
-    public func forward(tokens: [[Int]], caches: [KVCache], hooks: ForwardHooks? = nil, allLogits: Bool = false) -> [Float] {
+    /// `using` runs the products on another backend (an `AdaptedBackend` for a fine-tuned model).
+    public func forward(tokens: [[Int]], caches: [KVCache], hooks: ForwardHooks? = nil, allLogits: Bool = false,
+                        using other: Backend? = nil) -> [Float] {
         precondition(tokens.count == caches.count)
+        let backend = other ?? self.backend
         let cfg = config
         let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim
         var rowStart: [Int] = [], rowCount: [Int] = [], startPos: [Int] = []

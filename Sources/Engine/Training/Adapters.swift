@@ -34,6 +34,8 @@ public final class LoRA: ProductAdapter {
     public let targets: [Target]
     public var parameters: [Float]
     public var gradient: [Float]
+    /// Whether forwards keep what the backward needs (off for evaluation).
+    public var recording = true
     let backend: Backend
 
     struct Slot { let a: Int, b: Int, inDim: Int, outDim: Int }
@@ -105,7 +107,7 @@ public final class LoRA: ProductAdapter {
                     lda: r, b: B, ldb: r, beta: 1, c: y, ldc: s.outDim)
             }
         }
-        saved[ObjectIdentifier(w)] = (Array(UnsafeBufferPointer(start: x, count: m * s.inDim)), u)
+        if recording { saved[ObjectIdentifier(w)] = (Array(UnsafeBufferPointer(start: x, count: m * s.inDim)), u) }
     }
 
     public func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int) {

@@ -1,0 +1,55 @@
+import Foundation
+
+extension PairTaskJobs {
+    /// The `lora` job: LoRA on q, k, v and o of every layer, trained with Adam on the training
+    /// pairs' first-target-token loss through the full-sequence path, then the test pairs decoded
+    /// greedily by the adapted model (the same prompts, stop rules and scoring as every method).
+    func runLoRA(_ p: Prepared, progress: Progress?) -> JobOutcome {
+        let t0 = Date()
+        let spec = p.spec
+        let prompts = p.split.train.map { lm.tokenizer.encode(p.format.prompt($0.input)) }
+        let targets = p.split.train.map {
+            lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0
+        }
+        let lora = LoRA(
+            model: lm.model, targets: [.q, .k, .v, .o], rank: Int(spec[.loraRank]), alpha: Float(spec[.loraAlpha]),
+            seed: UInt64(spec.seed))
+        let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
+        // Adam (β = 0.9, 0.999), the learning rate `lora.lr`
+        let lr = Float(spec[.loraLR]), b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        var m1 = [Float](repeating: 0, count: lora.parameters.count), m2 = m1
+        var losses: [Float] = []
+        let tSolve = Date()
+        for step in 1...max(spec.steps, 1) {
+            let loss = path.loss(targets: targets)
+            losses.append(loss)
+            let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+            for i in lora.parameters.indices {
+                let g = lora.gradient[i]
+                m1[i] = b1 * m1[i] + (1 - b1) * g
+                m2[i] = b2 * m2[i] + (1 - b2) * g * g
+                lora.parameters[i] -= lr * (m1[i] / c1) / ((m2[i] / c2).squareRoot() + eps)
+            }
+            progress?("solve", step, spec.steps, ["loss": Double(loss)])
+        }
+        let solveMs = Date().timeIntervalSince(tSolve) * 1000
+        let finalLoss = path.loss(targets: targets, gradient: false)
+        lora.recording = false
+        let tEval = Date()
+        let ev = lm.evaluate(
+            prompts: p.split.test.map { p.format.prompt($0.input) }, pairs: p.split.test, format: p.format,
+            deltas: [nil], layer: 0, judge: p.judge, maxNewTokens: spec.maxNewTokens,
+            using: AdaptedBackend(lm.model.backend, adapter: lora)
+        ) { progress?("eval", $0, p.split.test.count, [:]) }[0]
+        var metrics: [String: Double] = [
+            "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
+            "initial_loss": Double(losses.first ?? .nan), "final_loss": Double(finalLoss),
+            "parameters": Double(lora.parameters.count), "solve_ms": solveMs,
+            "step_ms": solveMs / Double(max(losses.count, 1)),
+            "eval_ms": Date().timeIntervalSince(tEval) * 1000,
+        ]
+        Self.record(ev, into: &metrics)
+        metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
+        return JobOutcome(metrics: metrics)
+    }
+}
