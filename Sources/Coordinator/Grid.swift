@@ -63,8 +63,9 @@ public struct Grid: Equatable, Sendable {
     /// Sections that hold only `Tunable`s (a method's own parameters, e.g. "lora": {"rank": 8}).
     public static let tunableSections: [String] = {
         var seen: [String] = []
-        for t in Tunable.all where !["solver", "eval"].contains(String(t.section)) && !seen.contains(String(t.section)) {
-            seen.append(String(t.section))
+        for t in Tunable.all {
+            let s = String(t.section)
+            if !["solver", "eval"].contains(s) && !seen.contains(s) { seen.append(s) }
         }
         return seen
     }()
@@ -191,7 +192,8 @@ public struct Grid: Equatable, Sendable {
                     checkKeys(m, allowed: Grid.tunableKeys(section), prefix: section + ".")
                     parseTunables(v, section: section, into: &tunables)
                 } else {
-                    let example = Tunable.all.first { $0.section == section }.map { "{\"\($0.name)\": \($0.defaultValue)}" }
+                    let example = Tunable.all.first { $0.section == section }
+                        .map { "{\"\($0.name)\": \($0.defaultValue)}" }
                     err(section, "expected an object like \(example ?? "{}"), got \(v.shortDescription)")
                 }
             }

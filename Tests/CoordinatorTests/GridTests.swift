@@ -112,7 +112,8 @@ final class GridTests: XCTestCase {
 
     /// A method's own section ("lora") holds its tunables: carried to that method's jobs only.
     func testMethodSectionsCarryTheirTunables() throws {
-        let grid = #"{"experiment": "x", "tasks": ["antonym"], "methods": ["lora", "intervention"], "lora": {"rank": 8, "lr": 0.0005}}"#
+        let grid = #"{"experiment": "x", "tasks": ["antonym"], "methods": ["lora", "intervention"], "#
+            + #""lora": {"rank": 8, "lr": 0.0005}}"#
         let jobs = try Grid.parse(grid).expand()
         let lora = try XCTUnwrap(jobs.first { $0.spec.method == .lora })
         XCTAssertEqual(lora.spec[.loraRank], 8)

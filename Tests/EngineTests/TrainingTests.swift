@@ -133,7 +133,8 @@ final class TrainingTests: XCTestCase {
         try still.set(.loraLR, 1e-7)
         still.steps = 1
         let a = try PairTaskJobs(lm: lm).run(still).metrics
-        let zero = try PairTaskJobs(lm: lm).run(JobSpec(task: "antonym", method: .zeroShot, seed: 2, testSize: 8)).metrics
+        let zeroShot = JobSpec(task: "antonym", method: .zeroShot, seed: 2, testSize: 8)
+        let zero = try PairTaskJobs(lm: lm).run(zeroShot).metrics
         XCTAssertEqual(a["exact_match"], zero["exact_match"])
         XCTAssertEqual(a["first_token_accuracy"], zero["first_token_accuracy"])
         XCTAssertFalse(JobMethod.lora.learnsDelta)
