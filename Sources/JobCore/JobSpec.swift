@@ -49,6 +49,9 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// projections of every layer, trained with Adam (`lora.lr`, `steps`) on the training pairs'
     /// first-target-token loss, then evaluated by greedy decoding as the others are.
     case lora
+    /// Fine-tuning baseline: IA³, learned scalings of k_proj's and v_proj's outputs and of
+    /// down_proj's input in every layer, trained as `lora` is (Adam, `ia3.lr`, `steps`).
+    case ia3
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
     /// halfway; one that kills the worker process.
     case synthetic
@@ -56,7 +59,7 @@ public enum JobMethod: String, NamedChoice, Codable {
     case syntheticCrash = "synthetic-crash"
 
     /// The methods the engine runs (the others are the synthetic test kinds).
-    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora]
+    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora, .ia3]
 
     /// Which runner family a worker needs for this method; workers announce families in Hello.
     public enum Family: String, Sendable { case engine, synthetic }
@@ -70,12 +73,12 @@ public enum JobMethod: String, NamedChoice, Codable {
             return [.layer, .lambda, .gamma, .solver, .trainSize]
         case .zeroShot: return [.trainSize]
         case .fewShot: return [.trainSize, .shots]
-        case .lora: return [.trainSize, .solver, .adapter]
+        case .lora, .ia3: return [.trainSize, .solver, .adapter]
         }
     }
 
     /// Whether the method learns a Δ (and so has an artefact).
-    public var learnsDelta: Bool { axes.contains(.solver) && self != .lora }
+    public var learnsDelta: Bool { axes.contains(.solver) && !axes.contains(.adapter) }
 }
 
 /// Grid axes. An axis a method does not depend on is collapsed when a grid is expanded, so e.g. a

@@ -80,7 +80,11 @@ extension Tunable {
         "lora.lr", default: 0.001, range: 1e-7...10, axis: .adapter,
         help: "Adam's learning rate for LoRA (the lora method; Δ's solver.lr is 100× larger).")
 
-    public static let all: [Tunable] = [deltaScale, tolerance, loraRank, loraAlpha, loraLR]
+    public static let ia3LR = Tunable(
+        "ia3.lr", default: 0.003, range: 1e-7...10, axis: .adapter,
+        help: "Adam's learning rate for IA³ (the ia3 method; the IA³ paper's 3e-3, not tuned here).")
+
+    public static let all: [Tunable] = [deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR]
 }
 
 extension JobSpec {

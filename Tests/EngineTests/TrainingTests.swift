@@ -138,7 +138,62 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(a["exact_match"], zero["exact_match"])
         XCTAssertEqual(a["first_token_accuracy"], zero["first_token_accuracy"])
         XCTAssertFalse(JobMethod.lora.learnsDelta)
+        XCTAssertFalse(JobMethod.ia3.learnsDelta)
+        var ia3 = JobSpec(task: "antonym", method: .ia3, seed: 2, testSize: 4, steps: 4)
+        try ia3.set(.ia3LR, 0.02)
+        let i = try PairTaskJobs(lm: lm).run(ia3).metrics
+        XCTAssertLessThan(try XCTUnwrap(i["final_loss"]), try XCTUnwrap(i["initial_loss"]))
+        XCTAssertEqual(i["parameters"], Double(30 * (2 * 192 + 1536)))
         XCTAssertNotEqual(spec.id, JobSpec(task: "antonym", method: .lora, seed: 2, testSize: 8, steps: 6).id,
                           "lora.lr is part of a lora job's id")
+    }
+
+    /// IA³ on both families: central differences at random scalings near 1, on every kind of
+    /// vector (k, v: outputs; down_proj: input).
+    func checkIA3(_ lm: LanguageModel, layers: Range<Int>) throws {
+        let (prompts, targets) = batch(lm)
+        let ia3 = IA3(model: lm.model, layers: layers)
+        var rng = SplitMix64(seed: 5)
+        ia3.parameters = ia3.parameters.map { _ in 1 + Float(rng.uniform() - 0.5) * 0.4 }
+        let path = SequencePath(model: lm, prompts: prompts, adapter: ia3)
+        path.loss(targets: targets)
+        let grad = ia3.gradient, theta = ia3.parameters
+        let KV = lm.config.kvDim, F = lm.config.ffnDim, per = 2 * KV + F
+        var picks: [Int] = []
+        for l in 0..<layers.count {  // the largest of each vector, and one at random
+            for (o, n) in [(0, KV), (KV, KV), (2 * KV, F)] {
+                let r = (l * per + o)..<(l * per + o + n)
+                picks.append(r.max { abs(grad[$0]) < abs(grad[$1]) }!)
+                picks.append(r.lowerBound + Int(rng.next() % UInt64(n)))
+            }
+        }
+        var worst: Double = 0, largest: Double = 0
+        for j in picks {
+            let eps: Float = 1e-2
+            ia3.parameters = theta; ia3.parameters[j] += eps
+            let up = path.loss(targets: targets, gradient: false)
+            ia3.parameters = theta; ia3.parameters[j] -= eps
+            let down = path.loss(targets: targets, gradient: false)
+            let fd = Double(up - down) / Double(2 * eps)
+            worst = max(worst, abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2))
+            largest = max(largest, abs(fd))
+        }
+        ia3.parameters = theta
+        XCTAssertGreaterThan(largest, 1e-2, "the probed differences must not all be ~0")
+        XCTAssertLessThan(worst, 0.03, "\(lm.config.architecture): worst relative error, \(picks.count) coordinates")
+    }
+
+    func testIA3GradientAgainstFiniteDifferences() throws {
+        try checkIA3(try SharedModel.get(), layers: 27..<30)
+        try checkIA3(try SharedGemma.get(), layers: 16..<18)
+    }
+
+    /// At its start (every scaling 1) IA³ is the model itself.
+    func testIA3StartsAtTheModel() throws {
+        let lm = try SharedModel.get()
+        let (prompts, _) = batch(lm)
+        let ours = SequencePath(model: lm, prompts: prompts, adapter: IA3(model: lm.model)).logits()
+        let ref = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) })
+        XCTAssertLessThan(zip(ours, ref).map { abs($0 - $1) }.max()!, 2e-3)
     }
 }

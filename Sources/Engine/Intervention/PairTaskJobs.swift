@@ -210,7 +210,12 @@ public struct PairTaskJobs {
         case .intervention:
             return try runFused([spec], progress: progress)[0]
         case .lora:
-            return runLoRA(p, progress: progress)
+            let lora = LoRA(
+                model: lm.model, targets: [.q, .k, .v, .o], rank: Int(spec[.loraRank]),
+                alpha: Float(spec[.loraAlpha]), seed: UInt64(spec.seed))
+            return runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)
+        case .ia3:
+            return runAdapter(p, IA3(model: lm.model), lr: Float(spec[.ia3LR]), progress: progress)
         case .synthetic, .syntheticFail, .syntheticCrash:
             preconditionFailure("prepare refuses non-engine methods")
         }

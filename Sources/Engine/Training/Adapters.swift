@@ -1,21 +1,37 @@
 import Foundation
 
 /// Trainable parameters attached to the model's weight products: the fine-tuning baselines
-/// (LoRA; IA³ next). The full-sequence path (`SequencePath`) runs the block's ops through an
+/// (LoRA, IA³). The full-sequence path (`SequencePath`) runs the block's ops through an
 /// `AdaptedBackend`, which hands every product of an adapted weight to the adapter, so that the
 /// block itself has no second, adapted copy.
 public protocol ProductAdapter: AnyObject {
     /// The trainable parameters, flat, and the gradient accumulated by `backward` (same layout).
     var parameters: [Float] { get set }
     var gradient: [Float] { get set }
+    /// Whether forwards keep what the backward needs (off for evaluation).
+    var recording: Bool { get set }
     /// Whether products of `w` are changed.
     func adapts(_ w: Weight) -> Bool
     /// y [m × out] = x Wᵀ was just computed for x [m × in]: change y in place, keep what the
     /// backward needs (x may be overwritten after the call).
     func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int)
     /// dx [m × in] (+)= dy W was just computed for the same rows: add the adapter's part of dx
-    /// and accumulate the parameters' gradient.
+    /// and accumulate the parameters' gradient. (For a weight whose input the adapter scales,
+    /// dx holds only this product's dx′ = dy W, to be turned into the gradient at x in place.)
     func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int)
+    /// Whether the adapter changes the product's input (then `input` gives it).
+    func scalesInput(_ w: Weight) -> Bool
+    /// The input the product should use instead of x [m × in] (IA³ scales down_proj's), or nil.
+    func input(_ w: Weight, x: UnsafePointer<Float>, rows m: Int) -> [Float]?
+    /// The output gradient the product's backward should use instead of dy [m × out] (IA³ on
+    /// k and v: the gradient before the scaling), or nil; the parameters' part is taken here.
+    func outputGradient(_ w: Weight, dy: UnsafePointer<Float>, rows m: Int) -> [Float]?
+}
+
+extension ProductAdapter {
+    public func scalesInput(_ w: Weight) -> Bool { false }
+    public func input(_ w: Weight, x: UnsafePointer<Float>, rows m: Int) -> [Float]? { nil }
+    public func outputGradient(_ w: Weight, dy: UnsafePointer<Float>, rows m: Int) -> [Float]? { nil }
 }
 
 /// LoRA (Hu et al. 2021): y = x Wᵀ + s·(x Aᵀ) Bᵀ for each target matrix W [out × in], with
@@ -147,6 +163,79 @@ public final class LoRA: ProductAdapter {
     }
 }
 
+/// IA³ (Liu et al. 2022): learned scalings of k_proj's and v_proj's outputs and of down_proj's
+/// input, one vector per layer each (l_k, l_v [KV], l_ff [F]), initialised to 1 (the model itself).
+///   forward: k = l_k ⊙ (x W_kᵀ), v likewise;  down_proj(l_ff ⊙ m)
+///   backward: dl_k = Σ_rows dk ⊙ (x W_kᵀ), dk′ = l_k ⊙ dk;  dl_ff = Σ_rows m ⊙ dm′, dm = l_ff ⊙ dm′
+/// Parameters laid out per layer: l_k, l_v, l_ff.
+public final class IA3: ProductAdapter {
+    public var parameters: [Float]
+    public var gradient: [Float]
+    public var recording = true
+    enum Role { case output, input }
+    private var slots: [ObjectIdentifier: (offset: Int, count: Int, role: Role)] = [:]
+    /// The unscaled output (k, v) or the unscaled input (down_proj's), per weight, for the backward.
+    private var saved: [ObjectIdentifier: [Float]] = [:]
+
+    public init(model: LlamaModel, layers: Range<Int>? = nil) {
+        var n = 0
+        for l in layers ?? 0..<model.config.nLayers {
+            let b = model.blocks[l]
+            for (w, role) in [(b.wk, Role.output), (b.wv, .output), (b.wDown, .input)] {
+                let count = role == .output ? w.rows : w.cols
+                slots[ObjectIdentifier(w)] = (n, count, role)
+                n += count
+            }
+        }
+        parameters = [Float](repeating: 1, count: n)
+        gradient = [Float](repeating: 0, count: n)
+    }
+
+    public func adapts(_ w: Weight) -> Bool { slots[ObjectIdentifier(w)] != nil }
+    public func scalesInput(_ w: Weight) -> Bool { slots[ObjectIdentifier(w)]?.role == .input }
+
+    public func input(_ w: Weight, x: UnsafePointer<Float>, rows m: Int) -> [Float]? {
+        guard let s = slots[ObjectIdentifier(w)], s.role == .input else { return nil }
+        let original = Array(UnsafeBufferPointer(start: x, count: m * s.count))
+        if recording { saved[ObjectIdentifier(w)] = original }
+        var out = original
+        for r in 0..<m { for c in 0..<s.count { out[r * s.count + c] *= parameters[s.offset + c] } }
+        return out
+    }
+
+    public func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int) {
+        guard let s = slots[ObjectIdentifier(w)], s.role == .output else { return }
+        if recording { saved[ObjectIdentifier(w)] = Array(UnsafeBufferPointer(start: y, count: m * s.count)) }
+        for r in 0..<m { for c in 0..<s.count { y[r * s.count + c] *= parameters[s.offset + c] } }
+    }
+
+    public func outputGradient(_ w: Weight, dy: UnsafePointer<Float>, rows m: Int) -> [Float]? {
+        guard let s = slots[ObjectIdentifier(w)], s.role == .output, let y0 = saved[ObjectIdentifier(w)] else {
+            return nil
+        }
+        var out = [Float](repeating: 0, count: m * s.count)
+        for r in 0..<m {
+            for c in 0..<s.count {
+                let i = r * s.count + c
+                gradient[s.offset + c] += dy[i] * y0[i]
+                out[i] = dy[i] * parameters[s.offset + c]
+            }
+        }
+        return out
+    }
+
+    public func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int) {
+        guard let s = slots[ObjectIdentifier(w)], s.role == .input, let x = saved[ObjectIdentifier(w)] else { return }
+        for r in 0..<m {
+            for c in 0..<s.count {
+                let i = r * s.count + c
+                gradient[s.offset + c] += x[i] * dx[i]
+                dx[i] *= parameters[s.offset + c]
+            }
+        }
+    }
+}
+
 /// A backend that runs `base`'s products and hands those of adapted weights to `adapter`
 /// (forward after the product, backward after dx = dy W). Everything else is `base`'s.
 public final class AdaptedBackend: Backend, @unchecked Sendable {
@@ -178,15 +267,51 @@ public final class AdaptedBackend: Backend, @unchecked Sendable {
         _ x: UnsafePointer<Float>, _ m: Int, _ outs: [(Weight, UnsafeMutablePointer<Float>)],
         accumulate: Bool, precision: Precision
     ) {
-        base.linear(x, m, outs, accumulate: accumulate, precision: precision)
-        for (w, y) in outs where adapter.adapts(w) { adapter.forward(w, x: x, y: y, rows: m) }
+        var shared: [(Weight, UnsafeMutablePointer<Float>)] = []
+        for (w, y) in outs {
+            guard adapter.adapts(w), adapter.scalesInput(w), let scaled = adapter.input(w, x: x, rows: m) else {
+                shared.append((w, y))
+                continue
+            }
+            scaled.withUnsafeBufferPointer { sx in
+                base.linear(sx.baseAddress!, m, [(w, y)], accumulate: accumulate, precision: precision)
+                adapter.forward(w, x: sx.baseAddress!, y: y, rows: m)
+            }
+        }
+        if !shared.isEmpty { base.linear(x, m, shared, accumulate: accumulate, precision: precision) }
+        for (w, y) in shared where adapter.adapts(w) { adapter.forward(w, x: x, y: y, rows: m) }
     }
     public func linearBackward(
         _ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
         accumulate: Bool, precision: Precision
     ) {
-        base.linearBackward(ins, m, dx, accumulate: accumulate, precision: precision)
-        for (dy, w) in ins where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
+        // the output gradients the products see (IA³ scales k's and v's); kept alive for the call
+        let replaced = ins.map { dy, w in adapter.adapts(w) ? adapter.outputGradient(w, dy: dy, rows: m) : nil }
+        func withGradients(_ i: Int, _ done: [(UnsafePointer<Float>, Weight)],
+                           _ body: ([(UnsafePointer<Float>, Weight)]) -> Void) {
+            if i == ins.count { return body(done) }
+            guard let r = replaced[i] else { return withGradients(i + 1, done + [ins[i]], body) }
+            r.withUnsafeBufferPointer { withGradients(i + 1, done + [($0.baseAddress!, ins[i].1)], body) }
+        }
+        withGradients(0, []) { all in
+            let scales = all.map { adapter.adapts($0.1) && adapter.scalesInput($0.1) }
+            let plain = zip(all, scales).filter { !$0.1 }.map(\.0)
+            if !plain.isEmpty {
+                base.linearBackward(plain, m, dx, accumulate: accumulate, precision: precision)
+            } else if !accumulate, let w = all.first?.1 {
+                dx.update(repeating: 0, count: m * w.cols)
+            }
+            for (dy, w) in plain where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
+            // a product whose input the adapter scales: its dx′ alone, turned into dx by the adapter
+            for (dy, w) in zip(all, scales).filter(\.1).map(\.0) {
+                var part = [Float](repeating: 0, count: m * w.cols)
+                part.withUnsafeMutableBufferPointer { p in
+                    base.linearBackward([(dy, w)], m, p.baseAddress!, accumulate: false, precision: precision)
+                    adapter.backward(w, dy: dy, dx: p.baseAddress!, rows: m)
+                    Ops.add(p.baseAddress!, into: dx, m * w.cols)
+                }
+            }
+        }
     }
     public func fusesHead(_ w: Weight, rows m: Int, precision: Precision) -> Bool {
         !adapter.adapts(w) && base.fusesHead(w, rows: m, precision: precision)

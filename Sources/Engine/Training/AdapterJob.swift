@@ -1,22 +1,20 @@
 import Foundation
 
 extension PairTaskJobs {
-    /// The `lora` job: LoRA on q, k, v and o of every layer, trained with Adam on the training
+    /// A fine-tuning job (`lora`, `ia3`): the adapter trained with Adam at `lr` on the training
     /// pairs' first-target-token loss through the full-sequence path, then the test pairs decoded
     /// greedily by the adapted model (the same prompts, stop rules and scoring as every method).
-    func runLoRA(_ p: Prepared, progress: Progress?) -> JobOutcome {
+    func runAdapter(_ p: Prepared, _ adapter: ProductAdapter, lr: Float, progress: Progress?) -> JobOutcome {
         let t0 = Date()
         let spec = p.spec
         let prompts = p.split.train.map { lm.tokenizer.encode(p.format.prompt($0.input)) }
         let targets = p.split.train.map {
             lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0
         }
-        let lora = LoRA(
-            model: lm.model, targets: [.q, .k, .v, .o], rank: Int(spec[.loraRank]), alpha: Float(spec[.loraAlpha]),
-            seed: UInt64(spec.seed))
+        let lora = adapter
         let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
         // Adam (β = 0.9, 0.999), the learning rate `lora.lr`
-        let lr = Float(spec[.loraLR]), b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
         var m1 = [Float](repeating: 0, count: lora.parameters.count), m2 = m1
         var losses: [Float] = []
         let tSolve = Date()
