@@ -123,8 +123,16 @@ final class TrainingTests: XCTestCase {
         let lm = try SharedModel.get()
         var spec = JobSpec(task: "antonym", method: .lora, seed: 2, testSize: 8, steps: 6)
         try spec.set(.loraLR, 0.005)
-        let m = try PairTaskJobs(lm: lm).run(spec).metrics
+        let outcome = try PairTaskJobs(lm: lm).run(spec)
+        let m = outcome.metrics
         XCTAssertLessThan(try XCTUnwrap(m["final_loss"]), try XCTUnwrap(m["initial_loss"]) * 0.8)
+        // the artefact: every A and B, named, with what made them
+        let (tensors, md) = try Safetensors.read(try XCTUnwrap(outcome.artefact))
+        XCTAssertEqual(tensors.count, 30 * 4 * 2)
+        XCTAssertEqual(tensors["blk.7.k.lora_b"]?.shape, [192, 4])
+        XCTAssertEqual(md["method"], "lora")
+        XCTAssertEqual(md["lora.lr"], "0.005")
+        XCTAssertEqual(md["model_sha256"], try lm.sha256())
         XCTAssertEqual(m["n_test"], 8)
         // q and o: A [4 × 576], B [576 × 4]; k and v: A [4 × 576], B [192 × 4]; 30 layers
         XCTAssertEqual(m["parameters"], Double(30 * (2 * (4 * 576 + 576 * 4) + 2 * (4 * 576 + 192 * 4))))

@@ -48,6 +48,15 @@ extension PairTaskJobs {
         ]
         Self.record(ev, into: &metrics)
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-        return JobOutcome(metrics: metrics)
+        // the trained parameters with what made them (as a Δ artefact records its job)
+        var md: [String: String] = [
+            "format": "intervene-adapter", "schema": "1", "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "",
+            "architecture": lm.config.architecture, "task": spec.task, "method": spec.method.rawValue,
+            "seed": "\(spec.seed)", "steps": "\(losses.count)", "lr": "\(lr)", "train_size": "\(p.split.train.count)",
+            "final_loss": "\(finalLoss)", "exact_match": "\(ev.exactMatch)",
+            "prompt_format": p.format.query, "target_format": p.format.target,
+        ]
+        for (k, v) in spec.tunables { md[k] = "\(v)" }
+        return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: adapter.tensors, metadata: md))
     }
 }

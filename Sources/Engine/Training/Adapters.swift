@@ -10,6 +10,8 @@ public protocol ProductAdapter: AnyObject {
     var gradient: [Float] { get set }
     /// Whether forwards keep what the backward needs (off for evaluation).
     var recording: Bool { get set }
+    /// The parameters as named tensors, for the job's safetensors artefact.
+    var tensors: [(name: String, shape: [Int], values: [Float])] { get }
     /// Whether products of `w` are changed.
     func adapts(_ w: Weight) -> Bool
     /// y [m × out] = x Wᵀ was just computed for x [m × in]: change y in place, keep what the
@@ -106,6 +108,16 @@ public final class LoRA: ProductAdapter {
 
     public func adapts(_ w: Weight) -> Bool { slots[ObjectIdentifier(w)] != nil }
 
+    /// "blk.ℓ.<target>.lora_a" [r × in] and "blk.ℓ.<target>.lora_b" [out × r] (targets named as in
+    /// `Target`; q and k in the GGUF's row order, whose RoPE pairs are adjacent).
+    public var tensors: [(name: String, shape: [Int], values: [Float])] {
+        layout.map { slot in
+            let part = slot.rows == rank ? "lora_a" : "lora_b"
+            return ("blk.\(slot.layer).\(slot.target.rawValue).\(part)", [slot.rows, slot.cols],
+                    Array(parameters[slot.offset..<(slot.offset + slot.rows * slot.cols)]))
+        }
+    }
+
     public func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int) {
         guard let s = slots[ObjectIdentifier(w)] else { return }
         let r = rank
@@ -174,6 +186,7 @@ public final class IA3: ProductAdapter {
     public var recording = true
     enum Role { case output, input }
     private var slots: [ObjectIdentifier: (offset: Int, count: Int, role: Role)] = [:]
+    private var names: [(name: String, offset: Int, count: Int)] = []
     /// The unscaled output (k, v) or the unscaled input (down_proj's), per weight, for the backward.
     private var saved: [ObjectIdentifier: [Float]] = [:]
 
@@ -181,14 +194,20 @@ public final class IA3: ProductAdapter {
         var n = 0
         for l in layers ?? 0..<model.config.nLayers {
             let b = model.blocks[l]
-            for (w, role) in [(b.wk, Role.output), (b.wv, .output), (b.wDown, .input)] {
+            for (w, role, name) in [(b.wk, Role.output, "l_k"), (b.wv, .output, "l_v"), (b.wDown, .input, "l_ff")] {
                 let count = role == .output ? w.rows : w.cols
                 slots[ObjectIdentifier(w)] = (n, count, role)
+                names.append(("blk.\(l).\(name)", n, count))
                 n += count
             }
         }
         parameters = [Float](repeating: 1, count: n)
         gradient = [Float](repeating: 0, count: n)
+    }
+
+    /// "blk.ℓ.l_k", "blk.ℓ.l_v" [KV] and "blk.ℓ.l_ff" [F].
+    public var tensors: [(name: String, shape: [Int], values: [Float])] {
+        names.map { ($0.name, [$0.count], Array(parameters[$0.offset..<($0.offset + $0.count)])) }
     }
 
     public func adapts(_ w: Weight) -> Bool { slots[ObjectIdentifier(w)] != nil }
