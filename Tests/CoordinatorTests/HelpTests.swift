@@ -20,7 +20,7 @@ final class HelpTests: XCTestCase {
 
     func testCoordinatorHelp() {
         let root = CoordinatorCommand.helpMessage(columns: 100)
-        for s in ["serve", "submit", "status", "tail", "results", "cancel", "INTERVENE_COORDINATOR"] {
+        for s in ["serve", "submit", "status", "tail", "results", "report", "cancel", "INTERVENE_COORDINATOR"] {
             XCTAssertTrue(root.contains(s), "missing \(s) in:\n\(root)")
         }
     }
