@@ -68,14 +68,6 @@ public struct Comparison: Sendable {
         }
 
         // arms: everything but model, task, seed and test size, in first-seen order
-        func armKey(_ s: JobSpec) -> JobSpec {
-            var k = s.normalised
-            k.task = ""
-            k.seed = 0
-            k.model = ""
-            k.testSize = 0
-            return k
-        }
         var armOrder: [JobSpec] = []
         var armExample: [JobSpec: JobSpec] = [:]
         // rows: model, task and test size (a pair agrees on all three and the seed)
@@ -88,7 +80,7 @@ public struct Comparison: Sendable {
                 armOrder.append(k)
                 armExample[k] = j.spec
             }
-            let row = "\(j.spec.model)\u{0}\(j.spec.task)\u{0}\(j.spec.testSize)"
+            let row = taskKey(j.spec)
             if values[row] == nil {
                 taskOrder.append(row)
                 rowSpec[row] = j.spec
@@ -145,17 +137,7 @@ public struct Comparison: Sendable {
             return Paired(mean: ps.map(\.mean).reduce(0, +) / T, se: se, n: ps.map(\.n).reduce(0, +))
         }
         let suiteTasks = Set(suite.map { taskOrder[$0] })
-        // display names: the task's base name, with what tells rows apart where it is shared
-        let models = Set(rowSpec.values.map(\.model)), tests = Set(rowSpec.values.map(\.testSize))
-        var byName: [String: Int] = [:]
-        for r in taskOrder { byName[taskName(rowSpec[r]!), default: 0] += 1 }
-        let names: [String] = taskOrder.map { r in
-            let s = rowSpec[r]!
-            var n = byName[taskName(s)]! > 1 && models.count == 1 && tests.count == 1 ? s.task : taskName(s)
-            if models.count > 1 { n += " · " + s.model }
-            if tests.count > 1 { n += " · test \(s.testSize)" }
-            return n
-        }
+        let names = taskNames(taskOrder.map { rowSpec[$0]! })
         var extraMeans: [String: [Double?]] = [:]
         for e in extras {
             let col: [Double?] = armOrder.map { a in
@@ -169,6 +151,33 @@ public struct Comparison: Sendable {
             metric: metric, arms: zip(labels, armOrder).map { Arm(label: $0, example: armExample[$1]!) },
             baseline: base, tasks: names, cells: cells, paired: paired, suite: suite, suiteMean: suiteMean,
             suitePaired: suitePaired, extras: extraMeans, notDone: unique.count - done.count)
+    }
+
+    /// An arm: a job's parameters but its model, task, seed and test size (normalised).
+    public static func armKey(_ s: JobSpec) -> JobSpec {
+        var k = s.normalised
+        k.task = ""
+        k.seed = 0
+        k.model = ""
+        k.testSize = 0
+        return k
+    }
+
+    /// What a task row (or column) is: model, task and test size; a pair of jobs agrees on it and the seed.
+    public static func taskKey(_ s: JobSpec) -> String { "\(s.model)\u{0}\(s.task)\u{0}\(s.testSize)" }
+
+    /// Display names of task rows (one job of each, in order): the task's base name, with what
+    /// tells rows apart where it is shared (the full task, the model, the test size).
+    public static func taskNames(_ rows: [JobSpec]) -> [String] {
+        let models = Set(rows.map(\.model)), tests = Set(rows.map(\.testSize))
+        var byName: [String: Int] = [:]
+        for s in rows { byName[taskName(s), default: 0] += 1 }
+        return rows.map { s in
+            var n = byName[taskName(s)]! > 1 && models.count == 1 && tests.count == 1 ? s.task : taskName(s)
+            if models.count > 1 { n += " · " + s.model }
+            if tests.count > 1 { n += " · test \(s.testSize)" }
+            return n
+        }
     }
 
     /// A task's name as tables show it: a data file's base name, else the registry name.

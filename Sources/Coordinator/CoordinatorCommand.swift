@@ -26,8 +26,8 @@ public struct CoordinatorCommand: ParsableCommand {
         finished job and runs only what is missing (or had failed).
         """,
         subcommands: [
-            Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Cancel.self, Bench.self,
-            Drill.self, Keys.self,
+            Serve.self, Submit.self, Status.self, Tail.self, Results.self, Compare.self, Report.self, Cancel.self,
+            Bench.self, Drill.self, Keys.self,
         ]
     )
     public init() {}
@@ -77,6 +77,9 @@ func runClient(_ body: () throws -> Void) throws {
     } catch let e as CurveKeyError {
         printError("error: \(e)")
         throw ExitCode(2)
+    } catch let e as ReportError {
+        printError("error: \(e)")
+        throw ExitCode.failure
     }
 }
 
@@ -510,6 +513,86 @@ extension CoordinatorCommand {
                 let text = format == "json"
                     ? Render.comparisonJSON(cmp) : Render.comparison(cmp, markdown: format == "markdown")
                 print(text, terminator: "")
+            }
+        }
+    }
+}
+
+// MARK: report
+
+extension CoordinatorCommand {
+    struct Report: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write an experiment's tables and figures (Markdown, SVG, PNG, one HTML page).",
+            discussion: """
+            Writes into --out: report.md (a table of methods × tasks, the metrics side by side, mean ± \
+            std over seeds, and the figures linked), index.html (tables and figures on one page), one \
+            SVG per figure and a PNG of each when rsvg-convert is on the PATH. Figures: each metric \
+            against the layer per method (two layers or more), each metric per task as bars, and |Δ| \
+            per head and dimension for each task and layer from the stored Δ artefacts (regularised \
+            beside unregularised where λ = γ = 0 ran too). Works while the experiment runs: queued \
+            and running jobs are counted and the report is marked partial. Every file names the \
+            command that made it and how long it took.
+
+            Reads a running coordinator (--coordinator), or with --store the store folder itself, \
+            with no coordinator needed.
+
+            Examples:
+              coordinator report quickstart --out reports/quickstart
+              coordinator report table1 --store runs/store --out docs/results/table1
+              coordinator report opinions --metric kl --metric alignment --out reports/opinions
+            """
+        )
+
+        @Argument(help: "The experiment.")
+        var experiment: String
+
+        @Option(help: ArgumentHelp("The folder to write into (created if missing).", valueName: "dir"))
+        var out: String
+
+        @Option(help: ArgumentHelp(
+            "Read this store folder (coordinator serve --store) instead of asking a coordinator.",
+            valueName: "dir"))
+        var store: String?
+
+        @Option(name: .customLong("metric"), help: ArgumentHelp(
+            "A metric to show (repeat for several; default: exact_match and judge_accuracy where present).",
+            valueName: "name"))
+        var metrics: [String] = []
+
+        @Flag(name: .customLong("no-png"), help: "Write no PNGs even when rsvg-convert is present.")
+        var noPNG = false
+
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            let started = Date()
+            let args = CommandLine.arguments
+            let command = ([URL(fileURLWithPath: args.first ?? "coordinator").lastPathComponent] + args.dropFirst())
+                .map { $0.contains(where: { " \"'$\\".contains($0) }) ? "'\($0)'" : $0 }.joined(separator: " ")
+            try runClient {
+                let source: ReportSource
+                if let store {
+                    source = .store(URL(fileURLWithPath: store, isDirectory: true))
+                } else {
+                    source = .coordinator(try client.client())
+                }
+                let snapshot: ExperimentSnapshot
+                do {
+                    snapshot = try source.snapshot(experiment)
+                } catch let e as ClientError {
+                    guard case .noReply = e else { throw e }
+                    throw ReportError("\(e)\nWithout a coordinator, read its store: coordinator report "
+                                      + "\(experiment) --store STORE_DIR --out \(out)")
+                }
+                let report = try ExperimentReport.make(snapshot, metrics: metrics.isEmpty ? nil : metrics)
+                let w = try ReportRenderer.write(report, to: URL(fileURLWithPath: out, isDirectory: true),
+                                                 command: command, started: started, png: !noPNG)
+                let pending = report.counts.queued + report.counts.running
+                print("\(out)/index.html: \(report.rows.count) methods × \(report.tasks.count) tasks, "
+                      + "\(w.figures) figures, \(w.files.count) files"
+                      + (report.partial ? " (partial: \(pending) jobs pending)" : ""))
+                for n in w.notes + (w.pngNote.isEmpty ? [] : [w.pngNote]) { print("  " + n) }
             }
         }
     }

@@ -235,7 +235,7 @@ public enum Render {
 
     // MARK: progress
 
-    public struct Counts: Equatable {
+    public struct Counts: Equatable, Sendable {
         public var total = 0, queued = 0, running = 0, done = 0, failed = 0, cancelled = 0
         public var ended: Int { done + failed + cancelled }
         public var finished: Bool { total > 0 && ended == total }

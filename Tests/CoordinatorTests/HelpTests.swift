@@ -20,7 +20,7 @@ final class HelpTests: XCTestCase {
 
     func testCoordinatorHelp() {
         let root = CoordinatorCommand.helpMessage(columns: 100)
-        for s in ["serve", "submit", "status", "tail", "results", "cancel", "keys", "INTERVENE_COORDINATOR"] {
+        for s in ["serve", "submit", "status", "tail", "results", "report", "cancel", "keys", "INTERVENE_COORDINATOR"] {
             XCTAssertTrue(root.contains(s), "missing \(s) in:\n\(root)")
         }
         let serve = CoordinatorCommand.helpMessage(for: CoordinatorCommand.Serve.self, columns: 100)
