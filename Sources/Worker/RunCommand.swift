@@ -256,7 +256,9 @@ public struct BenchCommand: ParsableCommand {
           worker bench --task antonym --layer 4 --steps 50 --threads 1 --json
         Runs the job `worker run` runs (the same pipeline), timed: step_ms is the median solver \
         step (loss, gradient and update for N training prompts); forward_ms the loss alone at the \
-        solver's precision; eval_ms the greedy evaluation with Δ and without (0-shot).
+        solver's precision; eval_ms the greedy evaluation with Δ and without (0-shot). With \
+        --method lora or ia3, step_ms is a fine-tuning step (the full-sequence path, fp32) and \
+        eval_ms the adapted model's evaluation.
         """)
 
     @OptionGroup public var modelOptions: ModelOptions
@@ -290,8 +292,19 @@ public struct BenchCommand: ParsableCommand {
                 fwdMs = Date().timeIntervalSince(f) * 1000 / 5
             })
         let outcome: JobOutcome
-        do { outcome = try PairTaskJobs(lm: lm).runFused([try job.spec(model: modelOptions.model)], hooks: hooks)[0] }
-        catch let e as EngineJobError { throw CLIError(e.message) }
+        let spec = try job.spec(model: modelOptions.model)
+        do {
+            if spec.method.axes.contains(.adapter) {
+                // a fine-tuning job (lora, ia3): its steps timed through the job's progress, in fp32
+                outcome = try PairTaskJobs(lm: lm).run(spec) { phase, _, _, _ in
+                    guard phase == "solve" else { return }
+                    let now = Date(); times.append(now.timeIntervalSince(last) * 1000); last = now
+                }
+            } else {
+                outcome = try PairTaskJobs(lm: lm).runFused([spec], hooks: hooks)[0]
+            }
+        } catch let e as EngineJobError { throw CLIError(e.message) }
+        let ranPrecision = spec.method.axes.contains(.adapter) ? Precision.fp32 : job.solve.precision.effective
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
         let m = outcome.metrics
         let sorted = times.sorted()
@@ -301,8 +314,8 @@ public struct BenchCommand: ParsableCommand {
             "step_ms": median, "step_ms_min": sorted.first ?? 0, "forward_ms": fwdMs, "load_ms": loadMs, "setup_ms": setupMs,
             "eval_ms": m["eval_ms"] ?? 0, "n_test": Int(m["n_test"] ?? 0), "n_train": Int(m["n_train"] ?? 0), "steps": times.count,
             "layer": job.layer, "threads": modelOptions.threads, "solver": job.solver.rawValue,
-            "precision": job.solve.precision.effective.rawValue, "exact_match": m["exact_match"] ?? 0,
-            "int8_kernels": job.solve.precision.effective == .int8 ? Int8Kernels.current.rawValue : "none",
+            "precision": ranPrecision.rawValue, "exact_match": m["exact_match"] ?? 0, "method": spec.method.rawValue,
+            "int8_kernels": ranPrecision == .int8 ? Int8Kernels.current.rawValue : "none",
             "zero_shot_exact_match": m["zero_shot_exact_match"] ?? 0,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]
