@@ -52,7 +52,7 @@ final class GGUFTests: XCTestCase {
     /// A llama-shaped file of an architecture whose extra scales the engine does not apply
     /// (granite) is refused with the architecture's name, not run silently wrong.
     func testUnsupportedArchitecturesAreRefusedByName() throws {
-        for (arch, ok) in [("granite", false), ("gemma3", false), ("llama", true)] {
+        for (arch, ok) in [("granite", false), ("phi3", false), ("gemma3", true), ("llama", true)] {
             var g = GGUFBuilder()
             g.addString("general.architecture", arch)
             for (k, v) in [("block_count", 1), ("embedding_length", 4), ("attention.head_count", 2),
@@ -167,12 +167,12 @@ final class GGUFTests: XCTestCase {
 
     func testUnsupportedQuantTypeNamesTheTensor() throws {
         var g = GGUFBuilder()
-        g.tensors.append(("blk.0.ffn_up.weight", [256], 12, [UInt8](repeating: 0, count: 144)))   // Q4_K
+        g.tensors.append(("blk.0.ffn_up.weight", [256], 13, [UInt8](repeating: 0, count: 176)))   // Q5_K
         let path = try g.write()
         defer { try? FileManager.default.removeItem(atPath: path) }
         let f = try GGUFFile(path: path)
         XCTAssertThrowsError(try Dequant.tensor(f, f.tensor("blk.0.ffn_up.weight"))) { e in
-            XCTAssertTrue("\(e)".contains("blk.0.ffn_up.weight") && "\(e)".contains("Q4_K"), "\(e)")
+            XCTAssertTrue("\(e)".contains("blk.0.ffn_up.weight") && "\(e)".contains("Q5_K"), "\(e)")
         }
     }
 
