@@ -138,18 +138,7 @@ final class GemmaTests: XCTestCase {
     /// forward with Δ hooked in, at a sliding layer, a global one and the last.
     func testPathLogitsEqualFullForwardWithDelta() throws {
         let lm = try SharedGemma.get()
-        let (prompts, _) = batch(lm)
-        let A = lm.config.attnDim, V = lm.config.vocabSize
-        let delta = (0..<A).map { Float(($0 % 7) - 3) * 0.1 }
-        for layer in [0, 5, 17] {
-            let path = InterventionPath(model: lm, layer: layer, prompts: prompts)
-            let fast = path.logits(delta: delta)
-            let full = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
-                                        hooks: DeltaHook(layer: layer, delta: delta))
-            var worst: Float = 0
-            for i in 0..<(prompts.count * V) { worst = max(worst, abs(fast[i] - full[i])) }
-            XCTAssertLessThan(worst, 5e-3, "layer \(layer)")
-        }
+        assertPathEqualsFullForward(lm, prompts: batch(lm).prompts, layers: [0, 5, 17], tolerance: 5e-3)
     }
 
     /// Central differences on random coordinates at a random Δ, at three layers.

@@ -18,17 +18,7 @@ final class InterventionTests: XCTestCase {
     func testPathLogitsEqualFullForwardWithDelta() throws {
         let lm = try SharedModel.get()
         let (prompts, _, _) = try trainingBatch(lm)
-        let A = lm.config.attnDim, V = lm.config.vocabSize
-        let delta = (0..<A).map { Float(($0 % 7) - 3) * 0.1 }
-        for layer in [0, 4, 29] {
-            let path = InterventionPath(model: lm, layer: layer, prompts: prompts)
-            let fast = path.logits(delta: delta)
-            let full = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
-                                        hooks: DeltaHook(layer: layer, delta: delta))
-            var worst: Float = 0
-            for i in 0..<(prompts.count * V) { worst = max(worst, abs(fast[i] - full[i])) }
-            XCTAssertLessThan(worst, 2e-3, "layer \(layer)")
-        }
+        assertPathEqualsFullForward(lm, prompts: prompts, layers: [0, 4, 29], tolerance: 2e-3)
     }
 
     /// Loss and gradient at Δ = 0 against the independent PyTorch autograd values.

@@ -34,3 +34,19 @@ enum SharedModel {
 }
 
 func loadJSON(_ url: URL) throws -> Any { try JSONSerialization.jsonObject(with: Data(contentsOf: url)) }
+
+/// The single-token path must give the logits of a whole forward pass with Δ hooked in, at each
+/// of `layers` (a fixed Δ, every prompt's last position).
+func assertPathEqualsFullForward(_ lm: LanguageModel, prompts: [[Int]], layers: [Int], tolerance: Float,
+                                 file: StaticString = #filePath, line: UInt = #line) {
+    let A = lm.config.attnDim, V = lm.config.vocabSize
+    let delta = (0..<A).map { Float(($0 % 7) - 3) * 0.1 }
+    for layer in layers {
+        let fast = InterventionPath(model: lm, layer: layer, prompts: prompts).logits(delta: delta)
+        let full = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
+                                    hooks: DeltaHook(layer: layer, delta: delta))
+        var worst: Float = 0
+        for i in 0..<(prompts.count * V) { worst = max(worst, abs(fast[i] - full[i])) }
+        XCTAssertLessThan(worst, tolerance, "\(lm.config.architecture), layer \(layer)", file: file, line: line)
+    }
+}

@@ -29,51 +29,17 @@ final class CPUPathRunner: PathRunner {
     /// The longest prompt: the most positions any row attends over (its cached prefix and itself).
     let maxCtx: Int
 
-    /// Saved activations of the last forward, for the backward. One set per layer on the path.
-    final class LayerSave {
-        let xnAttn, invAttn, q, kSelf, vSelf, probs, o: UnsafeMutablePointer<Float>
-        let hIn, hMid, xnFfn, invFfn, g, u: UnsafeMutablePointer<Float>
-        // the families' extra norms (Gemma 3): post-norms' inputs and 1/rms, q/k before their norms
-        let yAttn, invPostAttn, yFfn, invPostFfn: UnsafeMutablePointer<Float>
-        let headNorms: HeadNormSave
-        let all: [UnsafeMutablePointer<Float>]
-        var postAttn: NormSave { (yAttn, invPostAttn) }
-        var postFfn: NormSave { (yFfn, invPostFfn) }
-        init(N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, Hkv: Int, ctx: Int) {
-            let a = zeroed
-            xnAttn = a(N * D)
-            invAttn = a(N)
-            q = a(N * A)
-            kSelf = a(N * KV)
-            vSelf = a(N * KV)
-            probs = a(N * H * ctx)
-            o = a(N * A)
-            hIn = a(N * D)
-            hMid = a(N * D)
-            xnFfn = a(N * D)
-            invFfn = a(N)
-            g = a(N * F)
-            u = a(N * F)
-            yAttn = a(N * D)
-            invPostAttn = a(N)
-            yFfn = a(N * D)
-            invPostFfn = a(N)
-            headNorms = HeadNormSave(q: a(N * A), k: a(N * KV), invQ: a(N * H), invK: a(N * Hkv))
-            all = [xnAttn, invAttn, q, kSelf, vSelf, probs, o, hIn, hMid, xnFfn, invFfn, g, u,
-                   yAttn, invPostAttn, yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK]
-        }
-        deinit { all.forEach { $0.deallocate() } }
-    }
-
     final class Activations {
-        let layers: [LayerSave]
+        /// Saved activations of the last forward, for the backward: one set per layer on the path.
+        let layers: [BlockSave]
         let hFinal, hNorm, invFinal: UnsafeMutablePointer<Float>
         let logits: UnsafeMutablePointer<Float>
         // scratch for the backward
         let dh, dxn, dA, dF, dF2, dKV, dKV2, dQ: UnsafeMutablePointer<Float>
         let all: [UnsafeMutablePointer<Float>]
-        init(count: Int, N: Int, D: Int, A: Int, KV: Int, F: Int, H: Int, Hkv: Int, V: Int, ctx: Int) {
-            layers = (0..<count).map { _ in LayerSave(N: N, D: D, A: A, KV: KV, F: F, H: H, Hkv: Hkv, ctx: ctx) }
+        init(_ cfg: LlamaConfig, count: Int, N: Int, ctx: Int) {
+            let D = cfg.dModel, A = cfg.attnDim, KV = cfg.kvDim, F = cfg.ffnDim, V = cfg.vocabSize
+            layers = (0..<count).map { _ in BlockSave(cfg, rows: N, probs: N * cfg.nHeads * ctx) }
             let a = zeroed
             hFinal = a(N * D)
             hNorm = a(N * D)
@@ -108,9 +74,7 @@ final class CPUPathRunner: PathRunner {
         heads0 = .allocate(capacity: N * A)
         heads0.initialize(from: p.heads0, count: N * A)
         maxCtx = promptLengths.max()!
-        acts = Activations(
-            count: cfg.nLayers - layer, N: N, D: D, A: A, KV: cfg.kvDim, F: cfg.ffnDim,
-            H: cfg.nHeads, Hkv: cfg.nKVHeads, V: cfg.vocabSize, ctx: maxCtx)
+        acts = Activations(cfg, count: cfg.nLayers - layer, N: N, ctx: maxCtx)
     }
 
     deinit {
@@ -181,13 +145,13 @@ final class CPUPathRunner: PathRunner {
                 // ---- attention of layer l for the last token, over its cached prefix
                 blk.attentionInputForward(
                     backend, cfg, h: s.hIn, rows: N, xn: s.xnAttn, invRMS: s.invAttn,
-                    q: s.q, k: s.kSelf, v: s.vSelf, headNorms: s.headNorms, precision: precision)
+                    q: s.q, k: s.k, v: s.v, headNorms: s.headNorms, precision: precision)
                 forEachRow { i in
                     let p = promptLengths[i] - 1
                     rope.forward(s.q + i * A, heads: cfg.nHeads, position: p)
-                    rope.forward(s.kSelf + i * KV, heads: cfg.nKVHeads, position: p)
+                    rope.forward(s.k + i * KV, heads: cfg.nKVHeads, position: p)
                     LastTokenAttention.forward(
-                        shape, q: s.q + i * A, kSelf: s.kSelf + i * KV, vSelf: s.vSelf + i * KV,
+                        shape, q: s.q + i * A, kSelf: s.k + i * KV, vSelf: s.v + i * KV,
                         kc: caches[i].keys(layer: l), vc: caches[i].values(layer: l),
                         n: promptLengths[i], probs: s.probs + i * cfg.nHeads * ctxMax,
                         probStride: ctxMax, o: s.o + i * A)
@@ -304,8 +268,8 @@ final class CPUPathRunner: PathRunner {
                 var dp = [Float](repeating: 0, count: ctxMax)
                 dp.withUnsafeMutableBufferPointer { dpb in
                     LastTokenAttention.backward(
-                        shape, dO: dO + i * A, q: s.q + i * A, kSelf: s.kSelf + i * KV,
-                        vSelf: s.vSelf + i * KV, kc: caches[i].keys(layer: l),
+                        shape, dO: dO + i * A, q: s.q + i * A, kSelf: s.k + i * KV,
+                        vSelf: s.v + i * KV, kc: caches[i].keys(layer: l),
                         vc: caches[i].values(layer: l), n: promptLengths[i],
                         probs: s.probs + i * cfg.nHeads * ctxMax, probStride: ctxMax,
                         dq: dQ + i * A, dkSelf: dK + i * KV, dvSelf: dV + i * KV,

@@ -23,6 +23,39 @@ struct HeadNormSave {
     let q, k, invQ, invK: UnsafeMutablePointer<Float>
 }
 
+/// What one block's backward needs from its forward, for N rows: the op pairs' saved inputs and
+/// outputs (zero-filled at first). The single-token path (`CPUPathRunner`) keeps one per layer
+/// above ℓ, its k and v the token's own; the full-sequence path (`SequencePath`) one per layer,
+/// k and v at every position and m, the MLP's gated output, for adapters on down_proj. `probs`
+/// holds the attention probabilities, P floats laid out by the path.
+final class BlockSave {
+    let hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m: UnsafeMutablePointer<Float>
+    // the families' extra norms (Gemma 3): post-norms' inputs and 1/rms, q/k before their norms
+    let yAttn, invPostAttn, yFfn, invPostFfn: UnsafeMutablePointer<Float>
+    let headNorms: HeadNormSave
+    private let all: [UnsafeMutablePointer<Float>]
+    var postAttn: NormSave { (yAttn, invPostAttn) }
+    var postFfn: NormSave { (yFfn, invPostFfn) }
+
+    init(_ c: LlamaConfig, rows N: Int, probs P: Int) {
+        var made: [UnsafeMutablePointer<Float>] = []
+        func a(_ n: Int) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+            p.initialize(repeating: 0, count: max(n, 1))
+            made.append(p)
+            return p
+        }
+        let D = c.dModel, A = c.attnDim, KV = c.kvDim, F = c.ffnDim
+        hIn = a(N * D); xnAttn = a(N * D); invAttn = a(N); q = a(N * A); k = a(N * KV); v = a(N * KV)
+        probs = a(P); o = a(N * A); hMid = a(N * D); xnFfn = a(N * D); invFfn = a(N)
+        g = a(N * F); u = a(N * F); m = a(N * F)
+        yAttn = a(N * D); invPostAttn = a(N); yFfn = a(N * D); invPostFfn = a(N)
+        headNorms = HeadNormSave(q: a(N * A), k: a(N * KV), invQ: a(N * c.nHeads), invK: a(N * c.nKVHeads))
+        all = made
+    }
+    deinit { all.forEach { $0.deallocate() } }
+}
+
 extension LlamaBlock {
     // MARK: attention input: x = rms(h), q/k/v = x W_{q,k,v}ᵀ
 

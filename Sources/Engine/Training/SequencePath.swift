@@ -20,53 +20,9 @@ public final class SequencePath {
     let T: Int
     /// Offset of prompt s's attention probabilities (H × n_s × n_s) in a layer's `probs`.
     let probStart: [Int]
-    let acts: [Save]
+    /// What each layer keeps for the backward (T rows each).
+    let acts: [BlockSave]
     let hFinal: UnsafeMutablePointer<Float>
-
-    /// What one layer keeps for the backward (T rows each).
-    final class Save {
-        let hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m: UnsafeMutablePointer<Float>
-        let yAttn, invPostAttn, yFfn, invPostFfn: UnsafeMutablePointer<Float>
-        let headNorms: HeadNormSave
-        let all: [UnsafeMutablePointer<Float>]
-        var postAttn: NormSave { (yAttn, invPostAttn) }
-        var postFfn: NormSave { (yFfn, invPostFfn) }
-        init(_ c: LlamaConfig, rows T: Int, probs P: Int) {
-            func a(_ n: Int) -> UnsafeMutablePointer<Float> {
-                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
-                p.initialize(repeating: 0, count: max(n, 1))
-                return p
-            }
-            let D = c.dModel
-            let A = c.attnDim
-            let KV = c.kvDim
-            let F = c.ffnDim
-            hIn = a(T * D)
-            xnAttn = a(T * D)
-            invAttn = a(T)
-            q = a(T * A)
-            k = a(T * KV)
-            v = a(T * KV)
-            probs = a(P)
-            o = a(T * A)
-            hMid = a(T * D)
-            xnFfn = a(T * D)
-            invFfn = a(T)
-            g = a(T * F)
-            u = a(T * F)
-            m = a(T * F)
-            yAttn = a(T * D)
-            invPostAttn = a(T)
-            yFfn = a(T * D)
-            invPostFfn = a(T)
-            headNorms = HeadNormSave(q: a(T * A), k: a(T * KV), invQ: a(T * c.nHeads), invK: a(T * c.nKVHeads))
-            all = [
-                hIn, xnAttn, invAttn, q, k, v, probs, o, hMid, xnFfn, invFfn, g, u, m, yAttn, invPostAttn,
-                yFfn, invPostFfn, headNorms.q, headNorms.k, headNorms.invQ, headNorms.invK,
-            ]
-        }
-        deinit { all.forEach { $0.deallocate() } }
-    }
 
     public init(model lm: LanguageModel, prompts: [[Int]], adapter: ProductAdapter) {
         precondition(!prompts.isEmpty && prompts.allSatisfy { !$0.isEmpty })
@@ -87,7 +43,7 @@ public final class SequencePath {
         rowStart = rs
         probStart = ps
         T = t
-        acts = (0..<cfg.nLayers).map { _ in Save(lm.config, rows: t, probs: p) }
+        acts = (0..<cfg.nLayers).map { _ in BlockSave(lm.config, rows: t, probs: p) }
         hFinal = .allocate(capacity: t * cfg.dModel)
     }
     deinit { hFinal.deallocate() }
