@@ -52,6 +52,9 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// Fine-tuning baseline: IA³, learned scalings of k_proj's and v_proj's outputs and of
     /// down_proj's input in every layer, trained as `lora` is (Adam, `ia3.lr`, `steps`).
     case ia3
+    /// Fine-tuning baseline: a soft prompt, `soft_prompt.tokens` virtual tokens after the BOS whose
+    /// input vectors are trained (Adam, `soft_prompt.lr`, `steps`), initialised from the task's name.
+    case softPrompt = "soft-prompt"
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
     /// halfway; one that kills the worker process.
     case synthetic
@@ -59,7 +62,7 @@ public enum JobMethod: String, NamedChoice, Codable {
     case syntheticCrash = "synthetic-crash"
 
     /// The methods the engine runs (the others are the synthetic test kinds).
-    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora, .ia3]
+    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt]
 
     /// Which runner family a worker needs for this method; workers announce families in Hello.
     public enum Family: String, Sendable { case engine, synthetic }
@@ -73,7 +76,7 @@ public enum JobMethod: String, NamedChoice, Codable {
             return [.layer, .lambda, .gamma, .solver, .trainSize]
         case .zeroShot: return [.trainSize]
         case .fewShot: return [.trainSize, .shots]
-        case .lora, .ia3: return [.trainSize, .solver, .adapter]
+        case .lora, .ia3, .softPrompt: return [.trainSize, .solver, .adapter]
         }
     }
 

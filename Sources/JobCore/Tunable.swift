@@ -84,7 +84,16 @@ extension Tunable {
         "ia3.lr", default: 0.003, range: 1e-7...10, axis: .adapter,
         help: "Adam's learning rate for IA³ (the ia3 method; the IA³ paper's 3e-3, not tuned here).")
 
-    public static let all: [Tunable] = [deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR]
+    public static let softPromptTokens = Tunable(
+        "soft_prompt.tokens", default: 8, range: 1...256, integer: true, axis: .adapter,
+        help: "Virtual tokens of the soft prompt (the soft-prompt method).")
+    public static let softPromptLR = Tunable(
+        "soft_prompt.lr", default: 0.01, range: 1e-7...10, axis: .adapter,
+        help: "Adam's learning rate for the soft prompt (the soft-prompt method; not tuned here).")
+
+    public static let all: [Tunable] = [
+        deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR, softPromptTokens, softPromptLR,
+    ]
 }
 
 extension JobSpec {

@@ -198,7 +198,9 @@ public struct RunCommand: ParsableCommand {
             var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method.rawValue,
                                       "model": lm.name, "solver": job.solver.rawValue]
             for (k, v) in m { obj[k] = v.isFinite ? v : nil }
-            if let art = outcome.artefact { obj["delta_path"] = try saveArtefact(art, in: out) }
+            if let art = outcome.artefact {
+                obj[spec.method.learnsDelta ? "delta_path" : "artefact_path"] = try saveArtefact(art, in: out)
+            }
             summaries.append(obj)
             if json {
                 if specs.count == 1 { print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self)) }
@@ -215,6 +217,11 @@ public struct RunCommand: ParsableCommand {
                 if let p = obj["delta_path"] { print("  saved \(p)") }
             } else {
                 print("  \(spec.method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
+                if spec.method.axes.contains(.adapter) {
+                    print(String(format: "  %.0f parameters trained: loss %.4f → %.4f", m["parameters"] ?? 0,
+                                 m["initial_loss"] ?? .nan, m["final_loss"] ?? .nan))
+                }
+                if let p = obj["artefact_path"] { print("  saved \(p)") }
             }
         }
         if specs.count > 1 {

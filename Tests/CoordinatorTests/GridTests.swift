@@ -31,10 +31,10 @@ final class GridTests: XCTestCase {
          "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
         """)
         let expected = [
-            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora, ia3"#,
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora, ia3, soft_prompt"#,
             #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
             "tasks: expected a non-empty list, got an empty list",
-            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
+            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
             "layers[0]: expected a non-negative integer, got -1",
             "layers[1]: expected a non-negative integer, got 2.5",
             #"lambda: expected a non-negative number, got "0.1""#,

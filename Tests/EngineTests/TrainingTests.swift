@@ -204,4 +204,54 @@ final class TrainingTests: XCTestCase {
         let ref = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) })
         XCTAssertLessThan(zip(ours, ref).map { abs($0 - $1) }.max()!, 2e-3)
     }
+
+    /// A soft prompt initialised from a description of k tokens, with k virtual tokens, is that
+    /// description: the full-sequence path and the generation hook both give the logits of the
+    /// prompts with the description's tokens written in.
+    func testSoftPromptAtItsStartIsItsDescription() throws {
+        for lm in [try SharedModel.get(), try SharedGemma.get()] {
+            let (prompts, _) = batch(lm)
+            let text = "the opposite word"
+            let desc = lm.tokenizer.encode(text, bos: false)
+            let soft = SoftPrompt(model: lm, count: desc.count, description: text)
+            let virtual = prompts.map(soft.insert)
+            let real = prompts.map { Array($0.prefix(soft.offset)) + desc + $0.dropFirst(soft.offset) }
+            let want = lm.model.forward(tokens: real, caches: real.map { lm.model.makeCache(capacity: $0.count) })
+            let path = SequencePath(model: lm, prompts: virtual, adapter: soft).logits()
+            let hooked = lm.model.forward(
+                tokens: virtual, caches: virtual.map { lm.model.makeCache(capacity: $0.count) },
+                hooks: SoftPromptHook(soft))
+            XCTAssertLessThan(zip(path, want).map { abs($0 - $1) }.max()!, 2e-3, lm.config.architecture)
+            XCTAssertLessThan(zip(hooked, want).map { abs($0 - $1) }.max()!, 1e-4, lm.config.architecture)
+        }
+    }
+
+    /// Central differences on the soft prompt's vectors (the gradient at layer 0's input rows).
+    func testSoftPromptGradientAgainstFiniteDifferences() throws {
+        for lm in [try SharedModel.get(), try SharedGemma.get()] {
+            let (prompts, targets) = batch(lm)
+            let soft = SoftPrompt(model: lm, count: 3, description: "opposites")
+            let path = SequencePath(model: lm, prompts: prompts.map(soft.insert), adapter: soft)
+            path.loss(targets: targets)
+            let grad = soft.gradient, theta = soft.parameters
+            var rng = SplitMix64(seed: 9)
+            let D = lm.config.dModel
+            var picks = (0..<3).map { j in (j * D..<(j + 1) * D).max { abs(grad[$0]) < abs(grad[$1]) }! }
+            picks += (0..<4).map { _ in Int(rng.next() % UInt64(theta.count)) }
+            var worst: Double = 0, largest: Double = 0
+            for j in picks {
+                let eps = max(1e-2, abs(theta[j]) * 1e-2)
+                soft.parameters = theta; soft.parameters[j] += eps
+                let up = path.loss(targets: targets, gradient: false)
+                soft.parameters = theta; soft.parameters[j] -= eps
+                let down = path.loss(targets: targets, gradient: false)
+                let fd = Double(up - down) / Double(2 * eps)
+                worst = max(worst, abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2))
+                largest = max(largest, abs(fd))
+            }
+            soft.parameters = theta
+            XCTAssertGreaterThan(largest, 1e-2, lm.config.architecture)
+            XCTAssertLessThan(worst, 0.03, lm.config.architecture)
+        }
+    }
 }

@@ -75,13 +75,14 @@ extension LanguageModel {
     /// variant, and each variant's answers are scored.
     func evaluateBatches(
         prompts: [String], pairs: [TaskPair], format: PromptFormat, variants: Int, judge: Judge, maxNewTokens: Int,
-        batchSize: Int, progress: ((Int) -> Void)?, generate: ([[Int]], StopRules) -> [Generation]
+        batchSize: Int, progress: ((Int) -> Void)?, prepare: ([Int]) -> [Int] = { $0 },
+        generate: ([[Int]], StopRules) -> [Generation]
     ) -> [Evaluation] {
         var items = [[Evaluation.Item]](repeating: [], count: variants)
         var b = 0
         while b < prompts.count {
             let e = min(prompts.count, b + batchSize)
-            let ids = prompts[b..<e].map { tokenizer.encode($0) }
+            let ids = prompts[b..<e].map { prepare(tokenizer.encode($0)) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output), bos: false) }
             let gens = generate(ids, Self.stop(tgt, maxNewTokens))
             for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
@@ -216,6 +217,11 @@ public struct PairTaskJobs {
             return runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)
         case .ia3:
             return runAdapter(p, IA3(model: lm.model), lr: Float(spec[.ia3LR]), progress: progress)
+        case .softPrompt:
+            let name = URL(fileURLWithPath: spec.task).deletingPathExtension().lastPathComponent
+                .replacingOccurrences(of: "_", with: " ").replacingOccurrences(of: "-", with: " ")
+            let soft = SoftPrompt(model: lm, count: Int(spec[.softPromptTokens]), description: "Task: \(name).")
+            return runAdapter(p, soft, lr: Float(spec[.softPromptLR]), progress: progress)
         case .synthetic, .syntheticFail, .syntheticCrash:
             preconditionFailure("prepare refuses non-engine methods")
         }

@@ -7,7 +7,11 @@ extension PairTaskJobs {
     func runAdapter(_ p: Prepared, _ adapter: ProductAdapter, lr: Float, progress: Progress?) -> JobOutcome {
         let t0 = Date()
         let spec = p.spec
-        let prompts = p.split.train.map { lm.tokenizer.encode(p.format.prompt($0.input)) }
+        let soft = adapter as? SoftPrompt  // its prompts carry the virtual tokens
+        let prompts = p.split.train.map { pair in
+            let ids = lm.tokenizer.encode(p.format.prompt(pair.input))
+            return soft?.insert(ids) ?? ids
+        }
         let targets = p.split.train.map {
             lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0
         }
@@ -34,11 +38,20 @@ extension PairTaskJobs {
         let finalLoss = path.loss(targets: targets, gradient: false)
         lora.recording = false
         let tEval = Date()
-        let ev = lm.evaluate(
-            prompts: p.split.test.map { p.format.prompt($0.input) }, pairs: p.split.test, format: p.format,
-            deltas: [nil], layer: 0, judge: p.judge, maxNewTokens: spec.maxNewTokens,
-            using: AdaptedBackend(lm.model.backend, adapter: lora)
-        ) { progress?("eval", $0, p.split.test.count, [:]) }[0]
+        let testPrompts = p.split.test.map { p.format.prompt($0.input) }
+        let report: (Int) -> Void = { progress?("eval", $0, p.split.test.count, [:]) }
+        let ev: Evaluation
+        if let soft {
+            ev = lm.evaluateBatches(
+                prompts: testPrompts, pairs: p.split.test, format: p.format, variants: 1, judge: p.judge,
+                maxNewTokens: spec.maxNewTokens, batchSize: 100, progress: report, prepare: soft.insert
+            ) { ids, stop in [lm.generate(prompts: ids, stop: stop, prefillHooks: SoftPromptHook(soft))] }[0]
+        } else {
+            ev = lm.evaluate(
+                prompts: testPrompts, pairs: p.split.test, format: p.format, deltas: [nil], layer: 0, judge: p.judge,
+                maxNewTokens: spec.maxNewTokens, using: AdaptedBackend(lm.model.backend, adapter: adapter),
+                progress: report)[0]
+        }
         var metrics: [String: Double] = [
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
             "initial_loss": Double(losses.first ?? .nan), "final_loss": Double(finalLoss),

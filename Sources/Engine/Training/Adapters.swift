@@ -255,6 +255,69 @@ public final class IA3: ProductAdapter {
     }
 }
 
+/// A soft prompt (prompt tuning, Lester et al. 2021): `count` virtual tokens right after the BOS
+/// (or first), whose input vectors (the residual stream entering layer 0) are the trained
+/// parameters [count × D], initialised from the (scaled) embeddings of a task description's
+/// tokens, repeated to fill. Prompts carry placeholder ids at those positions (`insert`); the
+/// full-sequence path and `SoftPromptHook` put the vectors there. It changes no product.
+public final class SoftPrompt: ProductAdapter {
+    public let count: Int
+    public let width: Int
+    /// Where the virtual tokens go: after the BOS when the tokenizer adds one.
+    public let offset: Int
+    public var parameters: [Float]
+    public var gradient: [Float]
+    public var recording = true
+    static let placeholder = 0
+
+    public init(model lm: LanguageModel, count: Int = 8, description: String) {
+        precondition(count > 0)
+        self.count = count
+        width = lm.config.dModel
+        let probe = lm.tokenizer.encode("x")
+        offset = probe.count > 1 && probe.first == lm.tokenizer.bosID ? 1 : 0
+        var ids = lm.tokenizer.encode(description, bos: false)
+        if ids.isEmpty { ids = [lm.tokenizer.bosID ?? 0] }
+        let D = width, emb = lm.model.tokenEmbedding.data, scale = lm.config.embedScale
+        parameters = (0..<count).flatMap { j in (0..<D).map { emb[ids[j % ids.count] * D + $0] * scale } }
+        gradient = [Float](repeating: 0, count: count * D)
+    }
+
+    /// The prompt with `count` placeholders at `offset`.
+    public func insert(_ ids: [Int]) -> [Int] {
+        Array(ids.prefix(offset)) + [Int](repeating: Self.placeholder, count: count) + ids.dropFirst(offset)
+    }
+    /// The rows of a prompt (from `insert`) that are virtual.
+    public var rows: Range<Int> { offset..<(offset + count) }
+
+    public var tensors: [(name: String, shape: [Int], values: [Float])] {
+        [("soft_prompt", [count, width], parameters)]
+    }
+    public func adapts(_ w: Weight) -> Bool { false }
+    public func forward(_ w: Weight, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows m: Int) {}
+    public func backward(_ w: Weight, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows m: Int) {}
+}
+
+/// Puts a soft prompt's vectors into the residual stream entering layer 0 of a prompt pass (the
+/// sequences' first rows, positions `rows`); decoding steps start past them and are untouched.
+public final class SoftPromptHook: ForwardHooks {
+    let prompt: SoftPrompt
+    public init(_ prompt: SoftPrompt) { self.prompt = prompt }
+    public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer == 0 else { return }
+        let D = prompt.width
+        for s in 0..<layout.rowCount.count
+        where layout.startPos[s] == 0 && layout.rowCount[s] >= prompt.rows.upperBound {
+            prompt.parameters.withUnsafeBufferPointer { p in
+                for (j, r) in prompt.rows.enumerated() {
+                    (x + (layout.rowStart[s] + r) * D).update(from: p.baseAddress! + j * D, count: D)
+                }
+            }
+        }
+    }
+    public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+}
+
 /// A backend that runs `base`'s products and hands those of adapted weights to `adapter`
 /// (forward after the product, backward after dx = dy W). Everything else is `base`'s.
 public final class AdaptedBackend: Backend, @unchecked Sendable {

@@ -67,6 +67,13 @@ public final class SequencePath {
                 for i in 0..<D { x[r * D + i] = model.tokenEmbedding.data[id * D + i] * cfg.embedScale }
             }
         }
+        if let soft = adapter as? SoftPrompt {  // the virtual tokens' vectors replace their embeddings
+            for s in prompts.indices {
+                for (j, r) in soft.rows.enumerated() {
+                    for i in 0..<D { x[(rowStart[s] + r) * D + i] = soft.parameters[j * D + i] }
+                }
+            }
+        }
         for l in 0..<cfg.nLayers {
             let blk = model.blocks[l]
             let s = acts[l]
@@ -216,6 +223,13 @@ public final class SequencePath {
             blk.attentionInputBackward(
                 backend, cfg, h: s.hIn, rows: T, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
                 headNorms: s.headNorms, dxn: dxn, dh: dh, precision: .fp32)
+        }
+        if let soft = adapter as? SoftPrompt {  // dh now holds the gradient at layer 0's input
+            for s in prompts.indices {
+                for (j, r) in soft.rows.enumerated() {
+                    for i in 0..<D { soft.gradient[j * D + i] += dh[(rowStart[s] + r) * D + i] }
+                }
+            }
         }
     }
 }
