@@ -79,6 +79,28 @@ public struct SparseGroupLasso: Sendable {
 }
 
 /// One solver step's report.
+/// Adam's moment estimates for one parameter vector (β = 0.9, 0.999, ε = 1e-8): Δ's solvers and
+/// the fine-tuning baselines step with it.
+struct AdamMoments {
+    var m: [Float], v: [Float]
+    init(count n: Int) {
+        m = [Float](repeating: 0, count: n)
+        v = m
+    }
+    /// Step `t` (from 1) of x with gradient g at learning rate lr; each coordinate's step
+    /// lr/(√v̂ + ε) is left in `eta` (the metric of Adam's prox).
+    mutating func step(_ x: inout [Float], _ g: [Float], lr: Float, t: Int, eta: inout [Float]) {
+        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        let c1 = 1 - powf(b1, Float(t)), c2 = 1 - powf(b2, Float(t))
+        for c in x.indices {
+            m[c] = b1 * m[c] + (1 - b1) * g[c]
+            v[c] = b2 * v[c] + (1 - b2) * g[c] * g[c]
+            eta[c] = lr / ((v[c] / c2).squareRoot() + eps)
+            x[c] -= eta[c] * (m[c] / c1)
+        }
+    }
+}
+
 public struct SolverStep: Sendable {
     public var step: Int
     public var objective: Float
@@ -178,27 +200,21 @@ public enum Solver {
                      onStep: ((Int, SolverStep) -> Void)?) -> [SolverResult] {
         let n = path.cfg.attnDim, K = jobs.count
         let zero = [Float](repeating: 0, count: n)
-        var d = [[Float]](repeating: zero, count: K), m = d, v = d, eta = d
-        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        var d = [[Float]](repeating: zero, count: K), eta = d
+        var adam = [AdamMoments](repeating: AdamMoments(count: n), count: K)
         var history = [[SolverStep]](repeating: [], count: K)
         // tail averaging: Σ of the iterates after step `averageFrom` (the second half of the run)
         let averageFrom = averageTail ? max(o.steps, 1) / 2 + 1 : Int.max
         var sum = d, summed = 0
         for k in 1...max(o.steps, 1) {
             let lg = path.lossesAndGradients(deltas: d, jobs: jobs, loss: loss)
-            let c1 = 1 - powf(b1, Float(k)), c2 = 1 - powf(b2, Float(k))
             for j in 0..<K {
                 var g = lg[j].grad
                 if subgradient { penalty.addSubgradient(d[j], to: &g) }
                 // the report of step k is the objective at the Δ this step starts from
                 let r = report(k - 1, d[j], lg[j].loss, penalty, o.lr)
                 history[j].append(r); onStep?(j, r)
-                for c in 0..<n {
-                    m[j][c] = b1 * m[j][c] + (1 - b1) * g[c]
-                    v[j][c] = b2 * v[j][c] + (1 - b2) * g[c] * g[c]
-                    eta[j][c] = o.lr / ((v[j][c] / c2).squareRoot() + eps)
-                    d[j][c] -= eta[j][c] * (m[j][c] / c1)
-                }
+                adam[j].step(&d[j], g, lr: o.lr, t: k, eta: &eta[j])
                 if subgradient { continue }
                 if metric { penalty.prox(&d[j], steps: eta[j]) } else { penalty.prox(&d[j], step: o.lr) }
             }

@@ -1,7 +1,7 @@
 import Foundation
 
 extension PairTaskJobs {
-    /// A fine-tuning job (`lora`, `ia3`): the adapter trained with Adam at `lr` on the training
+    /// A fine-tuning job (`lora`, `ia3`, `soft-prompt`): the adapter trained with Adam at `lr` on the training
     /// pairs' first-target-token loss through the full-sequence path, then the test pairs decoded
     /// greedily by the adapted model (the same prompts, stop rules and scoring as every method).
     func runAdapter(_ p: Prepared, _ adapter: ProductAdapter, lr: Float, progress: Progress?) -> JobOutcome {
@@ -15,28 +15,21 @@ extension PairTaskJobs {
         let targets = p.split.train.map {
             lm.tokenizer.encode(p.format.targetText($0.output), bos: false).first ?? 0
         }
-        let lora = adapter
-        let path = SequencePath(model: lm, prompts: prompts, adapter: lora)
-        // Adam (β = 0.9, 0.999), the learning rate `lora.lr`
-        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
-        var m1 = [Float](repeating: 0, count: lora.parameters.count), m2 = m1
+        let path = SequencePath(model: lm, prompts: prompts, adapter: adapter)
+        // Adam at the method's learning rate
+        var adam = AdamMoments(count: adapter.parameters.count)
+        var eta = [Float](repeating: 0, count: adapter.parameters.count)
         var losses: [Float] = []
         let tSolve = Date()
         for step in 1...max(spec.steps, 1) {
             let loss = path.loss(targets: targets)
             losses.append(loss)
-            let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-            for i in lora.parameters.indices {
-                let g = lora.gradient[i]
-                m1[i] = b1 * m1[i] + (1 - b1) * g
-                m2[i] = b2 * m2[i] + (1 - b2) * g * g
-                lora.parameters[i] -= lr * (m1[i] / c1) / ((m2[i] / c2).squareRoot() + eps)
-            }
+            adam.step(&adapter.parameters, adapter.gradient, lr: lr, t: step, eta: &eta)
             progress?("solve", step, spec.steps, ["loss": Double(loss)])
         }
         let solveMs = Date().timeIntervalSince(tSolve) * 1000
         let finalLoss = path.loss(targets: targets, gradient: false)
-        lora.recording = false
+        adapter.recording = false
         let tEval = Date()
         let testPrompts = p.split.test.map { p.format.prompt($0.input) }
         let report: (Int) -> Void = { progress?("eval", $0, p.split.test.count, [:]) }
@@ -55,7 +48,7 @@ extension PairTaskJobs {
         var metrics: [String: Double] = [
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
             "initial_loss": Double(losses.first ?? .nan), "final_loss": Double(finalLoss),
-            "parameters": Double(lora.parameters.count), "solve_ms": solveMs,
+            "parameters": Double(adapter.parameters.count), "solve_ms": solveMs,
             "step_ms": solveMs / Double(max(losses.count, 1)),
             "eval_ms": Date().timeIntervalSince(tEval) * 1000,
         ]
