@@ -274,8 +274,7 @@ public final class SoftPrompt: ProductAdapter {
         precondition(count > 0)
         self.count = count
         width = lm.config.dModel
-        let probe = lm.tokenizer.encode("x")
-        offset = probe.count > 1 && probe.first == lm.tokenizer.bosID ? 1 : 0
+        offset = lm.tokenizer.addBOS && lm.tokenizer.bosID != nil ? 1 : 0
         var ids = lm.tokenizer.encode(description, bos: false)
         if ids.isEmpty { ids = [lm.tokenizer.bosID ?? 0] }
         let D = width, emb = lm.model.tokenEmbedding.data, scale = lm.config.embedScale
@@ -367,31 +366,29 @@ public final class AdaptedBackend: Backend, @unchecked Sendable {
         _ ins: [(UnsafePointer<Float>, Weight)], _ m: Int, _ dx: UnsafeMutablePointer<Float>,
         accumulate: Bool, precision: Precision
     ) {
-        // the output gradients the products see (IA³ scales k's and v's); kept alive for the call
-        let replaced = ins.map { dy, w in adapter.adapts(w) ? adapter.outputGradient(w, dy: dy, rows: m) : nil }
-        func withGradients(_ i: Int, _ done: [(UnsafePointer<Float>, Weight)],
-                           _ body: ([(UnsafePointer<Float>, Weight)]) -> Void) {
-            if i == ins.count { return body(done) }
-            guard let r = replaced[i] else { return withGradients(i + 1, done + [ins[i]], body) }
-            r.withUnsafeBufferPointer { withGradients(i + 1, done + [($0.baseAddress!, ins[i].1)], body) }
+        // the output gradients the products see (IA³ scales k's and v's), owned for the call
+        let owned: [UnsafeMutablePointer<Float>?] = ins.map { dy, w in
+            guard adapter.adapts(w), let r = adapter.outputGradient(w, dy: dy, rows: m) else { return nil }
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: r.count)
+            p.initialize(from: r, count: r.count)
+            return p
         }
-        withGradients(0, []) { all in
-            let scales = all.map { adapter.adapts($0.1) && adapter.scalesInput($0.1) }
-            let plain = zip(all, scales).filter { !$0.1 }.map(\.0)
-            if !plain.isEmpty {
-                base.linearBackward(plain, m, dx, accumulate: accumulate, precision: precision)
-            } else if !accumulate, let w = all.first?.1 {
-                dx.update(repeating: 0, count: m * w.cols)
-            }
-            for (dy, w) in plain where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
-            // a product whose input the adapter scales: its dx′ alone, turned into dx by the adapter
-            for (dy, w) in zip(all, scales).filter(\.1).map(\.0) {
-                var part = [Float](repeating: 0, count: m * w.cols)
-                part.withUnsafeMutableBufferPointer { p in
-                    base.linearBackward([(dy, w)], m, p.baseAddress!, accumulate: false, precision: precision)
-                    adapter.backward(w, dy: dy, dx: p.baseAddress!, rows: m)
-                    Ops.add(p.baseAddress!, into: dx, m * w.cols)
-                }
+        defer { owned.forEach { $0?.deallocate() } }
+        let all = zip(ins, owned).map { input, mine in (mine.map { UnsafePointer($0) } ?? input.0, input.1) }
+        let plain = all.filter { !(adapter.adapts($0.1) && adapter.scalesInput($0.1)) }
+        if !plain.isEmpty {
+            base.linearBackward(plain, m, dx, accumulate: accumulate, precision: precision)
+        } else if !accumulate, let w = all.first?.1 {
+            dx.update(repeating: 0, count: m * w.cols)
+        }
+        for (dy, w) in plain where adapter.adapts(w) { adapter.backward(w, dy: dy, dx: dx, rows: m) }
+        // a product whose input the adapter scales: its dx′ alone, turned into dx by the adapter
+        for (dy, w) in all where adapter.adapts(w) && adapter.scalesInput(w) {
+            var part = [Float](repeating: 0, count: m * w.cols)
+            part.withUnsafeMutableBufferPointer { p in
+                base.linearBackward([(dy, w)], m, p.baseAddress!, accumulate: false, precision: precision)
+                adapter.backward(w, dy: dy, dx: p.baseAddress!, rows: m)
+                Ops.add(p.baseAddress!, into: dx, m * w.cols)
             }
         }
     }

@@ -41,6 +41,7 @@ public final class SequencePath {
             p += cfg.nHeads * s.count * s.count
         }
         rowStart = rs
+        position = prompts.flatMap { $0.indices }
         probStart = ps
         T = t
         acts = (0..<cfg.nLayers).map { _ in BlockSave(lm.config, rows: t, probs: p) }
@@ -49,7 +50,7 @@ public final class SequencePath {
     deinit { hFinal.deallocate() }
 
     /// Row r's position in its prompt.
-    func position(_ r: Int) -> Int { r - rowStart[rowStart.lastIndex { $0 <= r }!] }
+    let position: [Int]
     func lastRow(_ s: Int) -> Int { rowStart[s] + prompts[s].count - 1 }
 
     // MARK: forward
@@ -83,8 +84,8 @@ public final class SequencePath {
                 backend, cfg, h: s.hIn, rows: T, xn: s.xnAttn, invRMS: s.invAttn, q: s.q, k: s.k, v: s.v,
                 headNorms: s.headNorms, precision: .fp32)
             for r in 0..<T {
-                rope.forward(s.q + r * A, heads: cfg.nHeads, position: position(r))
-                rope.forward(s.k + r * KV, heads: cfg.nKVHeads, position: position(r))
+                rope.forward(s.q + r * A, heads: cfg.nHeads, position: position[r])
+                rope.forward(s.k + r * KV, heads: cfg.nKVHeads, position: position[r])
             }
             for (p, ids) in prompts.enumerated() {
                 let r0 = rowStart[p]
@@ -217,8 +218,8 @@ public final class SequencePath {
                     dv: dV + r0 * KV, dS: dS)
             }
             for r in 0..<T {
-                rope.backward(dQ + r * A, heads: cfg.nHeads, position: position(r))
-                rope.backward(dK + r * KV, heads: cfg.nKVHeads, position: position(r))
+                rope.backward(dQ + r * A, heads: cfg.nHeads, position: position[r])
+                rope.backward(dK + r * KV, heads: cfg.nKVHeads, position: position[r])
             }
             blk.attentionInputBackward(
                 backend, cfg, h: s.hIn, rows: T, invRMS: s.invAttn, dq: dQ, dk: dK, dv: dV,
