@@ -35,6 +35,26 @@ enum SharedModel {
 
 func loadJSON(_ url: URL) throws -> Any { try JSONSerialization.jsonObject(with: Data(contentsOf: url)) }
 
+/// Central differences of `loss` at the coordinates `picks` of θ (each moved by ±eps(θ_j)) against
+/// `grad`: the worst relative error |fd − g| / max(|fd|, |g|, 0.01), and the largest |fd| seen
+/// (a check that can fail must see some difference).
+func centralDifferences(
+    at theta: [Float], grad: [Float], picks: [Int], eps: (Float) -> Float = { _ in 1e-2 },
+    loss: ([Float]) -> Float
+) -> (worst: Double, largest: Double) {
+    var worst: Double = 0, largest: Double = 0
+    for j in picks {
+        let e = eps(theta[j])
+        var up = theta, down = theta
+        up[j] += e
+        down[j] -= e
+        let fd = Double(loss(up) - loss(down)) / Double(2 * e)
+        worst = max(worst, abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2))
+        largest = max(largest, abs(fd))
+    }
+    return (worst, largest)
+}
+
 /// The single-token path must give the logits of a whole forward pass with Δ hooked in, at each
 /// of `layers` (a fixed Δ, every prompt's last position).
 func assertPathEqualsFullForward(_ lm: LanguageModel, prompts: [[Int]], layers: [Int], tolerance: Float,

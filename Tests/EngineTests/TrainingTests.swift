@@ -41,20 +41,9 @@ final class TrainingTests: XCTestCase {
             (slot.offset..<(slot.offset + slot.rows * slot.cols)).max { abs(grad[$0]) < abs(grad[$1]) }!
         }
         picks += (0..<probes).map { _ in Int(rng.next() % UInt64(theta.count)) }
-        var worst: Double = 0
-        var largest: Double = 0
-        for j in picks {
-            let eps: Float = 1e-2
-            lora.parameters = theta
-            lora.parameters[j] += eps
-            let up = path.loss(targets: targets, gradient: false)
-            lora.parameters = theta
-            lora.parameters[j] -= eps
-            let down = path.loss(targets: targets, gradient: false)
-            let fd = Double(up - down) / Double(2 * eps)
-            let err = abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2)
-            worst = max(worst, err)
-            largest = max(largest, abs(fd))
+        let (worst, largest) = centralDifferences(at: theta, grad: grad, picks: picks) {
+            lora.parameters = $0
+            return path.loss(targets: targets, gradient: false)
         }
         lora.parameters = theta
         XCTAssertGreaterThan(largest, 1e-2, "the probed differences must not all be ~0")
@@ -175,16 +164,9 @@ final class TrainingTests: XCTestCase {
                 picks.append(r.lowerBound + Int(rng.next() % UInt64(n)))
             }
         }
-        var worst: Double = 0, largest: Double = 0
-        for j in picks {
-            let eps: Float = 1e-2
-            ia3.parameters = theta; ia3.parameters[j] += eps
-            let up = path.loss(targets: targets, gradient: false)
-            ia3.parameters = theta; ia3.parameters[j] -= eps
-            let down = path.loss(targets: targets, gradient: false)
-            let fd = Double(up - down) / Double(2 * eps)
-            worst = max(worst, abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2))
-            largest = max(largest, abs(fd))
+        let (worst, largest) = centralDifferences(at: theta, grad: grad, picks: picks) {
+            ia3.parameters = $0
+            return path.loss(targets: targets, gradient: false)
         }
         ia3.parameters = theta
         XCTAssertGreaterThan(largest, 1e-2, "the probed differences must not all be ~0")
@@ -238,16 +220,11 @@ final class TrainingTests: XCTestCase {
             let D = lm.config.dModel
             var picks = (0..<3).map { j in (j * D..<(j + 1) * D).max { abs(grad[$0]) < abs(grad[$1]) }! }
             picks += (0..<4).map { _ in Int(rng.next() % UInt64(theta.count)) }
-            var worst: Double = 0, largest: Double = 0
-            for j in picks {
-                let eps = max(1e-2, abs(theta[j]) * 1e-2)
-                soft.parameters = theta; soft.parameters[j] += eps
-                let up = path.loss(targets: targets, gradient: false)
-                soft.parameters = theta; soft.parameters[j] -= eps
-                let down = path.loss(targets: targets, gradient: false)
-                let fd = Double(up - down) / Double(2 * eps)
-                worst = max(worst, abs(fd - Double(grad[j])) / max(abs(fd), abs(Double(grad[j])), 1e-2))
-                largest = max(largest, abs(fd))
+            let (worst, largest) = centralDifferences(
+                at: theta, grad: grad, picks: picks, eps: { max(1e-2, abs($0) * 1e-2) }
+            ) {
+                soft.parameters = $0
+                return path.loss(targets: targets, gradient: false)
             }
             soft.parameters = theta
             XCTAssertGreaterThan(largest, 1e-2, lm.config.architecture)
