@@ -198,12 +198,14 @@ public final class CoordinatorServer: @unchecked Sendable {
     func count(_ key: String, _ n: UInt64 = 1) { counters[key, default: 0] += n }
 
     /// With keys: connections that failed their handshake, i.e. peers that got nothing through
-    /// (a key on no list, no keys at all, or a wrong coordinator key).
+    /// (a key on no list, no keys at all, or a wrong coordinator key). A keyless peer is counted as
+    /// `no_keys` or, when it saw the mismatch first and hung up, as `hung_up` (`ZSocketEvent.isHangUp`).
     func countHandshakeFailures() {
         for e in (router?.monitorEvents() ?? []) + (pubSocket?.monitorEvents() ?? []) where e.isHandshakeFailure {
             count("handshakes_failed")
             if e.isAuthRefusal { count("handshakes_failed_key_refused") }
             if e.isMechanismMismatch { count("handshakes_failed_no_keys") }
+            if e.isHangUp { count("handshakes_failed_hung_up") }
         }
     }
 

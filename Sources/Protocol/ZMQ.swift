@@ -174,6 +174,10 @@ public struct ZSocketEvent: Equatable, Sendable {
     public var isMechanismMismatch: Bool {
         kind == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == UInt32(ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
     }
+    /// The peer hung up during the handshake, before it said why. A keyless peer meeting a keyed
+    /// coordinator ends this way when it reads the coordinator's greeting (and hangs up) before the
+    /// coordinator has read its own: the two greetings cross, so either end may see the mismatch.
+    public var isHangUp: Bool { kind == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL }
     /// A message could not be decrypted (a wrong server key, on the server's side).
     public var isCryptographic: Bool {
         kind == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && value == UInt32(ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)

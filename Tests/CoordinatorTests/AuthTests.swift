@@ -123,8 +123,14 @@ final class AuthTests: XCTestCase {
         XCTAssertEqual(after.experiments.first?.cancelled, 0, "nothing cancelled")
         XCTAssertEqual(after.workers.map(\.workerID), ["w1"], "no intruder registered as a worker")
         XCTAssertEqual(try c.query(experiment: "a").jobs.map { "\($0.jobID) \($0.state)" }, jobsBefore)
-        XCTAssertGreaterThanOrEqual(after.counters["handshakes_failed_no_keys"] ?? 0, 1, "\(after.counters)")
-        XCTAssertGreaterThanOrEqual(after.counters["handshakes_failed_key_refused"] ?? 0, 1, "\(after.counters)")
+        // both intruders' handshakes failed: the stranger's key refused by ZAP; the keyless one's
+        // greeting crosses the coordinator's, so libzmq reports it as a mechanism mismatch or, when
+        // the intruder hung up first, without detail (CI saw the latter once): any failure but a ZAP
+        // refusal
+        let failed = { (k: String) in after.counters["handshakes_failed\(k)"] ?? 0 }
+        XCTAssertGreaterThanOrEqual(failed(""), 2, "\(after.counters)")
+        XCTAssertGreaterThanOrEqual(failed("_key_refused"), 1, "\(after.counters)")
+        XCTAssertGreaterThanOrEqual(failed("") - failed("_key_refused"), 1, "\(after.counters)")
     }
 
     /// A client key cannot act as a worker: Hello, Ready, Heartbeat and a Result for a running job
