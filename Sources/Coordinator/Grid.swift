@@ -221,8 +221,8 @@ public struct Grid: Equatable, Sendable {
                     err("device", "expected \"cpu\", \"gpu\" or \"any\", got \(d.shortDescription)")
                 }
             }
-            if methods.contains(.fewShot), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
-                err("shots", "few-shot draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
+            if methods.contains(where: { $0.axes.contains(.shots) }), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
+                err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
             }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,

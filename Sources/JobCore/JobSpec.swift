@@ -55,6 +55,16 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// Fine-tuning baseline: a soft prompt, `soft_prompt.tokens` virtual tokens after the BOS whose
     /// input vectors are trained (Adam, `soft_prompt.lr`, `steps`), initialised from the task's name.
     case softPrompt = "soft-prompt"
+    /// A function vector (Todd et al. 2023) from the training pairs: the outputs of the `fv.heads`
+    /// attention heads with the largest average indirect effect, averaged over ICL prompts built
+    /// from the training pairs and mapped through o_proj, added to the residual stream entering
+    /// block `fv.layer` at the prompt's last position. Evaluated on 0-shot prompts (exact_match, …)
+    /// and on `shots`-shot prompts (few_shot_exact_match, …).
+    case functionVector = "function-vector"
+    /// An in-context vector (Liu et al. 2023) from the training pairs: the first principal
+    /// direction of their latent-state differences, shifting every block's output at every
+    /// position with strength `icv.alpha`; evaluated on 0-shot prompts.
+    case icv
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
     /// halfway; one that kills the worker process.
     case synthetic
@@ -62,7 +72,9 @@ public enum JobMethod: String, NamedChoice, Codable {
     case syntheticCrash = "synthetic-crash"
 
     /// The methods the engine runs (the others are the synthetic test kinds).
-    public static let engine: [JobMethod] = [.intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt]
+    public static let engine: [JobMethod] = [
+        .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv,
+    ]
 
     /// Which runner family a worker needs for this method; workers announce families in Hello.
     public enum Family: String, Sendable { case engine, synthetic }
@@ -76,12 +88,19 @@ public enum JobMethod: String, NamedChoice, Codable {
             return [.layer, .lambda, .gamma, .solver, .trainSize]
         case .zeroShot: return [.trainSize]
         case .fewShot: return [.trainSize, .shots]
-        case .lora, .ia3, .softPrompt: return [.trainSize, .solver, .adapter]
+        case .lora: return [.trainSize, .solver, .lora]
+        case .ia3: return [.trainSize, .solver, .ia3]
+        case .softPrompt: return [.trainSize, .solver, .softPrompt]
+        case .functionVector: return [.trainSize, .shots, .functionVector]
+        case .icv: return [.trainSize, .icv]
         }
     }
 
+    /// The fine-tuning baselines: parameters trained by Adam through the full-sequence path.
+    public var isFineTuning: Bool { !axes.intersection(.fineTuning).isEmpty }
+
     /// Whether the method learns a Δ (and so has an artefact).
-    public var learnsDelta: Bool { axes.contains(.solver) && !axes.contains(.adapter) }
+    public var learnsDelta: Bool { axes.contains(.solver) && !isFineTuning }
 }
 
 /// Grid axes. An axis a method does not depend on is collapsed when a grid is expanded, so e.g. a
@@ -95,7 +114,15 @@ public struct JobAxes: OptionSet, Sendable {
     public static let solver = JobAxes(rawValue: 8)  // steps, lr, solver method, precision
     public static let trainSize = JobAxes(rawValue: 16)
     public static let shots = JobAxes(rawValue: 32)
-    public static let adapter = JobAxes(rawValue: 64)  // fine-tuning baselines' own parameters
+    // each method's own parameters (its `Tunable`s), so that one method's settings in a grid
+    // never enter another's job id
+    public static let lora = JobAxes(rawValue: 64)
+    public static let ia3 = JobAxes(rawValue: 128)
+    public static let softPrompt = JobAxes(rawValue: 256)
+    public static let functionVector = JobAxes(rawValue: 512)
+    public static let icv = JobAxes(rawValue: 1024)
+    /// The fine-tuning baselines' axes.
+    public static let fineTuning: JobAxes = [.lora, .ia3, .softPrompt]
 }
 
 /// The proximal solver for Δ. The engine implements each; the measurements behind the default

@@ -71,28 +71,42 @@ extension Tunable {
 
     /// Every tunable, in the order help texts list them.
     public static let loraRank = Tunable(
-        "lora.rank", default: 4, range: 1...256, integer: true, axis: .adapter,
+        "lora.rank", default: 4, range: 1...256, integer: true, axis: .lora,
         help: "LoRA's rank r (the lora method).")
     public static let loraAlpha = Tunable(
-        "lora.alpha", default: 8, range: 0.001...10000, axis: .adapter,
+        "lora.alpha", default: 8, range: 0.001...10000, axis: .lora,
         help: "LoRA's α: the update is scaled by α/r (the lora method).")
     public static let loraLR = Tunable(
-        "lora.lr", default: 0.001, range: 1e-7...10, axis: .adapter,
+        "lora.lr", default: 0.001, range: 1e-7...10, axis: .lora,
         help: "Adam's learning rate for LoRA (the lora method; Δ's solver.lr is 100× larger).")
 
     public static let ia3LR = Tunable(
-        "ia3.lr", default: 0.003, range: 1e-7...10, axis: .adapter,
+        "ia3.lr", default: 0.003, range: 1e-7...10, axis: .ia3,
         help: "Adam's learning rate for IA³ (the ia3 method; the IA³ paper's 3e-3, not tuned here).")
 
     public static let softPromptTokens = Tunable(
-        "soft_prompt.tokens", default: 8, range: 1...256, integer: true, axis: .adapter,
+        "soft_prompt.tokens", default: 8, range: 1...256, integer: true, axis: .softPrompt,
         help: "Virtual tokens of the soft prompt (the soft-prompt method).")
     public static let softPromptLR = Tunable(
-        "soft_prompt.lr", default: 0.01, range: 1e-7...10, axis: .adapter,
+        "soft_prompt.lr", default: 0.01, range: 1e-7...10, axis: .softPrompt,
         help: "Adam's learning rate for the soft prompt (the soft-prompt method; not tuned here).")
 
+    /// How many heads a function vector sums (Todd et al. use 10 on GPT-J's 448).
+    public static let fvHeads = Tunable(
+        "fv.heads", default: 10, range: 1...100_000, integer: true, axis: .functionVector,
+        help: "Attention heads summed into the function vector, by indirect effect (the function-vector method).")
+    /// Where the function vector is added; −1 = ⌊L/3⌋, the paper's choice, recorded in `fv_layer`.
+    public static let fvLayer = Tunable(
+        "fv.layer", default: -1, range: -1...100_000, integer: true, axis: .functionVector,
+        help: "Block whose input stream gets the function vector (-1 = a third of the way up; the function-vector method).")
+    /// The ICV's strength α (the authors' default 0.1).
+    public static let icvAlpha = Tunable(
+        "icv.alpha", default: 0.1, range: 0...100, axis: .icv,
+        help: "Strength α of the in-context vector's shift at every layer (the icv method).")
+
     public static let all: [Tunable] = [
-        deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR, softPromptTokens, softPromptLR,
+        deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR, softPromptTokens, softPromptLR, fvHeads, fvLayer,
+        icvAlpha,
     ]
 }
 

@@ -217,7 +217,7 @@ public struct RunCommand: ParsableCommand {
                 if let p = obj["delta_path"] { print("  saved \(p)") }
             } else {
                 print("  \(spec.method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
-                if spec.method.axes.contains(.adapter) {
+                if spec.method.isFineTuning {
                     print(String(format: "  %.0f parameters trained: loss %.4f → %.4f", m["parameters"] ?? 0,
                                  m["initial_loss"] ?? .nan, m["final_loss"] ?? .nan))
                 }
@@ -301,7 +301,7 @@ public struct BenchCommand: ParsableCommand {
         let outcome: JobOutcome
         let spec = try job.spec(model: modelOptions.model)
         do {
-            if spec.method.axes.contains(.adapter) {
+            if spec.method.isFineTuning {
                 // a fine-tuning job (lora, ia3): its steps timed through the job's progress, in fp32
                 outcome = try PairTaskJobs(lm: lm).run(spec) { phase, _, _, _ in
                     guard phase == "solve" else { return }
@@ -311,7 +311,7 @@ public struct BenchCommand: ParsableCommand {
                 outcome = try PairTaskJobs(lm: lm).runFused([spec], hooks: hooks)[0]
             }
         } catch let e as EngineJobError { throw CLIError(e.message) }
-        let ranPrecision = spec.method.axes.contains(.adapter) ? Precision.fp32 : job.solve.precision.effective
+        let ranPrecision = spec.method.isFineTuning ? Precision.fp32 : job.solve.precision.effective
         if times.count > job.steps { times.removeLast() }   // Adam's final report is a re-evaluation, not a step
         let m = outcome.metrics
         let sorted = times.sorted()

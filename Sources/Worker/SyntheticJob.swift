@@ -34,7 +34,7 @@ public final class SyntheticJobRunner: JobRunner {
         case .synthetic: mode = .normal
         case .syntheticFail: mode = .fail
         case .syntheticCrash: mode = .crash
-        case .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt:
+        case .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv:
             throw JobError.deterministic("\(spec.method.rawValue) is not a synthetic method (synthetic, synthetic-fail, synthetic-crash)")
         }
         guard spec.steps >= 1 else { throw JobError.deterministic("steps must be ≥ 1, got \(spec.steps)") }

@@ -54,11 +54,13 @@ extension LanguageModel {
     /// + 2 tokens.
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100, using backend: Backend? = nil,
-                         progress: ((Int) -> Void)? = nil) -> [Evaluation] {
+                         lastPosition: ForwardHooks? = nil, progress: ((Int) -> Void)? = nil) -> [Evaluation] {
         evaluateBatches(
             prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
             maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
-        ) { ids, stop in generate(prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend) }
+        ) { ids, stop in
+            generate(prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition)
+        }
     }
 
     /// The same evaluation with any `Steering` (any site, any positions; nil = none), without the
@@ -222,6 +224,10 @@ public struct PairTaskJobs {
                 .replacingOccurrences(of: "_", with: " ").replacingOccurrences(of: "-", with: " ")
             let soft = SoftPrompt(model: lm, count: Int(spec[.softPromptTokens]), description: "Task: \(name).")
             return runAdapter(p, soft, lr: Float(spec[.softPromptLR]), progress: progress)
+        case .functionVector:
+            return try runFunctionVector(p, progress: progress)
+        case .icv:
+            return runICV(p, progress: progress)
         case .synthetic, .syntheticFail, .syntheticCrash:
             preconditionFailure("prepare refuses non-engine methods")
         }

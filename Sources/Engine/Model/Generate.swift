@@ -34,11 +34,13 @@ public struct Generation: Sendable {
 
 extension LanguageModel {
     /// Greedy decoding of a batch of prompts, all sequences stepping together (one GEMM per
-    /// projection per step). `prefillHooks` see the prompt pass only — that is where Δ goes.
-    public func generate(prompts: [[Int]], stop: StopRules, prefillHooks: ForwardHooks? = nil) -> Generation {
+    /// projection per step). `prefillHooks` see the prompt pass only — that is where Δ goes;
+    /// `decodeHooks` every decoding step (an in-context vector's shift).
+    public func generate(prompts: [[Int]], stop: StopRules, prefillHooks: ForwardHooks? = nil,
+                         decodeHooks: ForwardHooks? = nil) -> Generation {
         let caches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
         let logits = model.forward(tokens: prompts, caches: caches, hooks: prefillHooks)
-        let (out, first) = decode(caches: caches, logits: logits, stop: stop)
+        let (out, first) = decode(caches: caches, logits: logits, stop: stop, hooks: decodeHooks)
         return Generation(tokens: out, firstArgmax: first)
     }
 
@@ -99,9 +101,10 @@ extension LanguageModel {
     /// layer `layer` (nil = none). Δ reaches only each prompt's last position, so every position
     /// before it is computed once for all variants; the last token and the decoding then run for
     /// all variants in one batch. Returns one `Generation` per variant. `using` runs the model on
-    /// another backend (a fine-tuned model's `AdaptedBackend`).
+    /// another backend (a fine-tuned model's `AdaptedBackend`); `lastPosition` hooks see the
+    /// prompts' last position too, after Δ (a function vector's site).
     public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules,
-                         using backend: Backend? = nil) -> [Generation] {
+                         using backend: Backend? = nil, lastPosition: ForwardHooks? = nil) -> [Generation] {
         precondition(prompts.allSatisfy { !$0.isEmpty })
         let P = prompts.count
         // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
@@ -137,11 +140,24 @@ extension LanguageModel {
         }
         let S = caches.count
         let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
-                                   hooks: DeltaHook(layer: layer, perSequence: deltas), using: backend)
+                                   hooks: HookChain([DeltaHook(layer: layer, perSequence: deltas), lastPosition]),
+                                   using: backend)
         // 4. decode all sequences together
         let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend)
         return (0..<variants.count).map { vi in
             Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
         }
+    }
+}
+
+/// Several hooks run in order at each site (nil entries skipped).
+final class HookChain: ForwardHooks {
+    let hooks: [ForwardHooks]
+    init(_ hooks: [ForwardHooks?]) { self.hooks = hooks.compactMap { $0 } }
+    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        for h in hooks { h.residual(layer: layer, x, layout) }
+    }
+    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        for h in hooks { h.headOutputs(layer: layer, o, layout) }
     }
 }

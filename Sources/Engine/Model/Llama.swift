@@ -176,6 +176,11 @@ public struct BatchLayout {
     /// Position of each sequence's first row.
     public let startPos: [Int]
     public var totalRows: Int { (rowStart.last ?? 0) + (rowCount.last ?? 0) }
+    public init(rowStart: [Int], rowCount: [Int], startPos: [Int]) {
+        self.rowStart = rowStart
+        self.rowCount = rowCount
+        self.startPos = startPos
+    }
     /// Row index of the last token of sequence s.
     public func lastRow(_ s: Int) -> Int { rowStart[s] + rowCount[s] - 1 }
 }

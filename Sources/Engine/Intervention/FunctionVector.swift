@@ -1,0 +1,205 @@
+import Foundation
+
+/// A function vector (Todd et al. 2023, "Function Vectors in Large Language Models") built from a
+/// job's N training pairs only, on the model as it is:
+///
+/// 1. ICL prompts: clean prompt i asks training pair i after the other N−1 pairs as demonstrations
+///    (in an order drawn from the seed); its corrupted twin shows the same demonstrations with
+///    their outputs shuffled among them (no output left in place), so the task is no longer shown.
+/// 2. ā[ℓ,h]: head h's output at layer ℓ (its slice of o_proj's input) at the last position,
+///    averaged over the clean prompts.                                         `headMeans`
+/// 3. AIE[ℓ,h]: over the corrupted prompts, the mean increase of p(first token of the query's
+///    answer) when head (ℓ,h)'s output at the last position is replaced by ā[ℓ,h]. A replacement
+///    is the Δ "ā − a in h's slot, zero elsewhere", so each head costs one last-token forward from
+///    ℓ on the intervention path (the prompts prefilled once for every layer). `indirectEffects`
+/// 4. FV = Σ over the top-k heads by AIE of W_O^ℓ·(ā[ℓ,h] in h's slot): a [D] vector, added to the
+///    residual stream entering block `layer` at the prompt's last position (`ResidualAddHook`).
+///                                                                             `vector`
+public struct FunctionVector: Sendable {
+    /// ā, [L][H·d].
+    public var means: [[Float]]
+    /// AIE, [L × H] (row-major by layer).
+    public var effects: [Float]
+    /// The heads summed, by decreasing AIE.
+    public var heads: [(layer: Int, head: Int)]
+    /// FV, [D].
+    public var vector: [Float]
+
+    /// The clean and corrupted ICL prompts of `train` (N ≥ 2) and each prompt's expected answer.
+    public static func prompts(train: [TaskPair], format: PromptFormat, seed: Int)
+        -> (clean: [String], corrupted: [String], answers: [String])
+    {
+        precondition(train.count >= 2, "function vectors need at least 2 training pairs")
+        var rng = SplitMix64(seed: 0xF0_7EC7 &+ UInt64(truncatingIfNeeded: seed))
+        var clean: [String] = [], corrupted: [String] = []
+        for (i, query) in train.enumerated() {
+            var demos = train.enumerated().filter { $0.offset != i }.map(\.element)
+            shuffle(&demos, &rng)
+            clean.append(format.fewShot(demos, query.input))
+            // a derangement of the outputs: a random cyclic shift of a shuffled order moves every one
+            let outs = demos.map(\.output)
+            let shift = 1 + Int(rng.next() % UInt64(max(outs.count - 1, 1)))
+            let wrong = demos.enumerated().map { j, d in
+                TaskPair(input: d.input, output: outs.count > 1 ? outs[(j + shift) % outs.count] : d.output)
+            }
+            corrupted.append(format.fewShot(wrong, query.input))
+        }
+        return (clean, corrupted, train.map(\.output))
+    }
+
+    static func shuffle<T>(_ a: inout [T], _ rng: inout SplitMix64) {
+        guard a.count > 1 else { return }
+        for i in stride(from: a.count - 1, to: 0, by: -1) { a.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+    }
+
+    /// ā[ℓ] = mean over `prompts` of layer ℓ's head outputs at the last position, [L][H·d].
+    public static func headMeans(_ lm: LanguageModel, prompts: [[Int]]) -> [[Float]] {
+        let cfg = lm.config
+        let capture = LastRowCapture(layers: cfg.nLayers, D: cfg.dModel, A: cfg.attnDim, rows: prompts.count)
+        _ = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
+                             hooks: capture)
+        let n = Float(prompts.count)
+        return capture.heads.map { h in
+            (0..<cfg.attnDim).map { c in stride(from: c, to: h.count, by: cfg.attnDim).reduce(0) { $0 + h[$1] } / n }
+        }
+    }
+
+    /// AIE[ℓ × H + h] over the corrupted `prompts` (token ids) with `answers` (each answer's first
+    /// token id): mean over prompts of p(answer | head (ℓ,h) at the last position := means[ℓ]'s
+    /// slice) − p(answer | as is), for the heads of `layers` (nil: all; the others' stay 0).
+    /// `progress(layers done, layers)`.
+    public static func indirectEffects(
+        _ lm: LanguageModel, prompts: [[Int]], answers: [Int], means: [[Float]], layers: [Int]? = nil,
+        precision: Precision = .fp32, progress: ((Int, Int) -> Void)? = nil
+    ) -> [Float] {
+        let cfg = lm.config
+        let N = prompts.count, L = cfg.nLayers, H = cfg.nHeads, d = cfg.headDim, A = cfg.attnDim, V = cfg.vocabSize
+        precondition(answers.count == N && means.count == L)
+        // one prefill for every layer: K/V of the earlier positions, and per layer the last
+        // position's residual input and head outputs
+        let caches = prompts.map { lm.model.makeCache(capacity: $0.count) }
+        let capture = LastRowCapture(layers: L, D: cfg.dModel, A: A, rows: N)
+        let logits = lm.model.forward(tokens: prompts, caches: caches, hooks: capture)
+        let base = (0..<N).map { i in Self.probability(of: answers[i], logits: logits, row: i, V: V) }
+        var effects = [Float](repeating: 0, count: L * H)
+        let weight = [Float](repeating: 1 / Float(N), count: N)
+        var perRow = [Float](repeating: 0, count: N)
+        let todo = layers ?? Array(0..<L)
+        for (done, l) in todo.enumerated() {
+            let runner = lm.model.backend.makePathRunner(
+                model: lm.model, layer: l,
+                prefill: PathPrefill(caches: caches, promptLengths: prompts.map(\.count),
+                                     residIn: capture.resid[l], heads0: capture.heads[l]))
+            runner.precision = precision
+            for h in 0..<H {
+                // Δ_i = ā − a_i in head h's slot: the head's output becomes the mean
+                var deltas = [Float](repeating: 0, count: N * A)
+                for i in 0..<N {
+                    for c in (h * d)..<((h + 1) * d) { deltas[i * A + c] = means[l][c] - capture.heads[l][i * A + c] }
+                }
+                deltas.withUnsafeBufferPointer { dp in
+                    perRow.withUnsafeMutableBufferPointer {
+                        runner.step(deltas: dp.baseAddress!, loss: .nextToken(targets: answers), rowWeight: weight,
+                                    perRow: $0.baseAddress!, grad: nil)
+                    }
+                }
+                // the loss is −log p(answer)
+                effects[l * H + h] = (0..<N).reduce(0) { $0 + expf(-perRow[$1]) - base[$1] } / Float(N)
+            }
+            progress?(done + 1, todo.count)
+        }
+        return effects
+    }
+
+    static func probability(of token: Int, logits: [Float], row i: Int, V: Int) -> Float {
+        let z = logits[(i * V)..<((i + 1) * V)]
+        let m = z.max()!
+        let sum = z.reduce(0) { $0 + expf($1 - m) }
+        return expf(logits[i * V + token] - m) / sum
+    }
+
+    /// The `k` heads of largest AIE, by decreasing AIE (ties: the lower layer, then head, first).
+    public static func topHeads(_ effects: [Float], heads H: Int, k: Int) -> [(layer: Int, head: Int)] {
+        effects.indices.sorted { effects[$0] != effects[$1] ? effects[$0] > effects[$1] : $0 < $1 }
+            .prefix(k).map { ($0 / H, $0 % H) }
+    }
+
+    /// Σ over `heads` of W_O^ℓ·(ā[ℓ,h] in h's slot, zero elsewhere), [D].
+    public static func vector(_ lm: LanguageModel, means: [[Float]], heads: [(layer: Int, head: Int)]) -> [Float] {
+        let cfg = lm.config
+        var fv = [Float](repeating: 0, count: cfg.dModel)
+        for (l, h) in heads {
+            var slot = [Float](repeating: 0, count: cfg.attnDim)
+            for c in (h * cfg.headDim)..<((h + 1) * cfg.headDim) { slot[c] = means[l][c] }
+            for (i, v) in DeltaExport.outputProjection(lm, layer: l, slot).enumerated() { fv[i] += v }
+        }
+        return fv
+    }
+
+    /// Steps 1–4 for a job's training pairs: the `k` heads of largest AIE summed.
+    /// `progress(phase, done, total)`.
+    public init(_ lm: LanguageModel, train: [TaskPair], format: PromptFormat, seed: Int, heads k: Int,
+                progress: ((String, Int, Int) -> Void)? = nil) {
+        let p = Self.prompts(train: train, format: format, seed: seed)
+        let encode = { (s: [String]) in s.map { lm.tokenizer.encode($0) } }
+        let answers = p.answers.map { lm.tokenizer.encode(format.targetText($0), bos: false).first ?? 0 }
+        means = Self.headMeans(lm, prompts: encode(p.clean))
+        effects = Self.indirectEffects(lm, prompts: encode(p.corrupted), answers: answers, means: means) {
+            progress?("rank", $0, $1)
+        }
+        heads = Self.topHeads(effects, heads: lm.config.nHeads, k: k)
+        vector = Self.vector(lm, means: means, heads: heads)
+    }
+
+    /// The tensors of its artefact.
+    public var tensors: [(name: String, shape: [Int], values: [Float])] {
+        let L = means.count
+        return [
+            ("function_vector", [vector.count], vector),
+            ("head_means", [L, means.first?.count ?? 0], means.flatMap { $0 }),
+            ("indirect_effects", [L, effects.count / max(L, 1)], effects),
+        ]
+    }
+}
+
+/// Captures every layer's residual input and head outputs at each sequence's last row.
+final class LastRowCapture: ForwardHooks {
+    let D: Int, A: Int
+    /// resid[ℓ]: [rows × D]; heads[ℓ]: [rows × A].
+    var resid: [[Float]], heads: [[Float]]
+    init(layers: Int, D: Int, A: Int, rows: Int) {
+        self.D = D
+        self.A = A
+        resid = Array(repeating: [Float](repeating: 0, count: rows * D), count: layers)
+        heads = Array(repeating: [Float](repeating: 0, count: rows * A), count: layers)
+    }
+    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer < resid.count else { return }
+        for s in 0..<layout.rowCount.count {
+            for c in 0..<D { resid[layer][s * D + c] = x[layout.lastRow(s) * D + c] }
+        }
+    }
+    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        for s in 0..<layout.rowCount.count {
+            for c in 0..<A { heads[layer][s * A + c] = o[layout.lastRow(s) * A + c] }
+        }
+    }
+}
+
+/// Adds `vector` [D] to the residual stream entering block `layer`, at each sequence's last row
+/// (a prompt pass's hook: where a function vector goes).
+public final class ResidualAddHook: ForwardHooks {
+    public let layer: Int
+    public let vector: [Float]
+    public init(layer: Int, vector: [Float]) {
+        self.layer = layer
+        self.vector = vector
+    }
+    public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer == self.layer else { return }
+        for s in 0..<layout.rowCount.count {
+            vector.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: x + layout.lastRow(s) * $0.count, $0.count) }
+        }
+    }
+    public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+}
