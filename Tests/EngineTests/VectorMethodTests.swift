@@ -181,26 +181,52 @@ final class VectorMethodTests: XCTestCase {
                 / (a.reduce(0) { $0 + $1 * $1 }.squareRoot() * b.reduce(0) { $0 + $1 * $1 }.squareRoot())
         }
         var x = x0
-        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0).residual(layer: 1, $0.baseAddress!, layout) }
+        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0).mlpOutput(layer: 0, $0.baseAddress!, layout) }
         XCTAssertLessThan(zip(x, x0).map { abs($0 - $1) }.max()!, 1e-5, "α = 0 changes nothing")
         x = x0
-        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0.3).residual(layer: 1, $0.baseAddress!, layout) }
+        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0.3).mlpOutput(layer: 0, $0.baseAddress!, layout) }
         for r in 0..<3 {
             let a = x0[(r * D)..<((r + 1) * D)], b = x[(r * D)..<((r + 1) * D)]
             XCTAssertEqual(b.reduce(0) { $0 + $1 * $1 }, a.reduce(0) { $0 + $1 * $1 }, accuracy: 1e-3, "row \(r) norm")
             XCTAssertGreaterThan(cos(b, v), cos(a, v), "row \(r) turned towards v")
         }
-        // block 1's direction is −v: entering block 2
+        // block 1's direction is −v
         x = x0
-        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0.3).residual(layer: 2, $0.baseAddress!, layout) }
+        x.withUnsafeMutableBufferPointer { ICVHook(icv, alpha: 0.3).mlpOutput(layer: 1, $0.baseAddress!, layout) }
         XCTAssertLessThan(cos(x[0..<D], v), cos(x0[0..<D], v))
-        // not a block's output: entering block 0, or past the last
+        // the residual stream and the head outputs are left alone
         x = x0
         x.withUnsafeMutableBufferPointer {
-            ICVHook(icv, alpha: 0.3).residual(layer: 0, $0.baseAddress!, layout)
-            ICVHook(icv, alpha: 0.3).residual(layer: 3, $0.baseAddress!, layout)
+            ICVHook(icv, alpha: 0.3).residual(layer: 1, $0.baseAddress!, layout)
+            ICVHook(icv, alpha: 0.3).headOutputs(layer: 1, $0.baseAddress!, layout)
         }
         XCTAssertEqual(x, x0)
+    }
+
+    /// Sees every MLP output and changes nothing.
+    final class WatchMLP: ForwardHooks {
+        var seen = Set<Int>()
+        func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+        func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+        var seesMLPOutputs: Bool { true }
+        func mlpOutput(layer: Int, _ m: UnsafeMutablePointer<Float>, _ layout: BatchLayout) { seen.insert(layer) }
+    }
+
+    /// Keeping the MLP output apart for a hook (the ICV's site) computes the same forward as the
+    /// fused residual add, on both families (Gemma 3's MLP output is post-normed first).
+    func testTheMLPOutputSiteLeavesTheForwardAsItIs() throws {
+        for lm in [try SharedModel.get(), try SharedGemma.get()] {
+            let prompts = ["Q: hot\nA:", "The capital of France is"].map { lm.tokenizer.encode($0) }
+            let run = { (hooks: ForwardHooks?) in
+                lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
+                                 hooks: hooks)
+            }
+            let watch = WatchMLP()
+            let a = run(nil), b = run(watch)
+            XCTAssertEqual(watch.seen, Set(0..<lm.config.nLayers), lm.config.architecture)
+            let scale = a.map(abs).max()!
+            XCTAssertLessThan(zip(a, b).map { abs($0 - $1) }.max()! / scale, 1e-5, lm.config.architecture)
+        }
     }
 
     /// Latent states of texts run together equal those of each text run alone, and the ICV built

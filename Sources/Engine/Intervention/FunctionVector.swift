@@ -24,6 +24,9 @@ public struct FunctionVector: Sendable {
     public var heads: [(layer: Int, head: Int)]
     /// FV, [D].
     public var vector: [Float]
+    /// Mean p(answer's first token) on the clean and on the corrupted ICL prompts: how much the
+    /// demonstrations teach this model the task (the room the heads' effects have).
+    public var cleanProbability: Float = 0, corruptedProbability: Float = 0
 
     /// The clean and corrupted ICL prompts of `train` (N ≥ 2) and each prompt's expected answer.
     public static func prompts(train: [TaskPair], format: PromptFormat, seed: Int)
@@ -54,14 +57,22 @@ public struct FunctionVector: Sendable {
 
     /// ā[ℓ] = mean over `prompts` of layer ℓ's head outputs at the last position, [L][H·d].
     public static func headMeans(_ lm: LanguageModel, prompts: [[Int]]) -> [[Float]] {
+        headMeans(lm, prompts: prompts, answers: nil).means
+    }
+
+    /// The same, and the mean p(answer) at the last position where `answers` are given.
+    static func headMeans(_ lm: LanguageModel, prompts: [[Int]], answers: [Int]?) -> (means: [[Float]], p: Float) {
         let cfg = lm.config
         let capture = LastRowCapture(layers: cfg.nLayers, D: cfg.dModel, A: cfg.attnDim, rows: prompts.count)
-        _ = lm.model.forward(tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) },
-                             hooks: capture)
+        let logits = lm.model.forward(
+            tokens: prompts, caches: prompts.map { lm.model.makeCache(capacity: $0.count) }, hooks: capture)
         let n = Float(prompts.count)
-        return capture.heads.map { h in
+        let p = answers.map { a in
+            a.indices.reduce(0) { $0 + probability(of: a[$1], logits: logits, row: $1, V: cfg.vocabSize) } / n
+        } ?? 0
+        return (capture.heads.map { h in
             (0..<cfg.attnDim).map { c in stride(from: c, to: h.count, by: cfg.attnDim).reduce(0) { $0 + h[$1] } / n }
-        }
+        }, p)
     }
 
     /// AIE[ℓ × H + h] over the corrupted `prompts` (token ids) with `answers` (each answer's first
@@ -72,6 +83,15 @@ public struct FunctionVector: Sendable {
         _ lm: LanguageModel, prompts: [[Int]], answers: [Int], means: [[Float]], layers: [Int]? = nil,
         precision: Precision = .fp32, progress: ((Int, Int) -> Void)? = nil
     ) -> [Float] {
+        indirectEffects(lm, prompts: prompts, answers: answers, means: means, layers: layers, precision: precision,
+                        progress: progress).effects
+    }
+
+    /// The same, and the mean p(answer) as the prompts are.
+    static func indirectEffects(
+        _ lm: LanguageModel, prompts: [[Int]], answers: [Int], means: [[Float]], layers: [Int]?,
+        precision: Precision, progress: ((Int, Int) -> Void)?
+    ) -> (effects: [Float], p: Float) {
         let cfg = lm.config
         let N = prompts.count, L = cfg.nLayers, H = cfg.nHeads, d = cfg.headDim, A = cfg.attnDim, V = cfg.vocabSize
         precondition(answers.count == N && means.count == L)
@@ -108,7 +128,7 @@ public struct FunctionVector: Sendable {
             }
             progress?(done + 1, todo.count)
         }
-        return effects
+        return (effects, base.reduce(0, +) / Float(N))
     }
 
     static func probability(of token: Int, logits: [Float], row i: Int, V: Int) -> Float {
@@ -143,10 +163,10 @@ public struct FunctionVector: Sendable {
         let p = Self.prompts(train: train, format: format, seed: seed)
         let encode = { (s: [String]) in s.map { lm.tokenizer.encode($0) } }
         let answers = p.answers.map { lm.tokenizer.encode(format.targetText($0), bos: false).first ?? 0 }
-        means = Self.headMeans(lm, prompts: encode(p.clean))
-        effects = Self.indirectEffects(lm, prompts: encode(p.corrupted), answers: answers, means: means) {
-            progress?("rank", $0, $1)
-        }
+        (means, cleanProbability) = Self.headMeans(lm, prompts: encode(p.clean), answers: answers)
+        (effects, corruptedProbability) = Self.indirectEffects(
+            lm, prompts: encode(p.corrupted), answers: answers, means: means, layers: nil, precision: .fp32
+        ) { progress?("rank", $0, $1) }
         heads = Self.topHeads(effects, heads: lm.config.nHeads, k: k)
         vector = Self.vector(lm, means: means, heads: heads)
     }

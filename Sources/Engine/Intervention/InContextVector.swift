@@ -9,12 +9,12 @@ import Foundation
 /// 2. The differences d_i = h(y_i) − h(x_i); the ICV is their first principal direction (unit
 ///    length, its sign chosen to point along the mean difference) plus their mean, the vector the
 ///    authors' code returns, read as one [D] direction v_ℓ per block.           `direction`
-/// 3. Use: at every block's output and at every position, prompt and generated, each row x of the
-///    stream becomes ‖x‖·normalize(x̂ + α·(1 + max(0, cos(x, −v_ℓ)))·v̂_ℓ), the authors'
-///    norm-keeping shift with strength α (`ICVHook`).
-///
-/// One difference from the authors' code, which shifts each block's MLP output: here the shift is
-/// applied to the residual stream leaving the block, the same states the direction was read from.
+/// 3. Use: at every block's MLP output (before the residual add) and at every position, prompt and
+///    generated, each row x becomes ‖x‖·normalize(x̂ + α·(1 + max(0, cos(x, −v_ℓ)))·v̂_ℓ), the
+///    authors' norm-keeping shift with strength α, at the site their code shifts (`ICVHook`).
+///    Measured on SmolLM2 (capitalize, seed 0, 100 test pairs): the same shift applied to the
+///    residual stream leaving each block instead only lowered exact match as α grew (0.05 at α 0,
+///    0.02 at 0.01, 0 at 0.1), the stream's norm being dominated by a few large coordinates.
 public struct InContextVector: Sendable {
     /// v_ℓ for each block ℓ, [L][D].
     public var directions: [[Float]]
@@ -84,7 +84,7 @@ public struct InContextVector: Sendable {
     }
 }
 
-/// Step 3: the ICV's shift at every block's output and every row (prompt pass and decoding steps).
+/// Step 3: the ICV's shift of every block's MLP output, every row (prompt pass and decoding steps).
 public final class ICVHook: ForwardHooks {
     let unit: [[Float]]
     public let alpha: Float
@@ -95,12 +95,13 @@ public final class ICVHook: ForwardHooks {
         }
         self.alpha = alpha
     }
-    public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-        guard layer >= 1 && layer <= unit.count else { return }  // leaving block layer − 1
-        let v = unit[layer - 1], D = v.count
-        for r in 0..<layout.totalRows { Self.shift(x + r * D, v, alpha) }
-    }
+    public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
     public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
+    public var seesMLPOutputs: Bool { true }
+    public func mlpOutput(layer: Int, _ m: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        let v = unit[layer], D = v.count
+        for r in 0..<layout.totalRows { Self.shift(m + r * D, v, alpha) }
+    }
 
     /// x ← ‖x‖·normalize(x̂ + α·(1 + max(0, cos(x, −v̂)))·v̂) for a unit v̂.
     static func shift(_ x: UnsafeMutablePointer<Float>, _ v: [Float], _ alpha: Float) {

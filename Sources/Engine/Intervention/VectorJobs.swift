@@ -57,6 +57,7 @@ extension PairTaskJobs {
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count), "fv_layer": Double(layer),
             "fv_heads": Double(heads), "fv_norm": Double(fv.vector.reduce(0) { $0 + $1 * $1 }.squareRoot()),
             "top_effect": Double(fv.heads.first.map { fv.effects[$0.layer * lm.config.nHeads + $0.head] } ?? 0),
+            "clean_p_answer": Double(fv.cleanProbability), "corrupted_p_answer": Double(fv.corruptedProbability),
             "build_ms": buildMs, "eval_ms": Date().timeIntervalSince(tEval) * 1000,
         ]
         Self.record(zero, into: &metrics)

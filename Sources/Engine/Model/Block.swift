@@ -153,7 +153,7 @@ extension LlamaBlock {
         out: UnsafeMutablePointer<Float>, xn: UnsafeMutablePointer<Float>,
         invRMS: UnsafeMutablePointer<Float>?, g: UnsafeMutablePointer<Float>,
         u: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, post: NormSave, precision: Precision,
-        perRows: ((Range<Int>) -> Void) -> Void
+        perRows: ((Range<Int>) -> Void) -> Void, output: ((UnsafeMutablePointer<Float>) -> Void)? = nil
     ) {
         let F = cfg.ffnDim
         Ops.rmsnorm(h, ffnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps, invRMS: invRMS)
@@ -163,6 +163,13 @@ extension LlamaBlock {
         case .geluTanh: perRows { r in for i in r { Ops.geglu(g + i * F, u + i * F, m + i * F, F) } }
         }
         if out != UnsafeMutablePointer(mutating: h) { out.update(from: h, count: N * cfg.dModel) }
+        if let output {  // the MLP's output apart (in xn, free since gate/up), seen, then added
+            backend.linear(m, N, [(wDown, xn)], accumulate: false, precision: precision)
+            if let postFfnNorm { Ops.rmsnorm(xn, postFfnNorm.data, xn, rows: N, dim: cfg.dModel, eps: cfg.rmsEps) }
+            output(xn)
+            Ops.add(xn, into: out, N * cfg.dModel)
+            return
+        }
         guard let postFfnNorm else {
             backend.linear(m, N, [(wDown, out)], accumulate: true, precision: precision)
             return

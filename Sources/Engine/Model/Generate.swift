@@ -160,4 +160,8 @@ final class HookChain: ForwardHooks {
     func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         for h in hooks { h.headOutputs(layer: layer, o, layout) }
     }
+    var seesMLPOutputs: Bool { hooks.contains { $0.seesMLPOutputs } }
+    func mlpOutput(layer: Int, _ m: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        for h in hooks { h.mlpOutput(layer: layer, m, layout) }
+    }
 }

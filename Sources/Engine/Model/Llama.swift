@@ -193,6 +193,16 @@ public protocol ForwardHooks: AnyObject {
     /// The concatenated head outputs of layer `layer` (the input of o_proj, [T × H·d]): the Δ site.
     /// May be modified in place.
     func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout)
+    /// Whether `mlpOutput` is wanted (the forward then keeps each MLP's output apart before adding it).
+    var seesMLPOutputs: Bool { get }
+    /// Layer `layer`'s MLP output [T × D] (after its post-norm, where the family has one), before
+    /// the residual add. May be modified in place.
+    func mlpOutput(layer: Int, _ m: UnsafeMutablePointer<Float>, _ layout: BatchLayout)
+}
+
+extension ForwardHooks {
+    public var seesMLPOutputs: Bool { false }
+    public func mlpOutput(layer: Int, _ m: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
 }
 
 /// A Llama decoder: fp32 weights dequantised from GGUF, batched prefill and decode with a KV cache.
@@ -355,7 +365,8 @@ public final class LlamaModel: @unchecked Sendable {
             blk.attentionOutputForward(backend, cfg, o: o, rows: T, h: x, out: x, post: (xn, nil), precision: .fp32)
             // ---- MLP, the residual updated in place (xn holds the normed input, then the output)
             blk.mlpForward(backend, cfg, h: x, rows: T, out: x, xn: xn, invRMS: nil, g: g, u: u, m: g,
-                           post: (xn, nil), precision: .fp32, perRows: { $0(0..<T) })
+                           post: (xn, nil), precision: .fp32, perRows: { $0(0..<T) },
+                           output: hooks?.seesMLPOutputs == true ? { hooks?.mlpOutput(layer: l, $0, layout) } : nil)
         }
         for s in 0..<tokens.count { caches[s].length += rowCount[s] }
         hooks?.residual(layer: cfg.nLayers, x, layout)
