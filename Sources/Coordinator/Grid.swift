@@ -235,6 +235,18 @@ public struct Grid: Equatable, Sendable {
         mutating func parseTunables(_ section: JSONValue, section name: String, into out: inout [String: Double]) {
             for t in Tunable.all where t.section == name {
                 guard let v = section[String(t.name)] else { continue }
+                if let choices = t.choices {  // a list of names
+                    guard case .array(let items) = v,
+                          case let names = items.compactMap({ (i: JSONValue) -> String? in if case .string(let s) = i { s } else { nil } }),
+                          names.count == items.count
+                    else {
+                        err(t.key, "expected a list of names like [\"\(choices[0])\"], got \(v.shortDescription)")
+                        continue
+                    }
+                    do { out[t.key] = try t.value(names: names) } catch let e as JobSpecError { err(t.key, e.message) }
+                    catch { err(t.key, "\(error)") }
+                    continue
+                }
                 guard case .number(let d, _) = v else {
                     err(t.key, "expected a number, got \(v.shortDescription)")
                     continue

@@ -14,6 +14,9 @@ public struct Tunable: Sendable, Hashable {
     public let integer: Bool
     /// The axis it belongs to: for methods without that axis it is dropped (and not part of the id).
     public let axis: JobAxes
+    /// A set-valued tunable: the names it chooses from, the value being the bit mask of the chosen
+    /// names (bit i = `choices[i]`). Grids give a list of names, `--set` a comma-separated one.
+    public let choices: [String]?
 
     public init(
         _ key: String, default defaultValue: Double, range: ClosedRange<Double>, integer: Bool = false,
@@ -25,7 +28,42 @@ public struct Tunable: Sendable, Hashable {
         self.integer = integer
         self.axis = axis
         self.help = help
+        self.choices = nil
     }
+
+    /// A set-valued tunable over `choices`, by default the set `defaultNames`.
+    public init(_ key: String, choices: [String], default defaultNames: [String], axis: JobAxes, help: String) {
+        self.key = key
+        self.choices = choices
+        self.defaultValue = Double(defaultNames.reduce(0) { $0 | (1 << choices.firstIndex(of: $1)!) })
+        self.range = 1...Double((1 << choices.count) - 1)
+        self.integer = true
+        self.axis = axis
+        self.help = help
+    }
+
+    /// The value of a set of names, or an error naming the unknown one and the choices.
+    public func value(names: [String]) throws -> Double {
+        guard let choices else { throw JobSpecError(field: key, message: "expected a number, got a list of names") }
+        guard !names.isEmpty else { throw JobSpecError(field: key, message: "expected at least one of \(choices)") }
+        var mask = 0
+        for n in names {
+            guard let i = choices.firstIndex(of: n) else {
+                throw JobSpecError(
+                    field: key, message: "unknown name \"\(n)\"; expected some of \(choices.joined(separator: ", "))")
+            }
+            mask |= 1 << i
+        }
+        return Double(mask)
+    }
+
+    /// The names a set-valued tunable's value chooses (nil for a numeric one).
+    public func names(of value: Double) -> [String]? {
+        choices.map { c in c.indices.filter { Int(value) & (1 << $0) != 0 }.map { c[$0] } }
+    }
+
+    /// A value as grids and artefacts write it: its names, comma-separated, or the number.
+    public func display(_ value: Double) -> String { names(of: value)?.joined(separator: ",") ?? "\(value)" }
 
     public static func == (a: Tunable, b: Tunable) -> Bool { a.key == b.key }
     public func hash(into h: inout Hasher) { h.combine(key) }
@@ -76,6 +114,10 @@ extension Tunable {
     public static let loraAlpha = Tunable(
         "lora.alpha", default: 8, range: 0.001...10000, axis: .lora,
         help: "LoRA's α: the update is scaled by α/r (the lora method).")
+    /// The projections LoRA adapts in every layer (the names of `LoRA.Target`).
+    public static let loraTargets = Tunable(
+        "lora.targets", choices: ["q", "k", "v", "o", "gate", "up", "down"], default: ["q", "k", "v", "o"], axis: .lora,
+        help: "Projections LoRA adapts, some of q, k, v, o, gate, up, down (the lora method).")
     public static let loraLR = Tunable(
         "lora.lr", default: 0.001, range: 1e-7...10, axis: .lora,
         help: "Adam's learning rate for LoRA (the lora method; Δ's solver.lr is 100× larger).")
@@ -105,7 +147,7 @@ extension Tunable {
         help: "Strength α of the in-context vector's shift at every layer (the icv method).")
 
     public static let all: [Tunable] = [
-        deltaScale, tolerance, loraRank, loraAlpha, loraLR, ia3LR, softPromptTokens, softPromptLR, fvHeads, fvLayer,
+        deltaScale, tolerance, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR, fvHeads, fvLayer,
         icvAlpha,
     ]
 }
@@ -113,6 +155,11 @@ extension Tunable {
 extension JobSpec {
     /// A tunable's value for this job (its default when the job does not set it).
     public subscript(_ t: Tunable) -> Double { tunables[t.key] ?? t.defaultValue }
+
+    /// The tunables the job sets, as artefacts record them (names for a set-valued one).
+    public var tunableTexts: [String: String] {
+        Dictionary(uniqueKeysWithValues: tunables.map { k, v in (k, (try? Tunable.named(k))?.display(v) ?? "\(v)") })
+    }
 
     /// Sets a tunable, checking its range; the default value is stored as absent.
     public mutating func set(_ t: Tunable, _ value: Double) throws {

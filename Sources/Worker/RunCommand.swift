@@ -50,12 +50,20 @@ public struct JobOptions: ParsableArguments {
                         seed: seed, trainSize: trainSize, testSize: testSize, steps: steps, lr: lr, maxNewTokens: maxNewTokens,
                         shots: shots, solver: solve.solver, precision: solve.precision)
         for item in set {
-            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let v = Double(parts[1].trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--set takes key=value with a number, got \(item.debugDescription)")
+            let parts = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2 else {
+                throw ValidationError("--set takes key=value, got \(item.debugDescription)")
             }
-            do { try s.set(try Tunable.named(parts[0].trimmingCharacters(in: .whitespaces)), v) }
-            catch let e as JobSpecError { throw ValidationError("--set \(e)") }
+            do {
+                let t = try Tunable.named(parts[0])
+                if t.choices != nil {  // a comma-separated set of names
+                    try s.set(t, try t.value(names: parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }))
+                } else if let v = Double(parts[1]) {
+                    try s.set(t, v)
+                } else {
+                    throw ValidationError("--set \(t.key) takes a number, got \(parts[1].debugDescription)")
+                }
+            } catch let e as JobSpecError { throw ValidationError("--set \(e)") }
         }
         return s
     }

@@ -31,10 +31,10 @@ final class GridTests: XCTestCase {
          "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
         """)
         let expected = [
-            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora, ia3, soft_prompt"#,
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora, ia3, soft_prompt, fv, icv"#,
             #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
             "tasks: expected a non-empty list, got an empty list",
-            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
+            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
             "layers[0]: expected a non-negative integer, got -1",
             "layers[1]: expected a non-negative integer, got 2.5",
             #"lambda: expected a non-negative number, got "0.1""#,
@@ -127,6 +127,33 @@ final class GridTests: XCTestCase {
                        [#"lora: expected an object like {"rank": 4.0}, got 4"#])
     }
 
+    /// A set-valued tunable (LoRA's targets) takes a list of names; its default set is absent
+    /// from the id; one method's settings never reach another method's jobs (their own axes).
+    func testSetValuedTunablesAndEachMethodsOwnParameters() throws {
+        let base = #"{"experiment": "x", "tasks": ["antonym"], "methods": ["lora", "ia3", "function-vector", "icv"]"#
+        let plain = try Grid.parse(base + "}").expand()
+        let same = try Grid.parse(base + #", "lora": {"targets": ["o", "k", "q", "v"]}}"#).expand()
+        XCTAssertEqual(same.map(\.id), plain.map(\.id), "the default set, in any order, is the same job")
+        let jobs = try Grid.parse(
+            base + #", "lora": {"targets": ["q", "down"], "rank": 8}, "fv": {"heads": 20}, "icv": {"alpha": 0.5}}"#
+        ).expand()
+        func job(_ m: JobMethod) throws -> JobSpec { try XCTUnwrap(jobs.first { $0.spec.method == m }).spec }
+        XCTAssertEqual(Tunable.loraTargets.names(of: try job(.lora)[.loraTargets]), ["q", "down"])
+        XCTAssertEqual(try job(.lora).tunableTexts["lora.targets"], "q,down")
+        XCTAssertEqual(try job(.functionVector)[.fvHeads], 20)
+        XCTAssertEqual(try job(.icv)[.icvAlpha], 0.5)
+        XCTAssertEqual(try job(.ia3).tunables, [:], "LoRA's, FV's and ICV's settings are not IA³'s")
+        XCTAssertEqual(try job(.ia3).id, try XCTUnwrap(plain.first { $0.spec.method == .ia3 }).id)
+        XCTAssertEqual(Set(try job(.lora).tunables.keys), ["lora.targets", "lora.rank"])
+        XCTAssertEqual(errors(base + #", "lora": {"targets": ["q", "qkv"]}}"#),
+                       [#"lora.targets: unknown name "qkv"; expected some of q, k, v, o, gate, up, down"#])
+        XCTAssertEqual(errors(base + #", "lora": {"targets": 3}}"#),
+                       [#"lora.targets: expected a list of names like ["q"], got 3"#])
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a"], "methods": ["function-vector"], "shots": 12}"#),
+                       ["shots: few-shot (and function-vector) draws its 12 demonstrations from the training set, "
+                            + "so shots must be at most train_size (10)"])
+    }
+
     func testPromptTemplatesAreValidatedAndCarried() throws {
         let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "prompt": {"query": "Q: x", "target": 3, "style": "y"}}"#)
         XCTAssertEqual(e.count, 3, "\(e)")
@@ -163,7 +190,7 @@ final class GridTests: XCTestCase {
 
     func testFewShotNeedsEnoughTrainingExamples() {
         let e = errors(#"{"experiment": "x", "tasks": "a", "methods": "few-shot", "train_size": 5, "shots": 8}"#)
-        XCTAssertEqual(e, ["shots: few-shot draws its 8 demonstrations from the training set, so shots must be at most train_size (5)"])
+        XCTAssertEqual(e, ["shots: few-shot (and function-vector) draws its 8 demonstrations from the training set, so shots must be at most train_size (5)"])
     }
 
     func testBooleansAreNotNumbers() {

@@ -1,4 +1,5 @@
 import Engine
+import JobCore
 import Foundation
 import XCTest
 
@@ -11,6 +12,12 @@ final class TrainingTests: XCTestCase {
             pairs.map { lm.tokenizer.encode("Q: \($0.0)\nA:") },
             pairs.map { lm.tokenizer.encode(" " + $0.1, bos: false)[0] }
         )
+    }
+
+    /// The grid's names for LoRA's targets are the engine's, in the same order.
+    func testLoRATargetNamesAreTheEngines() {
+        XCTAssertEqual(Tunable.loraTargets.choices, LoRA.Target.allCases.map(\.rawValue))
+        XCTAssertEqual(Tunable.loraTargets.names(of: Tunable.loraTargets.defaultValue), ["q", "k", "v", "o"])
     }
 
     /// With B = 0 (LoRA's start) the path is the model: its last-position logits equal a forward's.

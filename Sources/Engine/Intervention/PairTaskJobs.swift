@@ -214,7 +214,8 @@ public struct PairTaskJobs {
             return try runFused([spec], progress: progress)[0]
         case .lora:
             let lora = LoRA(
-                model: lm.model, targets: [.q, .k, .v, .o], rank: Int(spec[.loraRank]),
+                model: lm.model, targets: (Tunable.loraTargets.names(of: spec[.loraTargets]) ?? []).compactMap(LoRA.Target.init),
+                rank: Int(spec[.loraRank]),
                 alpha: Float(spec[.loraAlpha]), seed: UInt64(spec.seed))
             return runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)
         case .ia3:
@@ -259,7 +260,7 @@ public struct PairTaskJobs {
                 var e = ["prompt_format": p.format.query, "target_format": p.format.target,
                          "exact_match": "\(m["exact_match"] ?? .nan)"]
                 // the settings of the evaluation that gave exact_match (the tunables the job set)
-                for (k, v) in p.spec.tunables { e[k] = "\(v)" }
+                e.merge(p.spec.tunableTexts) { $1 }
                 return e
             })
     }

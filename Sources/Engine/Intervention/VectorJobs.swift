@@ -29,7 +29,7 @@ extension PairTaskJobs {
             "seed": "\(p.spec.seed)", "train_size": "\(p.split.train.count)", "exact_match": "\(ev.exactMatch)",
             "prompt_format": p.format.query, "target_format": p.format.target,
         ]
-        for (k, v) in p.spec.tunables { md[k] = "\(v)" }
+        md.merge(p.spec.tunableTexts) { $1 }
         return md
     }
 

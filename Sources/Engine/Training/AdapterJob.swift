@@ -62,7 +62,7 @@ extension PairTaskJobs {
             "final_loss": "\(finalLoss)", "exact_match": "\(ev.exactMatch)",
             "prompt_format": p.format.query, "target_format": p.format.target,
         ]
-        for (k, v) in spec.tunables { md[k] = "\(v)" }
+        md.merge(spec.tunableTexts) { $1 }
         return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: adapter.tensors, metadata: md))
     }
 }
