@@ -180,8 +180,10 @@ public struct Comparison: Sendable {
         }
     }
 
-    /// A task's name as tables show it: a data file's base name, else the registry name.
+    /// A task's name as tables show it: a data file's base name, else the registry name; an
+    /// opinion task's group.
     public static func taskName(_ s: JobSpec) -> String {
+        if let o = JobSpec.opinionAddress(s.task) { return o.group }
         let last = s.task.split(separator: "/").last.map(String.init) ?? s.task
         return last.hasSuffix(".json") ? String(last.dropLast(5)) : last
     }

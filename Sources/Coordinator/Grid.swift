@@ -224,6 +224,12 @@ public struct Grid: Equatable, Sendable {
             if methods.contains(where: { $0.axes.contains(.shots) }), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
                 err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
             }
+            let opinionMethods: [JobMethod] = [.intervention, .zeroShot, .fewShot]
+            if tasks.contains(where: { JobSpec.opinionAddress($0) != nil }),
+               let m = methods.first(where: { $0.family == .engine && !opinionMethods.contains($0) }) {
+                err("methods", "\"\(m.rawValue)\" does not run on opinion tasks (\"file.json#group\"); on them only "
+                        + opinionMethods.map { "\"\($0.rawValue)\"" }.joined(separator: ", ") + " do: put the others in a grid of their own")
+            }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
                         steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,

@@ -333,3 +333,13 @@ extension JobSpec: Codable {
         }
     }
 }
+
+extension JobSpec {
+    /// An opinion task's address, "<file>.json#<group>": one group of an OpinionQA-layout file, so
+    /// that groups are a grid axis (the tasks list). nil for any other task.
+    public static func opinionAddress(_ task: String) -> (path: String, group: String)? {
+        guard let hash = task.lastIndex(of: "#"), task[..<hash].hasSuffix(".json") else { return nil }
+        let group = String(task[task.index(after: hash)...])
+        return group.isEmpty ? nil : (String(task[..<hash]), group)
+    }
+}

@@ -203,7 +203,7 @@ public struct RunCommand: ParsableCommand {
         for (spec, outcome) in zip(specs, outcomes) {
             var m = outcome.metrics
             m["load_ms"] = lm.loadSeconds * 1000
-            var obj: [String: Any] = ["task": spec.task, "layer": spec.layer, "seed": spec.seed, "method": spec.method.rawValue,
+            var obj: [String: Any] = ["task": spec.task, "layer": spec.normalised.layer, "seed": spec.seed, "method": spec.method.rawValue,
                                       "model": lm.name, "solver": job.solver.rawValue]
             for (k, v) in m { obj[k] = v.isFinite ? v : nil }
             if let art = outcome.artefact {
@@ -215,7 +215,19 @@ public struct RunCommand: ParsableCommand {
                 continue
             }
             func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
-            print("task \(spec.task)  layer \(spec.layer)  seed \(spec.seed)  method \(spec.method.rawValue)  (\(Int(m["n_test"] ?? 0)) test pairs)")
+            let layerText = spec.method.axes.contains(.layer) ? "  layer \(spec.layer)" : ""
+            print("task \(spec.task)\(layerText)  seed \(spec.seed)  method \(spec.method.rawValue)  (\(Int(m["n_test"] ?? 0)) test pairs)")
+            if m["kl"] != nil {  // an opinion task ("file.json#group")
+                print("                 alignment   KL")
+                let label = spec.method == .intervention ? "with Δ" : spec.method.rawValue
+                print(String(format: "  %@ %.4f      %.4f", label.padding(toLength: 15, withPad: " ", startingAt: 0),
+                             m["alignment"] ?? .nan, m["kl"] ?? .nan))
+                if let z = m["zero_shot_alignment"] {
+                    print(String(format: "  without Δ       %.4f      %.4f", z, m["zero_shot_kl"] ?? .nan))
+                }
+                if let p = obj["delta_path"] { print("  saved \(p)") }
+                continue
+            }
             print("                 exact match   first token   judge")
             if spec.method == .intervention {
                 print("  with Δ          \(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
@@ -223,6 +235,14 @@ public struct RunCommand: ParsableCommand {
                 print(String(format: "  Δ: loss %.4f → %.4f, %d non-zeros in %d heads, ‖Δ‖ %.3f", m["initial_loss"] ?? .nan, m["final_loss"] ?? .nan,
                              Int(m["nonzero"] ?? 0), Int(m["active_heads"] ?? 0), m["delta_l2"] ?? .nan))
                 if let p = obj["delta_path"] { print("  saved \(p)") }
+            } else if spec.method == .functionVector {
+                print("  FV, 0-shot      \(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
+                print("  FV, \(spec.shots)-shot".padding(toLength: 17, withPad: " ", startingAt: 0)
+                    + "\(pct("few_shot_exact_match"))        \(pct("few_shot_first_token_accuracy"))        \(pct("few_shot_judge_accuracy"))")
+                print(String(format: "  FV: %d heads at block %d, ‖FV‖ %.1f; p(answer) %.3f clean, %.3f corrupted; top effect %+.4f",
+                             Int(m["fv_heads"] ?? 0), Int(m["fv_layer"] ?? 0), m["fv_norm"] ?? .nan, m["clean_p_answer"] ?? .nan,
+                             m["corrupted_p_answer"] ?? .nan, m["top_effect"] ?? .nan))
+                if let p = obj["artefact_path"] { print("  saved \(p)") }
             } else {
                 print("  \(spec.method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
                 if spec.method.isFineTuning {

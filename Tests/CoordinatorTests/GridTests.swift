@@ -154,6 +154,16 @@ final class GridTests: XCTestCase {
                             + "so shots must be at most train_size (10)"])
     }
 
+    /// Opinion tasks ("file.json#group") take the intervention and the prompting baselines only.
+    func testOpinionTasksTakeTheirMethodsOnly() throws {
+        let ok = try Grid.parse(#"{"experiment": "o", "tasks": ["q.json#North", "q.json#South"], "#
+            + #""methods": ["intervention", "zero-shot", "few-shot"]}"#).expand()
+        XCTAssertEqual(Set(ok.map(\.spec.task)), ["q.json#North", "q.json#South"])
+        XCTAssertEqual(errors(#"{"experiment": "o", "tasks": ["antonym", "q.json#North"], "methods": ["icv"]}"#),
+                       [#"methods: "icv" does not run on opinion tasks ("file.json#group"); on them only "intervention", "#
+                            + #""zero-shot", "few-shot" do: put the others in a grid of their own"#])
+    }
+
     func testPromptTemplatesAreValidatedAndCarried() throws {
         let e = errors(#"{"experiment": "x", "tasks": ["antonym"], "prompt": {"query": "Q: x", "target": 3, "style": "y"}}"#)
         XCTAssertEqual(e.count, 3, "\(e)")

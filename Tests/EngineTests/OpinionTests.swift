@@ -1,4 +1,5 @@
 import Engine
+import JobCore
 import Foundation
 import XCTest
 
@@ -82,5 +83,60 @@ final class OpinionTests: XCTestCase {
         XCTAssertEqual(md.task, "opinion:Northeast")
         XCTAssertEqual(md.extra["data"], path)
         XCTAssertEqual(try DeltaArtefact(data: r.artefact.data), r.artefact)
+    }
+
+    /// Opinion tasks in grids: "<file>.json#<group>"; anything else is a pair task.
+    func testOpinionAddresses() {
+        XCTAssertEqual(OpinionTask.address("d/opinionqa.json#Less than $30,000")?.path, "d/opinionqa.json")
+        XCTAssertEqual(OpinionTask.address("d/opinionqa.json#Less than $30,000")?.group, "Less than $30,000")
+        XCTAssertEqual(OpinionTask.address("a#b.json#North")?.path, "a#b.json", "the last # splits")
+        for t in ["antonym", "d/antonym.json", "d/opinionqa.json#", "notes#North"] { XCTAssertNil(OpinionTask.address(t), t) }
+    }
+
+    /// Few-shot demonstrations answer with the group's most frequent letter; the prompting
+    /// baselines' distributions (the demonstrations computed once for all questions) equal each
+    /// prompt's own forward; `score` is the per-question mean of alignment and KL.
+    func testPromptingBaselinesOnOpinionTasks() throws {
+        let lm = try SharedModel.get()
+        let q = { (text: String, d: [Float]) in
+            OpinionQuestion(key: text, question: text, options: ["Yes", "No", "Unsure"], ordinal: [1, 2, 3],
+                            dist: ["North": d, "South": [0.2, 0.2, 0.6]])
+        }
+        let demos = [q("Is it cold?", [0.1, 0.7, 0.2]), q("Is it late?", [0.5, 0.2, 0.3])]
+        let tests = [q("Is the sky blue?", [0.6, 0.3, 0.1]), q("Do you like rain?", [0.2, 0.5, 0.3])]
+        let prompt = OpinionTask.fewShotPrompt(demos, group: "North", tests[0])
+        XCTAssertEqual(prompt, OpinionTask.prompt(demos[0]) + " B\n\n" + OpinionTask.prompt(demos[1]) + " A\n\n"
+                           + OpinionTask.prompt(tests[0]))
+        let prompts = tests.map { OpinionTask.fewShotPrompt(demos, group: "North", $0) }
+        let shared = OpinionTask.distributions(lm, prompts: prompts, letters: [3, 3])
+        for (i, p) in prompts.enumerated() {
+            let alone = OpinionTask.distributions(lm, prompts: [p], letters: [3])[0]
+            XCTAssertEqual(shared[i].reduce(0, +), 1, accuracy: 1e-5)
+            for (a, b) in zip(shared[i], alone) { XCTAssertEqual(a, b, accuracy: 1e-4, "prompt \(i)") }
+        }
+        let m = OpinionTask.score(shared, tests, group: "North", prefix: "zero_shot_")
+        let align = zip(shared, tests).map { OpinionTask.alignment($0, $1.dist["North"]!, ordinal: $1.ordinal) }
+        let kl = zip(shared, tests).map { OpinionTask.kl($0, $1.dist["North"]!) }
+        XCTAssertEqual(m["zero_shot_alignment"]!, align.reduce(0, +) / 2, accuracy: 1e-12)
+        XCTAssertEqual(m["zero_shot_kl"]!, kl.reduce(0, +) / 2, accuracy: 1e-12)
+        XCTAssertEqual(m["zero_shot_" + OpinionTask.alignmentKey(group: "North")]!, m["zero_shot_alignment"]!)
+        XCTAssertNotNil(m["zero_shot_" + OpinionTask.alignmentKey(group: "South")])
+    }
+
+    /// An opinion task runs as a job: zero-shot through `PairTaskJobs`, and a method that does not
+    /// apply is refused by name.
+    func testOpinionJobs() throws {
+        let path = try TestPaths.sharedFile("data/opinionqa/opinionqa_4groups.json").path
+        let jobs = PairTaskJobs(lm: try SharedModel.get())
+        let spec = JobSpec(task: path + "#Northeast", method: .zeroShot, seed: 1, trainSize: 3, testSize: 4)
+        let m = try jobs.run(spec).metrics
+        XCTAssertEqual(m["n_test"], 4)
+        XCTAssertTrue(m["alignment"]! > 0 && m["alignment"]! <= 1)
+        var lora = spec
+        lora.method = .lora
+        XCTAssertThrowsError(try jobs.run(lora)) { XCTAssertTrue("\($0)".contains("does not run on opinion tasks"), "\($0)") }
+        var missing = spec
+        missing.task = path + "#Atlantis"
+        XCTAssertThrowsError(try jobs.run(missing)) { XCTAssertTrue("\($0)".contains("Atlantis"), "\($0)") }
     }
 }

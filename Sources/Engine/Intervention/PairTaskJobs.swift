@@ -199,6 +199,7 @@ public struct PairTaskJobs {
     }
 
     public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
+        if let opinion = try opinionTask(spec) { return try runOpinion(spec, opinion, progress: progress) }
         let p = try prepare(spec)
         let t0 = Date()
         var metrics: [String: Double] = ["n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count)]
@@ -270,7 +271,7 @@ public struct PairTaskJobs {
     /// is then evaluated on its own test split. One spec is an ordinary single job.
     public func runFused(_ specs: [JobSpec], progress: Progress? = nil, hooks: DeltaPipeline.Hooks = .init()) throws -> [JobOutcome] {
         precondition(!specs.isEmpty)
-        let jobs = try specs.map(prepare)
+        let problems = try specs.map(deltaProblem)
         let first = specs[0]
         for s in specs {
             var a = s, b = first
@@ -279,8 +280,9 @@ public struct PairTaskJobs {
                 throw EngineJobError("jobs fused on one path may differ only in their seed (and must be intervention jobs)")
             }
         }
-        var settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma, solver: jobs[0].method,
-                                     steps: first.steps, lr: first.lr, precision: jobs[0].precision)
+        var settings = DeltaSettings(layer: first.layer, lambda: first.lambda, gamma: first.gamma,
+                                     solver: first.solver ?? solverMethod, steps: first.steps, lr: first.lr,
+                                     precision: first.precision ?? precision)
         settings.tolerance = first[.tolerance]
         var h = hooks
         h.onStep = { j, s in
@@ -291,7 +293,7 @@ public struct PairTaskJobs {
             hooks.onEval?(j, done, total)
             progress?("eval", done, total, [:])
         }
-        let outcomes = try DeltaPipeline(lm: lm).run(jobs.map(problem), settings: settings, hooks: h)
+        let outcomes = try DeltaPipeline(lm: lm).run(problems, settings: settings, hooks: h)
         return outcomes.map { JobOutcome(metrics: $0.metrics, artefact: $0.artefact.data) }
     }
 }

@@ -115,6 +115,74 @@ extension OpinionTask {
         })
     }
 
+    /// The metrics of the model's answer distributions `dists` (restricted to each question's
+    /// letters) on `questions` for `group`: alignment and KL, and the alignment with every group's
+    /// answers on the same questions; each key after `prefix`.
+    public static func score(_ dists: [[Float]], _ questions: [OpinionQuestion], group: String, prefix: String = "")
+        -> [String: Double]
+    {
+        var align = 0.0, kl = 0.0
+        var byGroup: [String: (sum: Double, n: Int)] = [:]
+        for (p, q) in zip(dists, questions) {
+            let pi = q.dist[group]!
+            align += alignment(p, pi, ordinal: q.ordinal)
+            kl += OpinionTask.kl(p, pi)
+            for (g, d) in q.dist {
+                var e = byGroup[g] ?? (0, 0)
+                e.sum += alignment(p, d, ordinal: q.ordinal)
+                e.n += 1
+                byGroup[g] = e
+            }
+        }
+        let n = Double(max(questions.count, 1))
+        var m = ["n_test": Double(questions.count), prefix + "alignment": align / n, prefix + "kl": kl / n]
+        for (g, e) in byGroup { m[prefix + alignmentKey(group: g)] = e.sum / Double(e.n) }
+        return m
+    }
+
+    /// "<file>.json#<group>": a task address that names one group of an OpinionQA-layout file (how
+    /// opinion jobs name their task in grids, so that groups are a grid axis); nil for any other task.
+    public static func address(_ task: String) -> (path: String, group: String)? { JobSpec.opinionAddress(task) }
+
+    /// `shots` training questions as demonstrations, each answered with the letter the group chose
+    /// most often, before the question itself.
+    public static func fewShotPrompt(_ demos: [OpinionQuestion], group: String, _ q: OpinionQuestion) -> String {
+        demos.map { d in
+            let best = d.dist[group]!.indices.max { d.dist[group]![$0] < d.dist[group]![$1] }!
+            return prompt(d) + " " + String(Character(UnicodeScalar(65 + best)!)) + "\n\n"
+        }.joined() + prompt(q)
+    }
+
+    /// The model's answer distributions (restricted to each question's letters, renormalised) for
+    /// `prompts`, without Δ, in chunks; the tokens all prompts start with (few-shot demonstrations)
+    /// computed once.
+    public static func distributions(_ lm: LanguageModel, prompts: [String], letters: [Int]) -> [[Float]] {
+        var out: [[Float]] = []
+        let V = lm.config.vocabSize
+        let all = prompts.map { lm.tokenizer.encode($0) }
+        var common = all.map { $0.count - 1 }.min() ?? 0
+        for p in all.dropFirst() {
+            var j = 0
+            while j < common && p[j] == all[0][j] { j += 1 }
+            common = j
+        }
+        let shared = lm.model.makeCache(capacity: max(common, 1))
+        if common > 0 { _ = lm.model.forward(tokens: [Array(all[0][0..<common])], caches: [shared]) }
+        var start = 0
+        while start < prompts.count {
+            let chunk = all[start..<min(prompts.count, start + 16)]
+            let ids = chunk.map { Array($0[common...]) }
+            let caches = chunk.map { common > 0 ? shared.copy(extra: $0.count - common) : lm.model.makeCache(capacity: $0.count) }
+            let logits = lm.model.forward(tokens: ids, caches: caches)
+            for (i, n) in letters[start..<(start + ids.count)].enumerated() {
+                let alphabet = OpinionTask.letterTokens(lm.tokenizer, count: n)
+                out.append(InterventionPath.softmax(alphabet.map { logits[i * V + $0] }))
+            }
+            start += ids.count
+        }
+        return out
+    }
+
     /// A group's questions as a Δ problem: the restricted KL to the group's answer distributions on
     /// the training questions; scored on the test questions by alignment and KL, with Δ and
     /// without, and by the alignment with every group's answers on the same questions (is the
@@ -132,40 +200,20 @@ extension OpinionTask {
             task: "opinion:\(group)", seed: seed,
             evaluate: { delta, progress in
                 let b = encode(te)
-                var align = (0.0, 0.0), kls = (0.0, 0.0)
-                var byGroup: [String: (with: Double, without: Double, n: Int)] = [:]
+                var with: [[Float]] = [], without: [[Float]] = []
                 // the test questions in chunks that stay on the few-row kernels
                 var start = 0
                 while start < te.count {
                     let end = min(te.count, start + 64)
                     let p = InterventionPath(model: lm, layer: layer, prompts: Array(b.prompts[start..<end]))
                     let al = Array(b.alphabets[start..<end])
-                    let with = p.restrictedDistributions(delta: delta, alphabets: al)
-                    let without = p.restrictedBaseDistributions(alphabets: al)
-                    for (j, q) in te[start..<end].enumerated() {
-                        let pi = q.dist[group]!
-                        align.0 += OpinionTask.alignment(with[j], pi, ordinal: q.ordinal)
-                        align.1 += OpinionTask.alignment(without[j], pi, ordinal: q.ordinal)
-                        kls.0 += OpinionTask.kl(with[j], pi); kls.1 += OpinionTask.kl(without[j], pi)
-                        for (g, d) in q.dist {
-                            var e = byGroup[g] ?? (0, 0, 0)
-                            e.with += OpinionTask.alignment(with[j], d, ordinal: q.ordinal)
-                            e.without += OpinionTask.alignment(without[j], d, ordinal: q.ordinal)
-                            e.n += 1
-                            byGroup[g] = e
-                        }
-                    }
+                    with += p.restrictedDistributions(delta: delta, alphabets: al)
+                    without += p.restrictedBaseDistributions(alphabets: al)
                     start = end
                     progress?(start, te.count)
                 }
-                let n = Double(max(te.count, 1))
-                var m: [String: Double] = ["n_test": Double(te.count), "alignment": align.0 / n, "zero_shot_alignment": align.1 / n,
-                                           "kl": kls.0 / n, "zero_shot_kl": kls.1 / n]
-                for (g, e) in byGroup {
-                    m[OpinionTask.alignmentKey(group: g)] = e.with / Double(e.n)
-                    m["zero_shot_" + OpinionTask.alignmentKey(group: g)] = e.without / Double(e.n)
-                }
-                return m
+                return OpinionTask.score(with, te, group: group)
+                    .merging(OpinionTask.score(without, te, group: group, prefix: "zero_shot_")) { $1 }
             },
             artefactEntries: { m in ["data": data, "alignment": "\(m["alignment"] ?? .nan)"] })
     }
