@@ -221,14 +221,17 @@ public struct Grid: Equatable, Sendable {
                     err("device", "expected \"cpu\", \"gpu\" or \"any\", got \(d.shortDescription)")
                 }
             }
-            if methods.contains(where: { $0.axes.contains(.shots) }), root["shots"] != nil || root["train_size"] != nil, shots > trainSize {
-                err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, so shots must be at most train_size (\(trainSize))")
+            if methods.contains(where: { $0.axes.contains(.shots) }), root["shots"] != nil || root["train_size"] != nil,
+               shots > trainSize {
+                err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, "
+                        + "so shots must be at most train_size (\(trainSize))")
             }
             let opinionMethods: [JobMethod] = [.intervention, .zeroShot, .fewShot]
             if tasks.contains(where: { JobSpec.opinionAddress($0) != nil }),
                let m = methods.first(where: { $0.family == .engine && !opinionMethods.contains($0) }) {
                 err("methods", "\"\(m.rawValue)\" does not run on opinion tasks (\"file.json#group\"); on them only "
-                        + opinionMethods.map { "\"\($0.rawValue)\"" }.joined(separator: ", ") + " do: put the others in a grid of their own")
+                        + opinionMethods.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+                        + " do: put the others in a grid of their own")
             }
             return Grid(experiment: experiment, model: model, tasks: tasks, methods: methods, layers: layers,
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
@@ -242,9 +245,8 @@ public struct Grid: Equatable, Sendable {
             for t in Tunable.all where t.section == name {
                 guard let v = section[String(t.name)] else { continue }
                 if let choices = t.choices {  // a list of names
-                    guard case .array(let items) = v,
-                          case let names = items.compactMap({ (i: JSONValue) -> String? in if case .string(let s) = i { s } else { nil } }),
-                          names.count == items.count
+                    let text = { (i: JSONValue) -> String? in if case .string(let s) = i { s } else { nil } }
+                    guard case .array(let items) = v, case let names = items.compactMap(text), names.count == items.count
                     else {
                         err(t.key, "expected a list of names like [\"\(choices[0])\"], got \(v.shortDescription)")
                         continue

@@ -32,7 +32,9 @@ public enum Render {
     static func specValues(_ s: JobSpec) -> [String] {
         [s.model, s.task, s.method.rawValue, String(s.layer), num(s.lambda), num(s.gamma), String(s.seed),
          String(s.trainSize), String(s.testSize), String(s.steps), num(s.lr), String(s.maxNewTokens), String(s.shots),
-         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""] + Tunable.all.map { s.method.axes.contains($0.axis) ? ($0.names(of: s[$0])?.joined(separator: " ") ?? num(s[$0])) : "" }
+         s.solver?.rawValue ?? "", s.precision?.rawValue ?? ""] + Tunable.all.map { t in
+             s.method.axes.contains(t.axis) ? (t.names(of: s[t])?.joined(separator: " ") ?? num(s[t])) : ""
+         }
     }
 
     static func num(_ d: Double) -> String { JSONValue.canonicalNumber(d) }
@@ -209,7 +211,9 @@ public enum Render {
         c.append(("max_new_tokens", { String($0.maxNewTokens) }))
         c.append(("prompt", { $0.promptTemplate }))
         c.append(("target", { $0.targetTemplate }))
-        for t in Tunable.all { c.append((String(t.name), { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) })) }
+        for t in Tunable.all {
+            c.append((String(t.name), { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) }))
+        }
         return c
     }()
 

@@ -140,15 +140,15 @@ extension Tunable {
     /// Where the function vector is added; −1 = ⌊L/3⌋, the paper's choice, recorded in `fv_layer`.
     public static let fvLayer = Tunable(
         "fv.layer", default: -1, range: -1...100_000, integer: true, axis: .functionVector,
-        help: "Block whose input stream gets the function vector (-1 = a third of the way up; the function-vector method).")
+        help: "Block whose input gets the function vector (-1 = a third of the way up; the function-vector method).")
     /// The ICV's strength α (the authors' default 0.1).
     public static let icvAlpha = Tunable(
         "icv.alpha", default: 0.1, range: 0...100, axis: .icv,
         help: "Strength α of the in-context vector's shift at every layer (the icv method).")
 
     public static let all: [Tunable] = [
-        deltaScale, tolerance, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR, fvHeads, fvLayer,
-        icvAlpha,
+        deltaScale, tolerance, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR,
+        fvHeads, fvLayer, icvAlpha,
     ]
 }
 

@@ -57,7 +57,8 @@ public struct JobOptions: ParsableArguments {
             do {
                 let t = try Tunable.named(parts[0])
                 if t.choices != nil {  // a comma-separated set of names
-                    try s.set(t, try t.value(names: parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }))
+                    let names = parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                    try s.set(t, try t.value(names: names))
                 } else if let v = Double(parts[1]) {
                     try s.set(t, v)
                 } else {
@@ -203,7 +204,8 @@ public struct RunCommand: ParsableCommand {
         for (spec, outcome) in zip(specs, outcomes) {
             var m = outcome.metrics
             m["load_ms"] = lm.loadSeconds * 1000
-            var obj: [String: Any] = ["task": spec.task, "layer": spec.normalised.layer, "seed": spec.seed, "method": spec.method.rawValue,
+            var obj: [String: Any] = ["task": spec.task, "layer": spec.normalised.layer, "seed": spec.seed,
+                                      "method": spec.method.rawValue,
                                       "model": lm.name, "solver": job.solver.rawValue]
             for (k, v) in m { obj[k] = v.isFinite ? v : nil }
             if let art = outcome.artefact {
@@ -216,7 +218,8 @@ public struct RunCommand: ParsableCommand {
             }
             func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
             let layerText = spec.method.axes.contains(.layer) ? "  layer \(spec.layer)" : ""
-            print("task \(spec.task)\(layerText)  seed \(spec.seed)  method \(spec.method.rawValue)  (\(Int(m["n_test"] ?? 0)) test pairs)")
+            print("task \(spec.task)\(layerText)  seed \(spec.seed)  method \(spec.method.rawValue)  "
+                      + "(\(Int(m["n_test"] ?? 0)) test pairs)")
             if m["kl"] != nil {  // an opinion task ("file.json#group")
                 print("                 alignment   KL")
                 let label = spec.method == .intervention ? "with Δ" : spec.method.rawValue
@@ -236,12 +239,15 @@ public struct RunCommand: ParsableCommand {
                              Int(m["nonzero"] ?? 0), Int(m["active_heads"] ?? 0), m["delta_l2"] ?? .nan))
                 if let p = obj["delta_path"] { print("  saved \(p)") }
             } else if spec.method == .functionVector {
-                print("  FV, 0-shot      \(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")
-                print("  FV, \(spec.shots)-shot".padding(toLength: 17, withPad: " ", startingAt: 0)
-                    + "\(pct("few_shot_exact_match"))        \(pct("few_shot_first_token_accuracy"))        \(pct("few_shot_judge_accuracy"))")
-                print(String(format: "  FV: %d heads at block %d, ‖FV‖ %.1f; p(answer) %.3f clean, %.3f corrupted; top effect %+.4f",
-                             Int(m["fv_heads"] ?? 0), Int(m["fv_layer"] ?? 0), m["fv_norm"] ?? .nan, m["clean_p_answer"] ?? .nan,
-                             m["corrupted_p_answer"] ?? .nan, m["top_effect"] ?? .nan))
+                for (label, p) in [("FV, 0-shot", ""), ("FV, \(spec.shots)-shot", "few_shot_")] {
+                    print("  " + label.padding(toLength: 15, withPad: " ", startingAt: 0)
+                          + [p + "exact_match", p + "first_token_accuracy", p + "judge_accuracy"].map(pct)
+                          .joined(separator: "        "))
+                }
+                print(String(format: "  FV: %d heads at block %d, ‖FV‖ %.1f; p(answer) %.3f clean, %.3f corrupted; "
+                                 + "top effect %+.4f", Int(m["fv_heads"] ?? 0), Int(m["fv_layer"] ?? 0),
+                             m["fv_norm"] ?? .nan, m["clean_p_answer"] ?? .nan, m["corrupted_p_answer"] ?? .nan,
+                             m["top_effect"] ?? .nan))
                 if let p = obj["artefact_path"] { print("  saved \(p)") }
             } else {
                 print("  \(spec.method.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0))\(pct("exact_match"))        \(pct("first_token_accuracy"))        \(pct("judge_accuracy"))")

@@ -218,7 +218,7 @@ public final class ResidualAddHook: ForwardHooks {
     public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         guard layer == self.layer else { return }
         for s in 0..<layout.rowCount.count {
-            vector.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: x + layout.lastRow(s) * $0.count, $0.count) }
+            vector.withUnsafeBufferPointer { v in Ops.add(v.baseAddress!, into: x + layout.lastRow(s) * v.count, v.count) }
         }
     }
     public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}

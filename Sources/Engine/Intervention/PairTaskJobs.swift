@@ -59,7 +59,8 @@ extension LanguageModel {
             prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
             maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
         ) { ids, stop in
-            generate(prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition)
+            generate(
+                prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition)
         }
     }
 
@@ -215,7 +216,8 @@ public struct PairTaskJobs {
             return try runFused([spec], progress: progress)[0]
         case .lora:
             let lora = LoRA(
-                model: lm.model, targets: (Tunable.loraTargets.names(of: spec[.loraTargets]) ?? []).compactMap(LoRA.Target.init),
+                model: lm.model,
+                targets: (Tunable.loraTargets.names(of: spec[.loraTargets]) ?? []).compactMap(LoRA.Target.init),
                 rank: Int(spec[.loraRank]),
                 alpha: Float(spec[.loraAlpha]), seed: UInt64(spec.seed))
             return runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)

@@ -172,7 +172,9 @@ extension OpinionTask {
         while start < prompts.count {
             let chunk = all[start..<min(prompts.count, start + 16)]
             let ids = chunk.map { Array($0[common...]) }
-            let caches = chunk.map { common > 0 ? shared.copy(extra: $0.count - common) : lm.model.makeCache(capacity: $0.count) }
+            let caches = chunk.map {
+                common > 0 ? shared.copy(extra: $0.count - common) : lm.model.makeCache(capacity: $0.count)
+            }
             let logits = lm.model.forward(tokens: ids, caches: caches)
             for (i, n) in letters[start..<(start + ids.count)].enumerated() {
                 let alphabet = OpinionTask.letterTokens(lm.tokenizer, count: n)
