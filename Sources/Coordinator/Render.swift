@@ -211,8 +211,11 @@ public enum Render {
         c.append(("max_new_tokens", { String($0.maxNewTokens) }))
         c.append(("prompt", { $0.promptTemplate }))
         c.append(("target", { $0.targetTemplate }))
+        // a tunable by its name ("delta_scale"), or by its key where the name is not unique ("lora.lr")
+        let names = c.map(\.0) + Tunable.all.map { String($0.name) }
         for t in Tunable.all {
-            c.append((String(t.name), { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) }))
+            let label = names.filter { $0 == t.name }.count > 1 ? t.key : String(t.name)
+            c.append((label, { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) }))
         }
         return c
     }()
