@@ -371,18 +371,4 @@ public final class CoordinatorServer: @unchecked Sendable {
     func forget(worker: String) {
         if let id = identityByWorker.removeValue(forKey: worker) { workerByIdentity[id] = nil }
     }
-
-}
-
-/// A value shared between threads under a lock.
-final class LockedBox<T>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var _value: T
-    init(_ v: T) { _value = v }
-    var value: T {
-        get { lock.withLock { _value } }
-        set { lock.withLock { _value = newValue } }
-    }
-    /// Changes the value in place (no copy of a collection).
-    func mutate<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
 }

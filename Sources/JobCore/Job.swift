@@ -16,6 +16,20 @@ public struct JobOutcome: Sendable {
 public protocol JobProgress: AnyObject, Sendable {
     /// `step` counts solver steps (or evaluated items); `total` is the expected count.
     func progress(step: Int, total: Int, metrics: [String: Double])
+    /// True once nobody wants the job's outcome any more (the coordinator abandoned the attempt:
+    /// its lease expired, or its experiment was cancelled). A runner checks it between steps and
+    /// throws `JobCancelled`, so the worker is free for other jobs at once.
+    var isCancelled: Bool { get }
+}
+
+extension JobProgress {
+    public var isCancelled: Bool { false }
+}
+
+/// A job stopped because its outcome is no longer wanted (`JobProgress.isCancelled`).
+public struct JobCancelled: Error, CustomStringConvertible {
+    public init() {}
+    public var description: String { "stopped: the coordinator no longer wants this job's outcome" }
 }
 
 /// Runs jobs. The worker keeps one runner (and so one loaded model per model name) for its life.
@@ -28,4 +42,18 @@ public protocol JobRunner: AnyObject {
 /// failed at once instead of retried.
 public protocol DeterministicJobFailure: Error {
     var isDeterministic: Bool { get }
+}
+
+/// A value shared between threads under a lock.
+public final class LockedBox<T>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _value: T
+    public init(_ v: T) { _value = v }
+    public var value: T {
+        get { lock.withLock { _value } }
+        set { lock.withLock { _value = newValue } }
+    }
+    /// Changes the value in place (no copy of a collection).
+    @discardableResult
+    public func mutate<R>(_ body: (inout T) -> R) -> R { lock.withLock { body(&_value) } }
 }

@@ -31,7 +31,8 @@ public final class EngineJobRunner: JobRunner {
 
     public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
         let lm = try model(spec.model)
-        let exp = PairTaskJobs(lm: lm, registry: registry, solverMethod: solver, precision: precision)
+        var exp = PairTaskJobs(lm: lm, registry: registry, solverMethod: solver, precision: precision)
+        if let progress { exp.shouldStop = { progress.isCancelled } }
         do {
             return try exp.run(spec) { phase, done, total, metrics in
                 // Solver steps are the progress the coordinator sees; evaluation counts after them.

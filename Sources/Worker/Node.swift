@@ -93,6 +93,8 @@ public final class WorkerNode: @unchecked Sendable {
                     }
                 case let .startJob(a):
                     compute.submit(a)
+                case let .cancelJob(key):
+                    compute.cancel(key)
                 case .closeSocket:
                     socket?.close()
                     socket = nil
@@ -238,10 +240,14 @@ final class Inbox: @unchecked Sendable {
 final class ProgressSink: JobProgress, @unchecked Sendable {
     let key: JobKey
     let inbox: Inbox
-    init(key: JobKey, inbox: Inbox) { self.key = key; self.inbox = inbox }
+    let cancelled: LockedBox<Set<JobKey>>
+    init(key: JobKey, inbox: Inbox, cancelled: LockedBox<Set<JobKey>>) {
+        self.key = key; self.inbox = inbox; self.cancelled = cancelled
+    }
     func progress(step: Int, total: Int, metrics: [String: Double]) {
         inbox.post(Inbox.Progress(key: key, step: step, total: total, metrics: metrics))
     }
+    var isCancelled: Bool { cancelled.value.contains(key) }
 }
 
 /// The compute thread: runs submitted jobs one at a time and posts their ends to the inbox.
@@ -252,6 +258,8 @@ final class ComputeThread: @unchecked Sendable {
     private var queue: [Intervene_V1_JobAssignment] = []
     private var finishing = false
     private var thread: Thread?
+    /// Attempts whose outcome is no longer wanted (read by their `ProgressSink` on this thread).
+    private let cancelled = LockedBox<Set<JobKey>>([])
 
     init(registry: RunnerRegistry, inbox: Inbox) {
         self.registry = registry; self.inbox = inbox
@@ -268,6 +276,9 @@ final class ComputeThread: @unchecked Sendable {
     func submit(_ a: Intervene_V1_JobAssignment) {
         cond.lock(); queue.append(a); cond.signal(); cond.unlock()
     }
+
+    /// Asks the job `key` to stop at its next step (or not to start, if still queued).
+    func cancel(_ key: JobKey) { cancelled.mutate { _ = $0.insert(key) } }
 
     /// Lets the thread end after its current job (the process may exit before that).
     func finish() {
@@ -286,12 +297,14 @@ final class ComputeThread: @unchecked Sendable {
             let end: JobEnd
             do {
                 let spec = try JobSpec(wire: a.params)
-                let outcome = try registry.run(spec, progress: ProgressSink(key: key, inbox: inbox))
+                if cancelled.value.contains(key) { throw JobCancelled() }
+                let outcome = try registry.run(spec, progress: ProgressSink(key: key, inbox: inbox, cancelled: cancelled))
                 end = .success(metrics: outcome.metrics, artefact: outcome.artefact, wallSeconds: Date().timeIntervalSince(t0))
             } catch {
                 let (reason, deterministic) = JobError.classify(error)
                 end = .failure(reason: reason, deterministic: deterministic, wallSeconds: Date().timeIntervalSince(t0))
             }
+            cancelled.mutate { _ = $0.remove(key) }
             inbox.post(key, end)
         }
     }

@@ -47,6 +47,8 @@ public enum NodeAction: Equatable {
     case exit(code: Int32, reason: String)
     /// A line for the log.
     case log(String)
+    /// Tell the running job to stop: its outcome is no longer wanted.
+    case cancelJob(JobKey)
 }
 
 /// Identifies one attempt of one job.
@@ -156,7 +158,8 @@ public struct NodeLogic {
                 if ack.abandon, var r = running, r.key == JobKey(ack.jobID, ack.attempt), !r.abandoned {
                     r.abandoned = true
                     running = r
-                    out.append(.log("coordinator abandoned \(r.key); its outcome will be discarded"))
+                    out.append(.log("coordinator abandoned \(r.key); stopping it, its outcome will be discarded"))
+                    out.append(.cancelJob(r.key))
                 }
             default:
                 break

@@ -230,11 +230,17 @@ final class WorkerNodeLogicTests: XCTestCase {
         XCTAssertTrue(out.contains { if case .exit(code: 0, _) = $0 { return true } else { return false } })
     }
 
-    func testAbandonedJobOutcomeIsDropped() {
+    func testAbandonedJobIsStoppedAndItsOutcomeDropped() {
         var n = makeLogic()
         _ = n.connected(now: 0)
         _ = n.received(.job(job()), now: 0)
-        _ = n.received(ack(.heartbeat, abandon: true), now: 10)
+        let told = n.received(ack(.heartbeat, abandon: true), now: 10)
+        XCTAssertTrue(told.contains(.cancelJob(JobKey("j1", 1))), "the compute thread is told to stop the job")
+        XCTAssertFalse(n.received(ack(.heartbeat, abandon: true), now: 11).contains(.cancelJob(JobKey("j1", 1))),
+                       "once")
+        let other = n.received(ack(.heartbeat, "j2", abandon: true), now: 12)
+        XCTAssertFalse(other.contains { if case .cancelJob = $0 { return true } else { return false } },
+                       "not for another job")
         let out = n.jobEnded(key: JobKey("j1", 1), .success(metrics: [:], artefact: nil, wallSeconds: 1), now: 100)
         XCTAssertEqual(sends(out), ["ready"])
         XCTAssertTrue(n.pendingKeys.isEmpty)

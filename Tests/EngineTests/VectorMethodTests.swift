@@ -1,4 +1,5 @@
 import Engine
+import JobCore
 import Foundation
 import XCTest
 
@@ -244,5 +245,28 @@ final class VectorMethodTests: XCTestCase {
         let icv = InContextVector(lm, train: Array(Self.train.prefix(3)))
         XCTAssertEqual(icv.directions.count, lm.config.nLayers)
         XCTAssertTrue(icv.directions.allSatisfy { $0.count == lm.config.dModel && $0.contains { $0 != 0 } })
+    }
+}
+
+/// A job whose outcome is no longer wanted stops within a step: the solver's and the
+/// fine-tuning loop's checks throw `JobCancelled` instead of running every step.
+final class CancellationTests: XCTestCase {
+    func testCancelledJobsStopWithinAStep() throws {
+        let lm = try SharedModel.get()
+        let data = (0..<12).map { TaskPair(input: "w\($0)", output: "v\($0)") }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("cancel-\(UUID().uuidString).json")
+        try JSONSerialization.data(withJSONObject: data.map { ["input": $0.input, "output": $0.output] }).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        for method in [JobMethod.intervention, .lora] {
+            let checks = LockedBox(0)
+            var jobs = PairTaskJobs(lm: lm)
+            jobs.shouldStop = { checks.mutate { $0 += 1; return $0 > 3 } }
+            var steps = 0
+            let spec = JobSpec(task: url.path, method: method, trainSize: 4, testSize: 2, steps: 500)
+            XCTAssertThrowsError(try jobs.run(spec) { phase, _, _, _ in if phase == "solve" { steps += 1 } }) {
+                XCTAssertTrue($0 is JobCancelled, "\(method): \($0)")
+            }
+            XCTAssertLessThanOrEqual(steps, 5, "\(method): stopped at once, not after 500 steps")
+        }
     }
 }

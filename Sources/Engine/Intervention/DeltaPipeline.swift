@@ -58,8 +58,12 @@ public struct DeltaSettings: Sendable {
         self.lr = lr
         self.precision = precision
     }
+    /// Checked between solver steps: true stops the run and the pipeline throws `JobCancelled`.
+    public var shouldStop: (@Sendable () -> Bool)? = nil
     public var options: SolverOptions {
-        SolverOptions(method: solver, steps: steps, lr: Float(lr), tolerance: Float(tolerance), precision: precision)
+        var o = SolverOptions(method: solver, steps: steps, lr: Float(lr), tolerance: Float(tolerance), precision: precision)
+        o.shouldStop = shouldStop
+        return o
     }
     public func penalty(_ cfg: LlamaConfig) -> SparseGroupLasso {
         SparseGroupLasso(gamma: Float(gamma), lambda: Float(lambda), heads: cfg.nHeads, headDim: cfg.headDim)
@@ -130,6 +134,7 @@ public struct DeltaPipeline {
             path: path, jobs: rows, loss: loss, penalty: settings.penalty(cfg),
             options: settings.options, onStep: hooks.onStep)
         let solveMs = Date().timeIntervalSince(ts) * 1000
+        if settings.shouldStop?() == true { throw JobCancelled() }
         hooks.afterSolve?(path, loss, results)
 
         let modelSHA = (try? lm.sha256()) ?? ""

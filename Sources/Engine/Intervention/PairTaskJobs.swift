@@ -137,6 +137,9 @@ public struct PairTaskJobs {
     /// The solver's products for jobs that do not name a precision (see `Precision`); recorded in
     /// each Δ's metadata. Evaluation is fp32.
     public var precision: Precision = .solverDefault
+    /// Polled between training steps: true stops the job with `JobCancelled` (nobody wants its
+    /// outcome any more).
+    public var shouldStop: (@Sendable () -> Bool)? = nil
 
     public init(lm: LanguageModel, registry: TaskRegistry = TaskRegistry(), format: PromptFormat = .qa,
                 solverMethod: SolverMethod = .defaultMethod, precision: Precision = .solverDefault) {
@@ -220,14 +223,14 @@ public struct PairTaskJobs {
                 targets: (Tunable.loraTargets.names(of: spec[.loraTargets]) ?? []).compactMap(LoRA.Target.init),
                 rank: Int(spec[.loraRank]),
                 alpha: Float(spec[.loraAlpha]), seed: UInt64(spec.seed))
-            return runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)
+            return try runAdapter(p, lora, lr: Float(spec[.loraLR]), progress: progress)
         case .ia3:
-            return runAdapter(p, IA3(model: lm.model), lr: Float(spec[.ia3LR]), progress: progress)
+            return try runAdapter(p, IA3(model: lm.model), lr: Float(spec[.ia3LR]), progress: progress)
         case .softPrompt:
             let name = URL(fileURLWithPath: spec.task).deletingPathExtension().lastPathComponent
                 .replacingOccurrences(of: "_", with: " ").replacingOccurrences(of: "-", with: " ")
             let soft = SoftPrompt(model: lm, count: Int(spec[.softPromptTokens]), description: "Task: \(name).")
-            return runAdapter(p, soft, lr: Float(spec[.softPromptLR]), progress: progress)
+            return try runAdapter(p, soft, lr: Float(spec[.softPromptLR]), progress: progress)
         case .functionVector:
             return try runFunctionVector(p, progress: progress)
         case .icv:
@@ -286,6 +289,7 @@ public struct PairTaskJobs {
                                      solver: first.solver ?? solverMethod, steps: first.steps, lr: first.lr,
                                      precision: first.precision ?? precision)
         settings.tolerance = first[.tolerance]
+        settings.shouldStop = shouldStop
         var h = hooks
         h.onStep = { j, s in
             hooks.onStep?(j, s)

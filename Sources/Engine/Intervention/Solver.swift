@@ -123,6 +123,8 @@ public struct SolverOptions: Sendable {
     public var tolerance: Float = 0
     /// How the path's products may round their operands while solving (see `Precision`).
     public var precision: Precision = .solverDefault
+    /// Checked before every step: true ends the run there (a cancelled job; the caller throws).
+    public var shouldStop: (@Sendable () -> Bool)? = nil
     public init(method: SolverMethod = .defaultMethod, steps: Int = 200, lr: Float = 0.1, tolerance: Float = 0,
                 precision: Precision = .solverDefault) {
         self.method = method; self.steps = steps; self.lr = lr; self.tolerance = tolerance; self.precision = precision
@@ -222,7 +224,7 @@ public enum Solver {
                 summed += 1
                 for j in 0..<K { for c in 0..<n { sum[j][c] += d[j][c] } }
             }
-            if history.allSatisfy({ converged($0, o.tolerance) }) { break }
+            if history.allSatisfy({ converged($0, o.tolerance) }) || o.shouldStop?() == true { break }
         }
         if summed > 0 {
             // the mean of the tail, then the penalty's prox once more (the last Adam steps'
@@ -276,7 +278,7 @@ public enum Solver {
             x = xNew; fx = fNew; objX = objNew; t = tNew
             let r = report(k, x, fx, penalty, step)
             history.append(r); onStep?(r)
-            if converged(history, o.tolerance) { break }
+            if converged(history, o.tolerance) || o.shouldStop?() == true { break }
         }
         return SolverResult(delta: x, history: history)
     }

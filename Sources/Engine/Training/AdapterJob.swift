@@ -4,7 +4,7 @@ extension PairTaskJobs {
     /// A fine-tuning job (`lora`, `ia3`, `soft-prompt`): the adapter trained with Adam at `lr` on the training
     /// pairs' first-target-token loss through the full-sequence path, then the test pairs decoded
     /// greedily by the adapted model (the same prompts, stop rules and scoring as every method).
-    func runAdapter(_ p: Prepared, _ adapter: ProductAdapter, lr: Float, progress: Progress?) -> JobOutcome {
+    func runAdapter(_ p: Prepared, _ adapter: ProductAdapter, lr: Float, progress: Progress?) throws -> JobOutcome {
         let t0 = Date()
         let spec = p.spec
         let soft = adapter as? SoftPrompt  // its prompts carry the virtual tokens
@@ -22,6 +22,7 @@ extension PairTaskJobs {
         var losses: [Float] = []
         let tSolve = Date()
         for step in 1...max(spec.steps, 1) {
+            if shouldStop?() == true { throw JobCancelled() }
             let loss = path.loss(targets: targets)
             losses.append(loss)
             adam.step(&adapter.parameters, adapter.gradient, lr: lr, t: step, eta: &eta)
