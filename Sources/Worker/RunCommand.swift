@@ -20,7 +20,9 @@ public struct JobOptions: ParsableArguments {
     public var steps: Int { solve.steps }
     public var lr: Double { solve.lr }
     public var solver: SolverMethod { solve.solver }
-    @Option(name: .long, help: "Method: intervention, zero-shot or few-shot.")
+    @Option(name: .long, help: ArgumentHelp(
+        "What to run: learn Δ (intervention), prompt (zero-shot, few-shot), an activation baseline "
+            + "(function-vector, icv) or a fine-tuning one (lora, ia3, soft-prompt)."))
     public var method: JobMethod = .intervention
     @Option(name: .long, help: "Demonstrations in few-shot prompts.")
     public var shots: Int = 10
@@ -102,7 +104,10 @@ public struct SolveOptions: ParsableArguments {
 
 extension SolverMethod: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
-extension JobMethod: ExpressibleByArgument {}
+extension JobMethod: ExpressibleByArgument {
+    /// The methods a person runs (the synthetic test kinds are the cluster's).
+    public static var allValueStrings: [String] { engine.map(\.rawValue) }
+}
 
 /// Writes a Δ artefact as `<dir>/<sha256>.safetensors` (atomically) and returns its path.
 func saveArtefact(_ art: Data, in dir: String) throws -> String {
