@@ -258,6 +258,8 @@ final class ComputeThread: @unchecked Sendable {
     private var queue: [Intervene_V1_JobAssignment] = []
     private var finishing = false
     private var thread: Thread?
+    /// The job being computed (under `cond`).
+    private var current: JobKey?
     /// Attempts whose outcome is no longer wanted (read by their `ProgressSink` on this thread).
     private let cancelled = LockedBox<Set<JobKey>>([])
 
@@ -277,8 +279,14 @@ final class ComputeThread: @unchecked Sendable {
         cond.lock(); queue.append(a); cond.signal(); cond.unlock()
     }
 
-    /// Asks the job `key` to stop at its next step (or not to start, if still queued).
-    func cancel(_ key: JobKey) { cancelled.mutate { _ = $0.insert(key) } }
+    /// Asks the job `key` to stop at its next step (or not to start, if still queued); a key that
+    /// is neither (it has just ended) is not kept.
+    func cancel(_ key: JobKey) {
+        cond.lock()
+        defer { cond.unlock() }
+        guard current == key || queue.contains(where: { JobKey($0.jobID, $0.attempt) == key }) else { return }
+        cancelled.mutate { _ = $0.insert(key) }
+    }
 
     /// Lets the thread end after its current job (the process may exit before that).
     func finish() {
@@ -291,8 +299,9 @@ final class ComputeThread: @unchecked Sendable {
             while queue.isEmpty && !finishing { _ = cond.wait(until: Date().addingTimeInterval(1)) }
             if queue.isEmpty { cond.unlock(); return }
             let a = queue.removeFirst()
-            cond.unlock()
             let key = JobKey(a.jobID, a.attempt)
+            current = key
+            cond.unlock()
             let t0 = Date()
             let end: JobEnd
             do {
@@ -304,7 +313,10 @@ final class ComputeThread: @unchecked Sendable {
                 let (reason, deterministic) = JobError.classify(error)
                 end = .failure(reason: reason, deterministic: deterministic, wallSeconds: Date().timeIntervalSince(t0))
             }
+            cond.lock()
+            current = nil
             cancelled.mutate { _ = $0.remove(key) }
+            cond.unlock()
             inbox.post(key, end)
         }
     }

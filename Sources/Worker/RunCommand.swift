@@ -30,7 +30,7 @@ public struct JobOptions: ParsableArguments {
     public var maxNewTokens: Int = 0
     @Option(name: .customLong("set"), help: ArgumentHelp(
         "Set a tunable job parameter, as in grid.json (repeatable): "
-            + Tunable.all.map { "\($0.key) (default \($0.defaultValue)): \($0.help.trimmingCharacters(in: ["."]))" }
+            + Tunable.all.map { "\($0.key) (default \($0.display($0.defaultValue))): \($0.help.trimmingCharacters(in: ["."]))" }
                 .joined(separator: "; ") + ".",
         valueName: "key=value"))
     public var set: [String] = []

@@ -270,3 +270,21 @@ final class CancellationTests: XCTestCase {
         }
     }
 }
+
+/// Where a function vector is undefined the job says why instead of running.
+final class FunctionVectorRefusalTests: XCTestCase {
+    func testPostNormFamiliesAndTooFewPairsAreRefused() throws {
+        let data = (0..<12).map { ["input": "w\($0)", "output": "v\($0)"] }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("fv-\(UUID().uuidString).json")
+        try JSONSerialization.data(withJSONObject: data).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let gemma = JobSpec(task: url.path, method: .functionVector, trainSize: 4, testSize: 2)
+        XCTAssertThrowsError(try PairTaskJobs(lm: try SharedGemma.get()).run(gemma)) {
+            XCTAssertTrue("\($0)".contains("normalises o_proj's output"), "\($0)")
+        }
+        let two = JobSpec(task: url.path, method: .functionVector, trainSize: 2, testSize: 2)
+        XCTAssertThrowsError(try PairTaskJobs(lm: try SharedModel.get()).run(two)) {
+            XCTAssertTrue("\($0)".contains("train_size ≥ 3"), "\($0)")
+        }
+    }
+}

@@ -28,11 +28,12 @@ public struct FunctionVector: Sendable {
     /// demonstrations teach this model the task (the room the heads' effects have).
     public var cleanProbability: Float = 0, corruptedProbability: Float = 0
 
-    /// The clean and corrupted ICL prompts of `train` (N ≥ 2) and each prompt's expected answer.
+    /// The clean and corrupted ICL prompts of `train` (N ≥ 3: with one demonstration there is
+    /// nothing to shuffle) and each prompt's expected answer.
     public static func prompts(train: [TaskPair], format: PromptFormat, seed: Int)
         -> (clean: [String], corrupted: [String], answers: [String])
     {
-        precondition(train.count >= 2, "function vectors need at least 2 training pairs")
+        precondition(train.count >= 3, "function vectors need at least 3 training pairs")
         var rng = SplitMix64(seed: 0xF0_7EC7 &+ UInt64(truncatingIfNeeded: seed))
         var clean: [String] = [], corrupted: [String] = []
         for (i, query) in train.enumerated() {
@@ -104,6 +105,17 @@ public struct FunctionVector: Sendable {
         var effects = [Float](repeating: 0, count: L * H)
         let weight = [Float](repeating: 1 / Float(N), count: N)
         var perRow = [Float](repeating: 0, count: N)
+        // p(answer) with the heads as they are, from the same runner as the replacements (so that
+        // the two sides of each difference round alike)
+        func pAnswer(_ runner: PathRunner, _ deltas: [Float]) -> [Float] {
+            deltas.withUnsafeBufferPointer { dp in
+                perRow.withUnsafeMutableBufferPointer {
+                    runner.step(deltas: dp.baseAddress!, loss: .nextToken(targets: answers), rowWeight: weight,
+                                perRow: $0.baseAddress!, grad: nil)
+                }
+            }
+            return perRow.map { expf(-$0) }  // the loss is −log p(answer)
+        }
         let todo = layers ?? Array(0..<L)
         for (done, l) in todo.enumerated() {
             let runner = lm.model.backend.makePathRunner(
@@ -111,20 +123,15 @@ public struct FunctionVector: Sendable {
                 prefill: PathPrefill(caches: caches, promptLengths: prompts.map(\.count),
                                      residIn: capture.resid[l], heads0: capture.heads[l]))
             runner.precision = precision
+            let asIs = pAnswer(runner, [Float](repeating: 0, count: N * A))
             for h in 0..<H {
                 // Δ_i = ā − a_i in head h's slot: the head's output becomes the mean
                 var deltas = [Float](repeating: 0, count: N * A)
                 for i in 0..<N {
                     for c in (h * d)..<((h + 1) * d) { deltas[i * A + c] = means[l][c] - capture.heads[l][i * A + c] }
                 }
-                deltas.withUnsafeBufferPointer { dp in
-                    perRow.withUnsafeMutableBufferPointer {
-                        runner.step(deltas: dp.baseAddress!, loss: .nextToken(targets: answers), rowWeight: weight,
-                                    perRow: $0.baseAddress!, grad: nil)
-                    }
-                }
-                // the loss is −log p(answer)
-                effects[l * H + h] = (0..<N).reduce(0) { $0 + expf(-perRow[$1]) - base[$1] } / Float(N)
+                let replaced = pAnswer(runner, deltas)
+                effects[l * H + h] = (0..<N).reduce(0) { $0 + replaced[$1] - asIs[$1] } / Float(N)
             }
             progress?(done + 1, todo.count)
         }

@@ -38,7 +38,17 @@ extension PairTaskJobs {
     func runFunctionVector(_ p: Prepared, progress: Progress?) throws -> JobOutcome {
         let t0 = Date()
         let spec = p.spec, L = lm.config.nLayers
-        guard p.split.train.count >= 2 else { throw EngineJobError("function-vector needs train_size ≥ 2") }
+        guard p.split.train.count >= 3 else {
+            throw EngineJobError("function-vector needs train_size ≥ 3 (one demonstration leaves nothing to shuffle)")
+        }
+        // W_O·ā is a head's contribution to the stream only where o_proj's output is added as it
+        // is; a family that normalises the heads' sum first (Gemma 3) has no per-head contribution
+        guard !lm.config.postNorms else {
+            throw EngineJobError(
+                "function-vector on \(lm.config.architecture): this family normalises o_proj's output before the "
+                    + "residual add, so a head's mean output has no additive contribution to sum (Todd et al.'s "
+                    + "construction); use icv or intervention on this model")
+        }
         let layer = spec[.fvLayer] < 0 ? L / 3 : Int(spec[.fvLayer])
         guard layer < L else { throw EngineJobError("fv.layer \(layer) is outside this model's 0…\(L - 1)") }
         let heads = min(Int(spec[.fvHeads]), L * lm.config.nHeads)
