@@ -73,9 +73,16 @@ public struct ExperimentReport: Sendable {
 
     /// How tables and figures name a metric.
     public static func metricName(_ m: String) -> String {
-        ["exact_match": "exact match", "judge_accuracy": "judge accuracy",
-         "first_token_accuracy": "first-token accuracy"][m] ?? m
+        for (prefix, tag) in promptVariants where m.hasPrefix(prefix) {
+            return metricName(String(m.dropFirst(prefix.count))) + " (\(tag))"
+        }
+        return ["exact_match": "exact match", "judge_accuracy": "judge accuracy",
+                "first_token_accuracy": "first-token accuracy"][m] ?? m
     }
+
+    /// Metric prefixes of a job's second evaluation and how tables name it: an intervention's
+    /// `zero_shot_…` (without Δ), a function vector's `few_shot_…` (on k-shot prompts).
+    static let promptVariants = [("zero_shot_", "0-shot"), ("few_shot_", "k-shot")]
 
     /// The report of a snapshot. `metrics` nil: `defaultMetrics` where present, else the first two
     /// metrics the done jobs have. A metric asked for that no done job has is an error naming the

@@ -58,7 +58,10 @@ public struct ReportFigure: Sendable {
 public enum ReportRenderer {
     /// Short column names for metrics (the table's note spells them out).
     static func short(_ m: String) -> String {
-        ["exact_match": "EM", "judge_accuracy": "judge", "first_token_accuracy": "first token"][m] ?? m
+        for (prefix, tag) in ExperimentReport.promptVariants where m.hasPrefix(prefix) {
+            return short(String(m.dropFirst(prefix.count))) + " (\(tag))"
+        }
+        return ["exact_match": "EM", "judge_accuracy": "judge", "first_token_accuracy": "first token"][m] ?? m
     }
 
     /// Whether smaller is better (losses, divergences): decides which cell a table emphasises.

@@ -298,4 +298,12 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0, text)
         XCTAssertTrue(text.contains("8 figures"), text)
     }
+
+    /// A job's second evaluation (an intervention's 0-shot, a function vector's k-shot) is named
+    /// after its metric.
+    func testSecondEvaluationsAreNamed() {
+        XCTAssertEqual(ExperimentReport.metricName("few_shot_exact_match"), "exact match (k-shot)")
+        XCTAssertEqual(ExperimentReport.metricName("zero_shot_judge_accuracy"), "judge accuracy (0-shot)")
+        XCTAssertEqual(ExperimentReport.metricName("kl"), "kl")
+    }
 }
