@@ -106,9 +106,14 @@ public struct EvaluateCommand: ParsableCommand {
               last+generated  Δ at the prompt's last token and at every generated token
               none            no Δ
 
+            With --sum, the Δs are added (composition: Δ_a + Δ_b, each at its own layer) and the sum is \
+            scored once, on --task (e.g. a composed task), split by the Δs' common seed.
+
             Examples:
               worker evaluate --delta runs/3f…e1.safetensors
               worker evaluate --delta a.safetensors --delta b.safetensors --forms native,control-vector --json
+              worker evaluate --sum --delta antonym.safetensors --delta english-french.safetensors \\
+                --task ../shared/data/function_vectors/composed/antonym_english-french.json --forms native,none
             """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -122,6 +127,9 @@ public struct EvaluateCommand: ParsableCommand {
 
     @Option(name: .long, help: "Score on this task instead of the artefact's (a name or a JSON file of pairs).")
     var task: String?
+
+    @Flag(name: .long, help: "Score the sum of the Δs (composition) once, on --task, instead of each Δ.")
+    var sum = false
 
     @Flag(name: .long, help: "Print one JSON object per artefact instead of a table.")
     var json = false
@@ -137,6 +145,10 @@ public struct EvaluateCommand: ParsableCommand {
         }
         guard !deltas.delta.isEmpty else { throw ValidationError("give at least one --delta") }
         guard test >= 0 else { throw ValidationError("--test must be ≥ 0") }
+        if sum {
+            guard deltas.delta.count >= 2 else { throw ValidationError("--sum adds two or more --delta artefacts") }
+            guard task != nil else { throw ValidationError("--sum needs --task: the task the sum is scored on") }
+        }
     }
 
     public func run() throws {
@@ -144,9 +156,22 @@ public struct EvaluateCommand: ParsableCommand {
         let lm = try modelOptions.load()
         let registry = TaskRegistry()
         let fs = forms.split(separator: ",").map(String.init)
-        for (name, a) in arts {
-            let md = a.metadata
-            let native = try deltas.steering(lm, [(name, a)])!
+        // each Δ alone, or (--sum) their sum once, split as the first one's (all must agree)
+        let units: [(name: String, parts: [(name: String, artefact: DeltaArtefact)])]
+        if sum {
+            let m0 = arts[0].artefact.metadata
+            if let odd = arts.first(where: { $0.artefact.metadata.seed != m0.seed
+                                        || $0.artefact.metadata.trainSize != m0.trainSize }) {
+                throw CLIError("--sum: \(odd.name) was learned on split seed \(odd.artefact.metadata.seed), train size "
+                    + "\(odd.artefact.metadata.trainSize); \(arts[0].name) on \(m0.seed), \(m0.trainSize): add Δs of one split")
+            }
+            units = [("sum of " + arts.map(\.name).joined(separator: " + "), arts)]
+        } else {
+            units = arts.map { ($0.name, [$0]) }
+        }
+        for (name, parts) in units {
+            let md = parts[0].artefact.metadata
+            let native = try deltas.steering(lm, parts)!
             let taskRef = task ?? md.task
             let pairs: [TaskPair]
             let judge: Judge
