@@ -45,5 +45,14 @@ final class HelpTests: XCTestCase {
         XCTAssertThrowsError(try RunCommand.parse(["--solver", "sgd"])) { e in
             XCTAssertTrue(RunCommand.message(for: e).contains("sgd"), RunCommand.message(for: e))
         }
+        XCTAssertThrowsError(try RunCommand.parse(["--set", "lora.targets=q,qkv"])) { e in
+            XCTAssertTrue(RunCommand.message(for: e).contains("unknown name \"qkv\""), RunCommand.message(for: e))
+        }
+        XCTAssertThrowsError(try EvaluateCommand.parse(["--sum", "--delta", "a.safetensors", "--task", "t"])) { e in
+            XCTAssertTrue(EvaluateCommand.message(for: e).contains("two or more"), EvaluateCommand.message(for: e))
+        }
+        XCTAssertThrowsError(try EvaluateCommand.parse(["--sum", "--delta", "a", "--delta", "b"])) { e in
+            XCTAssertTrue(EvaluateCommand.message(for: e).contains("--sum needs --task"), EvaluateCommand.message(for: e))
+        }
     }
 }
