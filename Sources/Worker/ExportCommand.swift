@@ -162,8 +162,9 @@ public struct EvaluateCommand: ParsableCommand {
             let m0 = arts[0].artefact.metadata
             if let odd = arts.first(where: { $0.artefact.metadata.seed != m0.seed
                                         || $0.artefact.metadata.trainSize != m0.trainSize }) {
-                throw CLIError("--sum: \(odd.name) was learned on split seed \(odd.artefact.metadata.seed), train size "
-                    + "\(odd.artefact.metadata.trainSize); \(arts[0].name) on \(m0.seed), \(m0.trainSize): add Δs of one split")
+                let mo = odd.artefact.metadata
+                throw CLIError("--sum: \(odd.name) was learned on split seed \(mo.seed), train size \(mo.trainSize); "
+                    + "\(arts[0].name) on \(m0.seed), \(m0.trainSize): add Δs of one split")
             }
             units = [("sum of " + arts.map(\.name).joined(separator: " + "), arts)]
         } else {

@@ -307,7 +307,8 @@ final class ComputeThread: @unchecked Sendable {
             do {
                 let spec = try JobSpec(wire: a.params)
                 if cancelled.value.contains(key) { throw JobCancelled() }
-                let outcome = try registry.run(spec, progress: ProgressSink(key: key, inbox: inbox, cancelled: cancelled))
+                let sink = ProgressSink(key: key, inbox: inbox, cancelled: cancelled)
+                let outcome = try registry.run(spec, progress: sink)
                 end = .success(metrics: outcome.metrics, artefact: outcome.artefact, wallSeconds: Date().timeIntervalSince(t0))
             } catch {
                 let (reason, deterministic) = JobError.classify(error)

@@ -30,7 +30,9 @@ public struct JobOptions: ParsableArguments {
     public var maxNewTokens: Int = 0
     @Option(name: .customLong("set"), help: ArgumentHelp(
         "Set a tunable job parameter, as in grid.json (repeatable): "
-            + Tunable.all.map { "\($0.key) (default \($0.display($0.defaultValue))): \($0.help.trimmingCharacters(in: ["."]))" }
+            + Tunable.all.map { t in
+                "\(t.key) (default \(t.display(t.defaultValue))): \(t.help.trimmingCharacters(in: ["."]))"
+            }
                 .joined(separator: "; ") + ".",
         valueName: "key=value"))
     public var set: [String] = []

@@ -52,7 +52,8 @@ final class HelpTests: XCTestCase {
             XCTAssertTrue(EvaluateCommand.message(for: e).contains("two or more"), EvaluateCommand.message(for: e))
         }
         XCTAssertThrowsError(try EvaluateCommand.parse(["--sum", "--delta", "a", "--delta", "b"])) { e in
-            XCTAssertTrue(EvaluateCommand.message(for: e).contains("--sum needs --task"), EvaluateCommand.message(for: e))
+            let m = EvaluateCommand.message(for: e)
+            XCTAssertTrue(m.contains("--sum needs --task"), m)
         }
     }
 }

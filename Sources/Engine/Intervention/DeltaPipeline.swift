@@ -61,7 +61,8 @@ public struct DeltaSettings: Sendable {
     /// Checked between solver steps: true stops the run and the pipeline throws `JobCancelled`.
     public var shouldStop: (@Sendable () -> Bool)? = nil
     public var options: SolverOptions {
-        var o = SolverOptions(method: solver, steps: steps, lr: Float(lr), tolerance: Float(tolerance), precision: precision)
+        var o = SolverOptions(
+            method: solver, steps: steps, lr: Float(lr), tolerance: Float(tolerance), precision: precision)
         o.shouldStop = shouldStop
         return o
     }
