@@ -51,7 +51,7 @@ final class JobWireTests: XCTestCase {
         }
         XCTAssertEqual(
             message { $0.method = "magic" },
-            #"method: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#
+            #"method: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#
         )
         XCTAssertEqual(
             message { $0.solver = "sgd" },
