@@ -197,12 +197,14 @@ public enum Charts {
     /// (± std over seeds) per method; hollow points have seeds still to come.
     public static func sweep(title: String, metric: String, xLabel: String, xs: [Int], series: [String],
                              panels: [SweepPanel]) -> SVG {
-        let pw = 330.0, ph = 230.0, cols = max(1, min(3, panels.count))
+        // panels widen with the number of layers (30 on SmolLM2: 520 px), the figure never narrower
+        // than its title and caption
+        let pw = max(330, 14 * Double(xs.count) + 100), ph = 230.0, cols = max(1, min(3, panels.count))
         let rowsN = (panels.count + cols - 1) / cols
         let legendItems = series.indices.map { i in
             (series[i], colour(i), panels.contains { $0.flat[i] != nil } && !panels.contains { $0.points[i] != nil })
         }
-        let width = Double(cols) * pw + 20
+        let width = max(Double(cols) * pw + 20, 560)
         var probe = SVG(width: width, height: 10)
         let legendH = legend(&probe, legendItems, x: 20, y: 0, width: width - 40)
         var svg = SVG(width: width, height: 40 + legendH + Double(rowsN) * (ph + 20) + 24)
@@ -221,9 +223,11 @@ public enum Charts {
             let x = { (v: Int) in
                 xmax > xmin ? left + pad + (Double(v) - xmin) / (xmax - xmin) * (w - 2 * pad) : left + w / 2
             }
-            for v in xs {
+            // a label every `every`-th tick, at least ~24 px apart
+            let every = max(1, Int((24 * Double(xs.count) / max(w - 2 * pad, 1)).rounded(.up)))
+            for (j, v) in xs.enumerated() {
                 svg.line(x(v), top + h, x(v), top + h + 4, stroke: "#888")
-                svg.text(x(v), top + h + 17, String(v), size: 11, anchor: .middle, fill: "#555")
+                if j % every == 0 { svg.text(x(v), top + h + 17, String(v), size: 11, anchor: .middle, fill: "#555") }
             }
             svg.text(left + w / 2, top + h + 34, xLabel, size: 12, anchor: .middle)
             for (i, v) in p.flat.sorted(by: { $0.key < $1.key }) {
