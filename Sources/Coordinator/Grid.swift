@@ -226,7 +226,7 @@ public struct Grid: Equatable, Sendable {
                 err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, "
                         + "so shots must be at most train_size (\(trainSize))")
             }
-            let opinionMethods: [JobMethod] = [.intervention, .zeroShot, .fewShot]
+            let opinionMethods = JobMethod.onOpinionTasks
             if tasks.contains(where: { JobSpec.opinionAddress($0) != nil }),
                let m = methods.first(where: { $0.family == .engine && !opinionMethods.contains($0) }) {
                 err("methods", "\"\(m.rawValue)\" does not run on opinion tasks (\"file.json#group\"); on them only "

@@ -62,7 +62,7 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// and on `shots`-shot prompts (few_shot_exact_match, …).
     case functionVector = "function-vector"
     /// An in-context vector (Liu et al. 2023) from the training pairs: the first principal
-    /// direction of their latent-state differences, shifting every block's output at every
+    /// direction of their latent-state differences, shifting every block's MLP output at every
     /// position with strength `icv.alpha`; evaluated on 0-shot prompts.
     case icv
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
@@ -75,6 +75,9 @@ public enum JobMethod: String, NamedChoice, Codable {
     public static let engine: [JobMethod] = [
         .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv,
     ]
+
+    /// The methods that run on opinion tasks ("<file>.json#<group>", `JobSpec.opinionAddress`).
+    public static let onOpinionTasks: [JobMethod] = [.intervention, .zeroShot, .fewShot]
 
     /// Which runner family a worker needs for this method; workers announce families in Hello.
     public enum Family: String, Sendable { case engine, synthetic }

@@ -189,30 +189,6 @@ public struct FunctionVector: Sendable {
     }
 }
 
-/// Captures every layer's residual input and head outputs at each sequence's last row.
-final class LastRowCapture: ForwardHooks {
-    let D: Int, A: Int
-    /// resid[ℓ]: [rows × D]; heads[ℓ]: [rows × A].
-    var resid: [[Float]], heads: [[Float]]
-    init(layers: Int, D: Int, A: Int, rows: Int) {
-        self.D = D
-        self.A = A
-        resid = Array(repeating: [Float](repeating: 0, count: rows * D), count: layers)
-        heads = Array(repeating: [Float](repeating: 0, count: rows * A), count: layers)
-    }
-    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-        guard layer < resid.count else { return }
-        for s in 0..<layout.rowCount.count {
-            for c in 0..<D { resid[layer][s * D + c] = x[layout.lastRow(s) * D + c] }
-        }
-    }
-    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-        for s in 0..<layout.rowCount.count {
-            for c in 0..<A { heads[layer][s * A + c] = o[layout.lastRow(s) * A + c] }
-        }
-    }
-}
-
 /// Adds `vector` [D] to the residual stream entering block `layer`, at each sequence's last row
 /// (a prompt pass's hook: where a function vector goes).
 public final class ResidualAddHook: ForwardHooks {

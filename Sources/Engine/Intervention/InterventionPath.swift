@@ -56,45 +56,14 @@ public final class InterventionPath {
         self.cfg = cfg
         rows = prompts.count
         promptLengths = prompts.map(\.count)
-        let N = rows
-        let D = cfg.dModel
-        let A = cfg.attnDim
-        var residIn = [Float](repeating: 0, count: N * D)
-        var heads0 = [Float](repeating: 0, count: N * A)
         let caches = prompts.map { lm.model.makeCache(capacity: $0.count) }
-        baseLogits = residIn.withUnsafeMutableBufferPointer { r in
-            heads0.withUnsafeMutableBufferPointer { h in
-                lm.model.forward(
-                    tokens: prompts, caches: caches,
-                    hooks: Capture(layer: layer, D: D, A: A, resid: r.baseAddress!, heads: h.baseAddress!))
-            }
-        }
+        let capture = LastRowCapture(layers: cfg.nLayers, D: cfg.dModel, A: cfg.attnDim, rows: rows, only: layer)
+        baseLogits = lm.model.forward(tokens: prompts, caches: caches, hooks: capture)
         runner = lm.model.backend.makePathRunner(
             model: lm.model, layer: layer,
             prefill: PathPrefill(
                 caches: caches, promptLengths: promptLengths,
-                residIn: residIn, heads0: heads0))
-    }
-
-    /// Captures layer ℓ's residual input and head outputs at each prompt's last position.
-    final class Capture: ForwardHooks {
-        let layer: Int, D: Int, A: Int
-        let resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>
-        init(layer: Int, D: Int, A: Int, resid: UnsafeMutablePointer<Float>, heads: UnsafeMutablePointer<Float>) {
-            self.layer = layer
-            self.D = D
-            self.A = A
-            self.resid = resid
-            self.heads = heads
-        }
-        func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-            guard layer == self.layer else { return }
-            for s in 0..<layout.rowCount.count { (resid + s * D).update(from: x + layout.lastRow(s) * D, count: D) }
-        }
-        func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
-            guard layer == self.layer else { return }
-            for s in 0..<layout.rowCount.count { (heads + s * A).update(from: o + layout.lastRow(s) * A, count: A) }
-        }
+                residIn: capture.resid[layer], heads0: capture.heads[layer]))
     }
 
     // MARK: public API
@@ -181,6 +150,36 @@ public final class InterventionPath {
         precondition(alphabets.count == rows)
         return perRow(delta).withUnsafeBufferPointer {
             runner.restrictedDistributions(deltas: $0.baseAddress!, alphabets: alphabets)
+        }
+    }
+}
+
+/// Captures the residual input and the head outputs of every layer (or of layer `only`) at each
+/// sequence's last row: what the intervention path, the function vector and the ICV read.
+final class LastRowCapture: ForwardHooks {
+    let D: Int, A: Int
+    /// resid[ℓ]: [rows × D]; heads[ℓ]: [rows × A] (empty for layers not captured).
+    var resid: [[Float]], heads: [[Float]]
+    init(layers: Int, D: Int, A: Int, rows: Int, only: Int? = nil) {
+        self.D = D
+        self.A = A
+        let kept = { (l: Int) in only == nil || only == l }
+        resid = (0..<layers).map { [Float](repeating: 0, count: kept($0) ? rows * D : 0) }
+        heads = (0..<layers).map { [Float](repeating: 0, count: kept($0) ? rows * A : 0) }
+    }
+    func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer < resid.count, !resid[layer].isEmpty else { return }
+        Self.copyLastRows(x, layout, width: D, into: &resid[layer])
+    }
+    func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
+        guard layer < heads.count, !heads[layer].isEmpty else { return }
+        Self.copyLastRows(o, layout, width: A, into: &heads[layer])
+    }
+    static func copyLastRows(_ x: UnsafePointer<Float>, _ layout: BatchLayout, width: Int, into out: inout [Float]) {
+        out.withUnsafeMutableBufferPointer { o in
+            for s in 0..<layout.rowCount.count {
+                (o.baseAddress! + s * width).update(from: x + layout.lastRow(s) * width, count: width)
+            }
         }
     }
 }

@@ -191,9 +191,38 @@ public struct PairTaskJobs {
         return Prepared(spec: spec, format: format, method: method, precision: precision, split: split, judge: judge)
     }
 
-    func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], progress: ((_ done: Int, _ total: Int) -> Void)?) -> [Evaluation] {
-        lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: deltas, layer: p.spec.layer, judge: p.judge,
-                    maxNewTokens: p.spec.maxNewTokens) { progress?($0, p.split.test.count) }
+    /// The job's test pairs decoded after `prompts`, once per Δ variant; `lastPosition` hooks see
+    /// each prompt's last position too (a function vector).
+    func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], lastPosition: ForwardHooks? = nil,
+                  progress: ((_ done: Int, _ total: Int) -> Void)?) -> [Evaluation] {
+        lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: deltas, layer: p.spec.layer,
+                    judge: p.judge, maxNewTokens: p.spec.maxNewTokens, lastPosition: lastPosition) {
+            progress?($0, p.split.test.count)
+        }
+    }
+
+    /// The same with hooks on the whole prompt pass (`prefill`) and on every decoding step
+    /// (`decode`), without shared prefixes; `prepare` edits each prompt's token ids first.
+    func evaluate(_ p: Prepared, prompts: [String], prefill: ForwardHooks?, decode: ForwardHooks? = nil,
+                  prepare: @escaping ([Int]) -> [Int] = { $0 }, progress: Progress?) -> Evaluation {
+        lm.evaluateBatches(
+            prompts: prompts, pairs: p.split.test, format: p.format, variants: 1, judge: p.judge,
+            maxNewTokens: p.spec.maxNewTokens, batchSize: 100,
+            progress: { progress?("eval", $0, p.split.test.count, [:]) }, prepare: prepare
+        ) { ids, stop in [lm.generate(prompts: ids, stop: stop, prefillHooks: prefill, decodeHooks: decode)] }[0]
+    }
+
+    /// The metadata every trained or built artefact but Δ's carries (Δ's is `DeltaMetadata`): what
+    /// made it, on which model, and the job's settings.
+    func artefactMetadata(_ p: Prepared, format: String, exactMatch: Double) -> [String: String] {
+        var md: [String: String] = [
+            "format": format, "schema": "1", "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "",
+            "architecture": lm.config.architecture, "task": p.spec.task, "method": p.spec.method.rawValue,
+            "seed": "\(p.spec.seed)", "train_size": "\(p.split.train.count)", "exact_match": "\(exactMatch)",
+            "prompt_format": p.format.query, "target_format": p.format.target,
+        ]
+        md.merge(p.spec.tunableTexts) { $1 }
+        return md
     }
 
     static func record(_ e: Evaluation, into metrics: inout [String: Double], prefix: String = "") {

@@ -1,38 +1,6 @@
 import Foundation
 
 extension PairTaskJobs {
-    /// Greedy evaluation of `prompts` with `lastPosition` hooks at the prompts' last position (the
-    /// shared prefixes computed once), as Δ is evaluated.
-    func evaluate(_ p: Prepared, prompts: [String], lastPosition: ForwardHooks, progress: Progress?) -> Evaluation {
-        lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: [nil], layer: 0, judge: p.judge,
-                    maxNewTokens: p.spec.maxNewTokens, lastPosition: lastPosition) {
-            progress?("eval", $0, p.split.test.count, [:])
-        }[0]
-    }
-
-    /// Greedy evaluation of `prompts` with `prefill` hooks on the whole prompt pass and `decode`
-    /// hooks on every decoding step (the same stop rules and scoring as every method).
-    func evaluate(_ p: Prepared, prompts: [String], prefill: ForwardHooks?, decode: ForwardHooks? = nil,
-                  progress: Progress?) -> Evaluation {
-        lm.evaluateBatches(
-            prompts: prompts, pairs: p.split.test, format: p.format, variants: 1, judge: p.judge,
-            maxNewTokens: p.spec.maxNewTokens, batchSize: 100,
-            progress: { progress?("eval", $0, p.split.test.count, [:]) }
-        ) { ids, stop in [lm.generate(prompts: ids, stop: stop, prefillHooks: prefill, decodeHooks: decode)] }[0]
-    }
-
-    /// The metadata every vector artefact carries (as Δ's and the adapters' do).
-    func vectorMetadata(_ p: Prepared, _ ev: Evaluation) -> [String: String] {
-        var md: [String: String] = [
-            "format": "intervene-vector", "schema": "1", "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "",
-            "architecture": lm.config.architecture, "task": p.spec.task, "method": p.spec.method.rawValue,
-            "seed": "\(p.spec.seed)", "train_size": "\(p.split.train.count)", "exact_match": "\(ev.exactMatch)",
-            "prompt_format": p.format.query, "target_format": p.format.target,
-        ]
-        md.merge(p.spec.tunableTexts) { $1 }
-        return md
-    }
-
     /// A `function-vector` job: the FV of the training pairs (`FunctionVector`), added at the
     /// prompt's last position entering block `fv.layer`, on 0-shot prompts and on `shots`-shot ones.
     func runFunctionVector(_ p: Prepared, progress: Progress?) throws -> JobOutcome {
@@ -58,11 +26,12 @@ extension PairTaskJobs {
         let buildMs = Date().timeIntervalSince(t0) * 1000
         let hook = ResidualAddHook(layer: layer, vector: fv.vector)
         let tEval = Date()
-        let zero = evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, lastPosition: hook,
-                            progress: progress)
+        let report: (Int, Int) -> Void = { progress?("eval", $0, $1, [:]) }
+        let zero = evaluate(p, prompts: p.split.test.map { p.format.prompt($0.input) }, deltas: [nil],
+                            lastPosition: hook, progress: report)[0]
         let demos = Array(p.split.train.prefix(max(spec.shots, 0)))
-        let few = evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, lastPosition: hook,
-                           progress: progress)
+        let few = evaluate(p, prompts: p.split.test.map { p.format.fewShot(demos, $0.input) }, deltas: [nil],
+                           lastPosition: hook, progress: report)[0]
         var metrics: [String: Double] = [
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count), "fv_layer": Double(layer),
             "fv_heads": Double(heads), "fv_norm": Double(fv.vector.reduce(0) { $0 + $1 * $1 }.squareRoot()),
@@ -73,7 +42,7 @@ extension PairTaskJobs {
         Self.record(zero, into: &metrics)
         Self.record(few, into: &metrics, prefix: "few_shot_")
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-        var md = vectorMetadata(p, zero)
+        var md = artefactMetadata(p, format: "intervene-vector", exactMatch: zero.exactMatch)
         md["layer"] = "\(layer)"
         md["shots"] = "\(demos.count)"
         md["heads"] = fv.heads.map { "\($0.layer).\($0.head)" }.joined(separator: ",")
@@ -81,7 +50,7 @@ extension PairTaskJobs {
     }
 
     /// An `icv` job: the in-context vector of the training pairs (`InContextVector`), shifting
-    /// every block's output at every position with strength `icv.alpha`, on 0-shot prompts.
+    /// every block's MLP output at every position with strength `icv.alpha`, on 0-shot prompts.
     func runICV(_ p: Prepared, progress: Progress?) -> JobOutcome {
         let t0 = Date()
         let icv = InContextVector(lm, train: p.split.train)
@@ -96,7 +65,7 @@ extension PairTaskJobs {
         ]
         Self.record(ev, into: &metrics)
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
-        var md = vectorMetadata(p, ev)
+        var md = artefactMetadata(p, format: "intervene-vector", exactMatch: ev.exactMatch)
         md["alpha"] = "\(p.spec[.icvAlpha])"
         return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: icv.tensors, metadata: md))
     }

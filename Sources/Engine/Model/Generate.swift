@@ -108,20 +108,10 @@ extension LanguageModel {
         precondition(prompts.allSatisfy { !$0.isEmpty })
         let P = prompts.count
         // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
-        var common = prompts[0].count - 1
-        for p in prompts.dropFirst() {
-            common = min(common, p.count - 1)
-            var j = 0
-            while j < common && p[j] == prompts[0][j] { j += 1 }
-            common = j
-        }
-        let prefixCaches: [KVCache]
-        if common > 0 && P > 1 {
-            let shared = model.makeCache(capacity: common)
-            _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend)
-            prefixCaches = prompts.map { shared.copy(extra: $0.count - common + stop.maxNewTokens + 1) }
-        } else {
-            prefixCaches = prompts.map { model.makeCache(capacity: $0.count + stop.maxNewTokens + 1) }
+        let shared = sharedPrefix(prompts, using: backend)
+        let prefixCaches = prompts.map { p in
+            shared.map { $0.copy(extra: p.count - $0.length + stop.maxNewTokens + 1) }
+                ?? model.makeCache(capacity: p.count + stop.maxNewTokens + 1)
         }
         // 2. then each prompt's own tokens but the last (Δ cannot reach them), for all variants at once
         let withRest = (0..<P).filter { prompts[$0].count - 1 > prefixCaches[$0].length }
@@ -147,6 +137,25 @@ extension LanguageModel {
         return (0..<variants.count).map { vi in
             Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
         }
+    }
+}
+
+extension LanguageModel {
+    /// The positions every prompt starts with (each prompt keeps at least its last token for
+    /// itself: k-shot demonstrations, "Q:"), computed once into a cache that callers copy
+    /// (`KVCache.copy`) per prompt; nil when the prompts share nothing or there is one prompt.
+    func sharedPrefix(_ prompts: [[Int]], using backend: Backend? = nil) -> KVCache? {
+        var common = prompts[0].count - 1
+        for p in prompts.dropFirst() {
+            common = min(common, p.count - 1)
+            var j = 0
+            while j < common && p[j] == prompts[0][j] { j += 1 }
+            common = j
+        }
+        guard common > 0 && prompts.count > 1 else { return nil }
+        let shared = model.makeCache(capacity: common)
+        _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend)
+        return shared
     }
 }
 

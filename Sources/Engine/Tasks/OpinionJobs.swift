@@ -47,8 +47,8 @@ extension PairTaskJobs {
             return JobOutcome(metrics: m)
         default:
             throw EngineJobError(
-                "method \(spec.method.rawValue) does not run on opinion tasks (\(spec.task)); intervention, zero-shot "
-                    + "and few-shot do")
+                "method \(spec.method.rawValue) does not run on opinion tasks (\(spec.task)); "
+                    + JobMethod.onOpinionTasks.map(\.rawValue).joined(separator: ", ") + " do")
         }
     }
 }

@@ -157,30 +157,23 @@ extension OpinionTask {
     /// `prompts`, without Δ, in chunks; the tokens all prompts start with (few-shot demonstrations)
     /// computed once.
     public static func distributions(_ lm: LanguageModel, prompts: [String], letters: [Int]) -> [[Float]] {
-        var out: [[Float]] = []
         let V = lm.config.vocabSize
         let all = prompts.map { lm.tokenizer.encode($0) }
-        var common = all.map { $0.count - 1 }.min() ?? 0
-        for p in all.dropFirst() {
-            var j = 0
-            while j < common && p[j] == all[0][j] { j += 1 }
-            common = j
-        }
-        let shared = lm.model.makeCache(capacity: max(common, 1))
-        if common > 0 { _ = lm.model.forward(tokens: [Array(all[0][0..<common])], caches: [shared]) }
+        let shared = lm.sharedPrefix(all)
+        let common = shared?.length ?? 0
+        let alphabet = letterTokens(lm.tokenizer, count: letters.max() ?? 0)
+        var out: [[Float]] = []
         var start = 0
-        while start < prompts.count {
-            let chunk = all[start..<min(prompts.count, start + 16)]
-            let ids = chunk.map { Array($0[common...]) }
-            let caches = chunk.map {
-                common > 0 ? shared.copy(extra: $0.count - common) : lm.model.makeCache(capacity: $0.count)
+        while start < prompts.count {  // in chunks: a few-shot prefix copied per prompt is large
+            let chunk = start..<min(prompts.count, start + 16)
+            let caches = chunk.map { q in
+                shared?.copy(extra: all[q].count - common) ?? lm.model.makeCache(capacity: all[q].count)
             }
-            let logits = lm.model.forward(tokens: ids, caches: caches)
-            for (i, n) in letters[start..<(start + ids.count)].enumerated() {
-                let alphabet = OpinionTask.letterTokens(lm.tokenizer, count: n)
-                out.append(InterventionPath.softmax(alphabet.map { logits[i * V + $0] }))
+            let logits = lm.model.forward(tokens: chunk.map { Array(all[$0][common...]) }, caches: caches)
+            for (i, q) in chunk.enumerated() {
+                out.append(InterventionPath.softmax(alphabet.prefix(letters[q]).map { logits[i * V + $0] }))
             }
-            start += ids.count
+            start = chunk.upperBound
         }
         return out
     }

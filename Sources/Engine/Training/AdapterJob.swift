@@ -33,18 +33,14 @@ extension PairTaskJobs {
         adapter.recording = false
         let tEval = Date()
         let testPrompts = p.split.test.map { p.format.prompt($0.input) }
-        let report: (Int) -> Void = { progress?("eval", $0, p.split.test.count, [:]) }
         let ev: Evaluation
         if let soft {
-            ev = lm.evaluateBatches(
-                prompts: testPrompts, pairs: p.split.test, format: p.format, variants: 1, judge: p.judge,
-                maxNewTokens: spec.maxNewTokens, batchSize: 100, progress: report, prepare: soft.insert
-            ) { ids, stop in [lm.generate(prompts: ids, stop: stop, prefillHooks: SoftPromptHook(soft))] }[0]
+            ev = evaluate(p, prompts: testPrompts, prefill: SoftPromptHook(soft), prepare: soft.insert, progress: progress)
         } else {
             ev = lm.evaluate(
                 prompts: testPrompts, pairs: p.split.test, format: p.format, deltas: [nil], layer: 0, judge: p.judge,
-                maxNewTokens: spec.maxNewTokens, using: AdaptedBackend(lm.model.backend, adapter: adapter),
-                progress: report)[0]
+                maxNewTokens: spec.maxNewTokens, using: AdaptedBackend(lm.model.backend, adapter: adapter)
+            ) { progress?("eval", $0, p.split.test.count, [:]) }[0]
         }
         var metrics: [String: Double] = [
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count),
@@ -56,14 +52,10 @@ extension PairTaskJobs {
         Self.record(ev, into: &metrics)
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
         // the trained parameters with what made them (as a Δ artefact records its job)
-        var md: [String: String] = [
-            "format": "intervene-adapter", "schema": "1", "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "",
-            "architecture": lm.config.architecture, "task": spec.task, "method": spec.method.rawValue,
-            "seed": "\(spec.seed)", "steps": "\(losses.count)", "lr": "\(lr)", "train_size": "\(p.split.train.count)",
-            "final_loss": "\(finalLoss)", "exact_match": "\(ev.exactMatch)",
-            "prompt_format": p.format.query, "target_format": p.format.target,
-        ]
-        md.merge(spec.tunableTexts) { $1 }
+        var md = artefactMetadata(p, format: "intervene-adapter", exactMatch: ev.exactMatch)
+        md["steps"] = "\(losses.count)"
+        md["lr"] = "\(lr)"
+        md["final_loss"] = "\(finalLoss)"
         return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: adapter.tensors, metadata: md))
     }
 }
