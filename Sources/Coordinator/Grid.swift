@@ -30,6 +30,20 @@ public struct GridErrors: Error, CustomStringConvertible, Sendable {
 ///   "train_size": 10, "test_size": 50, "solver": {"steps": 60, "lr": 0.1, "precision": "fp32"},
 ///   "eval": {"max_new_tokens": 4}, "device": "any" }
 /// ```
+///
+/// Jobs that read other jobs' artefacts get them from the grid: `function-vector` jobs read an
+/// `fv-heads` job of their task and seed (added to the grid, one per task × seed, however many FV
+/// settings share it), and `add` jobs read the Δs of `components`: for each task, the tasks whose
+/// intervention Δs (at the add job's own layer, λ, γ, seed and solver settings; added to the grid
+/// too, or reused from the store when they ran before) are summed, or job ids taken as they are:
+///
+/// ```json
+/// { "tasks": ["composed/antonym_english-french.json"], "methods": ["add", "intervention"],
+///   "components": {"composed/antonym_english-french.json": ["antonym.json", "english-french.json"]} }
+/// ```
+///
+/// A task named "a_b" (file or registry name, one underscore) without an entry has components
+/// "a" and "b" (registry names).
 public struct Grid: Equatable, Sendable {
     public var experiment: String
     public var model: String
@@ -55,10 +69,13 @@ public struct Grid: Equatable, Sendable {
     public var device: DeviceRequirement
     /// `Tunable` parameters set in the grid (at their section's key), by key.
     public var tunables: [String: Double] = [:]
+    /// What `add` jobs sum, per task: component tasks or job ids (see above); only tasks whose
+    /// components are not inferred from their name.
+    public var components: [String: [String]] = [:]
 
     /// Top-level keys, in the order the help text lists them.
     public static let keys = ["experiment", "model", "tasks", "methods", "layers", "lambda", "gamma", "seeds",
-                              "train_size", "test_size", "shots", "solver", "eval", "prompt", "device"]
+                              "train_size", "test_size", "shots", "solver", "eval", "prompt", "device", "components"]
         + tunableSections
     /// Sections that hold only `Tunable`s (a method's own parameters, e.g. "lora": {"rank": 8}).
     public static let tunableSections: [String] = {
@@ -226,6 +243,7 @@ public struct Grid: Equatable, Sendable {
                 err("shots", "few-shot (and function-vector) draws its \(shots) demonstrations from the training set, "
                         + "so shots must be at most train_size (\(trainSize))")
             }
+            let components = self.components(root["components"], tasks: tasks, methods: methods)
             let opinionMethods = JobMethod.onOpinionTasks
             if tasks.contains(where: { JobSpec.opinionAddress($0) != nil }),
                let m = methods.first(where: { $0.family == .engine && !opinionMethods.contains($0) }) {
@@ -237,7 +255,44 @@ public struct Grid: Equatable, Sendable {
                         lambdas: lambdas, gammas: gammas, seeds: seeds, trainSize: trainSize, testSize: testSize,
                         steps: steps, lr: lr, maxNewTokens: maxNew, shots: shots, solver: solverMethod,
                         precision: precision, promptTemplate: promptTemplate, targetTemplate: targetTemplate,
-                        device: device, tunables: tunables)
+                        device: device, tunables: tunables, components: components)
+        }
+
+        /// The `components` object, checked against the tasks; and every task of an `add` grid has
+        /// components (given, or inferred from its name).
+        mutating func components(_ v: JSONValue?, tasks: [String], methods: [JobMethod]) -> [String: [String]] {
+            var out: [String: [String]] = [:]
+            let adds = methods.contains(.add)
+            if let v {
+                guard case .object(let members) = v else {
+                    err("components", "expected an object like {\"a_b.json\": [\"a.json\", \"b.json\"]}, got "
+                            + v.shortDescription)
+                    return out
+                }
+                if !adds { err("components", "only the add method reads components; put \"add\" in methods") }
+                for (task, list) in members {
+                    let path = "components.\(task)"
+                    guard tasks.contains(task) else { err(path, "not one of the grid's tasks"); continue }
+                    guard case .array(let items) = list,
+                          case let names = items.compactMap(Validator.nonEmptyString), names.count == items.count
+                    else {
+                        err(path, "expected a list of task names or job ids, got \(list.shortDescription)")
+                        continue
+                    }
+                    guard names.count >= 2 else {
+                        err(path, "expected two or more task names or job ids to add, got \(names.count)")
+                        continue
+                    }
+                    out[task] = names
+                }
+            }
+            if adds {
+                for t in tasks where out[t] == nil && Grid.inferredComponents(t) == nil {
+                    err("components", "add needs the components of task \"\(t)\" (its name is not \"a_b\"): give "
+                            + "\"components\": {\"\(t)\": [\"a\", \"b\"]} with task names or job ids")
+                }
+            }
+            return out
         }
 
         /// The section's `Tunable`s that the grid sets, checked against their ranges.
@@ -378,6 +433,24 @@ public struct Grid: Equatable, Sendable {
 
     // MARK: expansion
 
+    /// A task named "a_b" (one underscore, ".json" dropped from a file's name): ["a", "b"].
+    static func inferredComponents(_ task: String) -> [String]? {
+        var name = URL(fileURLWithPath: task).lastPathComponent
+        if name.hasSuffix(".json") { name.removeLast(5) }
+        let parts = name.split(separator: "_", omittingEmptySubsequences: false).map(String.init)
+        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty } ? parts : nil
+    }
+
+    /// What an `add` job on `task` sums: its components.
+    public func components(of task: String) -> [String] {
+        components[task] ?? Grid.inferredComponents(task) ?? []
+    }
+
+    /// A job id as `components` may name one: 16 lowercase hex digits.
+    static func isJobID(_ s: String) -> Bool {
+        s.utf8.count == 16 && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
     /// The jobs of this grid: the Cartesian product tasks × methods × layers × λ × γ × seeds, with the
     /// axes a method ignores collapsed (so a zero-shot baseline gives one job per task × seed), in a
     /// stable order, without duplicates.
@@ -401,11 +474,31 @@ public struct Grid: Equatable, Sendable {
                                     precision: precision, promptTemplate: promptTemplate,
                                     targetTemplate: targetTemplate)
                                 raw.tunables = tunables   // validated by parse
-                                let spec = raw.normalised
-                                let id = spec.id
-                                if seen.insert(id).inserted {
-                                    out.append(SubmittedJob(id: id, spec: spec, device: device))
+                                // the jobs whose artefacts it reads come first
+                                func emit(_ s: JobSpec) -> String {
+                                    let spec = s.normalised
+                                    let id = spec.id
+                                    if seen.insert(id).inserted {
+                                        out.append(SubmittedJob(id: id, spec: spec, device: device))
+                                    }
+                                    return id
                                 }
+                                switch method {
+                                case .functionVector:
+                                    var ranking = raw
+                                    ranking.method = .fvHeads
+                                    raw.inputs = [emit(ranking)]
+                                case .add:
+                                    raw.inputs = components(of: task).map { c in
+                                        if Grid.isJobID(c) { return c }
+                                        var delta = raw
+                                        delta.method = .intervention
+                                        delta.task = c
+                                        return emit(delta)
+                                    }
+                                default: break
+                                }
+                                _ = emit(raw)
                             }
                         }
                     }
@@ -416,7 +509,8 @@ public struct Grid: Equatable, Sendable {
     }
 
     /// How many jobs `expand()` gives, computed without expanding (at most Int.max: a grid's
-    /// lists may multiply past it).
+    /// lists may multiply past it). With `add`, at most that many: an add job's component jobs
+    /// are counted with it, also where another cell of the grid has the same.
     public var jobCount: Int {
         func times(_ a: Int, _ b: Int) -> Int {
             let (p, over) = a.multipliedReportingOverflow(by: b)
@@ -424,8 +518,13 @@ public struct Grid: Equatable, Sendable {
         }
         return methods.reduce(0) { sum, m in
             let a = m.axes
-            let n = [tasks.count, seeds.count, a.contains(.layer) ? layers.count : 1,
+            var n = [tasks.count, seeds.count, a.contains(.layer) ? layers.count : 1,
                      a.contains(.lambda) ? lambdas.count : 1, a.contains(.gamma) ? gammas.count : 1].reduce(1, times)
+            switch m {
+            case .functionVector: n = n == .max ? n : n + times(tasks.count, seeds.count)  // the rankings
+            case .add: n = times(n, 1 + tasks.map { components(of: $0).count }.max()!)
+            default: break
+            }
             let (s, over) = sum.addingReportingOverflow(n)
             return over ? .max : s
         }

@@ -44,6 +44,9 @@ public enum SchedulerEvent: Equatable, Sendable {
     case assignmentAccepted(worker: String, job: String, attempt: Int)
     /// A worker refused an assignment (it was busy).
     case assignmentRefused(worker: String, job: String, attempt: Int)
+    /// The shell could not build an assignment: an input's artefact cannot be read from the store.
+    /// The job fails (no retry brings the artefact back); the worker was told nothing and stays idle.
+    case assignmentUndeliverable(worker: String, job: String, attempt: Int, reason: String)
     /// A running job is alive (protocol Heartbeat, or StepMetrics).
     case heartbeat(worker: String, job: String, attempt: Int, step: Int, total: Int)
     /// A job finished. The artefact, if any, is already verified and stored by the caller.
@@ -133,7 +136,8 @@ public enum ClientReply: Equatable, Sendable {
 /// out the directives it returns (send, persist, publish).
 ///
 /// Dispatch is pull-based: a worker that says Ready is idle until a job that fits it (device, method
-/// family) is queued; jobs are served in submission order. A running job holds a lease renewed by
+/// family) is queued; jobs are served in submission order. A job with `inputs` waits until every
+/// input is done, and fails when one fails or is cancelled. A running job holds a lease renewed by
 /// its worker's heartbeats; when the lease expires the job is lost and requeued with attempt + 1,
 /// up to `maxAttempts` losses, after which it is failed. Results are idempotent by job id: the first
 /// result of any attempt wins, later ones are acknowledged and dropped.
@@ -181,6 +185,8 @@ public struct Scheduler {
     private var queue = DeviceQueues()
     private var running: Set<String> = []
     private var nextSeq = 0
+    /// Input job id → the jobs that read its artefact.
+    private var dependents: [String: Set<String>] = [:]
 
     public init(config: SchedulerConfig = SchedulerConfig(), jobs: [JobRecord] = [], experiments: [ExperimentRecord] = []) {
         self.config = config
@@ -190,6 +196,7 @@ public struct Scheduler {
         }
         for j in jobs {
             self.jobs[j.id] = j
+            for i in j.spec.inputs { dependents[i, default: []].insert(j.id) }
             nextSeq = max(nextSeq, j.seq + 1)
             switch j.state {
             case .queued: queue.push(j)
@@ -235,7 +242,18 @@ public struct Scheduler {
     /// Why a queued job waits.
     public func pendingReason(_ id: String) -> String? {
         guard let j = jobs[id], j.state == .queued else { return nil }
-        return waitReason(device: j.device, spec: j.spec)
+        return inputsReason(j.spec) ?? waitReason(device: j.device, spec: j.spec)
+    }
+
+    /// Whether every input of `spec` is done (true when it has none).
+    func inputsDone(_ spec: JobSpec) -> Bool { spec.inputs.allSatisfy { jobs[$0]?.state == .done } }
+
+    /// Why a job waits for its inputs (nil: they are all done).
+    private func inputsReason(_ spec: JobSpec) -> String? {
+        let waiting = spec.inputs.filter { jobs[$0]?.state != .done }
+        guard !waiting.isEmpty else { return nil }
+        let which = waiting.prefix(3).map { "\($0) \(jobs[$0]?.state.rawValue ?? "unknown")" }.joined(separator: ", ")
+        return "waiting for \(waiting.count) of its \(spec.inputs.count) input jobs (\(which)\(waiting.count > 3 ? ", …" : ""))"
     }
 
     /// Why each of these jobs waits (nil entries for jobs that are not queued); one computation per
@@ -245,6 +263,7 @@ public struct Scheduler {
         var out: [String: String] = [:]
         for id in ids {
             guard let j = jobs[id], j.state == .queued else { continue }
+            if let r = inputsReason(j.spec) { out[id] = r; continue }
             let key = j.device.rawValue + "|" + j.spec.method.family.rawValue + "|"
                 + (j.spec.kernelPrecision?.rawValue ?? "")
             if let r = memo[key] { out[id] = r; continue }
@@ -354,6 +373,17 @@ public struct Scheduler {
                 dispatch(now: now, into: &out)
             }
 
+        case let .assignmentUndeliverable(w, j, a, reason):
+            if var rec = workers[w] {
+                if rec.job == j { rec.job = nil }
+                rec.idle = true
+                workers[w] = rec
+            }
+            if let job = jobs[j], job.state == .running, job.attempt == a, job.worker == w {
+                fail(j, reason: reason, worker: w, now: now, into: &out)
+                dispatch(now: now, into: &out)
+            }
+
         case let .heartbeat(w, j, a, step, total):
             guard var rec = workers[w] else { out.toWorkers.append(.unknownWorker(worker: w)); break }
             rec.lastSeen = now
@@ -413,6 +443,8 @@ public struct Scheduler {
             job.artefactPath = path
             job.pendingReason = nil
             end(job, .done, error: nil, now: now, mark: .done(job: j, worker: w, attempt: a), into: &out)
+            // jobs that waited for this one may run now, on workers already idle
+            if dependents[j] != nil { dispatch(now: now, into: &out) }
 
         case let .failure(w, j, a, reason, deterministic):
             if var rec = workers[w] {
@@ -500,6 +532,21 @@ public struct Scheduler {
                     out.published.append(jobs[s.id]!)
                 }
             }
+            for s in submitted where !s.spec.inputs.isEmpty {
+                for i in s.spec.inputs { dependents[i, default: []].insert(s.id) }
+            }
+            // a job whose input is unknown, or failed or cancelled (and not queued again above),
+            // cannot run
+            for id in ids {
+                guard let job = jobs[id], job.state == .queued else { continue }
+                if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
+                    let why = "input \(bad) is not a job this coordinator knows: name a job from `coordinator results`, "
+                        + "or put it in the same grid"
+                    end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
+                } else if let bad = job.spec.inputs.first(where: { [.failed, .cancelled].contains(jobs[$0]!.state) }) {
+                    failForInput(id, input: bad, now: now, into: &out)
+                }
+            }
             if let old = experiments[name] {
                 // The experiment now means this grid; jobs only the old grid had stay in the store.
                 for j in Set(old.jobIDs).subtracting(seen) { membership[j]?.remove(name) }
@@ -518,7 +565,8 @@ public struct Scheduler {
             out.experiments.append(name)
             let targets = only.isEmpty ? exp.jobIDs : exp.jobIDs.filter { Set(only).contains($0) }
             var count = 0
-            for j in targets {
+            // latest first: a job is cancelled before the inputs it reads (which would fail it)
+            for j in targets.reversed() {
                 guard let job = jobs[j], job.state == .queued || job.state == .running || job.state == .lost else { continue }
                 let others = (membership[j] ?? []).subtracting([name])
                 if others.contains(where: { experiments[$0]?.cancelled == false }) { continue }
@@ -578,8 +626,18 @@ public struct Scheduler {
         end(job, .failed, error: reason, now: now, mark: .failed(job: j, reason: reason), into: &out)
     }
 
+    /// A queued job whose input `input` failed or was cancelled fails with the input's reason (and
+    /// so do the jobs that read its artefact in turn).
+    private mutating func failForInput(_ j: String, input: String, now: Double, into out: inout Effects) {
+        guard let job = jobs[j], job.state == .queued, let inJob = jobs[input] else { return }
+        let why = "input \(input) (\(inJob.spec.method.rawValue) on \(inJob.spec.task)) \(inJob.state.rawValue)"
+            + (inJob.error.map { ": \($0)" } ?? "")
+        end(job, .failed, error: why, now: now, mark: .failed(job: j, reason: why), into: &out)
+    }
+
     /// Ends a job in `state` (done, failed, cancelled): no lease, an end time, no longer running;
-    /// the store is told `mark`, subscribers get the record.
+    /// the store is told `mark`, subscribers get the record. A failed or cancelled job fails the
+    /// queued jobs that read its artefact.
     private mutating func end(_ job: JobRecord, _ state: JobState, error: String?, now: Double, mark: JobChange,
                               into out: inout Effects) {
         var job = job
@@ -592,6 +650,9 @@ public struct Scheduler {
         running.remove(job.id)
         out.jobChanges.append(mark)
         out.published.append(job)
+        if state == .failed || state == .cancelled {
+            for d in (dependents[job.id] ?? []).sorted() { failForInput(d, input: job.id, now: now, into: &out) }
+        }
     }
 
     /// Pairs idle workers (longest idle first) with the earliest queued job that fits each.
@@ -604,7 +665,8 @@ public struct Scheduler {
             // Move the queue out while the closures read `jobs` (no overlapping access, no copy).
             var q = queue
             queue = DeviceQueues()
-            let picked = q.popFirst(for: caps.device, fits: { jobs[$0].map { caps.runs($0.spec) } ?? false },
+            let picked = q.popFirst(for: caps.device,
+                                    fits: { jobs[$0].map { caps.runs($0.spec) && inputsDone($0.spec) } ?? false },
                                     isLive: { jobs[$0]?.state == .queued })
             queue = q
             guard let j = picked else { continue }

@@ -32,6 +32,25 @@ extension CoordinatorServer {
         }
     }
 
+    /// The artefacts of a job's inputs, read from the store, in the job's order.
+    private func inputArtefacts(_ spec: JobSpec) throws -> [Intervene_V1_InputArtefact] {
+        try spec.inputs.map { id in
+            guard let job = scheduler.job(id), let path = job.artefactPath, let sha = job.artefactSHA256 else {
+                throw InputError(description: "input job \(id) has no stored artefact (\(spec.method.rawValue) reads "
+                                    + (spec.method.inputKind ?? "artefacts") + ")")
+            }
+            var i = Intervene_V1_InputArtefact()
+            i.jobID = id
+            i.artefactSha256 = sha
+            do { i.artefact = try Data(contentsOf: store.artefactURL(relativePath: path)) } catch {
+                throw InputError(description: "input job \(id)'s artefact \(path) cannot be read from the store: \(error)")
+            }
+            return i
+        }
+    }
+
+    struct InputError: Error, CustomStringConvertible { var description: String }
+
     /// One message to a worker, in its wire form (queued for after the store's commit).
     private func send(_ message: WorkerMessage, now: Double) {
         switch message {
@@ -47,6 +66,15 @@ extension CoordinatorServer {
             m.leaseMs = UInt32(clamping: Int(lease * 1000))
             m.experiment = exp
             m.params = JobParams(spec)
+            do {
+                m.inputs = try inputArtefacts(spec)
+            } catch {
+                // the scheduler ran it after its inputs, but one's artefact cannot be read: retrying
+                // will not bring it back
+                apply(scheduler.handle(.assignmentUndeliverable(worker: w, job: j, attempt: a, reason: "\(error)"),
+                                       now: now), now: now)
+                return
+            }
             batch.sends.append((id, .job(m), (w, j, a)))
             log("job \(j) attempt \(a) -> \(w) (\(spec.task) \(spec.method) layer \(spec.layer) seed \(spec.seed))")
         case let .ack(w, kind, j, a):

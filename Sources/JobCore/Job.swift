@@ -32,9 +32,33 @@ public struct JobCancelled: Error, CustomStringConvertible {
     public var description: String { "stopped: the coordinator no longer wants this job's outcome" }
 }
 
+/// The artefacts of a job's `inputs`, by job id, as the coordinator handed them over.
+public struct JobInputs: Sendable {
+    public var artefacts: [String: Data]
+    public init(_ artefacts: [String: Data] = [:]) { self.artefacts = artefacts }
+    public static let none = JobInputs()
+
+    /// The artefacts of `spec.inputs`, in order; a missing one is a deterministic failure.
+    public func artefacts(of spec: JobSpec) throws -> [(id: String, data: Data)] {
+        try spec.inputs.map { id in
+            guard let d = artefacts[id] else {
+                throw JobSpecError(field: "inputs", message: "the artefact of input job \(id) was not handed over")
+            }
+            return (id, d)
+        }
+    }
+}
+
 /// Runs jobs. The worker keeps one runner (and so one loaded model per model name) for its life.
 public protocol JobRunner: AnyObject {
-    func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome
+    func run(_ spec: JobSpec, inputs: JobInputs, progress: JobProgress?) throws -> JobOutcome
+}
+
+extension JobRunner {
+    /// A job that reads no other job's artefact.
+    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
+        try run(spec, inputs: .none, progress: progress)
+    }
 }
 
 /// An error that knows whether retrying the same job could help. Throw one from a runner:

@@ -65,6 +65,15 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// direction of their latent-state differences, shifting every block's MLP output at every
     /// position with strength `icv.alpha`; evaluated on 0-shot prompts.
     case icv
+    /// Composition without training: the sum of the Δs learned by the jobs in `inputs` (each on
+    /// its own task, all at this job's layer), scored on this job's task with the sum and without
+    /// it (0-shot), split by this job's seed. A grid makes the input jobs from `components`.
+    case add
+    /// A function vector's head ranking (steps 1–3 of `function-vector`): every head's mean output
+    /// over ICL prompts built from the training pairs and its average indirect effect, as an
+    /// artefact; the `function-vector` jobs that name it in `inputs` reuse it instead of
+    /// recomputing it. No evaluation. A grid with `function-vector` makes one per task × seed.
+    case fvHeads = "fv-heads"
     /// Test kinds that need no model: a toy prox-gradient run; one that fails deterministically
     /// halfway; one that kills the worker process.
     case synthetic
@@ -73,7 +82,7 @@ public enum JobMethod: String, NamedChoice, Codable {
 
     /// The methods the engine runs (the others are the synthetic test kinds).
     public static let engine: [JobMethod] = [
-        .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv,
+        .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv, .add, .fvHeads,
     ]
 
     /// The methods that run on opinion tasks ("<file>.json#<group>", `JobSpec.opinionAddress`).
@@ -96,14 +105,30 @@ public enum JobMethod: String, NamedChoice, Codable {
         case .softPrompt: return [.trainSize, .solver, .softPrompt]
         case .functionVector: return [.trainSize, .shots, .functionVector]
         case .icv: return [.trainSize, .icv]
+        // the Δs summed are the inputs'; the coordinates are theirs, so that an add job sits beside
+        // the intervention it is compared with
+        case .add: return [.layer, .lambda, .gamma, .solver, .trainSize]
+        case .fvHeads: return [.trainSize]
         }
     }
 
     /// The fine-tuning baselines: parameters trained by Adam through the full-sequence path.
     public var isFineTuning: Bool { !axes.intersection(.fineTuning).isEmpty }
 
-    /// Whether the method learns a Δ (and so has an artefact).
+    /// Whether the method's artefact is a Δ (learned, or for `add` summed).
     public var learnsDelta: Bool { axes.contains(.solver) && !isFineTuning }
+
+    /// Whether the method scores the model on test pairs (test_size and max_new_tokens matter).
+    public var evaluates: Bool { self != .fvHeads }
+
+    /// What a job of this method reads from other jobs' artefacts (its `inputs`): nil for none.
+    public var inputKind: String? {
+        switch self {
+        case .add: return "the Δs to add (intervention jobs)"
+        case .functionVector: return "an fv-heads job's head ranking (optional: without it the job ranks the heads itself)"
+        default: return nil
+        }
+    }
 }
 
 /// Grid axes. An axis a method does not depend on is collapsed when a grid is expanded, so e.g. a
@@ -206,6 +231,10 @@ public struct JobSpec: Sendable, Equatable, Hashable {
     /// The job's `Tunable` parameters that differ from their defaults, by key (read them with
     /// `self[tunable]`). A tunable at its default is absent, so adding one keeps every job's id.
     public var tunables: [String: Double] = [:]
+    /// Ids of the jobs whose artefacts this job reads, in order (see `JobMethod.inputKind`): the
+    /// coordinator runs it after them and hands their artefacts to the worker with it. Part of the
+    /// id when not empty: what a job reads is part of what it is.
+    public var inputs: [String] = []
 
     /// The penalty weights a job gets when it names none (grid.json without "lambda"/"gamma",
     /// `worker run` and `worker opinion` without --lambda/--gamma): the paper's. On a 16-task
@@ -261,6 +290,10 @@ public struct JobSpec: Sendable, Equatable, Hashable {
         }
         if !a.contains(.trainSize) { s.trainSize = 0 }
         if !a.contains(.shots) { s.shots = 0 }
+        if !method.evaluates {
+            s.testSize = 0
+            s.maxNewTokens = 0
+        }
         for t in Tunable.all where s.tunables[t.key] != nil {
             if !a.contains(t.axis) || s.tunables[t.key] == t.defaultValue { s.tunables[t.key] = nil }
         }
@@ -285,11 +318,11 @@ extension JobSpec: Codable {
     enum CodingKeys: String, CodingKey {
         case model, task, method, layer, lambda, gamma, seed, trainSize, testSize, steps, lr, maxNewTokens, shots,
             solver
-        case precision, promptTemplate, targetTemplate, tunables
+        case precision, promptTemplate, targetTemplate, tunables, inputs
     }
 
-    /// Every field; `solver` as its name or "" and `precision` left out when nil, `tunables` when
-    /// empty: job ids hash this form, and jobs keep the ids they had before those fields existed.
+    /// Every field; `solver` as its name or "" and `precision` left out when nil, `tunables` and
+    /// `inputs` when empty: job ids hash this form, and jobs keep the ids they had before those fields existed.
     /// Stored job rows use the same form.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
@@ -311,6 +344,7 @@ extension JobSpec: Codable {
         try c.encode(promptTemplate, forKey: .promptTemplate)
         try c.encode(targetTemplate, forKey: .targetTemplate)
         if !tunables.isEmpty { try c.encode(tunables, forKey: .tunables) }
+        if !inputs.isEmpty { try c.encode(inputs, forKey: .inputs) }
     }
 
     public init(from decoder: Decoder) throws {
@@ -334,6 +368,7 @@ extension JobSpec: Codable {
         for (k, v) in try c.decodeIfPresent([String: Double].self, forKey: .tunables) ?? [:] {
             try self.set(try Tunable.named(k), v)
         }
+        inputs = try c.decodeIfPresent([String].self, forKey: .inputs) ?? []
     }
 }
 

@@ -25,6 +25,7 @@ extension JobParams {
         promptTemplate = s.promptTemplate
         targetTemplate = s.targetTemplate
         tunables = s.tunables
+        inputs = s.inputs
     }
 }
 
@@ -42,5 +43,6 @@ extension JobSpec {
             precision: p.precision.isEmpty ? nil : try Precision.parse(p.precision, field: "precision"),
             promptTemplate: p.promptTemplate, targetTemplate: p.targetTemplate)
         for (k, v) in p.tunables { try set(try Tunable.named(k), v) }
+        inputs = p.inputs
     }
 }

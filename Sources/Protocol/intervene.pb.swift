@@ -414,6 +414,12 @@ public nonisolated struct Intervene_V1_JobParams: @unchecked Sendable {
     set {_uniqueStorage()._tunables = newValue}
   }
 
+  /// ("eval.delta_scale"); a key the worker does not know fails the job
+  public var inputs: [String] {
+    get {_storage._inputs}
+    set {_uniqueStorage()._inputs = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -444,11 +450,32 @@ public nonisolated struct Intervene_V1_JobAssignment: Sendable {
   /// Clears the value of `params`. Subsequent reads from it will return its default value.
   public mutating func clearParams() {self._params = nil}
 
+  /// the artefacts of params.inputs, in that order
+  public var inputs: [Intervene_V1_InputArtefact] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _params: Intervene_V1_JobParams? = nil
+}
+
+public nonisolated struct Intervene_V1_InputArtefact: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  /// as the input job's Result carried it
+  public var artefact: Data = Data()
+
+  /// lowercase hex of sha256(artefact); the worker checks it
+  public var artefactSha256: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Intervene_V1_Heartbeat: Sendable {
@@ -1526,7 +1553,7 @@ nonisolated extension Intervene_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobParams"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0\u{1}precision\0\u{1}tunables\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}task\0\u{1}method\0\u{1}layer\0\u{1}lambda\0\u{1}gamma\0\u{1}seed\0\u{3}train_size\0\u{3}test_size\0\u{1}steps\0\u{1}lr\0\u{3}max_new_tokens\0\u{1}shots\0\u{1}solver\0\u{3}prompt_template\0\u{3}target_template\0\u{1}precision\0\u{1}tunables\0\u{1}inputs\0")
 
   fileprivate class _StorageClass {
     var _model: String = String()
@@ -1547,6 +1574,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
     var _targetTemplate: String = String()
     var _precision: String = String()
     var _tunables: Dictionary<String,Double> = [:]
+    var _inputs: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1575,6 +1603,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       _targetTemplate = source._targetTemplate
       _precision = source._precision
       _tunables = source._tunables
+      _inputs = source._inputs
     }
   }
 
@@ -1611,6 +1640,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
         case 16: try { try decoder.decodeSingularStringField(value: &_storage._targetTemplate) }()
         case 17: try { try decoder.decodeSingularStringField(value: &_storage._precision) }()
         case 18: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: &_storage._tunables) }()
+        case 19: try { try decoder.decodeRepeatedStringField(value: &_storage._inputs) }()
         default: break
         }
       }
@@ -1673,6 +1703,9 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
       if !_storage._tunables.isEmpty {
         try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufDouble>.self, value: _storage._tunables, fieldNumber: 18)
       }
+      if !_storage._inputs.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._inputs, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1700,6 +1733,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
         if _storage._targetTemplate != rhs_storage._targetTemplate {return false}
         if _storage._precision != rhs_storage._precision {return false}
         if _storage._tunables != rhs_storage._tunables {return false}
+        if _storage._inputs != rhs_storage._inputs {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1711,7 +1745,7 @@ nonisolated extension Intervene_V1_JobParams: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobAssignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}lease_ms\0\u{1}experiment\0\u{1}params\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}lease_ms\0\u{1}experiment\0\u{1}params\0\u{1}inputs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1724,6 +1758,7 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.leaseMs) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.experiment) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._params) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.inputs) }()
       default: break
       }
     }
@@ -1749,6 +1784,9 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
     try { if let v = self._params {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    if !self.inputs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.inputs, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1758,6 +1796,47 @@ nonisolated extension Intervene_V1_JobAssignment: SwiftProtobuf.Message, SwiftPr
     if lhs.leaseMs != rhs.leaseMs {return false}
     if lhs.experiment != rhs.experiment {return false}
     if lhs._params != rhs._params {return false}
+    if lhs.inputs != rhs.inputs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Intervene_V1_InputArtefact: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InputArtefact"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}artefact\0\u{3}artefact_sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.artefact) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.artefactSha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.artefact.isEmpty {
+      try visitor.visitSingularBytesField(value: self.artefact, fieldNumber: 2)
+    }
+    if !self.artefactSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.artefactSha256, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Intervene_V1_InputArtefact, rhs: Intervene_V1_InputArtefact) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.artefact != rhs.artefact {return false}
+    if lhs.artefactSha256 != rhs.artefactSha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

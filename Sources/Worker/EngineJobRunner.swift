@@ -29,12 +29,12 @@ public final class EngineJobRunner: JobRunner {
         }
     }
 
-    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
+    public func run(_ spec: JobSpec, inputs: JobInputs, progress: JobProgress?) throws -> JobOutcome {
         let lm = try model(spec.model)
         var exp = PairTaskJobs(lm: lm, registry: registry, solverMethod: solver, precision: precision)
         if let progress { exp.shouldStop = { progress.isCancelled } }
         do {
-            return try exp.run(spec) { phase, done, total, metrics in
+            return try exp.run(spec, inputs: inputs.artefacts(of: spec)) { phase, done, total, metrics in
                 // Solver steps are the progress the coordinator sees; evaluation counts after them.
                 if phase == "solve" { progress?.progress(step: done, total: total + 1, metrics: metrics) }
                 else if done == total && phase == "eval" { progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:]) }

@@ -293,6 +293,21 @@ final class ComputeThread: @unchecked Sendable {
         cond.lock(); finishing = true; cond.signal(); cond.unlock()
     }
 
+    /// The input artefacts an assignment carries, each checked against its SHA-256 (a mismatch is
+    /// not deterministic: the next attempt gets a fresh copy).
+    static func inputs(of a: Intervene_V1_JobAssignment) throws -> JobInputs {
+        var out: [String: Data] = [:]
+        for i in a.inputs {
+            let sha = SHA256.hex(i.artefact)
+            guard sha == i.artefactSha256 else {
+                throw JobError("input \(i.jobID)'s artefact arrived with sha256 \(sha.prefix(12))…, not the "
+                                + "\(i.artefactSha256.prefix(12))… it was sent with", deterministic: false)
+            }
+            out[i.jobID] = i.artefact
+        }
+        return JobInputs(out)
+    }
+
     private func loop() {
         while true {
             cond.lock()
@@ -308,7 +323,7 @@ final class ComputeThread: @unchecked Sendable {
                 let spec = try JobSpec(wire: a.params)
                 if cancelled.value.contains(key) { throw JobCancelled() }
                 let sink = ProgressSink(key: key, inbox: inbox, cancelled: cancelled)
-                let outcome = try registry.run(spec, progress: sink)
+                let outcome = try registry.run(spec, inputs: try Self.inputs(of: a), progress: sink)
                 end = .success(metrics: outcome.metrics, artefact: outcome.artefact, wallSeconds: Date().timeIntervalSince(t0))
             } catch {
                 let (reason, deterministic) = JobError.classify(error)

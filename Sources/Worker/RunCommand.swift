@@ -46,6 +46,10 @@ public struct JobOptions: ParsableArguments {
         guard JobMethod.engine.contains(method) else {
             throw ValidationError("--method must be one of \(JobMethod.engine.map(\.rawValue).joined(separator: ", "))")
         }
+        guard method != .add else {
+            throw ValidationError("add sums Δs that other jobs learned: score stored Δs with `worker evaluate --sum "
+                                    + "--delta A --delta B --task T`, or give a grid \"components\" (coordinator submit)")
+        }
         _ = try spec(model: "")   // --set values
     }
 
@@ -236,6 +240,12 @@ public struct RunCommand: ParsableCommand {
                     print(String(format: "  without Δ       %.4f      %.4f", z, m["zero_shot_kl"] ?? .nan))
                 }
                 if let p = obj["delta_path"] { print("  saved \(p)") }
+                continue
+            }
+            if spec.method == .fvHeads {
+                print(String(format: "  head ranking: p(answer) %.3f clean, %.3f corrupted; top effect %+.4f",
+                             m["clean_p_answer"] ?? .nan, m["corrupted_p_answer"] ?? .nan, m["top_effect"] ?? .nan))
+                if let p = obj["artefact_path"] { print("  saved \(p)") }
                 continue
             }
             print("                 exact match   first token   judge")

@@ -57,8 +57,8 @@ public final class RunnerRegistry {
     }
 
     /// Runs `spec` on the right runner.
-    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
-        try runner(for: spec).run(spec, progress: progress)
+    public func run(_ spec: JobSpec, inputs: JobInputs = .none, progress: JobProgress?) throws -> JobOutcome {
+        try runner(for: spec).run(spec, inputs: inputs, progress: progress)
     }
 
     /// The engine runner (one BLAS thread unless told otherwise).

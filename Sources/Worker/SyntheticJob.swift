@@ -28,13 +28,13 @@ public final class SyntheticJobRunner: JobRunner {
         }
     }
 
-    public func run(_ spec: JobSpec, progress: JobProgress?) throws -> JobOutcome {
+    public func run(_ spec: JobSpec, inputs: JobInputs, progress: JobProgress?) throws -> JobOutcome {
         let mode: Mode
         switch spec.method {
         case .synthetic: mode = .normal
         case .syntheticFail: mode = .fail
         case .syntheticCrash: mode = .crash
-        case .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv:
+        case .intervention, .zeroShot, .fewShot, .lora, .ia3, .softPrompt, .functionVector, .icv, .add, .fvHeads:
             throw JobError.deterministic("\(spec.method.rawValue) is not a synthetic method (synthetic, synthetic-fail, synthetic-crash)")
         }
         guard spec.steps >= 1 else { throw JobError.deterministic("steps must be ≥ 1, got \(spec.steps)") }

@@ -169,6 +169,64 @@ final class EndToEndInProcessTests: XCTestCase {
         XCTAssertEqual(st.experiments.first?.done, 4)
     }
 
+    /// An add job is assigned after its inputs, with their artefacts as the store holds them; an
+    /// input whose artefact has gone from the store fails the job that reads it, and the worker
+    /// takes the next job.
+    func testInputArtefactsTravelWithTheJobThatReadsThem() throws {
+        let srv = try startServer()
+        let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
+        let grid = #"{"experiment": "compose", "model": "m", "tasks": ["a_b", "c_d"], "methods": "add", "seeds": 0, "solver": {"steps": 3}}"#
+        let r = try client.submit(gridJSON: grid)
+        XCTAssertTrue(r.ok, "\(r.errors)")
+        XCTAssertEqual(r.jobsTotal, 6, "two add jobs and the four Δs they sum")
+        let w = try dealer(srv.endpoint)
+        var hello = Intervene_V1_Hello()
+        hello.workerID = "hand"; hello.device = "cpu"; hello.methods = ["engine"]
+        try w.send(Wire.encode(.hello(hello)), timeoutMs: 1000)
+        try w.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
+        var sent: [String: Data] = [:]   // job id → the artefact its result carried
+        var order: [String] = []
+        var addInputs: [String: [Intervene_V1_InputArtefact]] = [:]
+        while order.count < 5 {
+            guard let body = try receiveBody(w) else { return XCTFail("starved after \(order) ") }
+            guard case .job(let a) = body else { continue }
+            order.append(a.params.task)
+            if a.params.method == "add" {
+                addInputs[a.params.task] = a.inputs
+                XCTAssertEqual(a.params.inputs, a.inputs.map(\.jobID))
+            }
+            if a.params.task == "d" {
+                // c's artefact disappears from the store before c_d's add job is handed out
+                let c = try XCTUnwrap(try client.query(experiment: "compose").jobs.first { $0.params.task == "c" })
+                try FileManager.default.removeItem(atPath: c.artefactPath)
+            }
+            var res = Intervene_V1_Result()
+            res.jobID = a.jobID; res.attempt = a.attempt; res.workerID = "hand"
+            res.metrics = ["exact_match": 0.5]
+            if a.params.method == "intervention" {
+                res.artefact = Data("delta of \(a.params.task)".utf8)
+                res.artefactSha256 = SHA256.hex(res.artefact)
+                sent[a.jobID] = res.artefact
+            }
+            try w.send(Wire.encode(.result(res)), timeoutMs: 1000)
+            try w.send(Wire.encode(.ready(Intervene_V1_Ready())), timeoutMs: 1000)
+        }
+        XCTAssertEqual(order, ["a", "b", "a_b", "c", "d"], "each add job after its inputs; c_d's never handed out")
+        let ab = try XCTUnwrap(addInputs["a_b"])
+        XCTAssertEqual(ab.map { String(decoding: $0.artefact, as: UTF8.self) }, ["delta of a", "delta of b"])
+        XCTAssertEqual(ab.map(\.artefactSha256), ab.map { SHA256.hex($0.artefact) })
+        XCTAssertEqual(ab.map { sent[$0.jobID] }, ab.map(\.artefact))
+        let deadline = Date().addingTimeInterval(5)
+        var cd: JobView?
+        while Date() < deadline {
+            cd = try client.query(experiment: "compose").jobs.map(JobView.init).first { $0.spec.task == "c_d" }
+            if cd?.state == .failed { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        XCTAssertEqual(cd?.state, .failed)
+        XCTAssertTrue(cd?.error.contains("cannot be read from the store") ?? false, cd?.error ?? "")
+    }
+
     /// A corrupt artefact is refused (no ack): the job stays running until a good copy arrives.
     func testArtefactWithWrongHashIsRefused() throws {
         let srv = try startServer()

@@ -31,10 +31,10 @@ final class GridTests: XCTestCase {
          "solver": {"steps": -3, "lr": 0, "momentum": 0.9}, "eval": 4, "device": "tpu", "laers": [1]}
         """)
         let expected = [
-            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, lora, ia3, soft_prompt, fv, icv"#,
+            #"laers: unknown key (did you mean "layers"?); expected one of experiment, model, tasks, methods, layers, lambda, gamma, seeds, train_size, test_size, shots, solver, eval, prompt, device, components, lora, ia3, soft_prompt, fv, icv"#,
             #"experiment: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit), got "bad name!""#,
             "tasks: expected a non-empty list, got an empty list",
-            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
+            #"methods[1]: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "add", "fv-heads", "synthetic", "synthetic-fail", "synthetic-crash", got "fv2""#,
             "layers[0]: expected a non-negative integer, got -1",
             "layers[1]: expected a non-negative integer, got 2.5",
             #"lambda: expected a non-negative number, got "0.1""#,
@@ -155,6 +155,83 @@ final class GridTests: XCTestCase {
     }
 
     /// Opinion tasks ("file.json#group") take the intervention and the prompting baselines only.
+    func testFunctionVectorJobsShareOneHeadRankingPerTaskAndSeed() throws {
+        let g = try Grid.parse("""
+        {"experiment": "x", "tasks": ["antonym", "synonym"], "methods": ["function-vector", "zero-shot"], "seeds": [0, 1],
+         "shots": 5, "test_size": 30, "fv": {"heads": 5}}
+        """)
+        let jobs = g.expand()
+        let rankings = jobs.filter { $0.spec.method == .fvHeads }
+        let fvs = jobs.filter { $0.spec.method == .functionVector }
+        XCTAssertEqual(rankings.count, 4, "one per task × seed")
+        XCTAssertEqual(fvs.count, 4)
+        for fv in fvs {
+            XCTAssertEqual(fv.spec.inputs.count, 1)
+            let r = try XCTUnwrap(rankings.first { $0.id == fv.spec.inputs[0] })
+            XCTAssertEqual([r.spec.task, "\(r.spec.seed)"], [fv.spec.task, "\(fv.spec.seed)"])
+            XCTAssertLessThan(jobs.firstIndex { $0.id == r.id }!, jobs.firstIndex { $0.id == fv.id }!, "inputs come first")
+            // the ranking depends on the split only: no FV setting, no test size, no shots
+            XCTAssertEqual([r.spec.testSize, r.spec.shots, r.spec.maxNewTokens], [0, 0, 0])
+            XCTAssertTrue(r.spec.tunables.isEmpty)
+            XCTAssertEqual(r.spec.trainSize, fv.spec.trainSize)
+        }
+        XCTAssertEqual(g.jobCount, jobs.count)
+        // a second FV setting reuses the same rankings
+        let two = try Grid.parse("""
+        {"experiment": "y", "tasks": ["antonym", "synonym"], "methods": ["function-vector"], "seeds": [0, 1],
+         "shots": 5, "test_size": 30, "fv": {"heads": 20}}
+        """).expand()
+        XCTAssertEqual(Set(two.filter { $0.spec.method == .fvHeads }.map(\.id)), Set(rankings.map(\.id)))
+        XCTAssertTrue(Set(two.map(\.id)).isDisjoint(with: fvs.map(\.id)))
+    }
+
+    func testAddJobsReadTheirComponentsDeltasAtTheirOwnCoordinates() throws {
+        let g = try Grid.parse("""
+        {"experiment": "x", "tasks": ["antonym_english-french", "c.json"], "methods": ["add", "intervention"],
+         "layers": [3, 4], "seeds": [0, 1], "solver": {"steps": 50},
+         "components": {"c.json": ["antonym.json", "0123456789abcdef", "french.json"]}}
+        """)
+        let jobs = g.expand()
+        let adds = jobs.filter { $0.spec.method == .add }
+        XCTAssertEqual(adds.count, 8)
+        for add in adds {
+            let byID = Dictionary(uniqueKeysWithValues: jobs.map { ($0.id, $0.spec) })
+            let expected = add.spec.task == "c.json" ? ["antonym.json", nil, "french.json"] : ["antonym", "english-french"]
+            XCTAssertEqual(add.spec.inputs.map { byID[$0]?.task }, expected)
+            for (id, spec) in add.spec.inputs.compactMap({ i in byID[i].map { (i, $0) } }) {
+                var same = spec
+                same.task = add.spec.task
+                same.method = .add
+                same.inputs = add.spec.inputs
+                XCTAssertEqual(same, add.spec, "the Δ summed is learned at the add job's coordinates")
+                XCTAssertLessThan(jobs.firstIndex { $0.id == id }!, jobs.firstIndex { $0.id == add.id }!)
+            }
+            if add.spec.task == "c.json" { XCTAssertEqual(add.spec.inputs[1], "0123456789abcdef", "a job id as it is") }
+        }
+        // components once per layer × seed, however many add jobs read them
+        XCTAssertEqual(jobs.filter { $0.spec.task == "antonym.json" }.count, 4)
+        XCTAssertEqual(jobs.count, 8 + 8 + 4 * 4)
+        XCTAssertGreaterThanOrEqual(g.jobCount, jobs.count)
+        // the id names what is summed
+        var other = adds[0].spec
+        other.inputs.swapAt(0, 1)
+        XCTAssertNotEqual(other.id, adds[0].id)
+    }
+
+    func testComponentsAreValidated() {
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a_b", "plain"], "methods": ["add"]}"#), [
+            #"components: add needs the components of task "plain" (its name is not "a_b"): give "components": {"plain": ["a", "b"]} with task names or job ids"#,
+        ])
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["t"], "components": {"t": ["a", "b"]}}"#), [
+            #"components: only the add method reads components; put "add" in methods"#,
+        ])
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["t"], "methods": ["add"], "components": {"u": ["a", "b"], "t": ["a"]}}"#), [
+            "components.u: not one of the grid's tasks",
+            "components.t: expected two or more task names or job ids to add, got 1",
+            #"components: add needs the components of task "t" (its name is not "a_b"): give "components": {"t": ["a", "b"]} with task names or job ids"#,
+        ])
+    }
+
     func testOpinionTasksTakeTheirMethodsOnly() throws {
         let ok = try Grid.parse(#"{"experiment": "o", "tasks": ["q.json#North", "q.json#South"], "#
             + #""methods": ["intervention", "zero-shot", "few-shot"]}"#).expand()

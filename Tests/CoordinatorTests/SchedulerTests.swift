@@ -428,4 +428,104 @@ final class SchedulerTests: XCTestCase {
                        Effects(toWorkers: [.heartbeatAck(worker: "alive", job: js[2].id, attempt: 1, abandon: false)]))
         XCTAssertEqual(s.job(js[2].id)?.leaseExpiry, now + 10)
     }
+
+    // MARK: jobs that read other jobs' artefacts
+
+    /// A synthetic job reading the artefacts of `inputs`.
+    func dependent(on inputs: [SubmittedJob], seed: Int = 100) -> SubmittedJob {
+        var spec = JobSpec(task: "t", method: .synthetic, seed: seed, steps: 10)
+        spec.inputs = inputs.map(\.id)
+        return SubmittedJob(id: spec.id, spec: spec, device: .any)
+    }
+
+    func done(_ w: String, _ j: SubmittedJob, attempt: Int = 1) -> Effects {
+        on(.result(worker: w, job: j.id, attempt: attempt, metrics: [:], artefactSHA256: "ab", artefactPath: "p"))
+    }
+
+    func testAJobWaitsForItsInputsAndRunsOnceTheyAreDone() {
+        let ins = jobs(2)
+        let d = dependent(on: ins)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [d] + ins))   // the dependent first in order
+        XCTAssertEqual(assignments(connect("w1", cpu)).map(\.job), [ins[0].id], "the dependent waits")
+        XCTAssertEqual(assignments(connect("w2", cpu)).map(\.job), [ins[1].id])
+        XCTAssertTrue(assignments(connect("w3", cpu)).isEmpty)
+        XCTAssertEqual(s.pendingReason(d.id), "waiting for 2 of its 2 input jobs (\(ins[0].id) running, \(ins[1].id) running)")
+        XCTAssertEqual(s.pendingReasons([d.id])[d.id], s.pendingReason(d.id))
+        XCTAssertTrue(assignments(done("w1", ins[0])).isEmpty, "one input is still running")
+        XCTAssertEqual(s.pendingReason(d.id), "waiting for 1 of its 2 input jobs (\(ins[1].id) running)")
+        // the last input's result hands the dependent to a worker already idle
+        XCTAssertEqual(assignments(done("w2", ins[1])).map { [$0.worker, $0.job] }, [["w3", d.id]])
+    }
+
+    func testAFailedInputFailsItsDependentsAndAResubmissionRunsThemAgain() {
+        _ = connect("w1", cpu)
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        let d2 = dependent(on: [d], seed: 101)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a, d, d2]))
+        let ds = on(.failure(worker: "w1", job: a.id, attempt: 1, reason: "boom", deterministic: true))
+        let why = "input \(a.id) (synthetic on t) failed: boom"
+        XCTAssertTrue(ds.jobChanges.contains(.failed(job: d.id, reason: why)))
+        XCTAssertEqual(s.job(d.id)?.state, .failed)
+        XCTAssertEqual(s.job(d2.id)?.state, .failed)
+        XCTAssertEqual(s.job(d2.id)?.error, "input \(d.id) (synthetic on t) failed: " + why)
+        // submitted again: all three queued, the dependents still after their inputs
+        let re = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a, d, d2]))
+        XCTAssertEqual(re.reply, .submitted(experiment: "e", new: 0, reused: 3, requeued: 3, total: 3))
+        XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [a.id])
+        XCTAssertEqual(s.job(d.id)?.state, .queued)
+        _ = done("w1", a, attempt: 2)
+        XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [d.id])
+    }
+
+    func testUnknownOrFailedInputsFailAtSubmission() {
+        var spec = JobSpec(task: "t", method: .synthetic, steps: 10)
+        spec.inputs = ["0123456789abcdef"]
+        let orphan = SubmittedJob(id: spec.id, spec: spec, device: .any)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [orphan]))
+        XCTAssertEqual(s.job(orphan.id)?.state, .failed)
+        XCTAssertEqual(s.job(orphan.id)?.error, "input 0123456789abcdef is not a job this coordinator knows: name a job "
+                           + "from `coordinator results`, or put it in the same grid")
+        // an input that failed in another experiment, named by id
+        _ = connect("w1", cpu)
+        let a = jobs(1, method: .syntheticFail)[0]
+        _ = on(.submit(experiment: "first", gridJSON: "{}", jobs: [a]))
+        _ = on(.failure(worker: "w1", job: a.id, attempt: 1, reason: "bad", deterministic: true))
+        let d = dependent(on: [a])
+        _ = on(.submit(experiment: "second", gridJSON: "{}", jobs: [d]))
+        XCTAssertEqual(s.job(d.id)?.error, "input \(a.id) (synthetic-fail on t) failed: bad")
+    }
+
+    func testCancellingAnExperimentCancelsDependentsRatherThanFailingThem() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a, d]))
+        XCTAssertEqual(on(.cancel(experiment: "e", jobs: [])).reply, .cancelled(experiment: "e", count: 2))
+        XCTAssertEqual(s.job(d.id)?.state, .cancelled)
+        XCTAssertEqual(s.job(a.id)?.state, .cancelled)
+    }
+
+    func testAnUndeliverableAssignmentFailsTheJobAndTheWorkerTakesTheNext() {
+        let a = jobs(2)
+        _ = connect("w1", cpu)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: a))
+        let ds = on(.assignmentUndeliverable(worker: "w1", job: a[0].id, attempt: 1, reason: "artefact gone"))
+        XCTAssertEqual(s.job(a[0].id)?.state, .failed)
+        XCTAssertEqual(s.job(a[0].id)?.error, "artefact gone")
+        XCTAssertFalse(ds.toWorkers.contains { if case .ack = $0 { return true } else { return false } },
+                       "the worker never saw the job: nothing to acknowledge")
+        XCTAssertEqual(assignments(ds).map(\.job), [a[1].id])
+    }
+
+    func testARestoredSchedulerKeepsJobsWaitingForTheirInputs() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        let ra = JobRecord(id: a.id, spec: a.spec, device: .any, seq: 1, state: .queued, created: 0)
+        let rd = JobRecord(id: d.id, spec: d.spec, device: .any, seq: 0, state: .queued, created: 0)
+        s = Scheduler(config: SchedulerConfig(leaseSeconds: 10), jobs: [rd, ra],
+                      experiments: [ExperimentRecord(name: "e", gridJSON: "{}", submitted: 0, jobIDs: [d.id, a.id])])
+        XCTAssertEqual(assignments(connect("w1", cpu)).map(\.job), [a.id])
+        _ = on(.failure(worker: "w1", job: a.id, attempt: 1, reason: "boom", deterministic: true))
+        XCTAssertEqual(s.job(d.id)?.state, .failed, "the restored scheduler knows who reads a's artefact")
+    }
 }

@@ -14,6 +14,7 @@ final class JobWireTests: XCTestCase {
             solver: .fista, precision: .fp32, promptTemplate: "In: {input}",
             targetTemplate: " Out: {output}")
         try! s.set(.deltaScale, 2.5)
+        s.inputs = ["0123456789abcdef", "fedcba9876543210"]
         return s
     }()
 
@@ -26,7 +27,7 @@ final class JobWireTests: XCTestCase {
                 "\(child.value)", "\(base.value)", "set \(child.label ?? "?") to a non-default value in this test")
         }
         XCTAssertEqual(
-            Mirror(reflecting: Self.everyField).children.count, 18,
+            Mirror(reflecting: Self.everyField).children.count, 19,
             "a new JobSpec field: extend this test and the mapping")
         let bytes = try JobParams(Self.everyField).serializedData()
         XCTAssertEqual(try JobSpec(wire: try JobParams(serializedBytes: bytes)), Self.everyField)
@@ -51,7 +52,7 @@ final class JobWireTests: XCTestCase {
         }
         XCTAssertEqual(
             message { $0.method = "magic" },
-            #"method: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#
+            #"method: expected one of "intervention", "zero-shot", "few-shot", "lora", "ia3", "soft-prompt", "function-vector", "icv", "add", "fv-heads", "synthetic", "synthetic-fail", "synthetic-crash", got "magic""#
         )
         XCTAssertEqual(
             message { $0.solver = "sgd" },

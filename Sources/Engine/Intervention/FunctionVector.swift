@@ -163,29 +163,96 @@ public struct FunctionVector: Sendable {
         return fv
     }
 
-    /// Steps 1–4 for a job's training pairs: the `k` heads of largest AIE summed.
-    /// `progress(phase, done, total)`.
-    public init(_ lm: LanguageModel, train: [TaskPair], format: PromptFormat, seed: Int, heads k: Int,
-                progress: ((String, Int, Int) -> Void)? = nil) {
-        let p = Self.prompts(train: train, format: format, seed: seed)
-        let encode = { (s: [String]) in s.map { lm.tokenizer.encode($0) } }
-        let answers = p.answers.map { lm.tokenizer.encode(format.targetText($0), bos: false).first ?? 0 }
-        (means, cleanProbability) = Self.headMeans(lm, prompts: encode(p.clean), answers: answers)
-        (effects, corruptedProbability) = Self.indirectEffects(
-            lm, prompts: encode(p.corrupted), answers: answers, means: means, layers: nil, precision: .fp32
-        ) { progress?("rank", $0, $1) }
+    /// Steps 1–3 for a job's training pairs: the heads' means and their indirect effects, which
+    /// every choice of k and layer reuses (an `fv-heads` job's artefact).
+    public struct Ranking: Sendable {
+        public var means: [[Float]]
+        public var effects: [Float]
+        public var cleanProbability: Float, corruptedProbability: Float
+
+        public init(means: [[Float]], effects: [Float], cleanProbability: Float, corruptedProbability: Float) {
+            self.means = means
+            self.effects = effects
+            self.cleanProbability = cleanProbability
+            self.corruptedProbability = corruptedProbability
+        }
+
+        /// `progress(layers done, layers)`.
+        public init(_ lm: LanguageModel, train: [TaskPair], format: PromptFormat, seed: Int,
+                    progress: ((Int, Int) -> Void)? = nil) {
+            let p = FunctionVector.prompts(train: train, format: format, seed: seed)
+            let encode = { (s: [String]) in s.map { lm.tokenizer.encode($0) } }
+            let answers = p.answers.map { lm.tokenizer.encode(format.targetText($0), bos: false).first ?? 0 }
+            (means, cleanProbability) = FunctionVector.headMeans(lm, prompts: encode(p.clean), answers: answers)
+            (effects, corruptedProbability) = FunctionVector.indirectEffects(
+                lm, prompts: encode(p.corrupted), answers: answers, means: means, layers: nil, precision: .fp32,
+                progress: progress)
+        }
+
+        /// The tensors of its artefact.
+        public var tensors: [(name: String, shape: [Int], values: [Float])] {
+            let L = means.count
+            return [
+                ("head_means", [L, means.first?.count ?? 0], means.flatMap { $0 }),
+                ("indirect_effects", [L, effects.count / max(L, 1)], effects),
+            ]
+        }
+
+        /// Reads a ranking artefact (an `fv-heads` job's, or a `function-vector` job's, which holds
+        /// the same tensors) made on `lm`'s weights, for the split `seed`/`trainSize` and prompts
+        /// `format`: any other artefact is refused with what differs.
+        public init(artefact data: Data, model lm: LanguageModel, seed: Int, trainSize: Int, format: PromptFormat)
+            throws
+        {
+            let (t, md) = try Safetensors.read(data)
+            let cfg = lm.config
+            func refuse(_ why: String) -> EngineJobError { EngineJobError("the head ranking given as input \(why)") }
+            guard let m = t["head_means"], let e = t["indirect_effects"] else {
+                throw refuse("has no head_means and indirect_effects tensors (not an fv-heads artefact)")
+            }
+            guard m.shape == [cfg.nLayers, cfg.attnDim], e.shape == [cfg.nLayers, cfg.nHeads] else {
+                throw refuse("has shapes \(m.shape) and \(e.shape); this model needs [\(cfg.nLayers), \(cfg.attnDim)] "
+                                + "and [\(cfg.nLayers), \(cfg.nHeads)]")
+            }
+            let sha = try lm.sha256()
+            if let s = md["model_sha256"], !s.isEmpty, s != sha {
+                throw refuse("was made on model \(md["model"] ?? "?") (sha256 \(s.prefix(12))…), not \(lm.name)")
+            }
+            let theirs = (md["seed"], md["train_size"], md["prompt_format"], md["target_format"])
+            guard theirs == ("\(seed)", "\(trainSize)", format.query, format.target) else {
+                throw refuse("was made on split seed \(md["seed"] ?? "?"), train size \(md["train_size"] ?? "?") with "
+                                + "prompt \((md["prompt_format"] ?? "?").debugDescription); this job has seed \(seed), "
+                                + "train size \(trainSize), prompt \(format.query.debugDescription)")
+            }
+            means = (0..<cfg.nLayers).map { Array(m.values[($0 * cfg.attnDim)..<(($0 + 1) * cfg.attnDim)]) }
+            effects = e.values
+            cleanProbability = Float(md["clean_p_answer"] ?? "") ?? .nan
+            corruptedProbability = Float(md["corrupted_p_answer"] ?? "") ?? .nan
+        }
+    }
+
+    /// Step 4 on a ranking: the `k` heads of largest AIE summed.
+    public init(_ lm: LanguageModel, ranking r: Ranking, heads k: Int) {
+        means = r.means
+        effects = r.effects
+        cleanProbability = r.cleanProbability
+        corruptedProbability = r.corruptedProbability
         heads = Self.topHeads(effects, heads: lm.config.nHeads, k: k)
         vector = Self.vector(lm, means: means, heads: heads)
     }
 
-    /// The tensors of its artefact.
+    /// Steps 1–4 for a job's training pairs. `progress(phase, done, total)`.
+    public init(_ lm: LanguageModel, train: [TaskPair], format: PromptFormat, seed: Int, heads k: Int,
+                progress: ((String, Int, Int) -> Void)? = nil) {
+        self.init(lm, ranking: Ranking(lm, train: train, format: format, seed: seed) { progress?("rank", $0, $1) },
+                  heads: k)
+    }
+
+    /// The tensors of its artefact: the vector and its ranking's.
     public var tensors: [(name: String, shape: [Int], values: [Float])] {
-        let L = means.count
-        return [
-            ("function_vector", [vector.count], vector),
-            ("head_means", [L, means.first?.count ?? 0], means.flatMap { $0 }),
-            ("indirect_effects", [L, effects.count / max(L, 1)], effects),
-        ]
+        [("function_vector", [vector.count], vector)]
+            + Ranking(means: means, effects: effects, cleanProbability: cleanProbability,
+                      corruptedProbability: corruptedProbability).tensors
     }
 }
 

@@ -214,13 +214,14 @@ public struct PairTaskJobs {
 
     /// The metadata every trained or built artefact but Δ's carries (Δ's is `DeltaMetadata`): what
     /// made it, on which model, and the job's settings.
-    func artefactMetadata(_ p: Prepared, format: String, exactMatch: Double) -> [String: String] {
+    func artefactMetadata(_ p: Prepared, format: String, exactMatch: Double?) -> [String: String] {
         var md: [String: String] = [
             "format": format, "schema": "1", "model": lm.name, "model_sha256": (try? lm.sha256()) ?? "",
             "architecture": lm.config.architecture, "task": p.spec.task, "method": p.spec.method.rawValue,
-            "seed": "\(p.spec.seed)", "train_size": "\(p.split.train.count)", "exact_match": "\(exactMatch)",
+            "seed": "\(p.spec.seed)", "train_size": "\(p.split.train.count)",
             "prompt_format": p.format.query, "target_format": p.format.target,
         ]
+        if let exactMatch { md["exact_match"] = "\(exactMatch)" }
         md.merge(p.spec.tunableTexts) { $1 }
         return md
     }
@@ -231,7 +232,16 @@ public struct PairTaskJobs {
         metrics[prefix + "judge_accuracy"] = e.judgeAccuracy
     }
 
-    public func run(_ spec: JobSpec, progress: Progress? = nil) throws -> JobOutcome {
+    /// Runs one job; `inputs` are the artefacts of `spec.inputs`, in order.
+    public func run(_ spec: JobSpec, inputs: [(id: String, data: Data)] = [], progress: Progress? = nil) throws
+        -> JobOutcome
+    {
+        guard inputs.count == spec.inputs.count, zip(inputs, spec.inputs).allSatisfy({ $0.0.id == $0.1 }) else {
+            throw EngineJobError("the artefacts handed over are not those of the job's inputs \(spec.inputs)")
+        }
+        if !spec.inputs.isEmpty && spec.method.inputKind == nil {
+            throw EngineJobError("\(spec.method.rawValue) reads no input artefacts; the job names \(spec.inputs.count)")
+        }
         if let opinion = try opinionTask(spec) { return try runOpinion(spec, opinion, progress: progress) }
         let p = try prepare(spec)
         let t0 = Date()
@@ -261,7 +271,11 @@ public struct PairTaskJobs {
             let soft = SoftPrompt(model: lm, count: Int(spec[.softPromptTokens]), description: "Task: \(name).")
             return try runAdapter(p, soft, lr: Float(spec[.softPromptLR]), progress: progress)
         case .functionVector:
-            return try runFunctionVector(p, progress: progress)
+            return try runFunctionVector(p, inputs: inputs, progress: progress)
+        case .fvHeads:
+            return try runHeadRanking(p, progress: progress)
+        case .add:
+            return try runAdd(p, inputs: inputs, progress: progress)
         case .icv:
             return runICV(p, progress: progress)
         case .synthetic, .syntheticFail, .syntheticCrash:

@@ -1,28 +1,79 @@
 import Foundation
 
 extension PairTaskJobs {
-    /// A `function-vector` job: the FV of the training pairs (`FunctionVector`), added at the
-    /// prompt's last position entering block `fv.layer`, on 0-shot prompts and on `shots`-shot ones.
-    func runFunctionVector(_ p: Prepared, progress: Progress?) throws -> JobOutcome {
-        let t0 = Date()
-        let spec = p.spec, L = lm.config.nLayers
+    /// Why a function vector cannot be built for this job (nil: it can).
+    func functionVectorRefusal(_ p: Prepared) -> EngineJobError? {
         guard p.split.train.count >= 3 else {
-            throw EngineJobError("function-vector needs train_size ≥ 3 (one demonstration leaves nothing to shuffle)")
+            return EngineJobError(
+                "\(p.spec.method.rawValue) needs train_size ≥ 3 (one demonstration leaves nothing to shuffle)")
         }
         // W_O·ā is a head's contribution to the stream only where o_proj's output is added as it
         // is; a family that normalises the heads' sum first (Gemma 3) has no per-head contribution
         guard !lm.config.postNorms else {
-            throw EngineJobError(
-                "function-vector on \(lm.config.architecture): this family normalises o_proj's output before the "
-                    + "residual add, so a head's mean output has no additive contribution to sum (Todd et al.'s "
-                    + "construction); use icv or intervention on this model")
+            return EngineJobError(
+                "\(p.spec.method.rawValue) on \(lm.config.architecture): this family normalises o_proj's output "
+                    + "before the residual add, so a head's mean output has no additive contribution to sum (Todd "
+                    + "et al.'s construction); use icv or intervention on this model")
         }
+        return nil
+    }
+
+    /// The ranking of the job's training pairs: from its input (an `fv-heads` job's artefact)
+    /// when it names one, else computed here.
+    func headRanking(_ p: Prepared, inputs: [(id: String, data: Data)], progress: Progress?) throws
+        -> FunctionVector.Ranking
+    {
+        guard inputs.count <= 1 else {
+            throw EngineJobError("function-vector reads at most one input (an fv-heads job's ranking), got \(inputs.count)")
+        }
+        if let input = inputs.first {
+            do {
+                return try FunctionVector.Ranking(artefact: input.data, model: lm, seed: p.spec.seed,
+                                                  trainSize: p.split.train.count, format: p.format)
+            } catch let e as EngineJobError {
+                throw EngineJobError("input \(input.id): \(e.message)")
+            } catch {
+                throw EngineJobError("input \(input.id) is not a head ranking: \(error)")
+            }
+        }
+        return FunctionVector.Ranking(lm, train: p.split.train, format: p.format, seed: p.spec.seed) {
+            progress?("rank", $0, $1, [:])
+        }
+    }
+
+    /// An `fv-heads` job: the head ranking of the training pairs, as an artefact for the
+    /// `function-vector` jobs of the same split.
+    func runHeadRanking(_ p: Prepared, progress: Progress?) throws -> JobOutcome {
+        if let refusal = functionVectorRefusal(p) { throw refusal }
+        let t0 = Date()
+        let r = try headRanking(p, inputs: [], progress: progress)
+        let top = FunctionVector.topHeads(r.effects, heads: lm.config.nHeads, k: 10)
+        var md = artefactMetadata(p, format: "intervene-fv-heads", exactMatch: nil)
+        md["clean_p_answer"] = "\(r.cleanProbability)"
+        md["corrupted_p_answer"] = "\(r.corruptedProbability)"
+        md["top_heads"] = top.map { "\($0.layer).\($0.head)" }.joined(separator: ",")
+        let metrics: [String: Double] = [
+            "n_train": Double(p.split.train.count),
+            "top_effect": Double(top.first.map { r.effects[$0.layer * lm.config.nHeads + $0.head] } ?? 0),
+            "clean_p_answer": Double(r.cleanProbability), "corrupted_p_answer": Double(r.corruptedProbability),
+            "total_ms": Date().timeIntervalSince(t0) * 1000,
+        ]
+        return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: r.tensors, metadata: md))
+    }
+
+    /// A `function-vector` job: the FV of the training pairs (`FunctionVector`), added at the
+    /// prompt's last position entering block `fv.layer`, on 0-shot prompts and on `shots`-shot ones.
+    /// Its ranking comes from its input, an `fv-heads` job's artefact, if it names one.
+    func runFunctionVector(_ p: Prepared, inputs: [(id: String, data: Data)], progress: Progress?) throws
+        -> JobOutcome
+    {
+        if let refusal = functionVectorRefusal(p) { throw refusal }
+        let t0 = Date()
+        let spec = p.spec, L = lm.config.nLayers
         let layer = spec[.fvLayer] < 0 ? L / 3 : Int(spec[.fvLayer])
         guard layer < L else { throw EngineJobError("fv.layer \(layer) is outside this model's 0…\(L - 1)") }
         let heads = min(Int(spec[.fvHeads]), L * lm.config.nHeads)
-        let fv = FunctionVector(lm, train: p.split.train, format: p.format, seed: spec.seed, heads: heads) {
-            progress?($0, $1, $2, [:])
-        }
+        let fv = FunctionVector(lm, ranking: try headRanking(p, inputs: inputs, progress: progress), heads: heads)
         let buildMs = Date().timeIntervalSince(t0) * 1000
         let hook = ResidualAddHook(layer: layer, vector: fv.vector)
         let tEval = Date()
@@ -38,6 +89,7 @@ extension PairTaskJobs {
             "top_effect": Double(fv.heads.first.map { fv.effects[$0.layer * lm.config.nHeads + $0.head] } ?? 0),
             "clean_p_answer": Double(fv.cleanProbability), "corrupted_p_answer": Double(fv.corruptedProbability),
             "build_ms": buildMs, "eval_ms": Date().timeIntervalSince(tEval) * 1000,
+            "ranking_from_input": inputs.isEmpty ? 0 : 1,
         ]
         Self.record(zero, into: &metrics)
         Self.record(few, into: &metrics, prefix: "few_shot_")
