@@ -160,6 +160,7 @@ public struct Comparison: Sendable {
         k.seed = 0
         k.model = ""
         k.testSize = 0
+        k.inputs = []   // an add job's Δs differ per task and seed, as its task and seed do
         return k
     }
 

@@ -243,7 +243,10 @@ extension CoordinatorCommand {
             collapse), train_size, test_size, shots, solver {steps, lr, method (adam-avg | adam | \
             adam-uniform | adam-subgradient | fista), precision (int8 | fp32)}, eval {max_new_tokens}, prompt {query ("Q: {input}\\nA:"), target \
             (" {output}")}, \
-            device ("cpu" | "gpu" | "any").
+            device ("cpu" | "gpu" | "any"), components ({"task": ["task a", "task b" or a job id]}: what \
+            the add method sums per task; "a_b" without an entry adds a and b), and each method's own \
+            section (lora, ia3, soft_prompt, fv, icv; see `worker run --help` for their keys). \
+            Jobs that read others' artefacts (add, function-vector) run after them.
 
             Examples:
               coordinator submit cluster/grids/quickstart.json --tail

@@ -120,7 +120,10 @@ public struct ExperimentReport: Sendable {
         var armExample: [JobSpec: JobSpec] = [:]
         var taskOrder: [String] = []
         var taskExample: [String: JobSpec] = [:]
-        for j in jobs {
+        // rows and columns: the jobs that score the model (not those that only make an input, such
+        // as a function vector's head ranking; they count in the totals and failures)
+        let scored = jobs.filter { $0.spec.method.evaluates }
+        for j in scored {
             let a = Comparison.armKey(j.spec), s = seriesKey(j.spec), t = Comparison.taskKey(j.spec)
             if !seriesOrder.contains(s) { seriesOrder.append(s) }
             if armExample[a] == nil { armOrder.append(a); armExample[a] = j.spec }
@@ -142,8 +145,9 @@ public struct ExperimentReport: Sendable {
         var cells = Array(repeating: Array(repeating: Cell(), count: taskOrder.count), count: rows.count)
         var values = Array(repeating: Array(repeating: [String: [Double]](), count: taskOrder.count),
                            count: rows.count)
-        var failures: [(String, String, String)] = []
-        for j in jobs {
+        var failures: [(String, String, String)] = jobs.filter { !$0.spec.method.evaluates && $0.state == .failed }
+            .map { ($0.id, LiveView.describe($0.spec), $0.error) }
+        for j in scored {
             let r = rowIndex[Comparison.armKey(j.spec)]!, t = taskIndex[Comparison.taskKey(j.spec)]!
             cells[r][t].jobs += 1
             switch j.state {

@@ -107,7 +107,13 @@ extension Tunable {
         "solver.tolerance", default: 0, range: 0...1, axis: .solver,
         help: "Stop once the objective changes by at most this fraction over 10 steps (0 = run every step).")
 
-    /// Every tunable, in the order help texts list them.
+    /// The evaluation's products in int8, as the solver's (`Precision.int8`; attention and the
+    /// decoding's choices stay fp32). Off by default: the metric change it causes is measured in
+    /// README ("Evaluation in int8").
+    public static let evalInt8 = Tunable(
+        "eval.int8", default: 0, range: 0...1, integer: true, axis: .solver,
+        help: "1: run the evaluation's products in int8, as the solver's (faster; see README, Evaluation in int8).")
+
     public static let loraRank = Tunable(
         "lora.rank", default: 4, range: 1...256, integer: true, axis: .lora,
         help: "LoRA's rank r (the lora method).")
@@ -146,8 +152,9 @@ extension Tunable {
         "icv.alpha", default: 0.1, range: 0...100, axis: .icv,
         help: "Strength α of the in-context vector's shift at every layer (the icv method).")
 
+    /// Every tunable, in the order help texts list them.
     public static let all: [Tunable] = [
-        deltaScale, tolerance, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR,
+        deltaScale, tolerance, evalInt8, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR,
         fvHeads, fvLayer, icvAlpha,
     ]
 }

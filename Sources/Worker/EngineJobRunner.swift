@@ -1,7 +1,7 @@
 import Engine
 import Foundation
 
-/// Runs engine jobs (intervention, zero-shot, few-shot). Keeps every model it loads, so later
+/// Runs engine jobs (every `JobMethod.engine` method). Keeps every model it loads, so later
 /// jobs on the same model start at once.
 public final class EngineJobRunner: JobRunner {
     public let threads: Int
@@ -34,10 +34,19 @@ public final class EngineJobRunner: JobRunner {
         var exp = PairTaskJobs(lm: lm, registry: registry, solverMethod: solver, precision: precision)
         if let progress { exp.shouldStop = { progress.isCancelled } }
         do {
+            // Training steps are the progress the coordinator sees, the evaluation one step after
+            // them; a job that trains nothing (a prompting baseline, add, a head ranking) shows
+            // its own phases' counts (items evaluated, layers ranked).
+            var trained = false
             return try exp.run(spec, inputs: inputs.artefacts(of: spec)) { phase, done, total, metrics in
-                // Solver steps are the progress the coordinator sees; evaluation counts after them.
-                if phase == "solve" { progress?.progress(step: done, total: total + 1, metrics: metrics) }
-                else if done == total && phase == "eval" { progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:]) }
+                if phase == "solve" {
+                    trained = true
+                    progress?.progress(step: done, total: total + 1, metrics: metrics)
+                } else if !trained {
+                    progress?.progress(step: done, total: total, metrics: metrics)
+                } else if done == total && phase == "eval" {
+                    progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:])
+                }
             }
         } catch let e as EngineJobError {
             throw JobError(e.message, deterministic: e.deterministic)

@@ -107,7 +107,7 @@ final class GridTests: XCTestCase {
                        [#"eval.delta_scale: expected a number, got "2""#])
         XCTAssertEqual(errors(base + #", "eval": {"delta_scal": 2}}"#),
                        [#"eval.delta_scal: unknown key (did you mean "delta_scale"?); "#
-                            + "expected one of max_new_tokens, delta_scale"])
+                            + "expected one of max_new_tokens, delta_scale, int8"])
     }
 
     /// A method's own section ("lora") holds its tunables: carried to that method's jobs only.

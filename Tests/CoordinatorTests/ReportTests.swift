@@ -306,4 +306,32 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(ExperimentReport.metricName("zero_shot_judge_accuracy"), "judge accuracy (0-shot)")
         XCTAssertEqual(ExperimentReport.metricName("kl"), "kl")
     }
+
+    /// Jobs that read others' artefacts sit in the rows of their method (an add job's inputs
+    /// differ per task and seed); jobs that only make an input (a head ranking) are no row or
+    /// column, but count in the totals, and their failures are listed.
+    func testInputJobsAreNoRowsAndAddJobsOneRow() throws {
+        var views: [JobView] = []
+        for seed in 0..<2 {
+            for task in ["a_b", "c_d"] {
+                var ranking = JobSpec(task: task, method: .fvHeads, seed: seed, testSize: 0)
+                ranking = ranking.normalised
+                var fv = JobSpec(task: task, method: .functionVector, seed: seed, testSize: 50)
+                fv.inputs = [ranking.id]
+                var add = JobSpec(task: task, method: .add, seed: seed, testSize: 50)
+                add.inputs = ["\(task)-x-\(seed)", "\(task)-y-\(seed)"]
+                let failed = task == "c_d" && seed == 1
+                views.append(JobView(id: ranking.id, spec: ranking, state: failed ? .failed : .done,
+                                     error: failed ? "no room" : ""))
+                views.append(JobView(id: fv.id, spec: fv.normalised, state: .done, metrics: ["exact_match": 0.5]))
+                views.append(JobView(id: add.id, spec: add.normalised, state: .done, metrics: ["exact_match": 0.25]))
+            }
+        }
+        let r = try ExperimentReport.make(ExperimentSnapshot(experiment: "e", submitted: 0, jobs: views, source: "test"))
+        XCTAssertEqual(r.rows.map(\.label), ["function-vector", "add · layer 4"])
+        XCTAssertEqual(r.tasks, ["a_b", "c_d"])
+        XCTAssertEqual(r.cells[1][0].stats["exact_match"]?.n, 2, "both seeds' add jobs in one cell")
+        XCTAssertEqual(r.counts.done, 11)
+        XCTAssertEqual(r.failures.map(\.error), ["no room"])
+    }
 }

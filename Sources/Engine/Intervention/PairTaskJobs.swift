@@ -54,13 +54,15 @@ extension LanguageModel {
     /// + 2 tokens.
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100, using backend: Backend? = nil,
-                         lastPosition: ForwardHooks? = nil, progress: ((Int) -> Void)? = nil) -> [Evaluation] {
+                         lastPosition: ForwardHooks? = nil, precision: Precision = .fp32,
+                         progress: ((Int) -> Void)? = nil) -> [Evaluation] {
         evaluateBatches(
             prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
             maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
         ) { ids, stop in
             generate(
-                prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition)
+                prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition,
+                precision: precision)
         }
     }
 
@@ -196,7 +198,8 @@ public struct PairTaskJobs {
     func evaluate(_ p: Prepared, prompts: [String], deltas: [[Float]?], lastPosition: ForwardHooks? = nil,
                   progress: ((_ done: Int, _ total: Int) -> Void)?) -> [Evaluation] {
         lm.evaluate(prompts: prompts, pairs: p.split.test, format: p.format, deltas: deltas, layer: p.spec.layer,
-                    judge: p.judge, maxNewTokens: p.spec.maxNewTokens, lastPosition: lastPosition) {
+                    judge: p.judge, maxNewTokens: p.spec.maxNewTokens, lastPosition: lastPosition,
+                    precision: p.spec[.evalInt8] == 1 ? .int8 : .fp32) {
             progress?($0, p.split.test.count)
         }
     }

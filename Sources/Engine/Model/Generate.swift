@@ -49,7 +49,7 @@ extension LanguageModel {
     /// the argmax), each step run with `hooks`. Returns the new tokens and the first token chosen
     /// per sequence.
     func decode(caches: [KVCache], logits first: [Float], stop: StopRules, hooks: ForwardHooks? = nil,
-                using backend: Backend? = nil,
+                using backend: Backend? = nil, precision: Precision = .fp32,
                 choose: (Int, UnsafePointer<Float>, Int) -> Int = { _, z, V in Ops.argmax(z, V) })
         -> (tokens: [[Int]], first: [Int])
     {
@@ -77,7 +77,7 @@ extension LanguageModel {
             step += 1
             if active.isEmpty { break }
             logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] }, hooks: hooks,
-                                   using: backend)
+                                   using: backend, precision: precision)
         }
         return (out, firstIDs)
     }
@@ -102,13 +102,14 @@ extension LanguageModel {
     /// before it is computed once for all variants; the last token and the decoding then run for
     /// all variants in one batch. Returns one `Generation` per variant. `using` runs the model on
     /// another backend (a fine-tuned model's `AdaptedBackend`); `lastPosition` hooks see the
-    /// prompts' last position too, after Δ (a function vector's site).
+    /// prompts' last position too, after Δ (a function vector's site). `precision` as `forward`'s.
     public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules,
-                         using backend: Backend? = nil, lastPosition: ForwardHooks? = nil) -> [Generation] {
+                         using backend: Backend? = nil, lastPosition: ForwardHooks? = nil,
+                         precision: Precision = .fp32) -> [Generation] {
         precondition(prompts.allSatisfy { !$0.isEmpty })
         let P = prompts.count
         // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
-        let shared = sharedPrefix(prompts, using: backend)
+        let shared = sharedPrefix(prompts, using: backend, precision: precision)
         let prefixCaches = prompts.map { p in
             shared.map { $0.copy(extra: p.count - $0.length + stop.maxNewTokens + 1) }
                 ?? model.makeCache(capacity: p.count + stop.maxNewTokens + 1)
@@ -117,7 +118,7 @@ extension LanguageModel {
         let withRest = (0..<P).filter { prompts[$0].count - 1 > prefixCaches[$0].length }
         if !withRest.isEmpty {
             _ = model.forward(tokens: withRest.map { Array(prompts[$0][prefixCaches[$0].length..<(prompts[$0].count - 1)]) },
-                              caches: withRest.map { prefixCaches[$0] }, using: backend)
+                              caches: withRest.map { prefixCaches[$0] }, using: backend, precision: precision)
         }
         // 3. one sequence per (variant, prompt); the first variant takes the prefix cache itself
         var caches: [KVCache] = []
@@ -131,9 +132,9 @@ extension LanguageModel {
         let S = caches.count
         let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
                                    hooks: HookChain([DeltaHook(layer: layer, perSequence: deltas), lastPosition]),
-                                   using: backend)
+                                   using: backend, precision: precision)
         // 4. decode all sequences together
-        let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend)
+        let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
         return (0..<variants.count).map { vi in
             Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
         }
@@ -144,7 +145,7 @@ extension LanguageModel {
     /// The positions every prompt starts with (each prompt keeps at least its last token for
     /// itself: k-shot demonstrations, "Q:"), computed once into a cache that callers copy
     /// (`KVCache.copy`) per prompt; nil when the prompts share nothing or there is one prompt.
-    func sharedPrefix(_ prompts: [[Int]], using backend: Backend? = nil) -> KVCache? {
+    func sharedPrefix(_ prompts: [[Int]], using backend: Backend? = nil, precision: Precision = .fp32) -> KVCache? {
         var common = prompts[0].count - 1
         for p in prompts.dropFirst() {
             common = min(common, p.count - 1)
@@ -154,7 +155,7 @@ extension LanguageModel {
         }
         guard common > 0 && prompts.count > 1 else { return nil }
         let shared = model.makeCache(capacity: common)
-        _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend)
+        _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend, precision: precision)
         return shared
     }
 }

@@ -293,9 +293,11 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs `tokens[s]` (appended to `caches[s]`) through the whole model for all sequences at
     /// once; every projection is one GEMM over all rows. Returns the logits of the last new token of
     /// each sequence, [S × V] row-major, or all rows when `allLogits`.
-    /// `using` runs the products on another backend (an `AdaptedBackend` for a fine-tuned model).
+    /// `using` runs the products on another backend (an `AdaptedBackend` for a fine-tuned model);
+    /// `precision` `.int8` rounds the products' inputs as the solver's int8 products do (see
+    /// `Precision`; attention stays fp32).
     public func forward(tokens: [[Int]], caches: [KVCache], hooks: ForwardHooks? = nil, allLogits: Bool = false,
-                        using other: Backend? = nil) -> [Float] {
+                        using other: Backend? = nil, precision: Precision = .fp32) -> [Float] {
         precondition(tokens.count == caches.count)
         let backend = other ?? self.backend
         let cfg = config
@@ -340,7 +342,7 @@ public final class LlamaModel: @unchecked Sendable {
             hooks?.residual(layer: l, x, layout)
             // ---- attention
             blk.attentionInputForward(backend, cfg, h: x, rows: T, xn: xn, invRMS: nil, q: q, k: kNew, v: vNew,
-                                      headNorms: nil, precision: .fp32)
+                                      headNorms: nil, precision: precision)
             for r in 0..<T {
                 rope.forward(q + r * A, heads: cfg.nHeads, position: rowPos[r])
                 rope.forward(kNew + r * KV, heads: cfg.nKVHeads, position: rowPos[r])
@@ -362,10 +364,10 @@ public final class LlamaModel: @unchecked Sendable {
             }
             hooks?.headOutputs(layer: l, o, layout)
             // x += o · W_oᵀ (post-normed where the family says), xn as the scratch
-            blk.attentionOutputForward(backend, cfg, o: o, rows: T, h: x, out: x, post: (xn, nil), precision: .fp32)
+            blk.attentionOutputForward(backend, cfg, o: o, rows: T, h: x, out: x, post: (xn, nil), precision: precision)
             // ---- MLP, the residual updated in place (xn holds the normed input, then the output)
             blk.mlpForward(backend, cfg, h: x, rows: T, out: x, xn: xn, invRMS: nil, g: g, u: u, m: g,
-                           post: (xn, nil), precision: .fp32, perRows: { $0(0..<T) },
+                           post: (xn, nil), precision: precision, perRows: { $0(0..<T) },
                            output: hooks?.seesMLPOutputs == true ? { hooks?.mlpOutput(layer: l, $0, layout) } : nil)
         }
         for s in 0..<tokens.count { caches[s].length += rowCount[s] }
@@ -376,7 +378,9 @@ public final class LlamaModel: @unchecked Sendable {
         for (i, r) in rows.enumerated() { (xn + i * D).update(from: x + r * D, count: D) }
         Ops.rmsnorm(xn, outputNorm.data, xn, rows: rows.count, dim: D, eps: cfg.rmsEps)
         var logits = [Float](repeating: 0, count: rows.count * cfg.vocabSize)
-        logits.withUnsafeMutableBufferPointer { backend.linear(xn, rows.count, output, $0.baseAddress!, accumulate: false) }
+        logits.withUnsafeMutableBufferPointer {
+            backend.linear(xn, rows.count, [(output, $0.baseAddress!)], accumulate: false, precision: precision)
+        }
         return logits
     }
 }
