@@ -253,7 +253,8 @@ public struct Scheduler {
         let waiting = spec.inputs.filter { jobs[$0]?.state != .done }
         guard !waiting.isEmpty else { return nil }
         let which = waiting.prefix(3).map { "\($0) \(jobs[$0]?.state.rawValue ?? "unknown")" }.joined(separator: ", ")
-        return "waiting for \(waiting.count) of its \(spec.inputs.count) input jobs (\(which)\(waiting.count > 3 ? ", …" : ""))"
+        let more = waiting.count > 3 ? ", …" : ""
+        return "waiting for \(waiting.count) of its \(spec.inputs.count) input jobs (\(which)\(more))"
     }
 
     /// Why each of these jobs waits (nil entries for jobs that are not queued); one computation per
@@ -540,8 +541,8 @@ public struct Scheduler {
             for id in ids {
                 guard let job = jobs[id], job.state == .queued else { continue }
                 if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
-                    let why = "input \(bad) is not a job this coordinator knows: name a job from `coordinator results`, "
-                        + "or put it in the same grid"
+                    let why = "input \(bad) is not a job this coordinator knows: name a job from "
+                        + "`coordinator results`, or put it in the same grid"
                     end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
                 } else if let bad = job.spec.inputs.first(where: { [.failed, .cancelled].contains(jobs[$0]!.state) }) {
                     failForInput(id, input: bad, now: now, into: &out)

@@ -43,7 +43,8 @@ extension CoordinatorServer {
             i.jobID = id
             i.artefactSha256 = sha
             do { i.artefact = try Data(contentsOf: store.artefactURL(relativePath: path)) } catch {
-                throw InputError(description: "input job \(id)'s artefact \(path) cannot be read from the store: \(error)")
+                throw InputError(
+                    description: "input job \(id)'s artefact \(path) cannot be read from the store: \(error)")
             }
             return i
         }

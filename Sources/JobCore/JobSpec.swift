@@ -125,7 +125,7 @@ public enum JobMethod: String, NamedChoice, Codable {
     public var inputKind: String? {
         switch self {
         case .add: return "the Δs to add (intervention jobs)"
-        case .functionVector: return "an fv-heads job's head ranking (optional: without it the job ranks the heads itself)"
+        case .functionVector: return "an fv-heads job's head ranking (optional: else the job ranks the heads)"
         default: return nil
         }
     }

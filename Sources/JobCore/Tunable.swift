@@ -154,7 +154,8 @@ extension Tunable {
 
     /// Every tunable, in the order help texts list them.
     public static let all: [Tunable] = [
-        deltaScale, tolerance, evalInt8, loraRank, loraAlpha, loraTargets, loraLR, ia3LR, softPromptTokens, softPromptLR,
+        deltaScale, tolerance, evalInt8, loraRank, loraAlpha, loraTargets, loraLR, ia3LR,
+        softPromptTokens, softPromptLR,
         fvHeads, fvLayer, icvAlpha,
     ]
 }

@@ -47,8 +47,9 @@ public struct JobOptions: ParsableArguments {
             throw ValidationError("--method must be one of \(JobMethod.engine.map(\.rawValue).joined(separator: ", "))")
         }
         guard method != .add else {
-            throw ValidationError("add sums Δs that other jobs learned: score stored Δs with `worker evaluate --sum "
-                                    + "--delta A --delta B --task T`, or give a grid \"components\" (coordinator submit)")
+            throw ValidationError(
+                "add sums Δs that other jobs learned: score stored Δs with `worker evaluate --sum --delta A "
+                    + "--delta B --task T`, or give a grid \"components\" (coordinator submit)")
         }
         _ = try spec(model: "")   // --set values
     }

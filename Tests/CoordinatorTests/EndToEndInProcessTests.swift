@@ -175,7 +175,8 @@ final class EndToEndInProcessTests: XCTestCase {
     func testInputArtefactsTravelWithTheJobThatReadsThem() throws {
         let srv = try startServer()
         let client = try CoordinatorClient(endpoint: srv.endpoint, timeoutSeconds: 5)
-        let grid = #"{"experiment": "compose", "model": "m", "tasks": ["a_b", "c_d"], "methods": "add", "seeds": 0, "solver": {"steps": 3}}"#
+        let grid = #"{"experiment": "compose", "model": "m", "tasks": ["a_b", "c_d"], "methods": "add", "seeds": 0, "#
+            + #""solver": {"steps": 3}}"#
         let r = try client.submit(gridJSON: grid)
         XCTAssertTrue(r.ok, "\(r.errors)")
         XCTAssertEqual(r.jobsTotal, 6, "two add jobs and the four Δs they sum")

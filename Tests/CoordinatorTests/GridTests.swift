@@ -157,8 +157,8 @@ final class GridTests: XCTestCase {
     /// Opinion tasks ("file.json#group") take the intervention and the prompting baselines only.
     func testFunctionVectorJobsShareOneHeadRankingPerTaskAndSeed() throws {
         let g = try Grid.parse("""
-        {"experiment": "x", "tasks": ["antonym", "synonym"], "methods": ["function-vector", "zero-shot"], "seeds": [0, 1],
-         "shots": 5, "test_size": 30, "fv": {"heads": 5}}
+        {"experiment": "x", "tasks": ["antonym", "synonym"], "methods": ["function-vector", "zero-shot"],
+         "seeds": [0, 1], "shots": 5, "test_size": 30, "fv": {"heads": 5}}
         """)
         let jobs = g.expand()
         let rankings = jobs.filter { $0.spec.method == .fvHeads }
@@ -169,7 +169,8 @@ final class GridTests: XCTestCase {
             XCTAssertEqual(fv.spec.inputs.count, 1)
             let r = try XCTUnwrap(rankings.first { $0.id == fv.spec.inputs[0] })
             XCTAssertEqual([r.spec.task, "\(r.spec.seed)"], [fv.spec.task, "\(fv.spec.seed)"])
-            XCTAssertLessThan(jobs.firstIndex { $0.id == r.id }!, jobs.firstIndex { $0.id == fv.id }!, "inputs come first")
+            let (ri, fi) = (jobs.firstIndex { $0.id == r.id }!, jobs.firstIndex { $0.id == fv.id }!)
+            XCTAssertLessThan(ri, fi, "inputs come first")
             // the ranking depends on the split only: no FV setting, no test size, no shots
             XCTAssertEqual([r.spec.testSize, r.spec.shots, r.spec.maxNewTokens], [0, 0, 0])
             XCTAssertTrue(r.spec.tunables.isEmpty)
@@ -196,7 +197,8 @@ final class GridTests: XCTestCase {
         XCTAssertEqual(adds.count, 8)
         for add in adds {
             let byID = Dictionary(uniqueKeysWithValues: jobs.map { ($0.id, $0.spec) })
-            let expected = add.spec.task == "c.json" ? ["antonym.json", nil, "french.json"] : ["antonym", "english-french"]
+            let expected = add.spec.task == "c.json" ? ["antonym.json", nil, "french.json"]
+                : ["antonym", "english-french"]
             XCTAssertEqual(add.spec.inputs.map { byID[$0]?.task }, expected)
             for (id, spec) in add.spec.inputs.compactMap({ i in byID[i].map { (i, $0) } }) {
                 var same = spec
@@ -219,16 +221,19 @@ final class GridTests: XCTestCase {
     }
 
     func testComponentsAreValidated() {
-        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a_b", "plain"], "methods": ["add"]}"#), [
-            #"components: add needs the components of task "plain" (its name is not "a_b"): give "components": {"plain": ["a", "b"]} with task names or job ids"#,
-        ])
+        func missing(_ t: String) -> String {
+            #"components: add needs the components of task "\#(t)" (its name is not "a_b"): give "#
+                + #""components": {"\#(t)": ["a", "b"]} with task names or job ids"#
+        }
+        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["a_b", "plain"], "methods": ["add"]}"#), [missing("plain")])
         XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["t"], "components": {"t": ["a", "b"]}}"#), [
             #"components: only the add method reads components; put "add" in methods"#,
         ])
-        XCTAssertEqual(errors(#"{"experiment": "x", "tasks": ["t"], "methods": ["add"], "components": {"u": ["a", "b"], "t": ["a"]}}"#), [
+        let bad = #"{"experiment": "x", "tasks": ["t"], "methods": ["add"], "components": {"u": ["a", "b"], "t": ["a"]}}"#
+        XCTAssertEqual(errors(bad), [
             "components.u: not one of the grid's tasks",
             "components.t: expected two or more task names or job ids to add, got 1",
-            #"components: add needs the components of task "t" (its name is not "a_b"): give "components": {"t": ["a", "b"]} with task names or job ids"#,
+            missing("t"),
         ])
     }
 

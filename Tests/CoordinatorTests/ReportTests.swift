@@ -327,7 +327,8 @@ final class ReportTests: XCTestCase {
                 views.append(JobView(id: add.id, spec: add.normalised, state: .done, metrics: ["exact_match": 0.25]))
             }
         }
-        let r = try ExperimentReport.make(ExperimentSnapshot(experiment: "e", submitted: 0, jobs: views, source: "test"))
+        let snap = ExperimentSnapshot(experiment: "e", submitted: 0, jobs: views, source: "test")
+        let r = try ExperimentReport.make(snap)
         XCTAssertEqual(r.rows.map(\.label), ["function-vector", "add · layer 4"])
         XCTAssertEqual(r.tasks, ["a_b", "c_d"])
         XCTAssertEqual(r.cells[1][0].stats["exact_match"]?.n, 2, "both seeds' add jobs in one cell")

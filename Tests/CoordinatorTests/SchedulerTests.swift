@@ -449,7 +449,8 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(assignments(connect("w1", cpu)).map(\.job), [ins[0].id], "the dependent waits")
         XCTAssertEqual(assignments(connect("w2", cpu)).map(\.job), [ins[1].id])
         XCTAssertTrue(assignments(connect("w3", cpu)).isEmpty)
-        XCTAssertEqual(s.pendingReason(d.id), "waiting for 2 of its 2 input jobs (\(ins[0].id) running, \(ins[1].id) running)")
+        XCTAssertEqual(s.pendingReason(d.id),
+                       "waiting for 2 of its 2 input jobs (\(ins[0].id) running, \(ins[1].id) running)")
         XCTAssertEqual(s.pendingReasons([d.id])[d.id], s.pendingReason(d.id))
         XCTAssertTrue(assignments(done("w1", ins[0])).isEmpty, "one input is still running")
         XCTAssertEqual(s.pendingReason(d.id), "waiting for 1 of its 2 input jobs (\(ins[1].id) running)")
@@ -484,8 +485,8 @@ final class SchedulerTests: XCTestCase {
         let orphan = SubmittedJob(id: spec.id, spec: spec, device: .any)
         _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [orphan]))
         XCTAssertEqual(s.job(orphan.id)?.state, .failed)
-        XCTAssertEqual(s.job(orphan.id)?.error, "input 0123456789abcdef is not a job this coordinator knows: name a job "
-                           + "from `coordinator results`, or put it in the same grid")
+        XCTAssertEqual(s.job(orphan.id)?.error, "input 0123456789abcdef is not a job this coordinator knows: name a "
+                           + "job from `coordinator results`, or put it in the same grid")
         // an input that failed in another experiment, named by id
         _ = connect("w1", cpu)
         let a = jobs(1, method: .syntheticFail)[0]

@@ -95,10 +95,11 @@ final class InputJobTests: XCTestCase {
                                           inputs: [("aaaaaaaaaaaaaaaa", da.artefact!)])) {
             XCTAssertTrue("\($0)".contains("two or more input jobs"), "\($0)")
         }
-        XCTAssertThrowsError(try jobs.run(add, inputs: [(add.inputs[0], da.artefact!), (add.inputs[1], elsewhere.artefact!)])) {
+        let (i0, i1) = (add.inputs[0], add.inputs[1])
+        XCTAssertThrowsError(try jobs.run(add, inputs: [(i0, da.artefact!), (i1, elsewhere.artefact!)])) {
             XCTAssertTrue("\($0)".contains("at layer 5"), "\($0)")
         }
-        XCTAssertThrowsError(try jobs.run(add, inputs: [(add.inputs[0], da.artefact!), (add.inputs[1], Data([1, 2]))])) {
+        XCTAssertThrowsError(try jobs.run(add, inputs: [(i0, da.artefact!), (i1, Data([1, 2]))])) {
             XCTAssertTrue("\($0)".contains("is not a Δ artefact"), "\($0)")
         }
     }

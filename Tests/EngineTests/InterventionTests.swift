@@ -123,7 +123,8 @@ final class InterventionTests: XCTestCase {
         for copies in [1, 8] {   // 10 and 80 sequences (the fp32 side takes OpenBLAS from 65 rows)
             let batch = Array((0..<copies).map { _ in prompts }.joined())
             let run = { (p: Precision) in
-                lm.model.forward(tokens: batch, caches: batch.map { lm.model.makeCache(capacity: $0.count) }, precision: p)
+                lm.model.forward(tokens: batch, caches: batch.map { lm.model.makeCache(capacity: $0.count) },
+                                 precision: p)
             }
             let exact = run(.fp32), fast = run(.int8)
             XCTAssertNotEqual(exact, fast, "int8 must round something (else this test checks nothing)")

@@ -24,7 +24,8 @@ extension PairTaskJobs {
         -> FunctionVector.Ranking
     {
         guard inputs.count <= 1 else {
-            throw EngineJobError("function-vector reads at most one input (an fv-heads job's ranking), got \(inputs.count)")
+            throw EngineJobError(
+                "function-vector reads at most one input (an fv-heads job's ranking), got \(inputs.count)")
         }
         if let input = inputs.first {
             do {

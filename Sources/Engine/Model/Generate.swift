@@ -155,7 +155,8 @@ extension LanguageModel {
         }
         guard common > 0 && prompts.count > 1 else { return nil }
         let shared = model.makeCache(capacity: common)
-        _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend, precision: precision)
+        _ = model.forward(tokens: [Array(prompts[0][0..<common])], caches: [shared], using: backend,
+                          precision: precision)
         return shared
     }
 }
