@@ -104,3 +104,47 @@ final class InputJobTests: XCTestCase {
         }
     }
 }
+
+/// Stopping the decoding of answers already decided wrong is a speed-up only.
+final class DecidedAnswerTests: XCTestCase {
+    /// Every item's exact match, first token and judge verdict are those of decoding to the end,
+    /// on tasks with a lexicon judge, with non-ASCII answers and with none, with Δ and without.
+    func testStoppingDecidedAnswersChangesNoMetric() throws {
+        let lm = try SharedModel.get()
+        let registry = TaskRegistry()
+        var stopped = 0, right = 0
+        let capitals = try InputJobTests.taskFile(InputJobTests.capitals)   // no lexicon: exact match judges
+        defer { try? FileManager.default.removeItem(at: capitals) }
+        for task in ["antonym", "english-french", "synonym", capitals.path] {
+            let split = TaskSplit(pairs: try registry.load(task), seed: 2, trainSize: 2, testSize: 60)
+            var rng = SplitMix64(seed: 9)
+            let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) * 2 }
+            // 0-shot prompts with a random Δ and without; 2-shot prompts, which answer some right
+            let run = { (stop: Bool, shots: Bool) in
+                lm.evaluate(prompts: split.test.map { shots ? PromptFormat.qa.fewShot(split.train, $0.input)
+                                                          : PromptFormat.qa.prompt($0.input) },
+                            pairs: split.test, format: .qa, deltas: shots ? [nil] : [delta, nil], layer: 4,
+                            judge: try registry.judge(for: task), stopDecided: stop)
+            }
+            let full = try run(false, false) + run(false, true), fast = try run(true, false) + run(true, true)
+            for (f, s) in zip(full, fast) {
+                XCTAssertEqual(f.items.map(\.exact), s.items.map(\.exact), task)
+                XCTAssertEqual(f.items.map(\.firstToken), s.items.map(\.firstToken), task)
+                XCTAssertEqual(f.items.map(\.judged), s.items.map(\.judged), task)
+                stopped += zip(f.items, s.items).filter { $0.prediction != $1.prediction }.count
+                right += f.items.filter { $0.exact || $0.judged || $0.firstToken }.count
+                for (a, b) in zip(f.items, s.items) where a.prediction != b.prediction {
+                    XCTAssertFalse(a.exact || a.judged, "only answers decided wrong are cut short")
+                }
+            }
+        }
+        XCTAssertGreaterThan(stopped, 0, "some answers must be decided early (else this test checks nothing)")
+        XCTAssertGreaterThan(right, 0, "and some must score, so that both verdicts are compared")
+        print("decided early: \(stopped) answers; scoring in some metric: \(right)")
+    }
+
+    func testAnswerKeysKeepLettersAndDigitsInOrder() {
+        XCTAssertEqual(String(decoding: LanguageModel.answerKey(" \"Café-Noir\", 42."), as: UTF8.self), "cafenoir42")
+        XCTAssertEqual(LanguageModel.answerKey("e\u{301}"), LanguageModel.answerKey("é"))
+    }
+}

@@ -51,14 +51,14 @@ extension LanguageModel {
     /// decoded text up to the first newline, trimmed; exact match compares it case-insensitively
     /// with the expected output; first-token accuracy compares the first decoded token with the
     /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = each item's target length
-    /// + 2 tokens.
+    /// + 2 tokens. `stopDecided`: stop decoding an answer once it is decided wrong (`answerDecided`).
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100, using backend: Backend? = nil,
-                         lastPosition: ForwardHooks? = nil, precision: Precision = .fp32,
+                         lastPosition: ForwardHooks? = nil, precision: Precision = .fp32, stopDecided: Bool = true,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
         evaluateBatches(
             prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
-            maxNewTokens: maxNewTokens, batchSize: batchSize, progress: progress
+            maxNewTokens: maxNewTokens, batchSize: batchSize, stopDecided: stopDecided, progress: progress
         ) { ids, stop in
             generate(
                 prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition,
@@ -80,7 +80,7 @@ extension LanguageModel {
     /// variant, and each variant's answers are scored.
     func evaluateBatches(
         prompts: [String], pairs: [TaskPair], format: PromptFormat, variants: Int, judge: Judge, maxNewTokens: Int,
-        batchSize: Int, progress: ((Int) -> Void)?, prepare: ([Int]) -> [Int] = { $0 },
+        batchSize: Int, stopDecided: Bool = true, progress: ((Int) -> Void)?, prepare: ([Int]) -> [Int] = { $0 },
         generate: ([[Int]], StopRules) -> [Generation]
     ) -> [Evaluation] {
         var items = [[Evaluation.Item]](repeating: [], count: variants)
@@ -89,7 +89,9 @@ extension LanguageModel {
             let e = min(prompts.count, b + batchSize)
             let ids = prompts[b..<e].map { prepare(tokenizer.encode($0)) }
             let tgt = pairs[b..<e].map { tokenizer.encode(format.targetText($0.output), bos: false) }
-            let gens = generate(ids, Self.stop(tgt, maxNewTokens))
+            var stop = Self.stop(tgt, maxNewTokens)
+            if stopDecided { stop.decided = answerDecided(Array(pairs[b..<e]), judge) }
+            let gens = generate(ids, stop)
             for (v, gen) in gens.enumerated() { items[v] += score(gen, Array(pairs[b..<e]), tgt, judge) }
             b = e
             progress?(b)
@@ -102,6 +104,31 @@ extension LanguageModel {
     static func stop(_ targets: [[Int]], _ maxNewTokens: Int) -> StopRules {
         maxNewTokens > 0 ? StopRules(maxNewTokens: maxNewTokens, atNewline: true)
             : StopRules(perPrompt: targets.map { max($0.count, 1) + 2 }, atNewline: true)
+    }
+
+    /// Whether a test item's answer is already wrong whatever follows: exact match and the judge
+    /// both need the answer's key (its ASCII letters and digits after lower-casing and canonical
+    /// decomposition: what `Judge.normalize`, trimming and lower-casing never change, in order)
+    /// to equal the key of the expected output or of one of the lexicon's answers; the tokens'
+    /// key only grows by appending, so once it is a prefix of none of them no continuation can
+    /// score, and the first token (first-token accuracy) is already chosen. Stopping such a row
+    /// changes no metric (`testStoppingDecidedAnswersChangesNoMetric`); only its prediction
+    /// text stays the decided prefix. Sequence s is item s % items (variants follow each other).
+    func answerDecided(_ pairs: [TaskPair], _ judge: Judge) -> @Sendable (Int, [Int]) -> Bool {
+        let keys = pairs.map { p in
+            ([p.output] + (judge.answers(for: p.input).map(Array.init) ?? [])).map(Self.answerKey)
+        }
+        return { s, tokens in
+            let mine = Self.answerKey(self.tokenizer.decode(tokens))
+            return !keys[s % keys.count].contains { $0.starts(with: mine) }
+        }
+    }
+
+    /// The ASCII letters and digits of `text` lower-cased and canonically decomposed, in order.
+    static func answerKey(_ text: String) -> [UInt8] {
+        text.lowercased().decomposedStringWithCanonicalMapping.utf8.filter {
+            ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 122)
+        }
     }
 
     /// The answer is the decoded text up to the first newline, trimmed; exact match compares it

@@ -10,6 +10,9 @@ public struct StopRules: Sendable {
     public var atNewline: Bool
     /// Stop at EOS or any control token (not kept).
     public var atEOS: Bool
+    /// Stop a sequence once this says its tokens so far decide what it is decoded for (called
+    /// with the sequence's index and its new tokens, after each token is kept).
+    public var decided: (@Sendable (_ sequence: Int, _ tokens: [Int]) -> Bool)? = nil
     public init(maxNewTokens: Int, atNewline: Bool = true, atEOS: Bool = true) {
         self.maxNewTokens = maxNewTokens; self.atNewline = atNewline; self.atEOS = atEOS
     }
@@ -70,6 +73,7 @@ extension LanguageModel {
                     out[s].append(id)
                     if out[s].count >= stop.budget(sequence: s) { continue }
                     if stop.atNewline && tokenizer.bytes(of: id).contains(10) { continue }
+                    if let d = stop.decided, d(s, out[s]) { continue }
                     next.append(id); still.append(s)
                 }
             }
