@@ -211,11 +211,9 @@ public enum Render {
         c.append(("max_new_tokens", { String($0.maxNewTokens) }))
         c.append(("prompt", { $0.promptTemplate }))
         c.append(("target", { $0.targetTemplate }))
-        // a tunable by its name ("delta_scale"), or by its key where the name is not unique ("lora.lr")
-        let names = c.map(\.0) + Tunable.all.map { String($0.name) }
+        // a tunable by its key, as grids and `--set` name it ("eval.delta_scale", "lora.lr")
         for t in Tunable.all {
-            let label = names.filter { $0 == t.name }.count > 1 ? t.key : String(t.name)
-            c.append((label, { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) }))
+            c.append((t.key, { axis($0, t.axis, t.names(of: $0[t])?.joined(separator: "+") ?? num($0[t])) }))
         }
         return c
     }()
