@@ -2,8 +2,9 @@
 import PackageDescription
 
 // The numeric target is always optimised: a debug `swift test` would otherwise run the model
-// 10-100x slower (see README, "Tests").
-let optimised: [SwiftSetting] = [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked", "-target-cpu", "haswell"])]
+// 10-100x slower (see README, "Tests"). No -target-cpu: the build runs on any CPU of its
+// architecture; the hot kernels are C in CKernels, their instruction set chosen at run time.
+let optimised: [SwiftSetting] = [.unsafeFlags(["-O", "-enforce-exclusivity=unchecked"])]
 
 let package = Package(
     name: "Intervene",
@@ -27,7 +28,9 @@ let package = Package(
         .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
 
-        // AVX-512 VNNI int8 kernels (C: Swift has no vpdpbusd), picked at run time.
+        // The int8 kernels (C: Swift has no vpdpbusd) and the fp32 few-row products, each compiled
+        // for several instruction sets and picked at run time (per-function target attributes; no
+        // global -mavx2).
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O2"])]),
 
         // The job: typed JobSpec, its canonical form and id, methods and their axes, artefact

@@ -10,6 +10,8 @@
 // where the CPU has an int8 level (AVX2 or AVX-512 VNNI; $INTERVENE_INT8_KERNELS lowers it),
 // also the int8 forward and backward (`*_fwd_int8_*`, `*_bwd_int8_*`,
 // the transposed copy's one-off build `*_pack_t8_ms`) and `step_kernels_int8_ms`.
+// Both print the kernel levels that ran: `fp32_kernels` (avx2 | baseline; $INTERVENE_FP32_KERNELS
+// lowers it) and `int8_kernels` (avx512-vnni | avx2 | none).
 // Usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]
 import Engine
 import Foundation
@@ -36,7 +38,8 @@ do {
     if kernels {
         let m = 10
         let blk = lm.model.blocks[5]
-        var out: [String: Any] = ["threads": threads, "rows": m]
+        var out: [String: Any] = ["threads": threads, "rows": m, "fp32_kernels": Fp32Kernels.current.rawValue,
+                                  "int8_kernels": Int8Kernels.current.rawValue]
         var stepS = 0.0, stepInt8S = 0.0
         // (name, matrix, how many of it one layer has); the head once per step
         for (name, w, perLayer) in [("q", blk.wq, 1), ("k", blk.wk, 2), ("o", blk.wo, 1), ("gate", blk.wGate, 2),
@@ -99,7 +102,7 @@ do {
         // decoding time = generation − its prefill
         "decode_tok_s": Double(10 * steps) / max(gen10 - prefill, 1e-9),
         "decode1_tok_s": Double(steps) / max(gen1 - prefill / 10, 1e-9),
-        "peak_rss_mb": Double(ru.ru_maxrss) / 1024,
+        "peak_rss_mb": Double(ru.ru_maxrss) / 1024, "fp32_kernels": Fp32Kernels.current.rawValue,
     ]
     print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
 } catch {

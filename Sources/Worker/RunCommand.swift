@@ -375,6 +375,7 @@ public struct BenchCommand: ParsableCommand {
             "layer": job.layer, "threads": modelOptions.threads, "solver": job.solver.rawValue,
             "precision": ranPrecision.rawValue, "exact_match": m["exact_match"] ?? 0, "method": spec.method.rawValue,
             "int8_kernels": ranPrecision == .int8 ? Int8Kernels.current.rawValue : "none",
+            "fp32_kernels": Fp32Kernels.current.rawValue,
             "zero_shot_exact_match": m["zero_shot_exact_match"] ?? 0,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]

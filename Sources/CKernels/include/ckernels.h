@@ -1,3 +1,7 @@
+// The engine's CPU kernels in C, each level chosen at run time so that the package assumes no CPU
+// beyond its architecture's baseline: the int8 products (ik_*, below) and the fp32 few-row
+// products (fk_*, at the end).
+//
 // Integer kernels the Swift engine cannot express: int8 dot products with AVX-512 VNNI (vpdpbusd)
 // or AVX2 (vpmaddubsw + vpmaddwd), the level chosen at run time. Both levels read the same packed
 // layouts and give bit-identical results. The products and packers are safe to call only when
@@ -62,4 +66,47 @@ void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float
 /// rows: y ≈ x · Wᵀ, with x rounded as above. `ldy` is y's row stride.
 void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
                float *y, int ldy, int g0, int g1, int accumulate);
+
+// ---- fp32 products (fp32kernels.c) ----
+//
+// The few-row products on weights in Swift's packed layout (`PackedWeight`: FK_Q4_1 / FK_Q4_0,
+// 64 weights per 48-byte chunk; FK_Q8_0, fp32 d + 32 bytes per 36-byte block), decoded row by row
+// to the exact fp32 value of the GGUF block. Two levels: AVX2 + FMA (8-lane vectors, fused
+// multiply-adds) and a baseline any CPU runs (SSE2 on x86-64, NEON on aarch64; separate multiply
+// and add). The levels sum in the same order (fp32kernels.c says which) and differ only by the
+// rounding of the fused multiply-adds. Every function runs at every level.
+
+/// fp32 kernel levels, lowest first.
+enum { FK_BASELINE = 0, FK_AVX2 = 1 };
+
+/// The highest fp32 level this CPU runs: AVX2 + FMA, else baseline.
+int fk_cpu_level(void);
+
+/// The level the fp32 products use: at first call the CPU's, lowered by $INTERVENE_FP32_KERNELS
+/// ("baseline"; anything else keeps the CPU's), then whatever fk_set_level chose.
+int fk_level(void);
+
+/// Uses `wanted`, or the CPU's level if lower; returns the level now in use.
+int fk_set_level(int wanted);
+
+/// Packed formats.
+enum { FK_Q4_1 = 0, FK_Q4_0 = 1, FK_Q8_0 = 2 };
+
+/// Decodes all `k` weights (k % 32 == 0) of one packed row into dst.
+void fk_decode_row(int kind, const void *row, int k, float *dst);
+
+/// y[i, r] (+)= x_i · W_r for the weight rows r in [r0, r1) of a packed [n × k] matrix (rows
+/// `row_bytes` apart) and the m rows of x [m × k]; y is [m × n].
+void fk_linear_rows(int kind, const void *packed, size_t row_bytes, int n, int k, const float *x, int m, float *y,
+                    int accumulate, int r0, int r1);
+
+/// out[i, :] += Σ_{r in [r0, r1)} dy[i, r] W_r for dy [m × n]; out is [m × k].
+void fk_backward_rows(int kind, const void *packed, size_t row_bytes, int n, int k, const float *dy, int m, float *out,
+                      int r0, int r1);
+
+/// The one-pass cross-entropy head's share of vocabulary rows [r0, r1) for h [m × k]: per row i
+/// the running max M[i], S[i] = Σ_v exp(z_iv − M[i]) and G[i, :] = Σ_v exp(z_iv − M[i]) W_v,
+/// z_iv = h_i · W_v, updated in place (start from M = −∞, S = 0, G = 0).
+void fk_head_rows(int kind, const void *packed, size_t row_bytes, int k, const float *h, int m, int r0, int r1,
+                  float *M, float *S, float *G);
 #endif

@@ -93,79 +93,13 @@ public final class PackedWeight: @unchecked Sendable {
 
     /// Decodes row `r` (all `cols` weights) into `dst`.
     public func decode(row r: Int, into dst: UnsafeMutablePointer<Float>) {
-        switch kind {
-        case .q4_1: QuantGEMM.decodeRow(DecodeQ4_1.self, row(r), cols, dst)
-        case .q4_0: QuantGEMM.decodeRow(DecodeQ4_0.self, row(r), cols, dst)
-        case .q8_0: QuantGEMM.decodeRow(DecodeQ8_0.self, row(r), cols, dst)
-        }
+        fk_decode_row(kind.fp32Kind, row(r), Int32(cols), dst)
     }
 }
 
-/// Decodes the 32 weights at columns [col, col + 32) of a packed row (col a multiple of 32) into
-/// `dst`: one GGUF block, so the scale and offset are loaded once and every shift is a constant.
-protocol Decode32 {
-    static func decode32(_ row: UnsafeRawPointer, _ col: Int, _ dst: UnsafeMutableRawPointer)
-}
-
-/// Small non-negative integers (< 2³¹) to float.
-@inline(__always) func intToFloat(_ u: SIMD8<UInt32>) -> SIMD8<Float> {
-    SIMD8<Float>(unsafeBitCast(u, to: SIMD8<Int32>.self))
-}
-
-enum DecodeQ4_1: Decode32 {
-    @inline(__always) static func decode32(_ row: UnsafeRawPointer, _ col: Int, _ dst: UnsafeMutableRawPointer) {
-        let chunk = row + (col >> 6) * 48, h = (col >> 5) & 1
-        let v = chunk.loadUnaligned(fromByteOffset: 16, as: SIMD8<UInt32>.self) &>> UInt32(truncatingIfNeeded: 16 * h)
-        let d = SIMD8<Float>(repeating: chunk.load(fromByteOffset: 8 * h, as: Float.self))
-        let m = SIMD8<Float>(repeating: chunk.load(fromByteOffset: 8 * h + 4, as: Float.self))
-        let f: UInt32 = 0xF
-        // d·q + m, as Dequant computes it (no fused multiply-add)
-        dst.storeBytes(of: d * intToFloat(v & f) + m, as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * intToFloat((v &>> 4) & f) + m, toByteOffset: 32, as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * intToFloat((v &>> 8) & f) + m, toByteOffset: 64, as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * intToFloat((v &>> 12) & f) + m, toByteOffset: 96, as: SIMD8<Float>.self)
-    }
-}
-
-enum DecodeQ4_0: Decode32 {
-    @inline(__always) static func decode32(_ row: UnsafeRawPointer, _ col: Int, _ dst: UnsafeMutableRawPointer) {
-        let chunk = row + (col >> 6) * 48, h = (col >> 5) & 1
-        let v = chunk.loadUnaligned(fromByteOffset: 16, as: SIMD8<UInt32>.self) &>> UInt32(truncatingIfNeeded: 16 * h)
-        let d = SIMD8<Float>(repeating: chunk.load(fromByteOffset: 8 * h, as: Float.self))
-        let f: UInt32 = 0xF, eight = SIMD8<Float>(repeating: 8)
-        // d·(q − 8)
-        dst.storeBytes(of: d * (intToFloat(v & f) - eight), as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * (intToFloat((v &>> 4) & f) - eight), toByteOffset: 32, as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * (intToFloat((v &>> 8) & f) - eight), toByteOffset: 64, as: SIMD8<Float>.self)
-        dst.storeBytes(of: d * (intToFloat((v &>> 12) & f) - eight), toByteOffset: 96, as: SIMD8<Float>.self)
-    }
-}
-
-enum DecodeQ8_0: Decode32 {
-    @inline(__always) static func decode32(_ row: UnsafeRawPointer, _ col: Int, _ dst: UnsafeMutableRawPointer) {
-        let blk = row + (col >> 5) * 36
-        let d = SIMD8<Float>(repeating: blk.load(as: Float.self))
-        for g in 0..<4 {    // d·q
-            let q = SIMD8<Int32>(truncatingIfNeeded: blk.loadUnaligned(fromByteOffset: 4 + 8 * g, as: SIMD8<Int8>.self))
-            dst.storeBytes(of: d * SIMD8<Float>(q), toByteOffset: 32 * g, as: SIMD8<Float>.self)
-        }
-    }
-}
-
-/// Where a kernel's column loop puts one more decoded block per 32 columns: nowhere, or the
-/// next strip's row. Interleaving the next strip's decoding with this strip's multiply-adds
-/// lets the integer and add ports work while the FMA ports are busy.
-protocol ColumnSink { func put(_ byteOffset: Int) }
-struct NoSink: ColumnSink { @inline(__always) func put(_ byteOffset: Int) {} }
-struct DecodeSink<D: Decode32>: ColumnSink {
-    let src: UnsafeRawPointer, dst: UnsafeMutableRawPointer
-    @inline(__always) func put(_ byteOffset: Int) { D.decode32(src, byteOffset >> 2, dst + byteOffset) }
-}
-
+/// The few-row products on packed weights: the threads split the weight rows (`forEachPart`),
+/// each share runs one of the C kernels (`fk_*` in CKernels, at the level `Fp32Kernels` names).
 public enum QuantGEMM {
-    typealias V = SIMD16<Float>
-    typealias W8 = SIMD8<Float>
-
     /// One output of a fused forward product: y [m × rows] (+)= x · Wᵀ.
     public struct Output {
         public let q: PackedWeight, y: UnsafeMutablePointer<Float>
@@ -191,12 +125,9 @@ public enum QuantGEMM {
                               accumulate: Bool, threads: Int) {
         precondition(k % 32 == 0 && outs.allSatisfy { $0.q.cols == k })
         forEachPart(outs.map(\.rows), threads: threads) { _, p, r0, r1 in
-            let o = outs[p]
-            switch o.q.kind {
-            case .q4_1: linearRows(DecodeQ4_1.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
-            case .q4_0: linearRows(DecodeQ4_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
-            case .q8_0: linearRows(DecodeQ8_0.self, x, m, o.q, cols: k, o.y, accumulate: accumulate, r0, r1)
-            }
+            let q = outs[p].q
+            fk_linear_rows(q.kind.fp32Kind, q.base, q.rowBytes, Int32(q.rows), Int32(k), x, Int32(m), outs[p].y,
+                           accumulate ? 1 : 0, Int32(r0), Int32(r1))
         }
     }
 
@@ -263,118 +194,6 @@ public enum QuantGEMM {
         }
     }
 
-    static func decodeRow<D: Decode32>(_: D.Type, _ src: UnsafeRawPointer, _ k: Int, _ dst: UnsafeMutablePointer<Float>) {
-        let sink = DecodeSink<D>(src: src, dst: UnsafeMutableRawPointer(dst))
-        var c = 0
-        while c < 4 * k { sink.put(c); c += 128 }
-    }
-
-    /// Walks weight rows [r0, r1) four at a time through a double-buffered strip: while `body`
-    /// multiplies strip s, it decodes up to four rows of strip s + 1 through the sink it is given
-    /// (one row per activation-row pair); rows it did not reach are decoded afterwards.
-    /// `body(firstRow, count, strip, next)` returns how many rows of the next strip it decoded
-    /// (`next(j)` is the sink for its row j, nil past the last row).
-    @inline(__always)
-    static func forEachStrip<D: Decode32>(_: D.Type, _ q: PackedWeight, _ r0: Int, _ r1: Int, _ k: Int,
-                                         _ body: (Int, Int, UnsafeMutablePointer<Float>, (Int) -> DecodeSink<D>?) -> Int) {
-        let buf = UnsafeMutablePointer<Float>.allocate(capacity: 8 * k)
-        defer { buf.deallocate() }
-        var cur = buf, nxt = buf + 4 * k
-        var r = r0, nr = min(4, r1 - r0)
-        for j in 0..<max(nr, 0) { decodeRow(D.self, q.row(r + j), k, cur + j * k) }
-        while r < r1 {
-            let rn = r + nr, nrn = max(0, min(4, r1 - rn))
-            let next = nxt
-            let used = body(r, nr, cur) { j in
-                j < nrn ? DecodeSink<D>(src: q.row(rn + j), dst: UnsafeMutableRawPointer(next + j * k)) : nil
-            }
-            for j in used..<nrn { decodeRow(D.self, q.row(rn + j), k, nxt + j * k) }
-            swap(&cur, &nxt)
-            r = rn; nr = nrn
-        }
-    }
-
-    /// y[i, r…r+3] for two activation rows: 8 accumulators of 8 lanes.
-    @inline(__always)
-    static func pairForward<S: ColumnSink>(_ xa: UnsafeRawPointer, _ xb: UnsafeRawPointer, _ strip: UnsafeMutablePointer<Float>,
-                                           _ k: Int, _ ya: UnsafeMutablePointer<Float>, _ yb: UnsafeMutablePointer<Float>,
-                                           _ accumulate: Bool, _ sink: S) {
-        let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-        let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-        var a0 = W8(), a1 = W8(), a2 = W8(), a3 = W8(), b0 = W8(), b1 = W8(), b2 = W8(), b3 = W8()
-        @inline(__always) func eight(_ c: Int) {
-            let u = xa.loadUnaligned(fromByteOffset: c, as: W8.self)
-            let v = xb.loadUnaligned(fromByteOffset: c, as: W8.self)
-            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a0.addProduct(u, p0); b0.addProduct(v, p0)
-            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a1.addProduct(u, p1); b1.addProduct(v, p1)
-            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a2.addProduct(u, p2); b2.addProduct(v, p2)
-            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a3.addProduct(u, p3); b3.addProduct(v, p3)
-        }
-        var c = 0
-        while c < 4 * k {       // 32 columns per pass, k a multiple of 32
-            eight(c); eight(c + 32); eight(c + 64); eight(c + 96)
-            sink.put(c)
-            c += 128
-        }
-        if accumulate {
-            ya[0] += a0.sum(); ya[1] += a1.sum(); ya[2] += a2.sum(); ya[3] += a3.sum()
-            yb[0] += b0.sum(); yb[1] += b1.sum(); yb[2] += b2.sum(); yb[3] += b3.sum()
-        } else {
-            ya[0] = a0.sum(); ya[1] = a1.sum(); ya[2] = a2.sum(); ya[3] = a3.sum()
-            yb[0] = b0.sum(); yb[1] = b1.sum(); yb[2] = b2.sum(); yb[3] = b3.sum()
-        }
-    }
-
-    /// Rows [r0, r1) of one forward product.
-    @inline(__always)
-    static func linearRows<D: Decode32>(_: D.Type, _ x: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, cols k: Int,
-                                       _ y: UnsafeMutablePointer<Float>, accumulate: Bool, _ r0: Int, _ r1: Int) {
-        let n = q.rows
-        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
-            if nr == 4 {
-                var i = 0
-                while i + 2 <= m {
-                    let xa = UnsafeRawPointer(x + i * k), xb = UnsafeRawPointer(x + (i + 1) * k)
-                    // No interleaved decoding here: with 8 accumulators the decoder's registers
-                    // spill (measured: 60 GFLOP/s with it, 72 without, m = 10, 1 thread).
-                    pairForward(xa, xb, strip, k, y + i * n + r, y + (i + 1) * n + r, accumulate, NoSink())
-                    i += 2
-                }
-                if i < m {
-                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-                    let xi = UnsafeRawPointer(x + i * k)
-                    var a0 = V(), a1 = V(), a2 = V(), a3 = V()
-                    var c = 0
-                    while c < 4 * k {
-                        let xv = xi.loadUnaligned(fromByteOffset: c, as: V.self)
-                        a0.addProduct(xv, w0.loadUnaligned(fromByteOffset: c, as: V.self))
-                        a1.addProduct(xv, w1.loadUnaligned(fromByteOffset: c, as: V.self))
-                        a2.addProduct(xv, w2.loadUnaligned(fromByteOffset: c, as: V.self))
-                        a3.addProduct(xv, w3.loadUnaligned(fromByteOffset: c, as: V.self))
-                        c += 64
-                    }
-                    let yi = y + i * n + r
-                    if accumulate { yi[0] += a0.sum(); yi[1] += a1.sum(); yi[2] += a2.sum(); yi[3] += a3.sum() }
-                    else { yi[0] = a0.sum(); yi[1] = a1.sum(); yi[2] = a2.sum(); yi[3] = a3.sum() }
-                }
-            } else {
-                for j in 0..<nr {
-                    let wr = strip + j * k
-                    for i in 0..<m {
-                        let s = Ops.dot(x + i * k, wr, k)
-                        if accumulate { y[i * n + r + j] += s } else { y[i * n + r + j] = s }
-                    }
-                }
-            }
-            return 0      // the next strip is decoded after this one
-        }
-    }
-
     /// dx[m × k] (+)= dy[m × n] · W.
     public static func linearBackward(_ dy: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight,
                                       _ dx: UnsafeMutablePointer<Float>, accumulate: Bool, threads: Int) {
@@ -392,88 +211,12 @@ public enum QuantGEMM {
         defer { partial.deallocate() }
         partial.update(repeating: 0, count: t * m * k)
         forEachPart(ins.map(\.rows), threads: t) { ti, p, r0, r1 in
-            let i = ins[p], out = partial + ti * m * k
-            switch i.q.kind {
-            case .q4_1: backwardRows(DecodeQ4_1.self, i.dy, m, i.q, cols: k, out, r0, r1)
-            case .q4_0: backwardRows(DecodeQ4_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
-            case .q8_0: backwardRows(DecodeQ8_0.self, i.dy, m, i.q, cols: k, out, r0, r1)
-            }
+            let q = ins[p].q
+            fk_backward_rows(q.kind.fp32Kind, q.base, q.rowBytes, Int32(q.rows), Int32(k), ins[p].dy, Int32(m),
+                             partial + ti * m * k, Int32(r0), Int32(r1))
         }
         for ti in 1..<t { Ops.add(partial + ti * m * k, into: partial, m * k) }
         if accumulate { Ops.add(partial, into: dxOut, m * k) } else { dxOut.update(from: partial, count: m * k) }
-    }
-
-    /// out[i…i+1, :] += dy[i…i+1, r…r+3] · W[r…r+3, :], and one block of the next strip decoded
-    /// per 32 columns (72 GFLOP/s against 69 without, m = 10, 1 thread).
-    @inline(__always)
-    static func pairBackward<S: ColumnSink>(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, _ strip: UnsafeMutablePointer<Float>,
-                                            _ k: Int, _ oa: UnsafeMutableRawPointer, _ ob: UnsafeMutableRawPointer, _ sink: S) {
-        let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-        let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-        let g0 = W8(repeating: g[0]), g1 = W8(repeating: g[1]), g2 = W8(repeating: g[2]), g3 = W8(repeating: g[3])
-        let h0 = W8(repeating: h[0]), h1 = W8(repeating: h[1]), h2 = W8(repeating: h[2]), h3 = W8(repeating: h[3])
-        @inline(__always) func eight(_ c: Int) {
-            var a = oa.loadUnaligned(fromByteOffset: c, as: W8.self)
-            var b = ob.loadUnaligned(fromByteOffset: c, as: W8.self)
-            let p0 = w0.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a.addProduct(g0, p0); b.addProduct(h0, p0)
-            let p1 = w1.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a.addProduct(g1, p1); b.addProduct(h1, p1)
-            let p2 = w2.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a.addProduct(g2, p2); b.addProduct(h2, p2)
-            let p3 = w3.loadUnaligned(fromByteOffset: c, as: W8.self)
-            a.addProduct(g3, p3); b.addProduct(h3, p3)
-            oa.storeBytes(of: a, toByteOffset: c, as: W8.self)
-            ob.storeBytes(of: b, toByteOffset: c, as: W8.self)
-        }
-        var c = 0
-        while c < 4 * k {       // 32 columns per pass, k a multiple of 32
-            eight(c); eight(c + 32); eight(c + 64); eight(c + 96)
-            sink.put(c)
-            c += 128
-        }
-    }
-
-    /// Rows [r0, r1) of one backward product, accumulated into `out`.
-    @inline(__always)
-    static func backwardRows<D: Decode32>(_: D.Type, _ dy: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, cols k: Int,
-                                         _ out: UnsafeMutablePointer<Float>, _ r0: Int, _ r1: Int) {
-        let n = q.rows
-        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
-            var used = 0
-            if nr == 4 {
-                var i = 0
-                while i + 2 <= m {
-                    let g = dy + i * n + r, h = dy + (i + 1) * n + r
-                    let oa = UnsafeMutableRawPointer(out + i * k), ob = UnsafeMutableRawPointer(out + (i + 1) * k)
-                    if let sink = next(used) { pairBackward(g, h, strip, k, oa, ob, sink); used += 1 }
-                    else { pairBackward(g, h, strip, k, oa, ob, NoSink()) }
-                    i += 2
-                }
-                if i < m {
-                    let w0 = UnsafeRawPointer(strip), w1 = UnsafeRawPointer(strip + k)
-                    let w2 = UnsafeRawPointer(strip + 2 * k), w3 = UnsafeRawPointer(strip + 3 * k)
-                    let g = dy + i * n + r
-                    let g0 = V(repeating: g[0]), g1 = V(repeating: g[1]), g2 = V(repeating: g[2]), g3 = V(repeating: g[3])
-                    let o = UnsafeMutableRawPointer(out + i * k)
-                    var c = 0
-                    while c < 4 * k {
-                        var acc = o.loadUnaligned(fromByteOffset: c, as: V.self)
-                        acc.addProduct(g0, w0.loadUnaligned(fromByteOffset: c, as: V.self))
-                        acc.addProduct(g1, w1.loadUnaligned(fromByteOffset: c, as: V.self))
-                        acc.addProduct(g2, w2.loadUnaligned(fromByteOffset: c, as: V.self))
-                        acc.addProduct(g3, w3.loadUnaligned(fromByteOffset: c, as: V.self))
-                        o.storeBytes(of: acc, toByteOffset: c, as: V.self)
-                        c += 64
-                    }
-                }
-            } else {
-                for j in 0..<nr {
-                    for i in 0..<m { Ops.axpy(dy[i * n + r + j], strip + j * k, out + i * k, k) }
-                }
-            }
-            return used
-        }
     }
 
     /// How many threads `forEachPart` uses for `rows` weight rows: one below 256 rows.
@@ -524,11 +267,8 @@ extension QuantGEMM {
         M.update(repeating: -.infinity, count: t * m); S.update(repeating: 0, count: t * m)
         G.update(repeating: 0, count: t * m * k)
         forEachPart([V], threads: t) { ti, _, r0, r1 in
-            switch q.kind {
-            case .q4_1: headRows(DecodeQ4_1.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
-            case .q4_0: headRows(DecodeQ4_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
-            case .q8_0: headRows(DecodeQ8_0.self, h, m, q, r0, r1, M + ti * m, S + ti * m, G + ti * m * k)
-            }
+            fk_head_rows(q.kind.fp32Kind, q.base, q.rowBytes, Int32(k), h, Int32(m), Int32(r0), Int32(r1),
+                         M + ti * m, S + ti * m, G + ti * m * k)
         }
         let wt = UnsafeMutablePointer<Float>.allocate(capacity: k)
         defer { wt.deallocate() }
@@ -550,69 +290,6 @@ extension QuantGEMM {
             // dh_i = w_i (G_i / S_i − W_t)
             let a = rowWeight[i] / s
             for c in 0..<k { g[c] = a * g[c] - rowWeight[i] * wt[c] }
-        }
-    }
-
-    /// Vocabulary rows [r0, r1) of the one-pass head, into one thread's (M, S, G).
-    @inline(__always)
-    static func headRows<D: Decode32>(_: D.Type, _ h: UnsafePointer<Float>, _ m: Int, _ q: PackedWeight, _ r0: Int, _ r1: Int,
-                                     _ M: UnsafeMutablePointer<Float>, _ S: UnsafeMutablePointer<Float>, _ G: UnsafeMutablePointer<Float>) {
-        let k = q.cols
-        // z (then exp(z − M)) for the strip's ≤ 4 rows, 4 per activation row, padded to SIMD16
-        let zCount = (4 * m + 15) / 16 * 16
-        let z = UnsafeMutablePointer<Float>.allocate(capacity: zCount)
-        defer { z.deallocate() }
-        z.update(repeating: 0, count: zCount)
-        forEachStrip(D.self, q, r0, r1, k) { r, nr, strip, next in
-            var used = 0
-            // ---- forward: z[i, j] = h_i · W_{r+j}
-            var i = 0
-            if nr == 4 {
-                while i + 2 <= m {
-                    let xa = UnsafeRawPointer(h + i * k), xb = UnsafeRawPointer(h + (i + 1) * k)
-                    pairForward(xa, xb, strip, k, z + 4 * i, z + 4 * (i + 1), false, NoSink())
-                    i += 2
-                }
-            }
-            while i < m {
-                for j in 0..<4 { z[4 * i + j] = j < nr ? Ops.dot(h + i * k, strip + j * k, k) : -.infinity }
-                i += 1
-            }
-            // ---- running max and rescale, then e = exp(z − M)
-            for i in 0..<m {
-                let zi = z + 4 * i
-                let mx = max(max(zi[0], zi[1]), max(zi[2], zi[3]))
-                if mx > M[i] {
-                    let c = expf(M[i] - mx)          // 0 on the first strip (M = −∞)
-                    S[i] *= c
-                    let g = G + i * k
-                    for col in 0..<k { g[col] *= c }
-                    M[i] = mx
-                }
-                for j in 0..<4 { zi[j] -= M[i] }
-            }
-            var o = 0
-            while o < zCount {
-                let e = Ops.exp16(UnsafeRawPointer(z).loadUnaligned(fromByteOffset: 4 * o, as: SIMD16<Float>.self))
-                UnsafeMutableRawPointer(z).storeBytes(of: e, toByteOffset: 4 * o, as: SIMD16<Float>.self)
-                o += 16
-            }
-            for i in 0..<m { S[i] += z[4 * i] + z[4 * i + 1] + z[4 * i + 2] + z[4 * i + 3] }
-            // ---- backward: G_i += Σ_j e[i, j] W_{r+j}
-            i = 0
-            if nr == 4 {
-                while i + 2 <= m {
-                    let oa = UnsafeMutableRawPointer(G + i * k), ob = UnsafeMutableRawPointer(G + (i + 1) * k)
-                    if let sink = next(used) { pairBackward(z + 4 * i, z + 4 * (i + 1), strip, k, oa, ob, sink); used += 1 }
-                    else { pairBackward(z + 4 * i, z + 4 * (i + 1), strip, k, oa, ob, NoSink()) }
-                    i += 2
-                }
-            }
-            while i < m {
-                for j in 0..<nr { Ops.axpy(z[4 * i + j], strip + j * k, G + i * k, k) }
-                i += 1
-            }
-            return used
         }
     }
 }
@@ -655,4 +332,29 @@ public enum Int8Kernels: String, CaseIterable, Sendable {
     public static var supported: [Int8Kernels] {
         allCases.filter { $0.level <= cpu.level }.sorted { $0.level > $1.level }
     }
+}
+
+/// The fp32 products' instruction set (`fk_*` in CKernels), chosen at run time: AVX2 + FMA where
+/// the CPU has it, unless lowered by `$INTERVENE_FP32_KERNELS=baseline` or by setting `current`
+/// (tests, benchmarks). The levels sum in the same order; they differ only in rounding (fused
+/// multiply-adds at `avx2`, a multiply then an add at `baseline`), so a product agrees across
+/// levels to a few fp32 ulps of its terms, not bit for bit.
+public enum Fp32Kernels: String, CaseIterable, Sendable {
+    /// Any CPU: SSE2 on x86-64, NEON on aarch64, 8-float vectors as two registers.
+    case baseline
+    /// AVX2 + FMA (Haswell and later, Zen 1 and later).
+    case avx2
+
+    init(level: Int32) { self = level == Int32(FK_AVX2) ? .avx2 : .baseline }
+    var level: Int32 { self == .avx2 ? Int32(FK_AVX2) : Int32(FK_BASELINE) }
+
+    /// The best level this CPU runs.
+    public static var cpu: Fp32Kernels { Fp32Kernels(level: fk_cpu_level()) }
+    /// The level in use; setting a level above the CPU's gives the CPU's.
+    public static var current: Fp32Kernels {
+        get { Fp32Kernels(level: fk_level()) }
+        set { _ = fk_set_level(newValue.level) }
+    }
+    /// Every level this CPU runs, best first.
+    public static var supported: [Fp32Kernels] { allCases.filter { $0.level <= cpu.level }.reversed() }
 }

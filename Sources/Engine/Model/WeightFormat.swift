@@ -78,4 +78,12 @@ public enum PackedKind: Sendable {
     func packedRowBytes(blocks: Int) -> Int { self == .q8_0 ? blocks * 36 : (blocks + 1) / 2 * 48 }
     /// The int8 kernel's layout (`ckernels.h`): 8-bit values, or 4-bit values with an offset.
     var int8Kind: Int32 { self == .q8_0 ? Int32(IK_Q8) : Int32(IK_Q4) }
+    /// The fp32 kernels' name for it (`fk_*` in `ckernels.h`).
+    var fp32Kind: Int32 {
+        switch self {
+        case .q4_1: return Int32(FK_Q4_1)
+        case .q4_0: return Int32(FK_Q4_0)
+        case .q8_0: return Int32(FK_Q8_0)
+        }
+    }
 }
