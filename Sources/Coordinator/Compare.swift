@@ -57,7 +57,8 @@ public struct Comparison: Sendable {
         _ jobs: [JobView], metric: String, baseline: String? = nil, extras: [String] = defaultExtras
     ) throws -> Comparison {
         var seen = Set<String>()
-        let unique = jobs.filter { seen.insert($0.id).inserted }
+        // jobs that score the model (not those that only make another's input: a head ranking)
+        let unique = jobs.filter { $0.spec.method.evaluates && seen.insert($0.id).inserted }
         let done = unique.filter { $0.state == .done }
         guard done.contains(where: { $0.metrics[metric] != nil }) else {
             let known = Set(done.flatMap { $0.metrics.keys }).sorted()

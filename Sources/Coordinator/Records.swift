@@ -122,7 +122,7 @@ extension JobSpec {
     /// The precision a worker's kernels must run for this job: its solver's, for engine jobs that
     /// learn Δ; nil for jobs without a solver and for synthetic ones (they use no kernels).
     public var kernelPrecision: Precision? {
-        guard method.family == .engine, method.axes.contains(.solver) else { return nil }
+        guard method.family == .engine, method.trains else { return nil }
         return precision ?? .solverDefault
     }
 }

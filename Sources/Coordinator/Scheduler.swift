@@ -44,9 +44,13 @@ public enum SchedulerEvent: Equatable, Sendable {
     case assignmentAccepted(worker: String, job: String, attempt: Int)
     /// A worker refused an assignment (it was busy).
     case assignmentRefused(worker: String, job: String, attempt: Int)
-    /// The shell could not build an assignment: an input's artefact cannot be read from the store.
-    /// The job fails (no retry brings the artefact back); the worker was told nothing and stays idle.
+    /// The shell could not build an assignment: an input has no artefact to hand over (its method
+    /// makes none). The job fails; the worker was told nothing and stays idle.
     case assignmentUndeliverable(worker: String, job: String, attempt: Int, reason: String)
+    /// The shell could not build an assignment: the store lost an input's artefact (the file is
+    /// gone, or its bytes no longer hash to the recorded SHA-256). The input runs again; the job
+    /// goes back to waiting for it; the worker was told nothing and stays idle.
+    case inputArtefactLost(worker: String, job: String, attempt: Int, input: String, reason: String)
     /// A running job is alive (protocol Heartbeat, or StepMetrics).
     case heartbeat(worker: String, job: String, attempt: Int, step: Int, total: Int)
     /// A job finished. The artefact, if any, is already verified and stored by the caller.
@@ -136,8 +140,9 @@ public enum ClientReply: Equatable, Sendable {
 /// out the directives it returns (send, persist, publish).
 ///
 /// Dispatch is pull-based: a worker that says Ready is idle until a job that fits it (device, method
-/// family) is queued; jobs are served in submission order. A job with `inputs` waits until every
-/// input is done, and fails when one fails or is cancelled. A running job holds a lease renewed by
+/// family) is queued; jobs are served in submission order. A job with `inputs` waits outside the
+/// queue until every input is done (then it is queued in its submission place), and fails when
+/// one fails or is cancelled. A running job holds a lease renewed by
 /// its worker's heartbeats; when the lease expires the job is lost and requeued with attempt + 1,
 /// up to `maxAttempts` losses, after which it is failed. Results are idempotent by job id: the first
 /// result of any attempt wins, later ones are acknowledged and dropped.
@@ -198,8 +203,10 @@ public struct Scheduler {
             self.jobs[j.id] = j
             for i in j.spec.inputs { dependents[i, default: []].insert(j.id) }
             nextSeq = max(nextSeq, j.seq + 1)
+        }
+        for j in jobs {
             switch j.state {
-            case .queued: queue.push(j)
+            case .queued: enqueue(j)
             case .running: running.insert(j.id)
             case .lost:
                 // A job caught between lost and requeued: requeue it on the first tick.
@@ -247,6 +254,32 @@ public struct Scheduler {
 
     /// Whether every input of `spec` is done (true when it has none).
     func inputsDone(_ spec: JobSpec) -> Bool { spec.inputs.allSatisfy { jobs[$0]?.state == .done } }
+
+    /// Puts a queued job in the dispatch queue, unless it still waits for an input (it is put
+    /// there when its last input is done, so waiting jobs never crowd the queue's scan).
+    private mutating func enqueue(_ job: JobRecord) {
+        if inputsDone(job.spec) { queue.push(job) }
+    }
+
+    /// After `j` is done: the queued jobs that now have all their inputs enter the queue; those
+    /// that had failed because `j` had (a late result) are queued again.
+    private mutating func inputDone(_ j: String, now: Double, into out: inout Effects) {
+        for d in (dependents[j] ?? []).sorted() {
+            guard var job = jobs[d] else { continue }
+            if job.state == .failed, job.error?.hasPrefix("input \(j) ") == true {
+                job.state = .queued
+                job.attempt += 1
+                job.losses = 0
+                job.error = nil
+                job.ended = nil
+                job.updated = now
+                jobs[d] = job
+                out.jobChanges.append(.requeued(job: d, attempt: job.attempt, reason: "its input \(j) is done after all"))
+                out.published.append(job)
+            }
+            if job.state == .queued { enqueue(job) }
+        }
+    }
 
     /// Why a job waits for its inputs (nil: they are all done).
     private func inputsReason(_ spec: JobSpec) -> String? {
@@ -368,11 +401,43 @@ public struct Scheduler {
                 job.state = .queued; job.leaseExpiry = nil; job.updated = now
                 jobs[j] = job
                 running.remove(j)
-                queue.push(job)
+                enqueue(job)
                 out.jobChanges.append(.queued(job: j))
                 out.published.append(jobs[j]!)
                 dispatch(now: now, into: &out)
             }
+
+        case let .inputArtefactLost(w, j, a, input, reason):
+            if var rec = workers[w] {
+                if rec.job == j { rec.job = nil }
+                rec.idle = true
+                workers[w] = rec
+            }
+            if var inJob = jobs[input], inJob.state == .done {
+                inJob.state = .queued
+                inJob.attempt += 1
+                inJob.losses = 0
+                inJob.metrics = [:]
+                inJob.artefactSHA256 = nil
+                inJob.artefactPath = nil
+                inJob.worker = nil
+                inJob.ended = nil
+                inJob.updated = now
+                jobs[input] = inJob
+                enqueue(inJob)
+                out.jobChanges.append(.requeued(job: input, attempt: inJob.attempt,
+                                                reason: "its artefact was lost from the store (\(reason))"))
+                out.published.append(inJob)
+            }
+            if var job = jobs[j], job.state == .running, job.attempt == a, job.worker == w {
+                job.state = .queued; job.leaseExpiry = nil; job.updated = now
+                jobs[j] = job
+                running.remove(j)
+                enqueue(job)
+                out.jobChanges.append(.queued(job: j))
+                out.published.append(job)
+            }
+            dispatch(now: now, into: &out)
 
         case let .assignmentUndeliverable(w, j, a, reason):
             if var rec = workers[w] {
@@ -445,7 +510,10 @@ public struct Scheduler {
             job.pendingReason = nil
             end(job, .done, error: nil, now: now, mark: .done(job: j, worker: w, attempt: a), into: &out)
             // jobs that waited for this one may run now, on workers already idle
-            if dependents[j] != nil { dispatch(now: now, into: &out) }
+            if dependents[j] != nil {
+                inputDone(j, now: now, into: &out)
+                dispatch(now: now, into: &out)
+            }
 
         case let .failure(w, j, a, reason, deterministic):
             if var rec = workers[w] {
@@ -492,7 +560,7 @@ public struct Scheduler {
                 break
             }
             var new = 0, reused = 0, requeued = 0
-            var ids: [String] = []
+            var ids: [String] = [], fresh: [String] = []
             var seen = Set<String>()
             for s in submitted where seen.insert(s.id).inserted {
                 ids.append(s.id)
@@ -510,7 +578,7 @@ public struct Scheduler {
                         job.ended = nil
                         job.updated = now
                         jobs[s.id] = job
-                        queue.push(job)
+                        enqueue(job)
                         requeued += 1
                         out.jobChanges.append(.requeued(job: s.id, attempt: job.attempt, reason: "resubmitted"))
                         out.published.append(jobs[s.id]!)
@@ -519,20 +587,22 @@ public struct Scheduler {
                         job.device = s.device
                         job.updated = now
                         jobs[s.id] = job
-                        queue.push(job)
+                        enqueue(job)
                         out.jobChanges.append(.queued(job: s.id))
                     default: break
                     }
                 } else {
                     new += 1
+                    fresh.append(s.id)
                     let job = JobRecord(id: s.id, spec: s.spec, device: s.device, seq: nextSeq, created: now)
                     nextSeq += 1
                     jobs[s.id] = job
-                    queue.push(job)
                     out.jobChanges.append(.queued(job: s.id))
                     out.published.append(jobs[s.id]!)
                 }
             }
+            // new jobs into the queue once all exist (an input may come later in the submission)
+            for id in fresh { enqueue(jobs[id]!) }
             for s in submitted where !s.spec.inputs.isEmpty {
                 for i in s.spec.inputs { dependents[i, default: []].insert(s.id) }
             }
@@ -571,6 +641,10 @@ public struct Scheduler {
                 guard let job = jobs[j], job.state == .queued || job.state == .running || job.state == .lost else { continue }
                 let others = (membership[j] ?? []).subtracting([name])
                 if others.contains(where: { experiments[$0]?.cancelled == false }) { continue }
+                // an input that a live job of another experiment still waits for keeps running
+                if (dependents[j] ?? []).contains(where: { d in
+                    jobs[d]?.state == .queued && (membership[d] ?? []).contains { experiments[$0]?.cancelled == false }
+                }) { continue }
                 if let w = job.worker, job.state == .running, var rec = workers[w], rec.job == j {
                     rec.job = nil   // told to abandon on its next heartbeat
                     workers[w] = rec
@@ -616,7 +690,7 @@ public struct Scheduler {
         job.attempt += 1
         job.started = nil
         jobs[j] = job
-        queue.push(job)
+        enqueue(job)
         out.jobChanges.append(.requeued(job: j, attempt: job.attempt, reason: reason))
         out.published.append(jobs[j]!)
     }

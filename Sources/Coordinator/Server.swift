@@ -77,6 +77,10 @@ public final class CoordinatorServer: @unchecked Sendable {
     var resultArrival: [String: UInt64] = [:]
     var latencies: [Double] = []
     var batch = Batch()
+    /// Scheduler events the effects being applied gave rise to (an assignment that could not be
+    /// built), handled once those effects are all out, in order, never from inside them.
+    var deferredEvents: [SchedulerEvent] = []
+    var drainingDeferred = false
 
     /// The ROUTER endpoint actually bound (after `start`), e.g. tcp://127.0.0.1:41873.
     public var endpoint: String { lock.withLock { _endpoint } }

@@ -30,27 +30,42 @@ extension CoordinatorServer {
             if why.hasPrefix("duplicate") { count("duplicate_results") }
             log(why)
         }
+        guard !drainingDeferred else { return }
+        drainingDeferred = true
+        while !deferredEvents.isEmpty {
+            let ev = deferredEvents.removeFirst()
+            apply(scheduler.handle(ev, now: now), now: now)
+        }
+        drainingDeferred = false
     }
 
-    /// The artefacts of a job's inputs, read from the store, in the job's order.
+    /// The artefacts of a job's inputs, read from the store and checked against their recorded
+    /// SHA-256, in the job's order.
     private func inputArtefacts(_ spec: JobSpec) throws -> [Intervene_V1_InputArtefact] {
         try spec.inputs.map { id in
             guard let job = scheduler.job(id), let path = job.artefactPath, let sha = job.artefactSHA256 else {
-                throw InputError(description: "input job \(id) has no stored artefact (\(spec.method.rawValue) reads "
-                                    + (spec.method.inputKind ?? "artefacts") + ")")
+                throw InputError.none(description: "input job \(id) has no artefact (\(spec.method.rawValue) reads "
+                                        + (spec.method.inputKind ?? "artefacts") + ")")
             }
             var i = Intervene_V1_InputArtefact()
             i.jobID = id
             i.artefactSha256 = sha
             do { i.artefact = try Data(contentsOf: store.artefactURL(relativePath: path)) } catch {
-                throw InputError(
-                    description: "input job \(id)'s artefact \(path) cannot be read from the store: \(error)")
+                throw InputError.lost(input: id, description: "\(path) cannot be read: \(error)")
+            }
+            guard SHA256.hex(i.artefact) == sha else {
+                throw InputError.lost(input: id, description: "\(path) no longer hashes to its sha256 \(sha.prefix(12))…")
             }
             return i
         }
     }
 
-    struct InputError: Error, CustomStringConvertible { var description: String }
+    enum InputError: Error {
+        /// The input's method makes no artefact: the job cannot run.
+        case none(description: String)
+        /// The store lost the input's artefact: the input runs again.
+        case lost(input: String, description: String)
+    }
 
     /// One message to a worker, in its wire form (queued for after the store's commit).
     private func send(_ message: WorkerMessage, now: Double) {
@@ -69,11 +84,15 @@ extension CoordinatorServer {
             m.params = JobParams(spec)
             do {
                 m.inputs = try inputArtefacts(spec)
+            } catch InputError.lost(let input, let why) {
+                log("job \(j): input \(input)'s artefact is lost from the store (\(why)); the input runs again")
+                deferredEvents.append(.inputArtefactLost(worker: w, job: j, attempt: a, input: input, reason: why))
+                return
+            } catch InputError.none(let why) {
+                deferredEvents.append(.assignmentUndeliverable(worker: w, job: j, attempt: a, reason: why))
+                return
             } catch {
-                // the scheduler ran it after its inputs, but one's artefact cannot be read: retrying
-                // will not bring it back
-                apply(scheduler.handle(.assignmentUndeliverable(worker: w, job: j, attempt: a, reason: "\(error)"),
-                                       now: now), now: now)
+                deferredEvents.append(.assignmentUndeliverable(worker: w, job: j, attempt: a, reason: "\(error)"))
                 return
             }
             batch.sends.append((id, .job(m), (w, j, a)))

@@ -96,24 +96,30 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// and the model always count). Train size stays for the baselines: it fixes the train/test split.
     public var axes: JobAxes {
         switch self {
-        case .intervention, .synthetic, .syntheticFail, .syntheticCrash:
+        case .intervention:
+            return [.layer, .lambda, .gamma, .solver, .trainSize, .evalInt8]
+        case .synthetic, .syntheticFail, .syntheticCrash:
             return [.layer, .lambda, .gamma, .solver, .trainSize]
-        case .zeroShot: return [.trainSize]
-        case .fewShot: return [.trainSize, .shots]
+        case .zeroShot: return [.trainSize, .evalInt8]
+        case .fewShot: return [.trainSize, .shots, .evalInt8]
         case .lora: return [.trainSize, .solver, .lora]
         case .ia3: return [.trainSize, .solver, .ia3]
         case .softPrompt: return [.trainSize, .solver, .softPrompt]
-        case .functionVector: return [.trainSize, .shots, .functionVector]
+        case .functionVector: return [.trainSize, .shots, .functionVector, .evalInt8]
         case .icv: return [.trainSize, .icv]
         // the Δs summed are the inputs'; the coordinates are theirs, so that an add job sits beside
         // the intervention it is compared with
-        case .add: return [.layer, .lambda, .gamma, .solver, .trainSize]
+        case .add: return [.layer, .lambda, .gamma, .solver, .trainSize, .evalInt8]
         case .fvHeads: return [.trainSize]
         }
     }
 
     /// The fine-tuning baselines: parameters trained by Adam through the full-sequence path.
     public var isFineTuning: Bool { !axes.intersection(.fineTuning).isEmpty }
+
+    /// Whether the method runs an optimiser (its solver settings are used; `add` only carries
+    /// them as its inputs' coordinates).
+    public var trains: Bool { axes.contains(.solver) && self != .add }
 
     /// Whether the method's artefact is a Δ (learned, or for `add` summed).
     public var learnsDelta: Bool { axes.contains(.solver) && !isFineTuning }
@@ -149,6 +155,8 @@ public struct JobAxes: OptionSet, Sendable {
     public static let softPrompt = JobAxes(rawValue: 256)
     public static let functionVector = JobAxes(rawValue: 512)
     public static let icv = JobAxes(rawValue: 1024)
+    /// `eval.int8`: the methods whose evaluation can run its products in int8
+    public static let evalInt8 = JobAxes(rawValue: 2048)
     /// The fine-tuning baselines' axes.
     public static let fineTuning: JobAxes = [.lora, .ia3, .softPrompt]
 }

@@ -111,7 +111,7 @@ extension Tunable {
     /// decoding's choices stay fp32). Off by default: the metric change it causes is measured in
     /// README ("Evaluation in int8").
     public static let evalInt8 = Tunable(
-        "eval.int8", default: 0, range: 0...1, integer: true, axis: .solver,
+        "eval.int8", default: 0, range: 0...1, integer: true, axis: .evalInt8,
         help: "1: run the evaluation's products in int8, as the solver's (faster; see README, Evaluation in int8).")
 
     public static let loraRank = Tunable(

@@ -230,8 +230,8 @@ public struct RunCommand: ParsableCommand {
             }
             func pct(_ k: String) -> String { m[k].map { String(format: "%5.1f%%", $0 * 100) } ?? "    –" }
             let layerText = spec.method.axes.contains(.layer) ? "  layer \(spec.layer)" : ""
-            print("task \(spec.task)\(layerText)  seed \(spec.seed)  method \(spec.method.rawValue)  "
-                      + "(\(Int(m["n_test"] ?? 0)) test pairs)")
+            let testText = spec.method.evaluates ? "  (\(Int(m["n_test"] ?? 0)) test pairs)" : ""
+            print("task \(spec.task)\(layerText)  seed \(spec.seed)  method \(spec.method.rawValue)\(testText)")
             if m["kl"] != nil {  // an opinion task ("file.json#group")
                 print("                 alignment   KL")
                 let label = spec.method == .intervention ? "with Δ" : spec.method.rawValue

@@ -334,5 +334,9 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(r.cells[1][0].stats["exact_match"]?.n, 2, "both seeds' add jobs in one cell")
         XCTAssertEqual(r.counts.done, 11)
         XCTAssertEqual(r.failures.map(\.error), ["no room"])
+        // compare pairs the arms that score: a ranking is none (it would leave every row a hole)
+        let c = try Comparison.make(views, metric: "exact_match")
+        XCTAssertEqual(c.arms.map(\.label), ["function-vector", "add"])
+        XCTAssertEqual(c.suite.count, 2)
     }
 }

@@ -518,6 +518,62 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(assignments(ds).map(\.job), [a[1].id])
     }
 
+    func testALostInputArtefactRunsTheInputAgainBeforeItsReader() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        _ = connect("w1", cpu)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a, d]))
+        _ = done("w1", a)
+        XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [d.id])
+        let ds = on(.inputArtefactLost(worker: "w1", job: d.id, attempt: 1, input: a.id, reason: "file gone"))
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: a.id, attempt: 2,
+                                                       reason: "its artefact was lost from the store (file gone)")))
+        XCTAssertEqual(assignments(ds).map(\.job), [a.id], "the input first, on the idle worker")
+        XCTAssertEqual(s.job(d.id)?.state, .queued)
+        XCTAssertEqual(s.job(d.id)?.attempt, 1, "not the reader's fault: no attempt spent")
+        XCTAssertNil(s.job(a.id)?.artefactPath)
+        _ = done("w1", a, attempt: 2)
+        XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [d.id])
+    }
+
+    func testALateResultOfAFailedInputRevivesItsReaders() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        _ = connect("w1", cpu)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a, d]))
+        now += 11   // a's lease expires three times: failed
+        for _ in 0..<3 { _ = on(.tick); _ = on(.workerReady(worker: "w1")); now += 11 }
+        XCTAssertEqual(s.job(a.id)?.state, .failed)
+        XCTAssertEqual(s.job(d.id)?.state, .failed)
+        // the first attempt's result arrives after all: the first result wins, and d may run
+        let ds = done("w1", a)
+        XCTAssertEqual(s.job(a.id)?.state, .done)
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: d.id, attempt: 2, reason: "its input \(a.id) is done after all")))
+        XCTAssertEqual(assignments(ds).map(\.job), [d.id], "on the worker already idle")
+    }
+
+    func testJobsWaitingForInputsDoNotHideRunnableOnes() {
+        let a = jobs(1)[0]
+        let waiting = (0..<5000).map { dependent(on: [a], seed: 1000 + $0) }
+        var spec = JobSpec(task: "later", method: .synthetic, steps: 10)
+        spec.seed = 7
+        let later = SubmittedJob(id: spec.id, spec: spec, device: .any)
+        _ = connect("w1", cpu)
+        _ = on(.submit(experiment: "e", gridJSON: "{}", jobs: [a] + waiting + [later]))
+        XCTAssertEqual(assignments(connect("w2", cpu)).map(\.job), [later.id],
+                       "5,000 jobs waiting for a running input stand in no one's way")
+    }
+
+    func testCancellingKeepsAnInputThatAnotherExperimentStillWaitsFor() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        _ = on(.submit(experiment: "components", gridJSON: "{}", jobs: [a]))
+        _ = on(.submit(experiment: "sums", gridJSON: "{}", jobs: [d]))
+        XCTAssertEqual(on(.cancel(experiment: "components", jobs: [])).reply, .cancelled(experiment: "components", count: 0))
+        XCTAssertEqual(s.job(a.id)?.state, .queued)
+        XCTAssertEqual(s.job(d.id)?.state, .queued)
+    }
+
     func testARestoredSchedulerKeepsJobsWaitingForTheirInputs() {
         let a = jobs(1)[0]
         let d = dependent(on: [a])
