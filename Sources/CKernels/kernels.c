@@ -27,10 +27,14 @@ static int has_avx2_fma(void) {
 // __builtin_cpu_supports("avxvnni") compiles with this clang but reads the feature bits that the
 // linked runtime sets, here the system's libgcc, and a libgcc older than GCC 11 never sets that
 // one. The OS's saving of the ymm registers is AVX2's condition too, checked by has_avx2_fma.
+// Read once: CPUID traps to the hypervisor on virtual machines.
 static int has_avx_vnni(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
-    return (a >> 4) & 1;
+    static int known = -1;
+    if (known < 0) {
+        unsigned a, b, c, d;
+        known = __get_cpuid_count(7, 1, &a, &b, &c, &d) ? (int)((a >> 4) & 1) : 0;
+    }
+    return known;
 }
 
 int ik_level_runs(int lvl) {

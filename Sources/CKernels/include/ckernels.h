@@ -33,8 +33,8 @@ int ik_cpu_level(void);
 /// CPU's), then whatever ik_set_level chose.
 int ik_level(void);
 
-/// Uses `wanted` if the CPU runs it, else the highest level it runs below `wanted` (the twin
-/// counts as IK_AVX_VNNI there); returns the level now in use. Packed weights stay valid across
+/// Uses `wanted` if the CPU runs it, else the highest level it runs below `wanted` (below the
+/// twin: IK_AVX_VNNI, then lower); returns the level now in use. Packed weights stay valid across
 /// levels (one layout); ik_pack_transposed_q8's copies too.
 int ik_set_level(int wanted);
 
