@@ -1,42 +1,84 @@
-// See include/ckernels.h. Functions that use AVX-512 or AVX2 carry their own target attribute, so
-// the file builds for any x86-64 (and any other architecture, where ik_cpu_level() is 0) and the
-// level is picked at run time.
+// See include/ckernels.h. Functions that use AVX-512, AVX-VNNI or AVX2 carry their own target
+// attribute, so the file builds for any x86-64 (and any other architecture, where ik_cpu_level()
+// is 0) and the level is picked at run time.
 #include "ckernels.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define IK_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 #define IK_AVX2 __attribute__((target("avx2,fma")))
 
-int ik_cpu_level(void) {
+static int has_avx512_vnni(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return IK_AVX512_VNNI;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return IK_AVX2_LEVEL;
-    return IK_NONE;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+static int has_avx2_fma(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// AVX-VNNI (the VEX-encoded vpdpbusd): CPUID leaf 7, subleaf 1, EAX bit 4, read directly.
+// __builtin_cpu_supports("avxvnni") compiles with this clang but reads the feature bits that the
+// linked runtime sets, here the system's libgcc, and a libgcc older than GCC 11 never sets that
+// one. The OS's saving of the ymm registers is AVX2's condition too, checked by has_avx2_fma.
+// Read once: CPUID traps to the hypervisor on virtual machines.
+static int has_avx_vnni(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a, b, c, d;
+        known = __get_cpuid_count(7, 1, &a, &b, &c, &d) ? (int)((a >> 4) & 1) : 0;
+    }
+    return known;
+}
+
+int ik_level_runs(int lvl) {
+    switch (lvl) {
+    case IK_NONE: return 1;
+    case IK_AVX2_LEVEL: return has_avx2_fma();
+    case IK_AVX_VNNI: return has_avx2_fma() && has_avx_vnni();
+    case IK_AVX512_VNNI: return has_avx512_vnni();
+    case IK_AVX_VNNI_TWIN: return has_avx2_fma() && has_avx512_vnni();
+    default: return 0;
+    }
 }
 #else
-int ik_cpu_level(void) { return IK_NONE; }
+int ik_level_runs(int lvl) { return lvl == IK_NONE; }
 #endif
+
+int ik_cpu_level(void) {
+    for (int l = IK_AVX512_VNNI; l > IK_NONE; l--)
+        if (ik_level_runs(l)) return l;
+    return IK_NONE;
+}
 
 // -1: not chosen yet (the first ik_level() reads the CPU and $INTERVENE_INT8_KERNELS).
 static int level = -1;
 
 int ik_set_level(int wanted) {
-    const int cpu = ik_cpu_level();
-    level = wanted < IK_NONE ? IK_NONE : (wanted > cpu ? cpu : wanted);
-    return level;
+    if (wanted == IK_AVX_VNNI_TWIN) {
+        if (ik_level_runs(wanted)) return level = wanted;
+        wanted = IK_AVX_VNNI;   // the same algorithm, VEX-encoded, else lower
+    }
+    // the highest level the CPU runs not above `wanted` (a CPU with AVX-512 VNNI may lack
+    // AVX-VNNI: Ice Lake server, Zen 4)
+    int l = wanted > IK_AVX512_VNNI ? IK_AVX512_VNNI : wanted;
+    while (l > IK_NONE && !ik_level_runs(l)) l--;
+    return level = l < IK_NONE ? IK_NONE : l;
 }
 
 int ik_level(void) {
     if (level < 0) {
         const char *env = getenv("INTERVENE_INT8_KERNELS");
         int wanted = IK_AVX512_VNNI;
-        if (env && strcmp(env, "avx2") == 0) wanted = IK_AVX2_LEVEL;
+        if (env && strcmp(env, "avx-vnni") == 0) wanted = IK_AVX_VNNI;
+        else if (env && strcmp(env, "avx-vnni-twin") == 0) wanted = IK_AVX_VNNI_TWIN;   // tests only
+        else if (env && strcmp(env, "avx2") == 0) wanted = IK_AVX2_LEVEL;
         else if (env && strcmp(env, "none") == 0) wanted = IK_NONE;
         ik_set_level(wanted);
     }
@@ -252,7 +294,7 @@ static void linear_avx512(const void *packed, int kind, int k, const int8_t *xq,
 //
 // Every integer sum below equals vpdpbusd's exactly (no 16-bit step can saturate, see each
 // kernel), and every float operation is the AVX-512 kernel's, lane for lane and in the same
-// order: a product computed at either level is identical. A 16-row group is two halves of 8
+// order: a product computed at any level (AVX-VNNI's too, vnni256.h) is identical. A 16-row group is two halves of 8
 // lanes (its bytes 32h…32h+31 of each 64-byte vector); a tile is at most 4 activation rows, so
 // that 8 weight vectors, 4 accumulators and temporaries fit the 16 ymm registers.
 
@@ -354,6 +396,29 @@ static void linear_avx2(const void *packed, int kind, int k, const int8_t *xq, c
     }
 }
 
+// ---- 256-bit vpdpbusd (AVX-VNNI), the same packed layouts and the same results, bit for bit ----
+//
+// vnni256.h holds the kernel once; it is compiled twice. linear_avxvnni is the real level
+// (IK_AVX_VNNI, VEX-encoded vpdpbusd); linear_avxvnni_twin (IK_AVX_VNNI_TWIN, tests only) is the
+// same source with the EVEX-encoded 256-bit vpdpbusd of AVX-512 VL + VNNI, so that CPUs without
+// AVX-VNNI check the algorithm. Quantisation and the transposed packing are AVX2's at both.
+
+#define IK256_TARGET __attribute__((target("avx2,fma,avxvnni")))
+#define IK256_DPBUSD(s, u, w) _mm256_dpbusd_avx_epi32(s, u, w)
+#define IK256_NAME(f) f##_avxvnni
+#include "vnni256.h"
+#undef IK256_TARGET
+#undef IK256_DPBUSD
+#undef IK256_NAME
+
+#define IK256_TARGET __attribute__((target("avx2,fma,avx512vl,avx512vnni")))
+#define IK256_DPBUSD(s, u, w) _mm256_dpbusd_epi32(s, u, w)
+#define IK256_NAME(f) f##_avxvnni_twin
+#include "vnni256.h"
+#undef IK256_TARGET
+#undef IK256_DPBUSD
+#undef IK256_NAME
+
 // As quantize_rows_avx512: the max is exact in any order, d and 1/d are the same scalar
 // operations, vcvtps2dq rounds to nearest even in both, and the integer sum is exact.
 IK_AVX2
@@ -433,8 +498,9 @@ static void pack_transposed_q8_avx2(const float *w, int rows, int cols, void *ds
 
 void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
 #if defined(__x86_64__)
-    if (ik_level() == IK_AVX512_VNNI) pack_transposed_q8_avx512(w, rows, cols, dst);
-    else if (ik_level() == IK_AVX2_LEVEL) pack_transposed_q8_avx2(w, rows, cols, dst);
+    const int l = ik_level();
+    if (l == IK_AVX512_VNNI) pack_transposed_q8_avx512(w, rows, cols, dst);
+    else if (l != IK_NONE) pack_transposed_q8_avx2(w, rows, cols, dst);   // AVX2, AVX-VNNI, twin
 #else
     (void)w; (void)rows; (void)cols; (void)dst;
 #endif
@@ -442,8 +508,9 @@ void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
 
 void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
 #if defined(__x86_64__)
-    if (ik_level() == IK_AVX512_VNNI) quantize_rows_avx512(x, m, k, xq, xd, xs);
-    else if (ik_level() == IK_AVX2_LEVEL) quantize_rows_avx2(x, m, k, xq, xd, xs);
+    const int l = ik_level();
+    if (l == IK_AVX512_VNNI) quantize_rows_avx512(x, m, k, xq, xd, xs);
+    else if (l != IK_NONE) quantize_rows_avx2(x, m, k, xq, xd, xs);   // AVX2, AVX-VNNI, twin
 #else
     (void)x; (void)m; (void)k; (void)xq; (void)xd; (void)xs;
 #endif
@@ -452,8 +519,11 @@ void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float
 void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
                float *y, int ldy, int g0, int g1, int accumulate) {
 #if defined(__x86_64__)
-    if (ik_level() == IK_AVX512_VNNI) linear_avx512(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
-    else if (ik_level() == IK_AVX2_LEVEL) linear_avx2(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+    const int l = ik_level();
+    if (l == IK_AVX512_VNNI) linear_avx512(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+    else if (l == IK_AVX_VNNI) linear_avxvnni(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+    else if (l == IK_AVX_VNNI_TWIN) linear_avxvnni_twin(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+    else if (l == IK_AVX2_LEVEL) linear_avx2(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
 #else
     (void)packed; (void)kind; (void)k; (void)xq; (void)xd; (void)xs; (void)m; (void)y; (void)ldy; (void)g0; (void)g1;
     (void)accumulate;

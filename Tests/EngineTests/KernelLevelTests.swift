@@ -5,15 +5,18 @@ import XCTest
 /// The int8 kernel levels (`Int8Kernels`) against each other: every level this CPU runs must give
 /// the best level's products bit for bit (the same packed weights, integer sums and float
 /// operations), forward, backward and through a whole loss-and-gradient. A binary built here then
-/// gives the same Δ on a CPU with only the lower level.
+/// gives the same Δ on a CPU with only a lower level. The 256-bit AVX-VNNI kernel is checked
+/// through its test-only twin (`avxVnniTwin`, the same source with the EVEX-encoded instruction)
+/// where the CPU has AVX-512 VNNI, and as itself (VEX-encoded) where the CPU has AVX-VNNI.
 final class KernelLevelTests: XCTestCase {
     override func tearDown() {
         Int8Kernels.current = Int8Kernels.cpu
         super.tearDown()
     }
 
+    /// Every int8 kernel this CPU runs, the twin included, best first.
     func levels() throws -> [Int8Kernels] {
-        let levels = Int8Kernels.supported.filter { $0 != .none }
+        let levels = Int8Kernels.testable.filter { $0 != .none }
         guard levels.count > 1 else {
             throw XCTSkip(
                 "this CPU runs \(levels.count) int8 level(s) (\(Int8Kernels.cpu.rawValue)): nothing to compare")
@@ -24,10 +27,46 @@ final class KernelLevelTests: XCTestCase {
     func testSettingALevelAboveTheCPUsGivesTheCPUs() {
         Int8Kernels.current = .avx512vnni
         XCTAssertEqual(Int8Kernels.current, Int8Kernels.cpu)
+        // a level the CPU does not run: the best one it runs below it
+        let below = Int8Kernels.supported.first { $0 != .avx512vnni && $0 != .avxVnni }
+        Int8Kernels.current = .avxVnni
+        XCTAssertEqual(Int8Kernels.current, Int8Kernels.avxVnni.runsHere ? .avxVnni : below)
+        Int8Kernels.current = .avxVnniTwin
+        let twinElse: Int8Kernels? = Int8Kernels.avxVnni.runsHere ? .avxVnni : below
+        XCTAssertEqual(Int8Kernels.current, Int8Kernels.avxVnniTwin.runsHere ? .avxVnniTwin : twinElse)
+        XCTAssertFalse(Int8Kernels.supported.contains(.avxVnniTwin), "the twin is for tests only")
+        XCTAssertNotEqual(Int8Kernels.cpu, .avxVnniTwin)
         Int8Kernels.current = .none
         XCTAssertEqual(Int8Kernels.current, Int8Kernels.none)
         XCTAssertFalse(Precision.int8Available)
         XCTAssertEqual(Precision.int8.effective, .fp32, "no int8 level: int8 runs as fp32")
+    }
+
+    /// The real AVX-VNNI level (VEX-encoded vpdpbusd) is among the compared levels where the CPU
+    /// runs it; elsewhere this says why it was not.
+    func testTheVEXEncodedAVXVNNILevelIsCompared() throws {
+        guard Int8Kernels.avxVnni.runsHere else {
+            throw XCTSkip(
+                "this CPU lacks AVX-VNNI (CPUID 7.1 EAX bit 4, `avx_vnni` in /proc/cpuinfo): the VEX-encoded "
+                    + "avx-vnni level cannot run here"
+                    + (Int8Kernels.avxVnniTwin.runsHere ? "; its kernel source is compared as avx-vnni-twin" : ""))
+        }
+        XCTAssertTrue(try levels().contains(.avxVnni))
+        XCTAssertTrue(Int8Kernels.supported.contains(.avxVnni))
+        Int8Kernels.current = .avxVnni
+        XCTAssertEqual(Int8Kernels.current, .avxVnni)
+    }
+
+    /// The twin (the 256-bit kernel source with the EVEX encoding) is compared where the CPU runs it.
+    func testTheAVXVNNITwinIsCompared() throws {
+        guard Int8Kernels.avxVnniTwin.runsHere else {
+            throw XCTSkip(
+                "this CPU lacks AVX-512 VL + VNNI (`avx512vl`, `avx512_vnni`): the avx-vnni-twin level cannot run"
+                    + (Int8Kernels.avxVnni.runsHere ? "; the 256-bit kernel is compared as avx-vnni itself" : ""))
+        }
+        XCTAssertTrue(try levels().contains(.avxVnniTwin))
+        Int8Kernels.current = .avxVnniTwin
+        XCTAssertEqual(Int8Kernels.current, .avxVnniTwin)
     }
 
     /// Forward products, every tile height (1…13 rows crosses both levels' tile sizes), 4- and

@@ -146,10 +146,11 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    /// At every int8 level this CPU runs (`KernelLevelTests` checks the levels agree bit for bit).
+    /// At every int8 level this CPU runs, the test-only twin included (`KernelLevelTests` checks
+    /// the levels agree bit for bit).
     func testInt8ProductsMatchFP32() throws {
         defer { Int8Kernels.current = Int8Kernels.cpu }
-        for level in Int8Kernels.supported where level != .none {
+        for level in Int8Kernels.testable where level != .none {
             Int8Kernels.current = level
             try int8ProductsMatchFP32()
         }
@@ -167,7 +168,7 @@ final class KernelTests: XCTestCase {
 
     func testInt8BackwardMatchesFP32() throws {
         defer { Int8Kernels.current = Int8Kernels.cpu }
-        for level in Int8Kernels.supported where level != .none {
+        for level in Int8Kernels.testable where level != .none {
             Int8Kernels.current = level
             try int8BackwardMatchesFP32()
         }

@@ -2,27 +2,40 @@
 // beyond its architecture's baseline: the int8 products (ik_*, below) and the fp32 few-row
 // products (fk_*, at the end).
 //
-// Integer kernels the Swift engine cannot express: int8 dot products with AVX-512 VNNI (vpdpbusd)
-// or AVX2 (vpmaddubsw + vpmaddwd), the level chosen at run time. Both levels read the same packed
-// layouts and give bit-identical results. The products and packers are safe to call only when
-// ik_available() returns 1; ik_pack_q4/ik_pack_q8 and ik_packed_bytes run anywhere.
+// Integer kernels the Swift engine cannot express: int8 dot products, the level chosen at run
+// time: AVX-512 VNNI (512-bit vpdpbusd), AVX-VNNI (256-bit vpdpbusd, VEX-encoded: CPUs with
+// AVX-VNNI but no AVX-512, Alder Lake and later clients, Zen 5 clients) or AVX2 (vpmaddubsw +
+// vpmaddwd). All levels read the same packed layouts and give bit-identical results. The products
+// and packers are safe to call only when ik_available() returns 1; ik_pack_q4/ik_pack_q8 and
+// ik_packed_bytes run anywhere.
 #ifndef CKERNELS_H
 #define CKERNELS_H
 #include <stddef.h>
 #include <stdint.h>
 
-/// Kernel levels, lowest first.
-enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX512_VNNI = 2 };
+/// Kernel levels, lowest first. IK_AVX_VNNI_TWIN is for tests only and outside that order: the
+/// AVX-VNNI level's source compiled with the EVEX-encoded 256-bit vpdpbusd of AVX-512 VL + VNNI,
+/// so that a CPU with AVX-512 VNNI but no AVX-VNNI (which cannot run the VEX encoding) checks
+/// the 256-bit algorithm against the other levels. Production code never picks it.
+enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX_VNNI = 2, IK_AVX512_VNNI = 3, IK_AVX_VNNI_TWIN = 64 };
 
-/// The highest level this CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA, else none.
+/// 1 when this CPU runs level `level` (any of the above, the twin included), else 0. The levels a
+/// CPU runs need not be all those below its best: AVX-512 VNNI CPUs may lack AVX-VNNI (Ice Lake
+/// server, Zen 4).
+int ik_level_runs(int level);
+
+/// The highest level this CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA + AVX-VNNI, else
+/// AVX2 + FMA, else none. Never the twin.
 int ik_cpu_level(void);
 
 /// The level the products use: at first call the CPU's, lowered by $INTERVENE_INT8_KERNELS
-/// ("avx2" or "none"; anything else keeps the CPU's), then whatever ik_set_level chose.
+/// ("avx-vnni", "avx2" or "none"; "avx-vnni-twin" for the test-only twin; anything else keeps the
+/// CPU's), then whatever ik_set_level chose.
 int ik_level(void);
 
-/// Uses `wanted`, or the CPU's level if lower; returns the level now in use. Packed weights stay
-/// valid across levels (one layout); ik_pack_transposed_q8's copies too.
+/// Uses `wanted` if the CPU runs it, else the highest level it runs below `wanted` (below the
+/// twin: IK_AVX_VNNI, then lower); returns the level now in use. Packed weights stay valid across
+/// levels (one layout); ik_pack_transposed_q8's copies too.
 int ik_set_level(int wanted);
 
 /// 1 when ik_level() is above IK_NONE (the int8 products can run), else 0.

@@ -295,20 +295,30 @@ extension QuantGEMM {
 }
 
 /// The int8 products' instruction set, chosen at run time: the best this CPU has unless lowered
-/// by `$INTERVENE_INT8_KERNELS` (avx2 | none) or by setting `current` (tests, benchmarks). The
-/// levels give bit-identical products (one packed layout, the same integer sums and the same
-/// float operations in the same order), so a result does not depend on which one ran.
+/// by `$INTERVENE_INT8_KERNELS` (avx-vnni | avx2 | none) or by setting `current` (tests,
+/// benchmarks). The levels give bit-identical products (one packed layout, the same integer sums
+/// and the same float operations in the same order), so a result does not depend on which one ran.
 public enum Int8Kernels: String, CaseIterable, Sendable {
     /// No int8 kernel: `Precision.int8` runs as fp32.
     case none
     /// AVX2 + FMA: vpmaddubsw + vpmaddwd (Haswell and later, Zen 1 and later).
     case avx2
-    /// AVX-512 F/BW/VL + VNNI: vpdpbusd (Ice Lake and later, Zen 4 and later).
+    /// AVX2 + FMA + AVX-VNNI: 256-bit vpdpbusd, VEX-encoded (Alder Lake and later client CPUs,
+    /// Zen 5 clients: AVX-VNNI without AVX-512).
+    case avxVnni = "avx-vnni"
+    /// AVX-512 F/BW/VL + VNNI: 512-bit vpdpbusd (Ice Lake and later, Zen 4 and later).
     case avx512vnni = "avx512-vnni"
+    /// Tests only: `avxVnni`'s kernel source compiled with the EVEX-encoded 256-bit vpdpbusd of
+    /// AVX-512 VL + VNNI, so that CPUs with AVX-512 VNNI but no AVX-VNNI (which cannot run the VEX
+    /// encoding) check the 256-bit algorithm bit for bit. Never `cpu`, never in `supported`;
+    /// only an explicit `current = .avxVnniTwin` or `$INTERVENE_INT8_KERNELS=avx-vnni-twin` picks it.
+    case avxVnniTwin = "avx-vnni-twin"
 
     init(level: Int32) {
         switch level {
         case Int32(IK_AVX512_VNNI): self = .avx512vnni
+        case Int32(IK_AVX_VNNI): self = .avxVnni
+        case Int32(IK_AVX_VNNI_TWIN): self = .avxVnniTwin
         case Int32(IK_AVX2_LEVEL): self = .avx2
         default: self = .none
         }
@@ -317,20 +327,30 @@ public enum Int8Kernels: String, CaseIterable, Sendable {
         switch self {
         case .none: return Int32(IK_NONE)
         case .avx2: return Int32(IK_AVX2_LEVEL)
+        case .avxVnni: return Int32(IK_AVX_VNNI)
         case .avx512vnni: return Int32(IK_AVX512_VNNI)
+        case .avxVnniTwin: return Int32(IK_AVX_VNNI_TWIN)
         }
     }
 
+    /// Whether this CPU runs the level (a CPU with AVX-512 VNNI may lack AVX-VNNI).
+    public var runsHere: Bool { ik_level_runs(level) != 0 }
     /// The best level this CPU runs.
     public static var cpu: Int8Kernels { Int8Kernels(level: ik_cpu_level()) }
-    /// The level in use; setting a level above the CPU's gives the CPU's.
+    /// The level in use. Setting a level this CPU does not run gives the best one it runs below it
+    /// (for `avxVnniTwin`: `avxVnni` or below).
     public static var current: Int8Kernels {
         get { Int8Kernels(level: ik_level()) }
         set { _ = ik_set_level(newValue.level) }
     }
-    /// Every level this CPU runs, best first.
+    /// Every production level this CPU runs, best first (not the test-only twin).
     public static var supported: [Int8Kernels] {
-        allCases.filter { $0.level <= cpu.level }.sorted { $0.level > $1.level }
+        [.avx512vnni, .avxVnni, .avx2, .none].filter(\.runsHere)
+    }
+    /// `supported` plus the test-only twin where it runs (after `avxVnni`'s place): every kernel
+    /// this CPU can check.
+    public static var testable: [Int8Kernels] {
+        [.avx512vnni, .avxVnni, .avxVnniTwin, .avx2, .none].filter(\.runsHere)
     }
 }
 
