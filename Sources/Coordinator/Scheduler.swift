@@ -274,7 +274,8 @@ public struct Scheduler {
                 job.ended = nil
                 job.updated = now
                 jobs[d] = job
-                out.jobChanges.append(.requeued(job: d, attempt: job.attempt, reason: "its input \(j) is done after all"))
+                let why = "its input \(j) is done after all"
+                out.jobChanges.append(.requeued(job: d, attempt: job.attempt, reason: why))
                 out.published.append(job)
             }
             if job.state == .queued { enqueue(job) }

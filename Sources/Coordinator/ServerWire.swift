@@ -54,7 +54,8 @@ extension CoordinatorServer {
                 throw InputError.lost(input: id, description: "\(path) cannot be read: \(error)")
             }
             guard SHA256.hex(i.artefact) == sha else {
-                throw InputError.lost(input: id, description: "\(path) no longer hashes to its sha256 \(sha.prefix(12))…")
+                throw InputError.lost(input: id,
+                                      description: "\(path) no longer hashes to its sha256 \(sha.prefix(12))…")
             }
             return i
         }

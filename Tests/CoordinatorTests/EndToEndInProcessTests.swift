@@ -221,7 +221,8 @@ final class EndToEndInProcessTests: XCTestCase {
             XCTAssertEqual(ins.map(\.artefactSha256), ins.map { SHA256.hex($0.artefact) })
             XCTAssertEqual(ins.map { sent[$0.jobID] }, ins.map(\.artefact))
         }
-        let c = try XCTUnwrap(try client.query(experiment: "compose").jobs.map(JobView.init).first { $0.spec.task == "c" })
+        let views = try client.query(experiment: "compose").jobs.map(JobView.init)
+        let c = try XCTUnwrap(views.first { $0.spec.task == "c" })
         XCTAssertEqual([c.state.rawValue, "\(c.attempt)"], ["done", "2"])
     }
 

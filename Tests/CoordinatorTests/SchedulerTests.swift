@@ -548,7 +548,8 @@ final class SchedulerTests: XCTestCase {
         // the first attempt's result arrives after all: the first result wins, and d may run
         let ds = done("w1", a)
         XCTAssertEqual(s.job(a.id)?.state, .done)
-        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: d.id, attempt: 2, reason: "its input \(a.id) is done after all")))
+        let why = "its input \(a.id) is done after all"
+        XCTAssertTrue(ds.jobChanges.contains(.requeued(job: d.id, attempt: 2, reason: why)))
         XCTAssertEqual(assignments(ds).map(\.job), [d.id], "on the worker already idle")
     }
 
@@ -569,7 +570,8 @@ final class SchedulerTests: XCTestCase {
         let d = dependent(on: [a])
         _ = on(.submit(experiment: "components", gridJSON: "{}", jobs: [a]))
         _ = on(.submit(experiment: "sums", gridJSON: "{}", jobs: [d]))
-        XCTAssertEqual(on(.cancel(experiment: "components", jobs: [])).reply, .cancelled(experiment: "components", count: 0))
+        XCTAssertEqual(on(.cancel(experiment: "components", jobs: [])).reply,
+                       .cancelled(experiment: "components", count: 0))
         XCTAssertEqual(s.job(a.id)?.state, .queued)
         XCTAssertEqual(s.job(d.id)?.state, .queued)
     }
