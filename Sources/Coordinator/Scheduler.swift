@@ -398,15 +398,7 @@ public struct Scheduler {
                 rec.idle = false
                 workers[w] = rec
             }
-            if var job = jobs[j], job.state == .running, job.attempt == a, job.worker == w {
-                job.state = .queued; job.leaseExpiry = nil; job.updated = now
-                jobs[j] = job
-                running.remove(j)
-                enqueue(job)
-                out.jobChanges.append(.queued(job: j))
-                out.published.append(jobs[j]!)
-                dispatch(now: now, into: &out)
-            }
+            if unassign(j, worker: w, attempt: a, now: now, into: &out) { dispatch(now: now, into: &out) }
 
         case let .inputArtefactLost(w, j, a, input, reason):
             if var rec = workers[w] {
@@ -430,14 +422,7 @@ public struct Scheduler {
                                                 reason: "its artefact was lost from the store (\(reason))"))
                 out.published.append(inJob)
             }
-            if var job = jobs[j], job.state == .running, job.attempt == a, job.worker == w {
-                job.state = .queued; job.leaseExpiry = nil; job.updated = now
-                jobs[j] = job
-                running.remove(j)
-                enqueue(job)
-                out.jobChanges.append(.queued(job: j))
-                out.published.append(job)
-            }
+            unassign(j, worker: w, attempt: a, now: now, into: &out)
             dispatch(now: now, into: &out)
 
         case let .assignmentUndeliverable(w, j, a, reason):
@@ -700,6 +685,21 @@ public struct Scheduler {
         guard var job = jobs[j] else { return }
         job.worker = worker
         end(job, .failed, error: reason, now: now, mark: .failed(job: j, reason: reason), into: &out)
+    }
+
+    /// A job assigned to `worker` at `attempt` that never started there goes back to the queue
+    /// with no attempt spent; false when the worker does not hold it (any more).
+    @discardableResult
+    private mutating func unassign(_ j: String, worker w: String, attempt a: Int, now: Double,
+                                   into out: inout Effects) -> Bool {
+        guard var job = jobs[j], job.state == .running, job.attempt == a, job.worker == w else { return false }
+        job.state = .queued; job.leaseExpiry = nil; job.updated = now
+        jobs[j] = job
+        running.remove(j)
+        enqueue(job)
+        out.jobChanges.append(.queued(job: j))
+        out.published.append(job)
+        return true
     }
 
     /// A queued job whose input `input` failed or was cancelled fails with the input's reason (and
