@@ -8,6 +8,8 @@ public enum JobState: String, Codable, CaseIterable, Sendable {
     case queued, running, done, failed, lost, cancelled
 
     public var isTerminal: Bool { self == .done || self == .failed || self == .cancelled }
+    /// An input in this state will not be done: the jobs reading its artefact fail.
+    public var endsReaders: Bool { self == .failed || self == .cancelled }
 }
 
 /// What a job needs from the machine that runs it (grid.json `device`).

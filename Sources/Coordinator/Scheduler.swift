@@ -192,6 +192,9 @@ public struct Scheduler {
     private var nextSeq = 0
     /// Input job id → the jobs that read its artefact.
     private var dependents: [String: Set<String>] = [:]
+    /// Set when restored from a store: the first tick fails the queued jobs whose inputs can no
+    /// longer be done (failed, cancelled or unknown), which a crash may have left waiting.
+    private var checkRestoredInputs = false
 
     public init(config: SchedulerConfig = SchedulerConfig(), jobs: [JobRecord] = [], experiments: [ExperimentRecord] = []) {
         self.config = config
@@ -204,6 +207,7 @@ public struct Scheduler {
             for i in j.spec.inputs { dependents[i, default: []].insert(j.id) }
             nextSeq = max(nextSeq, j.seq + 1)
         }
+        checkRestoredInputs = jobs.contains { $0.state == .queued && !$0.spec.inputs.isEmpty }
         for j in jobs {
             switch j.state {
             case .queued: enqueue(j)
@@ -527,6 +531,17 @@ public struct Scheduler {
             dispatch(now: now, into: &out)
 
         case .tick:
+            if checkRestoredInputs {
+                checkRestoredInputs = false
+                for (id, job) in jobs.sorted(by: { $0.key < $1.key }) where job.state == .queued {
+                    if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
+                        let why = "input \(bad) is not a job this coordinator knows"
+                        end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
+                    } else if let bad = job.spec.inputs.first(where: { jobs[$0]!.state.endsReaders }) {
+                        failForInput(id, input: bad, now: now, into: &out)
+                    }
+                }
+            }
             for j in running.sorted() {
                 guard let job = jobs[j] else { running.remove(j); continue }
                 if job.state == .lost || (job.leaseExpiry ?? 0) <= now {
@@ -600,7 +615,7 @@ public struct Scheduler {
                     let why = "input \(bad) is not a job this coordinator knows: name a job from "
                         + "`coordinator results`, or put it in the same grid"
                     end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
-                } else if let bad = job.spec.inputs.first(where: { [.failed, .cancelled].contains(jobs[$0]!.state) }) {
+                } else if let bad = job.spec.inputs.first(where: { jobs[$0]!.state.endsReaders }) {
                     failForInput(id, input: bad, now: now, into: &out)
                 }
             }
@@ -726,7 +741,7 @@ public struct Scheduler {
         running.remove(job.id)
         out.jobChanges.append(mark)
         out.published.append(job)
-        if state == .failed || state == .cancelled {
+        if state.endsReaders {
             for d in (dependents[job.id] ?? []).sorted() { failForInput(d, input: job.id, now: now, into: &out) }
         }
     }

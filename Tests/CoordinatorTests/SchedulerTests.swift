@@ -587,4 +587,18 @@ final class SchedulerTests: XCTestCase {
         _ = on(.failure(worker: "w1", job: a.id, attempt: 1, reason: "boom", deterministic: true))
         XCTAssertEqual(s.job(d.id)?.state, .failed, "the restored scheduler knows who reads a's artefact")
     }
+
+    /// A store saved between an input's failure and its reader's (a crash) is mended on the first tick.
+    func testARestoredSchedulerFailsJobsWhoseInputCanNoLongerBeDone() {
+        let a = jobs(1)[0]
+        let d = dependent(on: [a])
+        var ra = JobRecord(id: a.id, spec: a.spec, device: .any, seq: 0, state: .failed, created: 0)
+        ra.error = "boom"
+        let rd = JobRecord(id: d.id, spec: d.spec, device: .any, seq: 1, state: .queued, created: 0)
+        s = Scheduler(config: SchedulerConfig(leaseSeconds: 10), jobs: [ra, rd],
+                      experiments: [ExperimentRecord(name: "e", gridJSON: "{}", submitted: 0, jobIDs: [a.id, d.id])])
+        XCTAssertEqual(s.job(d.id)?.state, .queued)
+        let ds = on(.tick)
+        XCTAssertTrue(ds.jobChanges.contains(.failed(job: d.id, reason: "input \(a.id) (synthetic on t) failed: boom")))
+    }
 }
