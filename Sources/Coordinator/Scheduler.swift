@@ -533,14 +533,7 @@ public struct Scheduler {
         case .tick:
             if checkRestoredInputs {
                 checkRestoredInputs = false
-                for (id, job) in jobs.sorted(by: { $0.key < $1.key }) where job.state == .queued {
-                    if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
-                        let why = "input \(bad) is not a job this coordinator knows"
-                        end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
-                    } else if let bad = job.spec.inputs.first(where: { jobs[$0]!.state.endsReaders }) {
-                        failForInput(id, input: bad, now: now, into: &out)
-                    }
-                }
+                for id in jobs.keys.sorted() { failIfInputsCannotBeDone(id, now: now, into: &out) }
             }
             for j in running.sorted() {
                 guard let job = jobs[j] else { running.remove(j); continue }
@@ -609,16 +602,7 @@ public struct Scheduler {
             }
             // a job whose input is unknown, or failed or cancelled (and not queued again above),
             // cannot run
-            for id in ids {
-                guard let job = jobs[id], job.state == .queued else { continue }
-                if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
-                    let why = "input \(bad) is not a job this coordinator knows: name a job from "
-                        + "`coordinator results`, or put it in the same grid"
-                    end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
-                } else if let bad = job.spec.inputs.first(where: { jobs[$0]!.state.endsReaders }) {
-                    failForInput(id, input: bad, now: now, into: &out)
-                }
-            }
+            for id in ids { failIfInputsCannotBeDone(id, now: now, into: &out) }
             if let old = experiments[name] {
                 // The experiment now means this grid; jobs only the old grid had stay in the store.
                 for j in Set(old.jobIDs).subtracting(seen) { membership[j]?.remove(name) }
@@ -715,6 +699,18 @@ public struct Scheduler {
         out.jobChanges.append(.queued(job: j))
         out.published.append(job)
         return true
+    }
+
+    /// Fails a queued job one of whose inputs is unknown, failed or cancelled.
+    private mutating func failIfInputsCannotBeDone(_ id: String, now: Double, into out: inout Effects) {
+        guard let job = jobs[id], job.state == .queued else { return }
+        if let bad = job.spec.inputs.first(where: { jobs[$0] == nil }) {
+            let why = "input \(bad) is not a job this coordinator knows: name a job from "
+                + "`coordinator results`, or put it in the same grid"
+            end(job, .failed, error: why, now: now, mark: .failed(job: id, reason: why), into: &out)
+        } else if let bad = job.spec.inputs.first(where: { jobs[$0]!.state.endsReaders }) {
+            failForInput(id, input: bad, now: now, into: &out)
+        }
     }
 
     /// A queued job whose input `input` failed or was cancelled fails with the input's reason (and

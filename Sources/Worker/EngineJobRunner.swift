@@ -37,12 +37,11 @@ public final class EngineJobRunner: JobRunner {
             // Training steps are the progress the coordinator sees, the evaluation one step after
             // them; a job that trains nothing (a prompting baseline, add, a head ranking) shows
             // its own phases' counts (items evaluated, layers ranked).
-            var trained = false
+            let trains = spec.method.trains
             return try exp.run(spec, inputs: inputs.artefacts(of: spec)) { phase, done, total, metrics in
                 if phase == "solve" {
-                    trained = true
                     progress?.progress(step: done, total: total + 1, metrics: metrics)
-                } else if !trained {
+                } else if !trains {
                     progress?.progress(step: done, total: total, metrics: metrics)
                 } else if done == total && phase == "eval" {
                     progress?.progress(step: spec.steps + 1, total: spec.steps + 1, metrics: [:])

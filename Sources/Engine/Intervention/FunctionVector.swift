@@ -16,17 +16,12 @@ import Foundation
 ///    residual stream entering block `layer` at the prompt's last position (`ResidualAddHook`).
 ///                                                                             `vector`
 public struct FunctionVector: Sendable {
-    /// ā, [L][H·d].
-    public var means: [[Float]]
-    /// AIE, [L × H] (row-major by layer).
-    public var effects: [Float]
+    /// The heads' means and effects it was built from.
+    public var ranking: Ranking
     /// The heads summed, by decreasing AIE.
     public var heads: [(layer: Int, head: Int)]
     /// FV, [D].
     public var vector: [Float]
-    /// Mean p(answer's first token) on the clean and on the corrupted ICL prompts: how much the
-    /// demonstrations teach this model the task (the room the heads' effects have).
-    public var cleanProbability: Float = 0, corruptedProbability: Float = 0
 
     /// The clean and corrupted ICL prompts of `train` (N ≥ 3: with one demonstration there is
     /// nothing to shuffle) and each prompt's expected answer.
@@ -166,8 +161,12 @@ public struct FunctionVector: Sendable {
     /// Steps 1–3 for a job's training pairs: the heads' means and their indirect effects, which
     /// every choice of k and layer reuses (an `fv-heads` job's artefact).
     public struct Ranking: Sendable {
+        /// ā, [L][H·d].
         public var means: [[Float]]
+        /// AIE, [L × H] (row-major by layer).
         public var effects: [Float]
+        /// Mean p(answer's first token) on the clean and on the corrupted ICL prompts: how much
+        /// the demonstrations teach this model the task (the room the heads' effects have).
         public var cleanProbability: Float, corruptedProbability: Float
 
         public init(means: [[Float]], effects: [Float], cleanProbability: Float, corruptedProbability: Float) {
@@ -187,6 +186,15 @@ public struct FunctionVector: Sendable {
             (effects, corruptedProbability) = FunctionVector.indirectEffects(
                 lm, prompts: encode(p.corrupted), answers: answers, means: means, layers: nil, precision: .fp32,
                 progress: progress)
+        }
+
+        /// A job's metrics about the ranking: the largest effect and the two probabilities.
+        public func metrics(heads H: Int) -> [String: Double] {
+            [
+                "top_effect": Double(FunctionVector.topHeads(effects, heads: H, k: 1).first
+                    .map { effects[$0.layer * H + $0.head] } ?? 0),
+                "clean_p_answer": Double(cleanProbability), "corrupted_p_answer": Double(corruptedProbability),
+            ]
         }
 
         /// The tensors of its artefact.
@@ -233,12 +241,9 @@ public struct FunctionVector: Sendable {
 
     /// Step 4 on a ranking: the `k` heads of largest AIE summed.
     public init(_ lm: LanguageModel, ranking r: Ranking, heads k: Int) {
-        means = r.means
-        effects = r.effects
-        cleanProbability = r.cleanProbability
-        corruptedProbability = r.corruptedProbability
-        heads = Self.topHeads(effects, heads: lm.config.nHeads, k: k)
-        vector = Self.vector(lm, means: means, heads: heads)
+        ranking = r
+        heads = Self.topHeads(r.effects, heads: lm.config.nHeads, k: k)
+        vector = Self.vector(lm, means: r.means, heads: heads)
     }
 
     /// Steps 1–4 for a job's training pairs. `progress(phase, done, total)`.
@@ -250,9 +255,7 @@ public struct FunctionVector: Sendable {
 
     /// The tensors of its artefact: the vector and its ranking's.
     public var tensors: [(name: String, shape: [Int], values: [Float])] {
-        [("function_vector", [vector.count], vector)]
-            + Ranking(means: means, effects: effects, cleanProbability: cleanProbability,
-                      corruptedProbability: corruptedProbability).tensors
+        [("function_vector", [vector.count], vector)] + ranking.tensors
     }
 }
 

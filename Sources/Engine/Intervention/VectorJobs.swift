@@ -53,12 +53,9 @@ extension PairTaskJobs {
         md["clean_p_answer"] = "\(r.cleanProbability)"
         md["corrupted_p_answer"] = "\(r.corruptedProbability)"
         md["top_heads"] = top.map { "\($0.layer).\($0.head)" }.joined(separator: ",")
-        let metrics: [String: Double] = [
-            "n_train": Double(p.split.train.count),
-            "top_effect": Double(top.first.map { r.effects[$0.layer * lm.config.nHeads + $0.head] } ?? 0),
-            "clean_p_answer": Double(r.cleanProbability), "corrupted_p_answer": Double(r.corruptedProbability),
-            "total_ms": Date().timeIntervalSince(t0) * 1000,
-        ]
+        var metrics = r.metrics(heads: lm.config.nHeads)
+        metrics["n_train"] = Double(p.split.train.count)
+        metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
         return JobOutcome(metrics: metrics, artefact: Safetensors.write(tensors: r.tensors, metadata: md))
     }
 
@@ -87,11 +84,10 @@ extension PairTaskJobs {
         var metrics: [String: Double] = [
             "n_test": Double(p.split.test.count), "n_train": Double(p.split.train.count), "fv_layer": Double(layer),
             "fv_heads": Double(heads), "fv_norm": Double(fv.vector.reduce(0) { $0 + $1 * $1 }.squareRoot()),
-            "top_effect": Double(fv.heads.first.map { fv.effects[$0.layer * lm.config.nHeads + $0.head] } ?? 0),
-            "clean_p_answer": Double(fv.cleanProbability), "corrupted_p_answer": Double(fv.corruptedProbability),
             "build_ms": buildMs, "eval_ms": Date().timeIntervalSince(tEval) * 1000,
             "ranking_from_input": inputs.isEmpty ? 0 : 1,
         ]
+        metrics.merge(fv.ranking.metrics(heads: lm.config.nHeads)) { $1 }
         Self.record(zero, into: &metrics)
         Self.record(few, into: &metrics, prefix: "few_shot_")
         metrics["total_ms"] = Date().timeIntervalSince(t0) * 1000
