@@ -290,123 +290,70 @@ static void linear_avx512(const void *packed, int kind, int k, const int8_t *xq,
     }
 }
 
-// ---- AVX2 + FMA: the same packed layouts and the same results, bit for bit ----
+// ---- 256-bit levels: AVX2 + FMA, AVX-VNNI (and its test-only twin), one source ----
 //
-// Every integer sum below equals vpdpbusd's exactly (no 16-bit step can saturate, see each
-// kernel), and every float operation is the AVX-512 kernel's, lane for lane and in the same
-// order: a product computed at any level (AVX-VNNI's too, vnni256.h) is identical. A 16-row group is two halves of 8
-// lanes (its bytes 32h…32h+31 of each 64-byte vector); a tile is at most 4 activation rows, so
-// that 8 weight vectors, 4 accumulators and temporaries fit the 16 ymm registers.
+// tile256.h holds the 256-bit kernels once; each level below compiles it with its own integer
+// block sums. Every integer sum equals vpdpbusd's exactly, and every float operation is the
+// AVX-512 kernel's, lane for lane and in the same order, so a product computed at any level is
+// identical. A 16-row group is two halves of 8 lanes (its bytes 32h…32h+31 of each 64-byte
+// vector); a tile is at most 4 activation rows, so that 8 weight vectors, 4 accumulators and
+// temporaries fit the 16 ymm registers.
 
-// dot4 of u8 weights (0…15) against s8 activations (|x| ≤ 127): vpmaddubsw's pair sums are at
-// most 2·15·127 = 3,810, and eight of them 30,480 < 32,767, so the 16-bit sum over a whole
-// block is exact before vpmaddwd widens it.
-static inline __attribute__((always_inline)) IK_AVX2
-void group_tile_avx2(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, const float *xs, int k,
-                     int R, float *y, int ldy, int accumulate) {
-    const __m256i lo = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    for (int h = 0; h < 2; h++) {
-        __m256 acc[4];
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const uint8_t *c = chunks + (size_t)b * 384;
-            __m256i w[8];
-            for (int s = 0; s < 4; s++) {
-                const __m256i p = _mm256_load_si256((const __m256i *)(c + 64 * s + 32 * h));
-                w[2 * s] = _mm256_and_si256(p, lo);
-                w[2 * s + 1] = _mm256_and_si256(_mm256_srli_epi16(p, 4), lo);
-            }
-            const __m256 d = _mm256_load_ps((const float *)(c + 256 + 32 * h));
-            const __m256 mo = _mm256_load_ps((const float *)(c + 320 + 32 * h));
-            for (int r = 0; r < R; r++) {
-                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
-                __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xr[0]));
-                for (int t = 1; t < 8; t++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[t], _mm256_set1_epi32(xr[t])));
-                const __m256i s = _mm256_madd_epi16(s16, ones);
-                const float dx = xd[(size_t)r * (k / 32) + b], sx = xs[(size_t)r * (k / 32) + b];
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(dx)), acc[r]);
-                acc[r] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sx), acc[r]);
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            float *yr = y + (size_t)r * ldy + 8 * h;
-            if (accumulate) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(yr));
-            _mm256_storeu_ps(yr, acc[r]);
-        }
-    }
-}
-
-// Signed 8-bit weights. vpdpbusd's sum is S = Σ q (x + 128) (the packed offsets take 128·Σq back
+// AVX2 (vpmaddubsw + vpmaddwd). 4-bit weights (0…15) against s8 activations (|x| ≤ 127):
+// vpmaddubsw's pair sums are at most 2·15·127 = 3,810, and eight of them 30,480 < 32,767, so the
+// 16-bit sum over a whole block is exact before vpmaddwd widens it.
+// Signed 8-bit weights: vpdpbusd's sum is S = Σ q (x + 128) (the packed offsets take 128·Σq back
 // out); here S = Σ q·x + 128·Σ q, both exact: Σ q·x by vpmaddubsw on |q| (≤ 128) and x·sign(q)
 // (|x| ≤ 127), pair sums ≤ 32,512, widened per vector; Σ q by vpmaddubsw of ones against q, pair
-// sums ≤ 256, eight of them ≤ 2,048, once per block for all rows.
-static inline __attribute__((always_inline)) IK_AVX2
-void group_tile_q8_avx2(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, int k,
-                        int R, float *y, int ldy, int accumulate) {
-    const __m256i ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
-    for (int h = 0; h < 2; h++) {
-        __m256 acc[4];
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const uint8_t *c = chunks + (size_t)b * 640;
-            __m256i w[8], aw[8];
-            __m256i q16 = _mm256_setzero_si256();
-            for (int t = 0; t < 8; t++) {
-                w[t] = _mm256_load_si256((const __m256i *)(c + 64 * t + 32 * h));
-                aw[t] = _mm256_sign_epi8(w[t], w[t]);   // |q| (−128 stays 0x80 = 128 unsigned)
-                q16 = _mm256_add_epi16(q16, _mm256_maddubs_epi16(ones8, w[t]));
-            }
-            const __m256i sum128 = _mm256_slli_epi32(_mm256_madd_epi16(q16, ones16), 7);
-            const __m256 d = _mm256_load_ps((const float *)(c + 512 + 32 * h));
-            const __m256 co = _mm256_load_ps((const float *)(c + 576 + 32 * h));
-            for (int r = 0; r < R; r++) {
-                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
-                __m256i s = sum128;
-                for (int t = 0; t < 8; t++) {
-                    const __m256i xs8 = _mm256_sign_epi8(_mm256_set1_epi32(xr[t]), w[t]);
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(aw[t], xs8), ones16));
-                }
-                const __m256 dx = _mm256_set1_ps(xd[(size_t)r * (k / 32) + b]);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dx), acc[r]);
-                acc[r] = _mm256_fmadd_ps(co, dx, acc[r]);
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            float *yr = y + (size_t)r * ldy + 8 * h;
-            if (accumulate) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(yr));
-            _mm256_storeu_ps(yr, acc[r]);
-        }
-    }
-}
+// sums ≤ 256, eight of them ≤ 2,048, once per block for all rows (IK256_Q8_PREP).
+#define IK256_TARGET IK_AVX2
+#define IK256_NAME(f) f##_avx2
+#define IK256_Q4_SUM(w, xr) ({ \
+    __m256i s16_ = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xr[0])); \
+    for (int t_ = 1; t_ < 8; t_++) s16_ = _mm256_add_epi16(s16_, _mm256_maddubs_epi16(w[t_], _mm256_set1_epi32(xr[t_]))); \
+    _mm256_madd_epi16(s16_, _mm256_set1_epi16(1)); })
+#define IK256_Q8_PREP(w) \
+    __m256i aw_[8], q16_ = _mm256_setzero_si256(); \
+    for (int t_ = 0; t_ < 8; t_++) { \
+        aw_[t_] = _mm256_sign_epi8(w[t_], w[t_]);   /* |q| (−128 stays 0x80 = 128 unsigned) */ \
+        q16_ = _mm256_add_epi16(q16_, _mm256_maddubs_epi16(_mm256_set1_epi8(1), w[t_])); \
+    } \
+    const __m256i sum128_ = _mm256_slli_epi32(_mm256_madd_epi16(q16_, _mm256_set1_epi16(1)), 7);
+#define IK256_Q8_SUM(w, xr) ({ \
+    __m256i s_ = sum128_; \
+    for (int t_ = 0; t_ < 8; t_++) { \
+        const __m256i xs8_ = _mm256_sign_epi8(_mm256_set1_epi32(xr[t_]), w[t_]); \
+        s_ = _mm256_add_epi32(s_, _mm256_madd_epi16(_mm256_maddubs_epi16(aw_[t_], xs8_), _mm256_set1_epi16(1))); \
+    } \
+    s_; })
+#include "tile256.h"
+#undef IK256_TARGET
+#undef IK256_NAME
+#undef IK256_Q4_SUM
+#undef IK256_Q8_PREP
+#undef IK256_Q8_SUM
 
-#define IK_TILE_AVX2(R) case R: \
-    if (kind == IK_Q8) group_tile_q8_avx2(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
-    else group_tile_avx2(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, xs + (size_t)i * nb, k, R, y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
-    break;
-
-IK_AVX2
-static void linear_avx2(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
-                        float *y, int ldy, int g0, int g1, int accumulate) {
-    const int nb = k / 32;
-    for (int g = g0; g < g1; g++) {
-        const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
-        for (int i = 0; i < m; i += 4) {
-            switch (m - i < 4 ? m - i : 4) { IK_TILE_AVX2(1) IK_TILE_AVX2(2) IK_TILE_AVX2(3) IK_TILE_AVX2(4) }
-        }
-    }
-}
-
-// ---- 256-bit vpdpbusd (AVX-VNNI), the same packed layouts and the same results, bit for bit ----
-//
-// vnni256.h holds the kernel once; it is compiled twice. linear_avxvnni is the real level
-// (IK_AVX_VNNI, VEX-encoded vpdpbusd); linear_avxvnni_twin (IK_AVX_VNNI_TWIN, tests only) is the
-// same source with the EVEX-encoded 256-bit vpdpbusd of AVX-512 VL + VNNI, so that CPUs without
-// AVX-VNNI check the algorithm. Quantisation and the transposed packing are AVX2's at both.
+// AVX-VNNI: vpdpbusd on 256 bits, x + 128 (bytes xor 0x80) as the unsigned operand of the 8-bit
+// weights, as the AVX-512 kernel. linear_avxvnni is the real level (IK_AVX_VNNI, VEX-encoded
+// vpdpbusd: Alder Lake and later client CPUs, Zen 5 clients); linear_avxvnni_twin
+// (IK_AVX_VNNI_TWIN, tests only) is the same source with the EVEX-encoded 256-bit vpdpbusd of
+// AVX-512 VL + VNNI, so that CPUs without AVX-VNNI (Ice Lake server, Zen 4) check the algorithm
+// bit for bit (KernelLevelTests). Quantisation and the transposed packing are AVX2's at both.
+#define IK256_Q4_SUM(w, xr) ({ \
+    __m256i s_ = _mm256_setzero_si256(); \
+    for (int t_ = 0; t_ < 8; t_++) s_ = IK256_DPBUSD(s_, w[t_], _mm256_set1_epi32(xr[t_])); \
+    s_; })
+#define IK256_Q8_PREP(w)
+#define IK256_Q8_SUM(w, xr) ({ \
+    __m256i s_ = _mm256_setzero_si256(); \
+    for (int t_ = 0; t_ < 8; t_++) \
+        s_ = IK256_DPBUSD(s_, _mm256_set1_epi32((int)((uint32_t)xr[t_] ^ 0x80808080u)), w[t_]); \
+    s_; })
 
 #define IK256_TARGET __attribute__((target("avx2,fma,avxvnni")))
 #define IK256_DPBUSD(s, u, w) _mm256_dpbusd_avx_epi32(s, u, w)
 #define IK256_NAME(f) f##_avxvnni
-#include "vnni256.h"
+#include "tile256.h"
 #undef IK256_TARGET
 #undef IK256_DPBUSD
 #undef IK256_NAME
@@ -414,10 +361,13 @@ static void linear_avx2(const void *packed, int kind, int k, const int8_t *xq, c
 #define IK256_TARGET __attribute__((target("avx2,fma,avx512vl,avx512vnni")))
 #define IK256_DPBUSD(s, u, w) _mm256_dpbusd_epi32(s, u, w)
 #define IK256_NAME(f) f##_avxvnni_twin
-#include "vnni256.h"
+#include "tile256.h"
 #undef IK256_TARGET
 #undef IK256_DPBUSD
 #undef IK256_NAME
+#undef IK256_Q4_SUM
+#undef IK256_Q8_PREP
+#undef IK256_Q8_SUM
 
 // As quantize_rows_avx512: the max is exact in any order, d and 1/d are the same scalar
 // operations, vcvtps2dq rounds to nearest even in both, and the integer sum is exact.
