@@ -16,7 +16,7 @@
 
 // 4-bit weights (u8, 0…15) against s8 activations.
 static inline __attribute__((always_inline)) IK256_TARGET
-void IK256_NAME(group_tile)(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, const float *xs, int k,
+void IK256_NAME(group_tile)(const uint8_t *chunks, int nb, const uint8_t *xq, const float *xd, const float *xs, int m,
                             int R, float *y, int ldy, int accumulate) {
     const __m256i lo = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; h++) {
@@ -33,9 +33,9 @@ void IK256_NAME(group_tile)(const uint8_t *chunks, int nb, const int8_t *xq, con
             const __m256 d = _mm256_load_ps((const float *)(c + 256 + 32 * h));
             const __m256 mo = _mm256_load_ps((const float *)(c + 320 + 32 * h));
             for (int r = 0; r < R; r++) {
-                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
+                const int32_t *xr = (const int32_t *)(xq + ((size_t)b * m + r) * 32);
                 const __m256i s = IK256_Q4_SUM(w, xr);
-                const float dx = xd[(size_t)r * (k / 32) + b], sx = xs[(size_t)r * (k / 32) + b];
+                const float dx = xd[(size_t)b * m + r], sx = xs[(size_t)b * m + r];
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(dx)), acc[r]);
                 acc[r] = _mm256_fmadd_ps(mo, _mm256_set1_ps(sx), acc[r]);
             }
@@ -50,7 +50,7 @@ void IK256_NAME(group_tile)(const uint8_t *chunks, int nb, const int8_t *xq, con
 
 // Signed 8-bit weights; the packed offsets c = −128·d·Σq take the 128 back out.
 static inline __attribute__((always_inline)) IK256_TARGET
-void IK256_NAME(group_tile_q8)(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, int k,
+void IK256_NAME(group_tile_q8)(const uint8_t *chunks, int nb, const uint8_t *xq, const float *xd, int m,
                                int R, float *y, int ldy, int accumulate) {
     for (int h = 0; h < 2; h++) {
         __m256 acc[4];
@@ -63,9 +63,9 @@ void IK256_NAME(group_tile_q8)(const uint8_t *chunks, int nb, const int8_t *xq, 
             const __m256 d = _mm256_load_ps((const float *)(c + 512 + 32 * h));
             const __m256 co = _mm256_load_ps((const float *)(c + 576 + 32 * h));
             for (int r = 0; r < R; r++) {
-                const int32_t *xr = (const int32_t *)(xq + (size_t)r * k + 32 * b);
+                const int32_t *xr = (const int32_t *)(xq + ((size_t)b * m + r) * 32);
                 const __m256i s = IK256_Q8_SUM(w, xr);
-                const __m256 dx = _mm256_set1_ps(xd[(size_t)r * (k / 32) + b]);
+                const __m256 dx = _mm256_set1_ps(xd[(size_t)b * m + r]);
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dx), acc[r]);
                 acc[r] = _mm256_fmadd_ps(co, dx, acc[r]);
             }
@@ -79,9 +79,9 @@ void IK256_NAME(group_tile_q8)(const uint8_t *chunks, int nb, const int8_t *xq, 
 }
 
 #define IK256_TILE(R) case R: \
-    if (kind == IK_Q8) IK256_NAME(group_tile_q8)(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, k, R, \
+    if (kind == IK_Q8) IK256_NAME(group_tile_q8)(chunks, nb, st.x + 32 * (size_t)i, st.d + i, m, R, \
                                                  y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
-    else IK256_NAME(group_tile)(chunks, nb, xq + (size_t)i * k, xd + (size_t)i * nb, xs + (size_t)i * nb, k, R, \
+    else IK256_NAME(group_tile)(chunks, nb, st.x + 32 * (size_t)i, st.d + i, st.s + i, m, R, \
                                 y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
     break;
 
@@ -89,6 +89,7 @@ IK256_TARGET
 static void IK256_NAME(linear)(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs,
                                int m, float *y, int ldy, int g0, int g1, int accumulate) {
     const int nb = k / 32;
+    const ik_staged st = stage_rows(xq, xd, xs, m, k, kind == IK_Q8 ? IK256_Q8_FLIP : 0);
     for (int g = g0; g < g1; g++) {
         const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
         for (int i = 0; i < m; i += 4) {

@@ -144,11 +144,27 @@ public enum QuantGEMM {
         let xq = UnsafeMutablePointer<Int8>.allocate(capacity: m * k)
         let xd = UnsafeMutablePointer<Float>.allocate(capacity: 2 * m * nb), xs = xd + m * nb
         defer { xq.deallocate(); xd.deallocate() }
-        ik_quantize_rows(x, Int32(m), Int32(k), xq, xd, xs)
+        quantizeRows(x, m, k, xq, xd, xs, threads: threads)
         forEachPart(outs.map(\.rows), threads: threads, granule: 16) { _, p, r0, r1 in
             let o = outs[p]
             ik_linear(o.q.int8, o.q.int8Kind, Int32(k), xq, xd, xs, Int32(m), o.y, Int32(o.rows), Int32(r0 / 16), Int32(r1 / 16),
                       accumulate ? 1 : 0)
+        }
+    }
+
+    /// `ik_quantize_rows` of x [m × k], the rows split between the threads when there are many
+    /// values (the head's backward rounds 10 × 49,152 of them).
+    static func quantizeRows(_ x: UnsafePointer<Float>, _ m: Int, _ k: Int, _ xq: UnsafeMutablePointer<Int8>,
+                             _ xd: UnsafeMutablePointer<Float>, _ xs: UnsafeMutablePointer<Float>, threads: Int) {
+        let nb = k / 32
+        guard m * k >= 1 << 16, threads > 1, m > 1 else {
+            ik_quantize_rows(x, Int32(m), Int32(k), xq, xd, xs)
+            return
+        }
+        let t = min(threads, m), per = (m + t - 1) / t
+        SpinPool.shared(threads: t).run(t) { ti in
+            let r0 = ti * per, r1 = min(m, r0 + per)
+            if r0 < r1 { ik_quantize_rows(x + r0 * k, Int32(r1 - r0), Int32(k), xq + r0 * k, xd + r0 * nb, xs + r0 * nb) }
         }
     }
 
@@ -184,7 +200,11 @@ public enum QuantGEMM {
         let xd = UnsafeMutablePointer<Float>.allocate(capacity: 2 * m * (total / 32)), xs = xd + m * (total / 32)
         defer { xq.deallocate(); xd.deallocate() }
         var offsets = [Int](), o = 0
-        for p in ins { offsets.append(o); ik_quantize_rows(p.dy, Int32(m), Int32(p.rows), xq + m * o, xd + m * o / 32, xs + m * o / 32); o += p.rows }
+        for p in ins {
+            offsets.append(o)
+            quantizeRows(p.dy, m, p.rows, xq + m * o, xd + m * o / 32, xs + m * o / 32, threads: threads)
+            o += p.rows
+        }
         forEachPart([k], threads: threads, granule: 16) { _, _, c0, c1 in
             for (p, input) in ins.enumerated() {
                 let o = offsets[p]
