@@ -1,4 +1,5 @@
 import Foundation
+import JobCore
 
 /// Prompt format: a query template with `{input}` and a target template with `{output}`.
 public struct PromptFormat: Sendable, Equatable {
@@ -27,6 +28,52 @@ public struct Evaluation: Sendable {
     public var judgeAccuracy: Double { n == 0 ? 0 : Double(items.filter(\.judged).count) / Double(n) }
 }
 
+/// Unsteered evaluations a model has decoded, by everything that decides their answers and
+/// scores (`key`): prompts, test pairs, target format, the judge's answers for those inputs,
+/// stop rules, batch size and precision. The model itself and its backend's threads are those of
+/// the `LanguageModel` that holds the memo. The most recent `capacity` are kept.
+public final class EvaluationMemo: @unchecked Sendable {
+    let capacity: Int
+    private var entries: [(key: String, value: Evaluation)] = []
+    private let lock = NSLock()
+    /// Evaluations served from the memo, and decoded and stored, since the model was loaded.
+    public private(set) var hits = 0, stores = 0
+
+    public init(capacity: Int = 64) { self.capacity = capacity }
+
+    public subscript(key: String) -> Evaluation? {
+        get {
+            lock.lock(); defer { lock.unlock() }
+            guard let i = entries.firstIndex(where: { $0.key == key }) else { return nil }
+            let e = entries.remove(at: i)
+            entries.append(e)
+            hits += 1
+            return e.value
+        }
+        set {
+            lock.lock(); defer { lock.unlock() }
+            entries.removeAll { $0.key == key }
+            guard let newValue else { return }
+            entries.append((key, newValue))
+            stores += 1
+            if entries.count > capacity { entries.removeFirst(entries.count - capacity) }
+        }
+    }
+
+    /// Forgets every evaluation (the counts stay).
+    public func removeAll() { lock.lock(); entries.removeAll(); lock.unlock() }
+
+    static func key(prompts: [String], pairs: [TaskPair], format: PromptFormat, judge: Judge, maxNewTokens: Int,
+                    batchSize: Int, precision: Precision, stopDecided: Bool) -> String {
+        var parts = ["evaluation 1", precision.rawValue, "\(maxNewTokens)", "\(batchSize)", "\(stopDecided)",
+                     format.target, judge.task, "\(prompts.count)"]
+        for (prompt, pair) in zip(prompts, pairs) {
+            parts += [prompt, pair.input, pair.output, (judge.answers(for: pair.input).map { $0.sorted() } ?? []).joined(separator: "\u{1}")]
+        }
+        return SHA256.hex(parts.joined(separator: "\u{0}"))
+    }
+}
+
 /// Adds Δ to layer ℓ's head outputs at each sequence's last row (used for the prompt pass only):
 /// one Δ for every sequence, or one per sequence (nil = none).
 public final class DeltaHook: ForwardHooks {
@@ -52,18 +99,40 @@ extension LanguageModel {
     /// with the expected output; first-token accuracy compares the first decoded token with the
     /// target's first token; `judge` decides `judged`. `maxNewTokens` 0 = each item's target length
     /// + 2 tokens. `stopDecided`: stop decoding an answer once it is decided wrong (`answerDecided`).
+    ///
+    /// The unsteered variant (nil) of a plain evaluation (the base model, no `lastPosition` hooks)
+    /// is remembered for this model (`EvaluationMemo`): an intervention job then reuses the
+    /// zero-shot answers that a zero-shot job or another intervention job of the same test split
+    /// decoded before it in this process, the same answers it would decode (each variant decodes
+    /// on its own, see `generate(prompts:variants:…)`).
     public func evaluate(prompts: [String], pairs: [TaskPair], format: PromptFormat, deltas: [[Float]?], layer: Int,
                          judge: Judge, maxNewTokens: Int = 0, batchSize: Int = 100, using backend: Backend? = nil,
                          lastPosition: ForwardHooks? = nil, precision: Precision = .fp32, stopDecided: Bool = true,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
-        evaluateBatches(
-            prompts: prompts, pairs: pairs, format: format, variants: deltas.count, judge: judge,
+        let key = backend == nil && lastPosition == nil && deltas.contains(where: { $0 == nil })
+            ? EvaluationMemo.key(prompts: prompts, pairs: pairs, format: format, judge: judge, maxNewTokens: maxNewTokens,
+                                 batchSize: batchSize, precision: precision, stopDecided: stopDecided)
+            : nil
+        var results = [Evaluation?](repeating: nil, count: deltas.count)
+        if let key, let known = evaluationMemo[key] {
+            for (i, d) in deltas.enumerated() where d == nil { results[i] = known }
+        }
+        let todo = deltas.indices.filter { results[$0] == nil }
+        if todo.isEmpty {
+            progress?(prompts.count)
+            return results.map { $0! }
+        }
+        let fresh = evaluateBatches(
+            prompts: prompts, pairs: pairs, format: format, variants: todo.count, judge: judge,
             maxNewTokens: maxNewTokens, batchSize: batchSize, stopDecided: stopDecided, progress: progress
         ) { ids, stop in
             generate(
-                prompts: ids, variants: deltas, layer: layer, stop: stop, using: backend, lastPosition: lastPosition,
-                precision: precision)
+                prompts: ids, variants: todo.map { deltas[$0] }, layer: layer, stop: stop, using: backend,
+                lastPosition: lastPosition, precision: precision)
         }
+        for (j, i) in todo.enumerated() { results[i] = fresh[j] }
+        if let key, let i = todo.first(where: { deltas[$0] == nil }) { evaluationMemo[key] = results[i] }
+        return results.map { $0! }
     }
 
     /// The same evaluation with any `Steering` (any site, any positions; nil = none), without the

@@ -103,8 +103,8 @@ extension KVCache {
 extension LanguageModel {
     /// Greedy decoding of several variants of the same prompts, each variant with its own Δ at
     /// layer `layer` (nil = none). Δ reaches only each prompt's last position, so every position
-    /// before it is computed once for all variants; the last token and the decoding then run for
-    /// all variants in one batch. Returns one `Generation` per variant. `using` runs the model on
+    /// before it is computed once for all variants; the last token and the decoding then run per
+    /// variant. Returns one `Generation` per variant. `using` runs the model on
     /// another backend (a fine-tuned model's `AdaptedBackend`); `lastPosition` hooks see the
     /// prompts' last position too, after Δ (a function vector's site). `precision` as `forward`'s.
     public func generate(prompts: [[Int]], variants: [[Float]?], layer: Int, stop: StopRules,
@@ -124,23 +124,18 @@ extension LanguageModel {
             _ = model.forward(tokens: withRest.map { Array(prompts[$0][prefixCaches[$0].length..<(prompts[$0].count - 1)]) },
                               caches: withRest.map { prefixCaches[$0] }, using: backend, precision: precision)
         }
-        // 3. one sequence per (variant, prompt); the first variant takes the prefix cache itself
-        var caches: [KVCache] = []
-        var deltas: [[Float]?] = []
-        for (vi, d) in variants.enumerated() {
-            for p in 0..<P {
-                caches.append(vi == variants.count - 1 ? prefixCaches[p] : prefixCaches[p].copy(extra: stop.maxNewTokens + 1))
-                deltas.append(d)
-            }
-        }
-        let S = caches.count
-        let logits = model.forward(tokens: (0..<S).map { [prompts[$0 % P].last!] }, caches: caches,
-                                   hooks: HookChain([DeltaHook(layer: layer, perSequence: deltas), lastPosition]),
-                                   using: backend, precision: precision)
-        // 4. decode all sequences together
-        let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
-        return (0..<variants.count).map { vi in
-            Generation(tokens: Array(out[(vi * P)..<((vi + 1) * P)]), firstArgmax: Array(first[(vi * P)..<((vi + 1) * P)]))
+        // 3. then each variant on its own: the last token and the decoding, its prompts in one batch.
+        //    A variant's answers depend on nothing else decoded beside it, so the unsteered one is
+        //    exactly a zero-shot evaluation's (`evaluate` reuses those). The last variant takes
+        //    the prefix caches themselves, the others copies.
+        return variants.enumerated().map { vi, delta in
+            let caches = vi == variants.count - 1 ? prefixCaches : prefixCaches.map { $0.copy(extra: stop.maxNewTokens + 1) }
+            let logits = model.forward(tokens: prompts.map { [$0.last!] }, caches: caches,
+                                       hooks: HookChain([delta.map { DeltaHook(layer: layer, delta: $0) }, lastPosition]),
+                                       using: backend, precision: precision)
+            // 4. decode the variant's sequences together
+            let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
+            return Generation(tokens: out, firstArgmax: first)
         }
     }
 }

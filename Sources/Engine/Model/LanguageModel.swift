@@ -85,6 +85,8 @@ public final class LanguageModel: @unchecked Sendable {
     public let model: LlamaModel
     /// Seconds spent mapping, parsing and dequantising.
     public let loadSeconds: Double
+    /// The unsteered evaluations decoded on this model (see `evaluate(prompts:pairs:format:deltas:…)`).
+    public let evaluationMemo = EvaluationMemo()
 
     public var config: LlamaConfig { model.config }
 

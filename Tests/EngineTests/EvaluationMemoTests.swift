@@ -1,0 +1,63 @@
+@testable import Engine
+import Foundation
+import JobCore
+import XCTest
+
+/// The unsteered evaluation is decoded once per model and test split, and reused exactly.
+final class EvaluationMemoTests: XCTestCase {
+    func testTheUnsteeredVariantIsExactlyAZeroShotEvaluationAndIsReused() throws {
+        let lm = try SharedModel.get()
+        let registry = TaskRegistry()
+        let split = TaskSplit(pairs: try registry.load("antonym"), seed: 3, trainSize: 2, testSize: 23)
+        let judge = try registry.judge(for: "antonym")
+        let prompts = split.test.map { PromptFormat.qa.prompt($0.input) }
+        var rng = SplitMix64(seed: 5)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) * 2 }
+        // batches of 10: three batches, the last one short
+        let evaluate = { (deltas: [[Float]?]) in
+            lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, deltas: deltas, layer: 4, judge: judge,
+                        batchSize: 10)
+        }
+        func same(_ a: Evaluation, _ b: Evaluation, _ why: String) {
+            XCTAssertEqual(a.items.map(\.prediction), b.items.map(\.prediction), why)
+            XCTAssertEqual(a.items.map(\.exact), b.items.map(\.exact), why)
+            XCTAssertEqual(a.items.map(\.firstToken), b.items.map(\.firstToken), why)
+            XCTAssertEqual(a.items.map(\.judged), b.items.map(\.judged), why)
+        }
+        lm.evaluationMemo.removeAll()
+        let zeroShot = evaluate([nil])[0]
+        lm.evaluationMemo.removeAll()
+        let hits0 = lm.evaluationMemo.hits
+        let both = evaluate([delta, nil])                 // decoded afresh, then remembered
+        XCTAssertEqual(lm.evaluationMemo.hits, hits0)
+        same(both[1], zeroShot, "the unsteered variant beside Δ decodes exactly what a zero-shot evaluation does")
+        XCTAssertNotEqual(both[0].items.map(\.prediction), zeroShot.items.map(\.prediction),
+                          "Δ must change some answers, else this test cannot tell the variants apart")
+        let again = evaluate([delta, nil])                // the unsteered variant from the memo
+        XCTAssertEqual(lm.evaluationMemo.hits, hits0 + 1)
+        same(again[1], zeroShot, "remembered")
+        same(again[0], both[0], "Δ's answers do not depend on whether the unsteered ones were decoded beside them")
+        let alone = evaluate([delta])
+        same(alone[0], both[0], "nor on whether they were asked for at all")
+    }
+
+    func testTheKeyNamesEverythingThatDecidesAnswersAndScores() throws {
+        let registry = TaskRegistry()
+        let pairs = Array(try registry.load("antonym").prefix(5))
+        let prompts = pairs.map { PromptFormat.qa.prompt($0.input) }
+        let judge = try registry.judge(for: "antonym"), bare = Judge(task: "antonym", lexicon: nil)
+        func key(prompts: [String] = prompts, pairs: [TaskPair] = pairs, format: PromptFormat = .qa, judge: Judge = judge,
+                 maxNewTokens: Int = 0, batchSize: Int = 100, precision: Precision = .fp32, stopDecided: Bool = true) -> String {
+            EvaluationMemo.key(prompts: prompts, pairs: pairs, format: format, judge: judge, maxNewTokens: maxNewTokens,
+                               batchSize: batchSize, precision: precision, stopDecided: stopDecided)
+        }
+        var other = pairs
+        other[2].output += "x"
+        let keys = [key(), key(prompts: prompts.map { $0 + " " }), key(pairs: other),
+                    key(format: PromptFormat(query: "Q: {input}\nA:", target: "{output}", demo: "")), key(judge: bare),
+                    key(maxNewTokens: 3), key(batchSize: 50), key(precision: .int8), key(stopDecided: false),
+                    key(prompts: Array(prompts.prefix(4)), pairs: Array(pairs.prefix(4)))]
+        XCTAssertEqual(Set(keys).count, keys.count, "each setting must change the key")
+        XCTAssertEqual(key(), key(), "and the same settings give the same key")
+    }
+}
