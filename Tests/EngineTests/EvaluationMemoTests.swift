@@ -46,8 +46,9 @@ final class EvaluationMemoTests: XCTestCase {
         let pairs = Array(try registry.load("antonym").prefix(5))
         let prompts = pairs.map { PromptFormat.qa.prompt($0.input) }
         let judge = try registry.judge(for: "antonym"), bare = Judge(task: "antonym", lexicon: nil)
-        func key(prompts: [String] = prompts, pairs: [TaskPair] = pairs, format: PromptFormat = .qa, judge: Judge = judge,
-                 maxNewTokens: Int = 0, batchSize: Int = 100, precision: Precision = .fp32, stopDecided: Bool = true) -> String {
+        func key(prompts: [String] = prompts, pairs: [TaskPair] = pairs, format: PromptFormat = .qa,
+                 judge: Judge = judge, maxNewTokens: Int = 0, batchSize: Int = 100, precision: Precision = .fp32,
+                 stopDecided: Bool = true) -> String {
             EvaluationMemo.key(prompts: prompts, pairs: pairs, format: format, judge: judge, maxNewTokens: maxNewTokens,
                                batchSize: batchSize, precision: precision, stopDecided: stopDecided)
         }

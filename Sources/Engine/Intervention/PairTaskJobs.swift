@@ -68,7 +68,8 @@ public final class EvaluationMemo: @unchecked Sendable {
         var parts = ["evaluation 1", precision.rawValue, "\(maxNewTokens)", "\(batchSize)", "\(stopDecided)",
                      format.target, judge.task, "\(prompts.count)"]
         for (prompt, pair) in zip(prompts, pairs) {
-            parts += [prompt, pair.input, pair.output, (judge.answers(for: pair.input).map { $0.sorted() } ?? []).joined(separator: "\u{1}")]
+            let answers = judge.answers(for: pair.input).map { $0.sorted() } ?? []
+            parts += [prompt, pair.input, pair.output, answers.joined(separator: "\u{1}")]
         }
         return SHA256.hex(parts.joined(separator: "\u{0}"))
     }
@@ -110,8 +111,9 @@ extension LanguageModel {
                          lastPosition: ForwardHooks? = nil, precision: Precision = .fp32, stopDecided: Bool = true,
                          progress: ((Int) -> Void)? = nil) -> [Evaluation] {
         let key = backend == nil && lastPosition == nil && deltas.contains(where: { $0 == nil })
-            ? EvaluationMemo.key(prompts: prompts, pairs: pairs, format: format, judge: judge, maxNewTokens: maxNewTokens,
-                                 batchSize: batchSize, precision: precision, stopDecided: stopDecided)
+            ? EvaluationMemo.key(prompts: prompts, pairs: pairs, format: format, judge: judge,
+                                 maxNewTokens: maxNewTokens, batchSize: batchSize, precision: precision,
+                                 stopDecided: stopDecided)
             : nil
         var results = [Evaluation?](repeating: nil, count: deltas.count)
         if let key, let known = evaluationMemo[key] {

@@ -129,9 +129,10 @@ extension LanguageModel {
         //    exactly a zero-shot evaluation's (`evaluate` reuses those). The last variant takes
         //    the prefix caches themselves, the others copies.
         return variants.enumerated().map { vi, delta in
-            let caches = vi == variants.count - 1 ? prefixCaches : prefixCaches.map { $0.copy(extra: stop.maxNewTokens + 1) }
-            let logits = model.forward(tokens: prompts.map { [$0.last!] }, caches: caches,
-                                       hooks: HookChain([delta.map { DeltaHook(layer: layer, delta: $0) }, lastPosition]),
+            let caches = vi == variants.count - 1
+                ? prefixCaches : prefixCaches.map { $0.copy(extra: stop.maxNewTokens + 1) }
+            let hooks = HookChain([delta.map { DeltaHook(layer: layer, delta: $0) }, lastPosition])
+            let logits = model.forward(tokens: prompts.map { [$0.last!] }, caches: caches, hooks: hooks,
                                        using: backend, precision: precision)
             // 4. decode the variant's sequences together
             let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
