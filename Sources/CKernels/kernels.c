@@ -1,6 +1,7 @@
-// See include/ckernels.h. Functions that use AVX-512, AVX-VNNI or AVX2 carry their own target
-// attribute, so the file builds for any x86-64 (and any other architecture, where ik_cpu_level()
-// is 0) and the level is picked at run time.
+// See include/ckernels.h. Functions that use AVX-512, AVX-VNNI or AVX2 (x86-64) or the NEON
+// dot-product instructions (aarch64) carry their own target attribute, so the file builds for any
+// x86-64 or aarch64 CPU (and any other architecture, where ik_cpu_level() is 0) and the level is
+// picked at run time.
 #include "ckernels.h"
 #include <math.h>
 #include <stdlib.h>
@@ -47,12 +48,49 @@ int ik_level_runs(int lvl) {
     default: return 0;
     }
 }
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+// The dot-product instructions (sdot, FEAT_DotProd, optional from ARMv8.2: Cortex-A55/A75 and
+// later, Neoverse N1 and later, Apple M1 and later; not Cortex-A53/A57/A72, Raspberry Pi 4).
+// Functions that use them carry this attribute (GCC wants the architecture level with the
+// feature: its arm_neon.h declares vdotq_* for "arch=armv8.2-a+dotprod"), the rest of the file
+// stays baseline ARMv8-A.
+#define IK_NEON __attribute__((target("arch=armv8.2-a+dotprod")))
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+static int has_dotprod(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+// Written from Apple's documentation and never run: no macOS machine was at hand.
+static int has_dotprod(void) {
+    static int known = -1;
+    if (known < 0) {
+        int v = 0;
+        size_t n = sizeof v;
+        known = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &n, NULL, 0) == 0 && v != 0;
+    }
+    return known;
+}
+#else
+static int has_dotprod(void) { return 0; }
+#endif
+
+int ik_level_runs(int lvl) {
+    switch (lvl) {
+    case IK_NONE: return 1;
+    case IK_NEON_DOTPROD: return has_dotprod();
+    default: return 0;
+    }
+}
 #else
 int ik_level_runs(int lvl) { return lvl == IK_NONE; }
 #endif
 
 int ik_cpu_level(void) {
-    for (int l = IK_AVX512_VNNI; l > IK_NONE; l--)
+    for (int l = IK_NEON_DOTPROD; l > IK_NONE; l--)
         if (ik_level_runs(l)) return l;
     return IK_NONE;
 }
@@ -66,8 +104,9 @@ int ik_set_level(int wanted) {
         wanted = IK_AVX_VNNI;   // the same algorithm, VEX-encoded, else lower
     }
     // the highest level the CPU runs not above `wanted` (a CPU with AVX-512 VNNI may lack
-    // AVX-VNNI: Ice Lake server, Zen 4)
-    int l = wanted > IK_AVX512_VNNI ? IK_AVX512_VNNI : wanted;
+    // AVX-VNNI: Ice Lake server, Zen 4; an x86 CPU never runs IK_NEON_DOTPROD, an aarch64 one no
+    // x86 level)
+    int l = wanted > IK_NEON_DOTPROD ? IK_NEON_DOTPROD : wanted;
     while (l > IK_NONE && !ik_level_runs(l)) l--;
     return level = l < IK_NONE ? IK_NONE : l;
 }
@@ -75,8 +114,9 @@ int ik_set_level(int wanted) {
 int ik_level(void) {
     if (level < 0) {
         const char *env = getenv("INTERVENE_INT8_KERNELS");
-        int wanted = IK_AVX512_VNNI;
-        if (env && strcmp(env, "avx-vnni") == 0) wanted = IK_AVX_VNNI;
+        int wanted = IK_NEON_DOTPROD;   // the highest: any CPU's best
+        if (env && strcmp(env, "neon-dotprod") == 0) wanted = IK_NEON_DOTPROD;
+        else if (env && strcmp(env, "avx-vnni") == 0) wanted = IK_AVX_VNNI;
         else if (env && strcmp(env, "avx-vnni-twin") == 0) wanted = IK_AVX_VNNI_TWIN;   // tests only
         else if (env && strcmp(env, "avx2") == 0) wanted = IK_AVX2_LEVEL;
         else if (env && strcmp(env, "none") == 0) wanted = IK_NONE;
@@ -149,6 +189,46 @@ void ik_pack_q8(const void *blocks, size_t row_bytes, int rows, int cols, void *
         }
 }
 
+#if defined(__x86_64__) || defined(__aarch64__)
+// The quantised rows staged for the tiles, block-major: block b of row r at (b·m + r)·32 bytes,
+// its scale and offset weight at b·m + r, so a tile's rows are one stream (the head's backward,
+// k = 49,152, read ten rows 49 KB apart: 20 streams, beyond the prefetchers: 5.1 ms a product
+// before, on 1 thread). `flip` 0x80 stores x + 128 for vpdpbusd's unsigned operand (the 8-bit
+// weights at the VNNI levels), so the tiles broadcast it straight from memory (AVX2 and NEON
+// stage x itself: flip 0). The buffers are the calling thread's own, grown as needed.
+typedef struct { const uint8_t *x; const float *d, *s; } ik_staged;
+
+static ik_staged stage_rows(const int8_t *xq, const float *xd, const float *xs, int m, int k, uint8_t flip) {
+    static _Thread_local uint8_t *buf = NULL;
+    static _Thread_local size_t cap = 0;
+    const int nb = k / 32;
+    const size_t bytes = (size_t)m * (size_t)k, need = bytes + 2 * sizeof(float) * (size_t)m * (size_t)nb;
+    if (need > cap) {
+        free(buf);
+        cap = need + 4096;
+        buf = aligned_alloc(64, (cap + 63) / 64 * 64);
+        if (!buf) abort();
+    }
+    float *d = (float *)(buf + bytes), *sx = d + (size_t)m * nb;
+    const uint32_t f4 = 0x01010101u * flip;
+    for (int b = 0; b < nb; b++)
+        for (int r = 0; r < m; r++) {
+            const uint32_t *src = (const uint32_t *)(xq + (size_t)r * k + 32 * b);
+            uint32_t *dst = (uint32_t *)(buf + ((size_t)b * m + r) * 32);
+            for (int t = 0; t < 8; t++) dst[t] = src[t] ^ f4;
+            d[(size_t)b * m + r] = xd[(size_t)r * nb + b];
+            sx[(size_t)b * m + r] = xs ? xs[(size_t)r * nb + b] : 0;
+        }
+    return (ik_staged){ buf, d, sx };
+}
+
+// Chunks prefetched ahead of the one a tile decodes. A step streams ~250 MB of packed weights
+// (more than the 32 MB L3), and the hardware prefetchers alone left the products waiting:
+// `worker bench --threads 1` at 100 steps, median step, AVX-512 VNNI 27.0–29.1 ms without,
+// 23.9–25.6 (2 chunks), 23.0–24.3 (4), 23.0–24.3 (8), 25.2 (16) with; AVX2 57.1–58.0 → 53.5–54.2 (8).
+#define IK_PREFETCH 8
+#endif
+
 #if defined(__x86_64__)
 // Per group of 16 columns and run of 32 rows: the 32 row segments are 32 vectors of 16 lanes
 // (lane o = column 16g + o); rows j = 4t…4t+3 become vector t with lane o = their four bytes.
@@ -207,43 +287,6 @@ static void quantize_rows_avx512(const float *x, int m, int k, int8_t *xq, float
         }
 }
 
-// The quantised rows staged for the tiles, block-major: block b of row r at (b·m + r)·32 bytes,
-// its scale and offset weight at b·m + r, so a tile's rows are one stream (the head's backward,
-// k = 49,152, read ten rows 49 KB apart: 20 streams, beyond the prefetchers: 5.1 ms a product
-// before, on 1 thread). `flip` 0x80 stores x + 128 for vpdpbusd's unsigned operand (the 8-bit
-// weights at the VNNI levels), so the tiles broadcast it straight from memory. The buffers are
-// the calling thread's own, grown as needed.
-typedef struct { const uint8_t *x; const float *d, *s; } ik_staged;
-
-static ik_staged stage_rows(const int8_t *xq, const float *xd, const float *xs, int m, int k, uint8_t flip) {
-    static _Thread_local uint8_t *buf = NULL;
-    static _Thread_local size_t cap = 0;
-    const int nb = k / 32;
-    const size_t bytes = (size_t)m * (size_t)k, need = bytes + 2 * sizeof(float) * (size_t)m * (size_t)nb;
-    if (need > cap) {
-        free(buf);
-        cap = need + 4096;
-        buf = aligned_alloc(64, (cap + 63) / 64 * 64);
-        if (!buf) abort();
-    }
-    float *d = (float *)(buf + bytes), *sx = d + (size_t)m * nb;
-    const uint32_t f4 = 0x01010101u * flip;
-    for (int b = 0; b < nb; b++)
-        for (int r = 0; r < m; r++) {
-            const uint32_t *src = (const uint32_t *)(xq + (size_t)r * k + 32 * b);
-            uint32_t *dst = (uint32_t *)(buf + ((size_t)b * m + r) * 32);
-            for (int t = 0; t < 8; t++) dst[t] = src[t] ^ f4;
-            d[(size_t)b * m + r] = xd[(size_t)r * nb + b];
-            sx[(size_t)b * m + r] = xs ? xs[(size_t)r * nb + b] : 0;
-        }
-    return (ik_staged){ buf, d, sx };
-}
-
-// Chunks prefetched ahead of the one a tile decodes. A step streams ~250 MB of packed weights
-// (more than the 32 MB L3), and the hardware prefetchers alone left the products waiting:
-// `worker bench --threads 1` at 100 steps, median step, AVX-512 VNNI 27.0–29.1 ms without,
-// 23.9–25.6 (2 chunks), 23.0–24.3 (4), 23.0–24.3 (8), 25.2 (16) with; AVX2 57.1–58.0 → 53.5–54.2 (8).
-#define IK_PREFETCH 8
 // One group of 16 output rows against R activation rows (R a compile-time constant after
 // inlining, so acc[] lives in registers): per block, unpack 8 vectors of u8 weights (lane o holds
 // q(o, 4t…4t+3)), then per activation row 8 vpdpbusd against its 4-byte groups broadcast, and
@@ -497,6 +540,216 @@ static void pack_transposed_q8_avx2(const float *w, int rows, int cols, void *ds
 }
 #endif
 
+#if defined(__aarch64__)
+// ---- aarch64: NEON with the dot-product instructions (IK_NEON_DOTPROD) ----
+//
+// The same packed layouts, integer sums and float operations as the x86 levels, lane for lane
+// and in the same order, so a product is bit-identical to theirs (Tests/CKernelsCheck/int8_check.c
+// holds every level to one scalar reference; cluster/check-aarch64.sh runs it under qemu).
+// vcvtnq_s32_f32 rounds to nearest even like vcvtps2dq in the default rounding mode; vcvtq_f32_s32,
+// vmulq, vdivq and vfmaq round like their x86 counterparts (IEEE, nearest even; FPCR's flush-to-
+// zero is off under Linux and macOS, as MXCSR's under x86). The quantisation and the transposed
+// packing need only baseline NEON; the products use sdot (vdotq_laneq_s32: lane t of the
+// activations' 4-byte groups against the weight vector, no broadcast).
+
+// vcvtps2dq's conversion: nearest even, and 0x80000000 ("integer indefinite") for NaN and anything
+// outside int32, where vcvtnq_s32_f32 saturates (NaN to 0). The transposed packing needs it: a run
+// of 32 weights below ~3.7e-37 has a subnormal scale whose reciprocal overflows, and the x86
+// levels store what their conversion gives there.
+static inline int32x4_t cvt_like_x86(float32x4_t v) {
+    const uint32x4_t in_range = vcaltq_f32(v, vdupq_n_f32(2147483648.0f));   // |v| < 2³¹, false for NaN
+    return vbslq_s32(in_range, vcvtnq_s32_f32(v), vdupq_n_s32(INT32_MIN));
+}
+
+// As quantize_rows_avx512. For finite x, |x · inv| ≤ 127 (plus rounding), so the conversion never
+// leaves int32 and the narrowing moves (truncating, like vpmovdb) are exact.
+static void quantize_rows_neon(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
+    const int nb = k / 32;
+    for (int i = 0; i < m; i++)
+        for (int b = 0; b < nb; b++) {
+            const float *v = x + (size_t)i * k + 32 * b;
+            float32x4_t vs[8], mx = vdupq_n_f32(0);
+            for (int j = 0; j < 8; j++) {
+                vs[j] = vld1q_f32(v + 4 * j);
+                mx = vmaxq_f32(mx, vabsq_f32(vs[j]));
+            }
+            const float amax = vmaxvq_f32(mx);
+            const float d = amax / 127.0f, r = d > 0 ? 1.0f / d : 0.0f;
+            // a block of subnormals: 1/d overflows; its values round to 0, at every level
+            const float inv = isfinite(r) ? r : 0.0f;
+            int32x4_t q[8], sum = vdupq_n_s32(0);
+            for (int j = 0; j < 8; j++) {
+                q[j] = vcvtnq_s32_f32(vmulq_n_f32(vs[j], inv));
+                sum = vaddq_s32(sum, q[j]);
+            }
+            int8_t *dst = xq + (size_t)i * k + 32 * b;
+            for (int h = 0; h < 2; h++) {
+                const int16x8_t lo = vcombine_s16(vmovn_s32(q[4 * h]), vmovn_s32(q[4 * h + 1]));
+                const int16x8_t hi = vcombine_s16(vmovn_s32(q[4 * h + 2]), vmovn_s32(q[4 * h + 3]));
+                vst1q_s8(dst + 16 * h, vcombine_s8(vmovn_s16(lo), vmovn_s16(hi)));
+            }
+            xd[(size_t)i * nb + b] = d;
+            xs[(size_t)i * nb + b] = d * (float)vaddvq_s32(sum);
+        }
+}
+
+// As pack_transposed_q8_avx512, 4 columns at a time (quarter u of a group of 16): one pass over
+// the run of 32 rows for the scales, a second to round (32 vectors would not stay in registers).
+static void pack_transposed_q8_neon(const float *w, int rows, int cols, void *dst) {
+    const int nb = rows / 32;
+    uint8_t *out = (uint8_t *)dst;
+    const uint32x4_t byte = vdupq_n_u32(0xFF);
+    for (int b = 0; b < nb; b++)
+        for (int g = 0; g < cols / 16; g++)
+            for (int u = 0; u < 4; u++) {
+                uint8_t *chunk = out + ((size_t)g * nb + b) * 640;
+                const float *src = w + (size_t)(32 * b) * cols + 16 * g + 4 * u;
+                float32x4_t amax = vdupq_n_f32(0);
+                for (int j = 0; j < 32; j++) amax = vmaxq_f32(amax, vabsq_f32(vld1q_f32(src + (size_t)j * cols)));
+                const float32x4_t d = vdivq_f32(amax, vdupq_n_f32(127.0f));
+                const uint32x4_t nz = vcgtq_f32(d, vdupq_n_f32(0));
+                const float32x4_t inv = vreinterpretq_f32_u32(
+                    vandq_u32(vreinterpretq_u32_f32(vdivq_f32(vdupq_n_f32(1.0f), d)), nz));
+                int32x4_t sum = vdupq_n_s32(0);
+                for (int t = 0; t < 8; t++) {
+                    uint32x4_t lanes = vdupq_n_u32(0);
+                    for (int c = 0; c < 4; c++) {
+                        const int32x4_t q = cvt_like_x86(vmulq_f32(vld1q_f32(src + (size_t)(4 * t + c) * cols), inv));
+                        sum = vaddq_s32(sum, q);   // wraps like vpaddd where q is 0x80000000
+                        const uint32x4_t qb = vandq_u32(vreinterpretq_u32_s32(q), byte);
+                        lanes = vorrq_u32(lanes, vshlq_u32(qb, vdupq_n_s32(8 * c)));
+                    }
+                    vst1q_u32((uint32_t *)(chunk + 64 * t + 16 * u), lanes);
+                }
+                vst1q_f32((float *)(chunk + 512 + 16 * u), d);
+                vst1q_f32((float *)(chunk + 576 + 16 * u),
+                          vmulq_f32(vmulq_f32(vdupq_n_f32(-128.0f), d), vcvtq_f32_s32(sum)));
+            }
+}
+
+// One group of 16 output rows against R ≤ IK_NEON_ROWS activation rows, a quarter of 4 lanes at
+// a time (bytes 16u…16u+15 of each 64-byte vector): 8 weight vectors, R accumulators, the scales
+// and the rows' activations and sums fit the 32 q registers. clang interleaves the rows' sdot
+// chains, 3 registers a row: at 4 rows its code (-O2, armv8-a) has no spill in linear_neon, at 6
+// and 8 it spills and reloads in the block loop (counted in the disassembly; speed never measured:
+// no aarch64 hardware here). Lane o of the sum is
+//   S(o) = Σ_t dot4(w[t] lane o, x bytes 4t…4t+3),
+// the activations' 32 bytes two registers, group t lane t % 4 of register t / 4.
+//
+// 4-bit weights: q in 0…15 is a valid s8, so sdot's signed product is vpdpbusd's unsigned-by-
+// signed one; |S| ≤ 32 · 15 · 128 = 61,440.
+// 8-bit weights: the x86 levels sum S = Σ q (x + 128) (the packed offsets c = −128·d·Σq take the
+// 128 back out); here S = Σ q·x + 128·Σq, with Σq per lane by sdot against ones, once per block
+// for all rows: |Σ q·x| ≤ 32 · 128 · 128 = 524,288, |128·Σq| ≤ 524,288, so every int32 sum is exact
+// and equal to vpdpbusd's.
+// Then y = fma(cvt(S), d ⊙ xd, acc), fma(m, xs, ·) (Q4) or fma(c, xd, ·) (Q8), + y if
+// accumulating: the x86 kernels' float operations in their order.
+#define IK_NEON_ROWS 4
+#define IK_NEON_DOT8(s, w, x0, x1) do { \
+    s = vdotq_laneq_s32(s, w[0], x0, 0); s = vdotq_laneq_s32(s, w[1], x0, 1); \
+    s = vdotq_laneq_s32(s, w[2], x0, 2); s = vdotq_laneq_s32(s, w[3], x0, 3); \
+    s = vdotq_laneq_s32(s, w[4], x1, 0); s = vdotq_laneq_s32(s, w[5], x1, 1); \
+    s = vdotq_laneq_s32(s, w[6], x1, 2); s = vdotq_laneq_s32(s, w[7], x1, 3); } while (0)
+
+static inline __attribute__((always_inline)) IK_NEON
+void group_tile_neon(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, const float *xs, int m,
+                     int R, float *y, int ldy, int accumulate) {
+    const uint8x16_t lo = vdupq_n_u8(0x0F);
+    for (int u = 0; u < 4; u++) {
+        float32x4_t acc[IK_NEON_ROWS];
+        for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0);
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *c = chunks + (size_t)b * 384;
+            for (int l = 0; l < 384; l += 64) __builtin_prefetch(c + IK_PREFETCH * 384 + l, 0, 3);
+            int8x16_t w[8];
+            for (int s = 0; s < 4; s++) {
+                const uint8x16_t p = vld1q_u8(c + 64 * s + 16 * u);
+                w[2 * s] = vreinterpretq_s8_u8(vandq_u8(p, lo));          // q(o, 8s + c)
+                w[2 * s + 1] = vreinterpretq_s8_u8(vshrq_n_u8(p, 4));     // q(o, 8s + 4 + c)
+            }
+            const float32x4_t d = vld1q_f32((const float *)(c + 256 + 16 * u));
+            const float32x4_t mo = vld1q_f32((const float *)(c + 320 + 16 * u));
+            for (int r = 0; r < R; r++) {
+                const int8_t *xr = xq + ((size_t)b * m + r) * 32;
+                const int8x16_t x0 = vld1q_s8(xr), x1 = vld1q_s8(xr + 16);
+                int32x4_t s = vdupq_n_s32(0);
+                IK_NEON_DOT8(s, w, x0, x1);
+                const float dx = xd[(size_t)b * m + r], sx = xs[(size_t)b * m + r];
+                acc[r] = vfmaq_f32(acc[r], vcvtq_f32_s32(s), vmulq_n_f32(d, dx));
+                acc[r] = vfmaq_f32(acc[r], mo, vdupq_n_f32(sx));
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            float *yr = y + (size_t)r * ldy + 4 * u;
+            if (accumulate) acc[r] = vaddq_f32(acc[r], vld1q_f32(yr));
+            vst1q_f32(yr, acc[r]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) IK_NEON
+void group_tile_q8_neon(const uint8_t *chunks, int nb, const int8_t *xq, const float *xd, int m,
+                        int R, float *y, int ldy, int accumulate) {
+    const int8x16_t ones = vdupq_n_s8(1);
+    for (int u = 0; u < 4; u++) {
+        float32x4_t acc[IK_NEON_ROWS];
+        for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0);
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *c = chunks + (size_t)b * 640;
+            for (int l = 0; l < 640; l += 64) __builtin_prefetch(c + IK_PREFETCH * 640 + l, 0, 3);
+            int8x16_t w[8];
+            int32x4_t qsum = vdupq_n_s32(0);
+            for (int t = 0; t < 8; t++) {
+                w[t] = vld1q_s8((const int8_t *)(c + 64 * t + 16 * u));
+                qsum = vdotq_s32(qsum, w[t], ones);
+            }
+            const int32x4_t sum128 = vshlq_n_s32(qsum, 7);
+            const float32x4_t d = vld1q_f32((const float *)(c + 512 + 16 * u));
+            const float32x4_t co = vld1q_f32((const float *)(c + 576 + 16 * u));
+            for (int r = 0; r < R; r++) {
+                const int8_t *xr = xq + ((size_t)b * m + r) * 32;
+                const int8x16_t x0 = vld1q_s8(xr), x1 = vld1q_s8(xr + 16);
+                int32x4_t s = sum128;
+                IK_NEON_DOT8(s, w, x0, x1);
+                const float32x4_t dx = vdupq_n_f32(xd[(size_t)b * m + r]);
+                acc[r] = vfmaq_f32(acc[r], vcvtq_f32_s32(s), vmulq_f32(d, dx));
+                acc[r] = vfmaq_f32(acc[r], co, dx);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            float *yr = y + (size_t)r * ldy + 4 * u;
+            if (accumulate) acc[r] = vaddq_f32(acc[r], vld1q_f32(yr));
+            vst1q_f32(yr, acc[r]);
+        }
+    }
+}
+
+#define IK_NEON_TILE(R) case R: \
+    if (kind == IK_Q8) group_tile_q8_neon(chunks, nb, sx + 32 * (size_t)i, st.d + i, m, R, \
+                                          y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    else group_tile_neon(chunks, nb, sx + 32 * (size_t)i, st.d + i, st.s + i, m, R, \
+                         y + (size_t)i * ldy + 16 * g, ldy, accumulate); \
+    break;
+
+IK_NEON
+static void linear_neon(const void *packed, int kind, int k, const int8_t *xq, const float *xd, const float *xs, int m,
+                        float *y, int ldy, int g0, int g1, int accumulate) {
+    const int nb = k / 32;
+    const ik_staged st = stage_rows(xq, xd, xs, m, k, 0);   // x itself: sdot is signed by signed
+    const int8_t *sx = (const int8_t *)st.x;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *chunks = (const uint8_t *)packed + (size_t)g * nb * chunk_bytes(kind);
+        for (int i = 0; i < m; i += IK_NEON_ROWS) {
+            switch (m - i < IK_NEON_ROWS ? m - i : IK_NEON_ROWS) {
+                IK_NEON_TILE(1) IK_NEON_TILE(2) IK_NEON_TILE(3) IK_NEON_TILE(4)
+            }
+        }
+    }
+}
+#undef IK_NEON_TILE
+#undef IK_NEON_DOT8
+#endif
+
 // ---- dispatch: the level ik_level() names ----
 
 void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
@@ -504,6 +757,8 @@ void ik_pack_transposed_q8(const float *w, int rows, int cols, void *dst) {
     const int l = ik_level();
     if (l == IK_AVX512_VNNI) pack_transposed_q8_avx512(w, rows, cols, dst);
     else if (l != IK_NONE) pack_transposed_q8_avx2(w, rows, cols, dst);   // AVX2, AVX-VNNI, twin
+#elif defined(__aarch64__)
+    if (ik_level() == IK_NEON_DOTPROD) pack_transposed_q8_neon(w, rows, cols, dst);
 #else
     (void)w; (void)rows; (void)cols; (void)dst;
 #endif
@@ -514,6 +769,8 @@ void ik_quantize_rows(const float *x, int m, int k, int8_t *xq, float *xd, float
     const int l = ik_level();
     if (l == IK_AVX512_VNNI) quantize_rows_avx512(x, m, k, xq, xd, xs);
     else if (l != IK_NONE) quantize_rows_avx2(x, m, k, xq, xd, xs);   // AVX2, AVX-VNNI, twin
+#elif defined(__aarch64__)
+    if (ik_level() == IK_NEON_DOTPROD) quantize_rows_neon(x, m, k, xq, xd, xs);
 #else
     (void)x; (void)m; (void)k; (void)xq; (void)xd; (void)xs;
 #endif
@@ -527,6 +784,8 @@ void ik_linear(const void *packed, int kind, int k, const int8_t *xq, const floa
     else if (l == IK_AVX_VNNI) linear_avxvnni(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
     else if (l == IK_AVX_VNNI_TWIN) linear_avxvnni_twin(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
     else if (l == IK_AVX2_LEVEL) linear_avx2(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
+#elif defined(__aarch64__)
+    if (ik_level() == IK_NEON_DOTPROD) linear_neon(packed, kind, k, xq, xd, xs, m, y, ldy, g0, g1, accumulate);
 #else
     (void)packed; (void)kind; (void)k; (void)xq; (void)xd; (void)xs; (void)m; (void)y; (void)ldy; (void)g0; (void)g1;
     (void)accumulate;

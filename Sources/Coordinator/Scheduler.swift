@@ -322,8 +322,8 @@ public struct Scheduler {
         let byMethod = byFamily.filter { $0.capabilities!.runsPrecision(of: spec) }
         if byMethod.isEmpty, let p = spec.kernelPrecision {
             let theirs = Set(byFamily.flatMap { $0.capabilities!.precisions }).sorted().joined(separator: ", ")
-            return "needs a worker whose CPU runs \(p.rawValue) products (int8: AVX2 or AVX-512 VNNI); the "
-                + "\(byFamily.count) connected run \(theirs) only (solver.precision \"fp32\" runs anywhere)"
+            return "needs a worker whose CPU runs \(p.rawValue) products (int8: AVX2, AVX-512 VNNI or aarch64 "
+                + "sdot); the \(byFamily.count) connected run \(theirs) only (solver.precision \"fp32\" runs anywhere)"
         }
         let fitting = byMethod.filter { device.fits($0.capabilities!.device) }
         let need = device == .any ? "" : "needs \(device.rawValue), "

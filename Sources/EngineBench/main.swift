@@ -7,11 +7,12 @@
 // With --kernels: the few-row products alone instead (m = 10 rows, the solver's shape) on the
 // model's own weights: µs and GFLOP/s per matrix, forward (y = x·Wᵀ) and backward (dx = dy·W),
 // and `step_kernels_ms`, their sum over one solver step at layer 4 (26 layers and the head);
-// where the CPU has an int8 level (AVX2, AVX-VNNI or AVX-512 VNNI; $INTERVENE_INT8_KERNELS lowers it),
-// also the int8 forward and backward (`*_fwd_int8_*`, `*_bwd_int8_*`,
+// where the CPU has an int8 level (AVX2, AVX-VNNI, AVX-512 VNNI or aarch64's NEON dot product;
+// $INTERVENE_INT8_KERNELS lowers it), also the int8 forward and backward (`*_fwd_int8_*`, `*_bwd_int8_*`,
 // the transposed copy's one-off build `*_pack_t8_ms`) and `step_kernels_int8_ms`.
 // Both print the kernel levels that ran: `fp32_kernels` (avx2 | baseline; $INTERVENE_FP32_KERNELS
-// lowers it) and `int8_kernels` (avx512-vnni | avx-vnni | avx2 | none; avx-vnni-twin, tests only).
+// lowers it) and `int8_kernels` (avx512-vnni | avx-vnni | avx2 | neon-dotprod | none;
+// avx-vnni-twin, tests only).
 // Usage: engine-bench [--model NAME_OR_PATH] [--threads N] [--kernels]
 import Engine
 import Foundation

@@ -193,11 +193,12 @@ public enum Precision: String, NamedChoice, Codable {
     /// Everything in fp32 on the exactly decoded weights (what the reference computes).
     case fp32
     /// Forward: x rounded to int8 per block of 32 (scale max|x|/127), multiplied against the
-    /// exact 4- or 8-bit weights with integer dot products (AVX-512 VNNI or AVX2, bit-identical).
-    /// Backward: dy rounded
+    /// exact 4- or 8-bit weights with integer dot products (AVX-512 VNNI, AVX-VNNI or AVX2 on
+    /// x86-64, NEON sdot on aarch64; bit-identical). Backward: dy rounded
     /// the same way, against Wᵀ rounded once to int8 per run of 32 rows of W (a copy built on
-    /// first use). 2–4× the fp32 kernels. Only x86-64 CPUs with AVX2; elsewhere, and for weights the
-    /// file does not quantise, fp32.
+    /// first use). 2–4× the fp32 kernels (x86-64; aarch64 never measured). Only x86-64 CPUs with
+    /// AVX2 and aarch64 CPUs with the dot product; elsewhere, and for weights the file does not
+    /// quantise, fp32.
     case int8
 
     /// The solver's default: `int8`. Over 20 paired antonym seeds its Δs matched fp32's exact match

@@ -91,7 +91,7 @@ public struct SolveOptions: ParsableArguments {
     public var lr: Double = 0.1
     @Option(name: .long, help: "Solver: adam-avg (adam, returning the prox of the mean of the second half of the iterates; exact zeros, at least as accurate as the others measured), adam (Adam, then the prox in Adam's metric; exact zeros), adam-uniform (Adam, then the prox with step lr), adam-subgradient (the PyTorch reference's method: no prox, no exact zeros) or fista (accelerated proximal gradient with backtracking).")
     public var solver: SolverMethod = .defaultMethod
-    @Option(name: .long, help: "The solver's products: int8 (activations and gradients rounded to int8 per block of 32, against the 4- and 8-bit weights forward and an 8-bit copy of Wᵀ backward: ~2.5× faster steps, the same exact match measured; needs AVX2 or AVX-512 VNNI, else fp32) or fp32 (exact). The evaluation is always fp32.")
+    @Option(name: .long, help: "The solver's products: int8 (activations and gradients rounded to int8 per block of 32, against the 4- and 8-bit weights forward and an 8-bit copy of Wᵀ backward: ~2.5× faster steps, the same exact match measured; needs AVX2, AVX-512 VNNI or aarch64's dot product, else fp32) or fp32 (exact). The evaluation is always fp32.")
     public var precision: Precision = .solverDefault
 
     public init() {}

@@ -31,7 +31,7 @@ public struct ServeCommand: ParsableCommand {
     @Option(name: .long, help: "Compute threads (BLAS) for this worker.")
     public var threads: Int = 1
 
-    @Option(name: .long, help: "The solver's products for jobs that name no precision (jobs from this build's coordinator always name one: the grid's solver.precision, else int8): int8 (~2.5× faster steps, the same exact match measured; needs AVX2 or AVX-512 VNNI, else fp32) or fp32 (exact). Each Δ's metadata records which ran.")
+    @Option(name: .long, help: "The solver's products for jobs that name no precision (jobs from this build's coordinator always name one: the grid's solver.precision, else int8): int8 (~2.5× faster steps, the same exact match measured; needs AVX2, AVX-512 VNNI or aarch64's dot product, else fp32) or fp32 (exact). Each Δ's metadata records which ran.")
     public var precision: Precision = .solverDefault
 
     @Option(name: .long, help: "Worker name shown by the coordinator (default: host-pid).")

@@ -7,7 +7,9 @@ import XCTest
 /// operations), forward, backward and through a whole loss-and-gradient. A binary built here then
 /// gives the same Δ on a CPU with only a lower level. The 256-bit AVX-VNNI kernel is checked
 /// through its test-only twin (`avxVnniTwin`, the same source with the EVEX-encoded instruction)
-/// where the CPU has AVX-512 VNNI, and as itself (VEX-encoded) where the CPU has AVX-VNNI.
+/// where the CPU has AVX-512 VNNI, and as itself (VEX-encoded) where the CPU has AVX-VNNI. The
+/// aarch64 level (`neonDotprod`) runs on no x86 CPU: `cluster/check-aarch64.sh` holds it and the x86
+/// levels to one scalar C reference bit for bit, under qemu (the last test here).
 final class KernelLevelTests: XCTestCase {
     override func tearDown() {
         Int8Kernels.current = Int8Kernels.cpu
@@ -25,10 +27,15 @@ final class KernelLevelTests: XCTestCase {
     }
 
     func testSettingALevelAboveTheCPUsGivesTheCPUs() {
-        Int8Kernels.current = .avx512vnni
+        // numbered above every other level: any CPU's best
+        Int8Kernels.current = .neonDotprod
         XCTAssertEqual(Int8Kernels.current, Int8Kernels.cpu)
+        XCTAssertFalse(Int8Kernels.neonDotprod.runsHere && Int8Kernels.avx2.runsHere, "x86 and aarch64 never mix")
+        // the best x86 level (none on aarch64)
+        Int8Kernels.current = .avx512vnni
+        XCTAssertEqual(Int8Kernels.current, Int8Kernels.supported.first { $0 != .neonDotprod })
         // a level the CPU does not run: the best one it runs below it
-        let below = Int8Kernels.supported.first { $0 != .avx512vnni && $0 != .avxVnni }
+        let below = Int8Kernels.supported.first { ![.neonDotprod, .avx512vnni, .avxVnni].contains($0) }
         Int8Kernels.current = .avxVnni
         XCTAssertEqual(Int8Kernels.current, Int8Kernels.avxVnni.runsHere ? .avxVnni : below)
         Int8Kernels.current = .avxVnniTwin
@@ -176,5 +183,29 @@ final class KernelLevelTests: XCTestCase {
             XCTAssertEqual(r.0.bitPattern, results[0].0.bitPattern, "loss at \(levels[i].rawValue)")
             XCTAssertEqual(r.1.map(\.bitPattern), results[0].1.map(\.bitPattern), "gradient at \(levels[i].rawValue)")
         }
+    }
+
+    /// `cluster/check-aarch64.sh`: every int8 level, the x86 ones natively and aarch64's
+    /// `neonDotprod` under qemu (-cpu max, and -cpu cortex-a57, which lacks the dot product and
+    /// must run none), held bit for bit to one scalar C reference (Tests/CKernelsCheck/int8_check.c).
+    /// Skips with the script's reason where qemu or the aarch64 cross compiler is missing.
+    func testEveryLevelMatchesTheScalarReferenceX86AndAarch64UnderQEMU() throws {
+        let script = TestPaths.packageRoot.appendingPathComponent("cluster/check-aarch64.sh")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script.path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        if process.terminationStatus == 0,
+            let skipped = output.split(separator: "\n").first(where: { $0.hasPrefix("skipped:") })
+        {
+            throw XCTSkip("cluster/check-aarch64.sh \(skipped)")
+        }
+        XCTAssertEqual(process.terminationStatus, 0, "cluster/check-aarch64.sh failed:\n\(output)")
+        XCTAssertTrue(output.contains("check-aarch64: ok"), output)
     }
 }

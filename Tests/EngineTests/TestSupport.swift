@@ -4,7 +4,8 @@ import XCTest
 
 enum TestPaths {
     /// Why the int8 tests skip on CPUs without an int8 kernel level.
-    static let noInt8 = "this CPU has no int8 kernel level (AVX2 or AVX-512 VNNI): the int8 products never run here"
+    static let noInt8 =
+        "this CPU has no int8 kernel level (AVX2, AVX-512 VNNI, aarch64 sdot): the int8 products never run here"
     /// The package root (…/main), from this file's location.
     static let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     /// ../shared next to the package (datasets and reference outputs; absent for users).

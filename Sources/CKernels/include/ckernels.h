@@ -3,11 +3,13 @@
 // products (fk_*, at the end).
 //
 // Integer kernels the Swift engine cannot express: int8 dot products, the level chosen at run
-// time: AVX-512 VNNI (512-bit vpdpbusd), AVX-VNNI (256-bit vpdpbusd, VEX-encoded: CPUs with
-// AVX-VNNI but no AVX-512, Alder Lake and later clients, Zen 5 clients) or AVX2 (vpmaddubsw +
-// vpmaddwd). All levels read the same packed layouts and give bit-identical results. The products
-// and packers are safe to call only when ik_available() returns 1; ik_pack_q4/ik_pack_q8 and
-// ik_packed_bytes run anywhere.
+// time: on x86-64 AVX-512 VNNI (512-bit vpdpbusd), AVX-VNNI (256-bit vpdpbusd, VEX-encoded: CPUs
+// with AVX-VNNI but no AVX-512, Alder Lake and later clients, Zen 5 clients) or AVX2 (vpmaddubsw +
+// vpmaddwd); on aarch64 NEON with the ARMv8.2 dot product (sdot). All levels read the same packed
+// layouts and give bit-identical results (Tests/CKernelsCheck/int8_check.c, run by
+// cluster/check-aarch64.sh, holds each to one scalar reference). The products and packers are safe
+// to call only when ik_available() returns 1; ik_pack_q4/ik_pack_q8 and ik_packed_bytes run
+// anywhere.
 #ifndef CKERNELS_H
 #define CKERNELS_H
 #include <stddef.h>
@@ -17,7 +19,12 @@
 /// AVX-VNNI level's source compiled with the EVEX-encoded 256-bit vpdpbusd of AVX-512 VL + VNNI,
 /// so that a CPU with AVX-512 VNNI but no AVX-VNNI (which cannot run the VEX encoding) checks
 /// the 256-bit algorithm against the other levels. Production code never picks it.
-enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX_VNNI = 2, IK_AVX512_VNNI = 3, IK_AVX_VNNI_TWIN = 64 };
+/// IK_NEON_DOTPROD is aarch64's level: NEON with the ARMv8.2 dot product (sdot, FEAT_DotProd;
+/// Linux HWCAP_ASIMDDP, macOS hw.optional.arm.FEAT_DotProd). x86 CPUs never run it and aarch64 CPUs
+/// run no x86 level; it is numbered above the x86 levels so that asking for it (the default)
+/// gives any CPU its best level, and an x86 level asked for on aarch64 gives IK_NONE.
+enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX_VNNI = 2, IK_AVX512_VNNI = 3, IK_NEON_DOTPROD = 4,
+       IK_AVX_VNNI_TWIN = 64 };
 
 /// 1 when this CPU runs level `level` (any of the above, the twin included), else 0. The levels a
 /// CPU runs need not be all those below its best: AVX-512 VNNI CPUs may lack AVX-VNNI (Ice Lake
@@ -25,12 +32,12 @@ enum { IK_NONE = 0, IK_AVX2_LEVEL = 1, IK_AVX_VNNI = 2, IK_AVX512_VNNI = 3, IK_A
 int ik_level_runs(int level);
 
 /// The highest level this CPU runs: AVX-512 F/BW/VL + VNNI, else AVX2 + FMA + AVX-VNNI, else
-/// AVX2 + FMA, else none. Never the twin.
+/// AVX2 + FMA, else none (x86-64); NEON + dot product, else none (aarch64). Never the twin.
 int ik_cpu_level(void);
 
 /// The level the products use: at first call the CPU's, lowered by $INTERVENE_INT8_KERNELS
-/// ("avx-vnni", "avx2" or "none"; "avx-vnni-twin" for the test-only twin; anything else keeps the
-/// CPU's), then whatever ik_set_level chose.
+/// ("avx-vnni", "avx2" or "none"; "avx-vnni-twin" for the test-only twin; "neon-dotprod" and
+/// anything else keep the CPU's), then whatever ik_set_level chose.
 int ik_level(void);
 
 /// Uses `wanted` if the CPU runs it, else the highest level it runs below `wanted` (below the

@@ -318,6 +318,7 @@ extension QuantGEMM {
 /// by `$INTERVENE_INT8_KERNELS` (avx-vnni | avx2 | none) or by setting `current` (tests,
 /// benchmarks). The levels give bit-identical products (one packed layout, the same integer sums
 /// and the same float operations in the same order), so a result does not depend on which one ran.
+/// x86-64 CPUs run the AVX levels, aarch64 CPUs `neonDotprod`; neither runs the other's.
 public enum Int8Kernels: String, CaseIterable, Sendable {
     /// No int8 kernel: `Precision.int8` runs as fp32.
     case none
@@ -333,9 +334,15 @@ public enum Int8Kernels: String, CaseIterable, Sendable {
     /// encoding) check the 256-bit algorithm bit for bit. Never `cpu`, never in `supported`;
     /// only an explicit `current = .avxVnniTwin` or `$INTERVENE_INT8_KERNELS=avx-vnni-twin` picks it.
     case avxVnniTwin = "avx-vnni-twin"
+    /// aarch64: NEON with the ARMv8.2 dot product (sdot; Cortex-A55/A75 and later, Neoverse N1 and
+    /// later, Apple M1 and later). Numbered above the x86 levels, so setting it gives any CPU its
+    /// best level. Checked bit for bit against the x86 levels' scalar reference under qemu
+    /// (`cluster/check-aarch64.sh`); this Swift package has not been built for aarch64 yet.
+    case neonDotprod = "neon-dotprod"
 
     init(level: Int32) {
         switch level {
+        case Int32(IK_NEON_DOTPROD): self = .neonDotprod
         case Int32(IK_AVX512_VNNI): self = .avx512vnni
         case Int32(IK_AVX_VNNI): self = .avxVnni
         case Int32(IK_AVX_VNNI_TWIN): self = .avxVnniTwin
@@ -350,27 +357,29 @@ public enum Int8Kernels: String, CaseIterable, Sendable {
         case .avxVnni: return Int32(IK_AVX_VNNI)
         case .avx512vnni: return Int32(IK_AVX512_VNNI)
         case .avxVnniTwin: return Int32(IK_AVX_VNNI_TWIN)
+        case .neonDotprod: return Int32(IK_NEON_DOTPROD)
         }
     }
 
-    /// Whether this CPU runs the level (a CPU with AVX-512 VNNI may lack AVX-VNNI).
+    /// Whether this CPU runs the level (a CPU with AVX-512 VNNI may lack AVX-VNNI; x86-64 never
+    /// runs `neonDotprod`, aarch64 only it).
     public var runsHere: Bool { ik_level_runs(level) != 0 }
     /// The best level this CPU runs.
     public static var cpu: Int8Kernels { Int8Kernels(level: ik_cpu_level()) }
     /// The level in use. Setting a level this CPU does not run gives the best one it runs below it
-    /// (for `avxVnniTwin`: `avxVnni` or below).
+    /// (for `avxVnniTwin`: `avxVnni` or below; on aarch64 any x86 level gives `none`).
     public static var current: Int8Kernels {
         get { Int8Kernels(level: ik_level()) }
         set { _ = ik_set_level(newValue.level) }
     }
     /// Every production level this CPU runs, best first (not the test-only twin).
     public static var supported: [Int8Kernels] {
-        [.avx512vnni, .avxVnni, .avx2, .none].filter(\.runsHere)
+        [.neonDotprod, .avx512vnni, .avxVnni, .avx2, .none].filter(\.runsHere)
     }
     /// `supported` plus the test-only twin where it runs (after `avxVnni`'s place): every kernel
     /// this CPU can check.
     public static var testable: [Int8Kernels] {
-        [.avx512vnni, .avxVnni, .avxVnniTwin, .avx2, .none].filter(\.runsHere)
+        [.neonDotprod, .avx512vnni, .avxVnni, .avxVnniTwin, .avx2, .none].filter(\.runsHere)
     }
 }
 
