@@ -41,6 +41,28 @@ final class EvaluationMemoTests: XCTestCase {
         same(alone[0], both[0], "nor on whether they were asked for at all")
     }
 
+    func testRememberedPromptPositionsGiveTheSameAnswers() throws {
+        let lm = try SharedModel.get()
+        let registry = TaskRegistry()
+        let split = TaskSplit(pairs: try registry.load("synonym"), seed: 4, trainSize: 2, testSize: 17)
+        var rng = SplitMix64(seed: 8)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) * 2 }
+        let evaluate = {
+            lm.evaluate(prompts: split.test.map { PromptFormat.qa.prompt($0.input) }, pairs: split.test, format: .qa,
+                        deltas: [delta], layer: 3, judge: try registry.judge(for: "synonym"), batchSize: 8)[0]
+        }
+        lm.prefixMemo.removeAll()
+        let hits0 = lm.prefixMemo.hits
+        let fresh = try evaluate()                    // three batches computed and kept
+        XCTAssertEqual(lm.prefixMemo.hits, hits0)
+        let again = try evaluate()                    // all three from the memo
+        XCTAssertEqual(lm.prefixMemo.hits, hits0 + 3)
+        XCTAssertEqual(fresh.items.map(\.prediction), again.items.map(\.prediction))
+        XCTAssertEqual(fresh.items.map(\.firstToken), again.items.map(\.firstToken))
+        let third = try evaluate()                    // the memo's caches were copied, not decoded into
+        XCTAssertEqual(fresh.items.map(\.prediction), third.items.map(\.prediction))
+    }
+
     func testTheKeyNamesEverythingThatDecidesAnswersAndScores() throws {
         let registry = TaskRegistry()
         let pairs = Array(try registry.load("antonym").prefix(5))

@@ -1,4 +1,5 @@
 import Foundation
+import JobCore
 
 /// When greedy decoding of a sequence stops.
 public struct StopRules: Sendable {
@@ -111,25 +112,18 @@ extension LanguageModel {
                          using backend: Backend? = nil, lastPosition: ForwardHooks? = nil,
                          precision: Precision = .fp32) -> [Generation] {
         precondition(prompts.allSatisfy { !$0.isEmpty })
-        let P = prompts.count
-        // 1. the tokens every prompt starts with (k-shot demonstrations, "Q:"), computed once
-        let shared = sharedPrefix(prompts, using: backend, precision: precision)
-        let prefixCaches = prompts.map { p in
-            shared.map { $0.copy(extra: p.count - $0.length + stop.maxNewTokens + 1) }
-                ?? model.makeCache(capacity: p.count + stop.maxNewTokens + 1)
-        }
-        // 2. then each prompt's own tokens but the last (Δ cannot reach them), for all variants at once
-        let withRest = (0..<P).filter { prompts[$0].count - 1 > prefixCaches[$0].length }
-        if !withRest.isEmpty {
-            _ = model.forward(tokens: withRest.map { Array(prompts[$0][prefixCaches[$0].length..<(prompts[$0].count - 1)]) },
-                              caches: withRest.map { prefixCaches[$0] }, using: backend, precision: precision)
-        }
+        // 1–2. every position but the prompts' last, remembered for the base model (`PrefixMemo`)
+        let memoKey = backend == nil ? PrefixMemo.key(prompts, precision: precision) : nil
+        let kept = memoKey.flatMap { prefixMemo[$0] }
+        let prefixCaches = kept ?? promptPrefixes(prompts, extra: stop.maxNewTokens + 1, using: backend,
+                                                  precision: precision)
+        if let memoKey, kept == nil { prefixMemo[memoKey] = prefixCaches.map { $0.copy(extra: 0) } }
         // 3. then each variant on its own: the last token and the decoding, its prompts in one batch.
         //    A variant's answers depend on nothing else decoded beside it, so the unsteered one is
         //    exactly a zero-shot evaluation's (`evaluate` reuses those). The last variant takes
-        //    the prefix caches themselves, the others copies.
+        //    the prefix caches themselves (unless the memo holds them), the others copies.
         return variants.enumerated().map { vi, delta in
-            let caches = vi == variants.count - 1
+            let caches = vi == variants.count - 1 && kept == nil
                 ? prefixCaches : prefixCaches.map { $0.copy(extra: stop.maxNewTokens + 1) }
             let hooks = HookChain([delta.map { DeltaHook(layer: layer, delta: $0) }, lastPosition])
             let logits = model.forward(tokens: prompts.map { [$0.last!] }, caches: caches, hooks: hooks,
@@ -138,6 +132,67 @@ extension LanguageModel {
             let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
             return Generation(tokens: out, firstArgmax: first)
         }
+    }
+}
+
+extension LanguageModel {
+    /// Each prompt's positions but its last in its own cache (room for `extra` more): the tokens
+    /// every prompt starts with (k-shot demonstrations, "Q:") computed once and copied, then each
+    /// prompt's own tokens, all prompts in one batch.
+    func promptPrefixes(_ prompts: [[Int]], extra: Int, using backend: Backend?, precision: Precision) -> [KVCache] {
+        let shared = sharedPrefix(prompts, using: backend, precision: precision)
+        let caches = prompts.map { p in
+            shared.map { $0.copy(extra: p.count - $0.length + extra) } ?? model.makeCache(capacity: p.count + extra)
+        }
+        let withRest = prompts.indices.filter { prompts[$0].count - 1 > caches[$0].length }
+        if !withRest.isEmpty {
+            _ = model.forward(tokens: withRest.map { Array(prompts[$0][caches[$0].length..<(prompts[$0].count - 1)]) },
+                              caches: withRest.map { caches[$0] }, using: backend, precision: precision)
+        }
+        return caches
+    }
+}
+
+/// The prompt positions (all but each prompt's last) of recent evaluation batches on the base
+/// model, by the prompts' token ids and the precision: an evaluation of the same test split (a
+/// zero-shot job, then intervention jobs at other layers, λ or γ) starts from copies of them,
+/// the same numbers it would compute. At most `budget` bytes are kept, the most recent first; a
+/// batch larger than half of it (long k-shot prompts) is not kept.
+public final class PrefixMemo: @unchecked Sendable {
+    let budget: Int
+    private var entries: [(key: String, caches: [KVCache], bytes: Int)] = []
+    private let lock = NSLock()
+    /// Batches served from the memo since the model was loaded.
+    public private(set) var hits = 0
+
+    public init(budget: Int = 96 << 20) { self.budget = budget }
+
+    subscript(key: String) -> [KVCache]? {
+        get {
+            lock.lock(); defer { lock.unlock() }
+            guard let i = entries.firstIndex(where: { $0.key == key }) else { return nil }
+            let e = entries.remove(at: i)
+            entries.append(e)
+            hits += 1
+            return e.caches
+        }
+        set {
+            lock.lock(); defer { lock.unlock() }
+            entries.removeAll { $0.key == key }
+            guard let caches = newValue else { return }
+            let bytes = caches.reduce(0) { $0 + 2 * $1.layers * $1.capacity * $1.kvDim * MemoryLayout<Float>.size }
+            guard bytes <= budget / 2 else { return }
+            entries.append((key, caches, bytes))
+            while entries.reduce(0, { $0 + $1.bytes }) > budget { entries.removeFirst() }
+        }
+    }
+
+    /// Forgets every batch.
+    public func removeAll() { lock.lock(); entries.removeAll(); lock.unlock() }
+
+    static func key(_ prompts: [[Int]], precision: Precision) -> String {
+        let ids = prompts.map { $0.map(String.init).joined(separator: ",") }.joined(separator: ";")
+        return SHA256.hex("prefix 1 \(precision.rawValue) " + ids)
     }
 }
 

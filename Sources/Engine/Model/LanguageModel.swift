@@ -87,6 +87,8 @@ public final class LanguageModel: @unchecked Sendable {
     public let loadSeconds: Double
     /// The unsteered evaluations decoded on this model (see `evaluate(prompts:pairs:format:deltas:…)`).
     public let evaluationMemo = EvaluationMemo()
+    /// The prompt positions of recent evaluation batches (see `generate(prompts:variants:…)`).
+    public let prefixMemo = PrefixMemo()
 
     public var config: LlamaConfig { model.config }
 
