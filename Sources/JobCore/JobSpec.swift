@@ -127,6 +127,11 @@ public enum JobMethod: String, NamedChoice, Codable {
     /// Whether the method scores the model on test pairs (test_size and max_new_tokens matter).
     public var evaluates: Bool { self != .fvHeads }
 
+    /// Whether the method decodes the test split's plain (0-shot) prompts on the base model, so
+    /// that a worker which evaluated the split before reuses its prompt positions and unsteered
+    /// answers (the engine's evaluation memos; see `JobSpec.evaluationSplit`).
+    public var readsPlainPrompts: Bool { [.zeroShot, .intervention, .add, .functionVector].contains(self) }
+
     /// What a job of this method reads from other jobs' artefacts (its `inputs`): nil for none.
     public var inputKind: String? {
         switch self {
@@ -321,6 +326,16 @@ public struct JobSpec: Sendable, Equatable, Hashable {
     /// The job's id: the first 16 hex digits of SHA-256 of its normalised canonical JSON. The
     /// store's key: the same job resubmitted gets the same id and is reused.
     public var id: String { String(SHA256.hex(normalised.canonicalJSON).prefix(16)) }
+
+    /// What the job's plain-prompt evaluation depends on (model, task, split, prompt templates,
+    /// stop rule, evaluation precision), for methods that have one (`readsPlainPrompts`), else
+    /// nil. Jobs with the same value run faster one after another on one worker, which the
+    /// scheduler prefers (`Scheduler` dispatch).
+    public var evaluationSplit: String? {
+        guard method.readsPlainPrompts, JobSpec.opinionAddress(task) == nil else { return nil }
+        return [model, task, "\(seed)", "\(trainSize)", "\(testSize)", promptTemplate, targetTemplate,
+                "\(maxNewTokens)", "\(self[.evalInt8])"].joined(separator: "\u{0}")
+    }
 }
 
 extension JobSpec: Codable {

@@ -56,6 +56,32 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(assignments(on(.workerReady(worker: "w1"))).map(\.job), [js[1].id])
     }
 
+    func testWorkersKeepToTheEvaluationSplitsTheyRan() {
+        _ = connect("w1", cpu)
+        _ = connect("w2", cpu)
+        func job(_ m: JobMethod, _ seed: Int) -> SubmittedJob {
+            let spec = JobSpec(task: "antonym", method: m, seed: seed, steps: 10)
+            return SubmittedJob(id: spec.id, spec: spec, device: .any)
+        }
+        let (int0, int1, zs0, zs1, zs2) = (job(.intervention, 0), job(.intervention, 1), job(.zeroShot, 0),
+                                            job(.zeroShot, 1), job(.zeroShot, 2))
+        XCTAssertNotNil(int0.spec.evaluationSplit)
+        XCTAssertEqual(int0.spec.evaluationSplit, zs0.spec.evaluationSplit)
+        XCTAssertNotEqual(zs0.spec.evaluationSplit, zs1.spec.evaluationSplit)
+        XCTAssertNil(JobSpec(task: "antonym", method: .fewShot, seed: 0).evaluationSplit, "few-shot prompts are others")
+        let first = assignments(on(.submit(experiment: "e", gridJSON: "{}", jobs: [int0, int1, zs1, zs2, zs0])))
+        XCTAssertEqual(first.map(\.job).sorted(), [int0.id, int1.id].sorted(), "the earliest two, as always")
+        let w1 = first.first { $0.job == int0.id }!.worker, w2 = w1 == "w1" ? "w2" : "w1"
+        func finish(_ w: String, _ j: SubmittedJob) -> [String] {
+            now += 1
+            on(.result(worker: w, job: j.id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+            return assignments(on(.workerReady(worker: w))).map(\.job)
+        }
+        XCTAssertEqual(finish(w1, int0), [zs0.id], "the same split, though queued last")
+        XCTAssertEqual(finish(w1, zs0), [zs2.id], "not the split the other worker ran, though queued earlier")
+        XCTAssertEqual(finish(w2, int1), [zs1.id], "which that worker then takes")
+    }
+
     func testReadyWithNothingQueuedIsAcked() {
         let ds = connect("w1", cpu)
         XCTAssertTrue(ds.toWorkers.contains(.ack(worker: "w1", kind: .ready, job: "", attempt: 0)))
