@@ -191,6 +191,8 @@ public struct Scheduler {
     }
 
     private var queue = DeviceQueues()
+    /// Queued jobs that were the earliest to fit a worker which took another (dispatch's affinity).
+    private var passedOver: [String: Int] = [:]
     private var running: Set<String> = []
     private var nextSeq = 0
     /// Input job id → the jobs that read its artefact.
@@ -738,6 +740,7 @@ public struct Scheduler {
         job.updated = now
         jobs[job.id] = job
         running.remove(job.id)
+        passedOver[job.id] = nil
         out.jobChanges.append(mark)
         out.published.append(job)
         if state.endsReaders {
@@ -745,13 +748,16 @@ public struct Scheduler {
         }
     }
 
-    /// Splits a worker remembers (`WorkerRecord.splits`), and queued jobs looked at for one of them.
-    static let affinitySplits = 4, affinityWindow = 64
+    /// Splits a worker remembers (`WorkerRecord.splits`), queued jobs looked at for one of them, and
+    /// how many times the earliest job that fits may be passed over for them.
+    static let affinitySplits = 4, affinityWindow = 64, affinityPatience = 8
 
     /// Pairs idle workers (longest idle first) with a queued job that fits each: among the first
     /// `affinityWindow` that fit, one whose evaluation split the worker ran lately (its memos
-    /// make that job's evaluation 3–4× faster, every number the same), else one no other worker
-    /// ran lately (that worker will want it), else the earliest.
+    /// make that job's evaluation 3–4× faster, every number the same), else one that no other
+    /// worker able to run it ran lately (that worker will want it), else the earliest. The
+    /// earliest is taken anyway once it has been passed over `affinityPatience` times, so that a
+    /// stream of newer jobs never holds it back.
     private mutating func dispatch(now: Double, into out: inout Effects) {
         if queue.isEmpty { return }
         let idle = workers.values.filter { $0.idle && $0.job == nil && $0.capabilities != nil }
@@ -761,25 +767,38 @@ public struct Scheduler {
             // Move the queue out while the closures read `jobs` (no overlapping access, no copy).
             var q = queue
             queue = DeviceQueues()
-            let mine = Set(w.splits), others = Set(workers.values.filter { $0.id != w.id }.flatMap(\.splits))
-            let picked: String? = {
+            let mine = Set(w.splits)
+            let others = workers.values.filter { $0.id != w.id && !$0.splits.isEmpty && $0.capabilities != nil }
+            let patient = passedOver
+            let (picked, passed): (String?, String?) = {
                 // a scope of its own: the dictionary's second reference ends before `jobs` is written
                 let js = jobs
                 func fits(_ j: String) -> Bool {
                     js[j].map { caps.runs($0.spec) && $0.spec.inputs.allSatisfy { js[$0]?.state == .done } } ?? false
                 }
                 func isLive(_ j: String) -> Bool { js[j]?.state == .queued }
-                func split(_ j: String) -> String? { js[j]?.spec.evaluationSplit }
-                func near(_ wanted: @escaping (String?) -> Bool) -> String? {
-                    q.popFirst(for: caps.device, fits: { fits($0) && wanted(split($0)) }, isLive: isLive,
-                               limit: Self.affinityWindow)
+                guard let head = q.popFirst(for: caps.device, fits: fits, isLive: isLive) else { return (nil, nil) }
+                if (mine.isEmpty && others.isEmpty) || patient[head, default: 0] >= Self.affinityPatience {
+                    return (head, nil)
                 }
-                if !mine.isEmpty, let j = near({ $0.map(mine.contains) == true }) { return j }
-                if !others.isEmpty, let j = near({ $0.map(others.contains) != true }) { return j }
-                return q.popFirst(for: caps.device, fits: fits, isLive: isLive)
+                q.push(js[head]!)
+                func near(_ wanted: @escaping (JobSpec) -> Bool) -> String? {
+                    q.popFirst(for: caps.device, fits: { fits($0) && js[$0].map { wanted($0.spec) } == true },
+                               isLive: isLive, limit: Self.affinityWindow)
+                }
+                if !mine.isEmpty, let j = near({ $0.evaluationSplit.map(mine.contains) == true }) {
+                    return (j, j == head ? nil : head)
+                }
+                let wanted = { (s: JobSpec) in
+                    others.contains { o in s.evaluationSplit.map(o.splits.contains) == true && o.capabilities!.runs(s) }
+                }
+                if !others.isEmpty, let j = near({ !wanted($0) }) { return (j, j == head ? nil : head) }
+                return (q.popFirst(for: caps.device, fits: fits, isLive: isLive), nil)
             }()
+            if let passed { passedOver[passed, default: 0] += 1 }
             queue = q
             guard let j = picked else { continue }
+            passedOver[j] = nil
             var job = jobs[j]!
             job.state = .running
             job.worker = w.id

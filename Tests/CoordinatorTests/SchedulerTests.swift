@@ -82,6 +82,32 @@ final class SchedulerTests: XCTestCase {
         XCTAssertEqual(finish(w2, int1), [zs1.id], "which that worker then takes")
     }
 
+    func testAffinityPassesOverTheEarliestJobAFewTimesAtMost() {
+        _ = connect("w1", cpu)
+        func job(_ m: JobMethod, seed: Int, layer: Int = 4) -> SubmittedJob {
+            let spec = JobSpec(task: "antonym", method: m, layer: layer, seed: seed, steps: 10)
+            return SubmittedJob(id: spec.id, spec: spec, device: .any)
+        }
+        let first = job(.intervention, seed: 0)
+        XCTAssertEqual(assignments(on(.submit(experiment: "a", gridJSON: "{}", jobs: [first]))).map(\.job), [first.id])
+        // then the earliest job of another split, and a stream of jobs of the worker's split
+        let other = job(.zeroShot, seed: 5)
+        let mine = (10..<30).map { job(.intervention, seed: 0, layer: $0) }
+        _ = on(.submit(experiment: "b", gridJSON: "{}", jobs: [other] + mine))
+        var taken: [String] = [], last = first
+        for _ in 0..<(Scheduler.affinityPatience + 2) {
+            now += 1
+            on(.result(worker: "w1", job: last.id, attempt: 1, metrics: [:], artefactSHA256: nil, artefactPath: nil))
+            let a = assignments(on(.workerReady(worker: "w1"))).map(\.job)
+            XCTAssertEqual(a.count, 1)
+            taken += a
+            last = ([other] + mine).first { $0.id == a.first }!
+        }
+        let patience = Scheduler.affinityPatience
+        XCTAssertEqual(Array(taken.prefix(patience)), mine.prefix(patience).map(\.id), "the worker's own split first")
+        XCTAssertEqual(taken[patience], other.id, "then the job passed over, however many follow")
+    }
+
     func testReadyWithNothingQueuedIsAcked() {
         let ds = connect("w1", cpu)
         XCTAssertTrue(ds.toWorkers.contains(.ack(worker: "w1", kind: .ready, job: "", attempt: 0)))

@@ -84,6 +84,8 @@ final class InputJobTests: XCTestCase {
 
         // the scores are those of the sum at the last position on the job's split, and of no Δ
         let split = TaskSplit(pairs: try TaskRegistry().load(a.path), seed: 3, trainSize: 5, testSize: 6)
+        lm.evaluationMemo.removeAll()   // decoded afresh, not the job's own remembered answers
+        lm.prefixMemo.removeAll()
         let evs = lm.evaluate(prompts: split.test.map { PromptFormat.qa.prompt($0.input) }, pairs: split.test,
                               format: .qa, deltas: [sum, nil], layer: 4, judge: try TaskRegistry().judge(for: a.path))
         XCTAssertEqual(out.metrics["exact_match"], evs[0].exactMatch)

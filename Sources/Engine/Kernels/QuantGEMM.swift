@@ -162,7 +162,7 @@ public enum QuantGEMM {
             return
         }
         let t = min(threads, m), per = (m + t - 1) / t
-        SpinPool.shared(threads: t).run(t) { ti in
+        SpinPool.shared(threads: threads).run(t) { ti in
             let r0 = ti * per, r1 = min(m, r0 + per)
             if r0 < r1 { ik_quantize_rows(x + r0 * k, Int32(r1 - r0), Int32(k), xq + r0 * k, xd + r0 * nb, xs + r0 * nb) }
         }
