@@ -660,7 +660,7 @@ void group_tile_neon(const uint8_t *chunks, int nb, const int8_t *xq, const floa
         for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0);
         for (int b = 0; b < nb; b++) {
             const uint8_t *c = chunks + (size_t)b * 384;
-            for (int l = 0; l < 384; l += 64) __builtin_prefetch(c + IK_PREFETCH * 384 + l, 0, 3);
+            if (u == 0) for (int l = 0; l < 384; l += 64) __builtin_prefetch(c + IK_PREFETCH * 384 + l, 0, 3);
             int8x16_t w[8];
             for (int s = 0; s < 4; s++) {
                 const uint8x16_t p = vld1q_u8(c + 64 * s + 16 * u);
@@ -696,7 +696,7 @@ void group_tile_q8_neon(const uint8_t *chunks, int nb, const int8_t *xq, const f
         for (int r = 0; r < R; r++) acc[r] = vdupq_n_f32(0);
         for (int b = 0; b < nb; b++) {
             const uint8_t *c = chunks + (size_t)b * 640;
-            for (int l = 0; l < 640; l += 64) __builtin_prefetch(c + IK_PREFETCH * 640 + l, 0, 3);
+            if (u == 0) for (int l = 0; l < 640; l += 64) __builtin_prefetch(c + IK_PREFETCH * 640 + l, 0, 3);
             int8x16_t w[8];
             int32x4_t qsum = vdupq_n_s32(0);
             for (int t = 0; t < 8; t++) {
