@@ -63,6 +63,23 @@ final class EvaluationMemoTests: XCTestCase {
         XCTAssertEqual(fresh.items.map(\.prediction), third.items.map(\.prediction))
     }
 
+    func testARecentMemoKeepsTheMostRecentlyUsedWithinItsBudget() {
+        let memo = RecentMemo<[Int]>(budget: 10) { $0.count }
+        memo["a"] = [1, 2, 3]
+        memo["b"] = [1, 2, 3, 4]
+        XCTAssertEqual(memo["a"], [1, 2, 3])              // a is now the most recent
+        memo["c"] = [1, 2, 3]                             // 10 > budget? 3 + 4 + 3 = 10: all kept
+        XCTAssertNotNil(memo["b"])
+        memo["d"] = [1]                                   // 11: the least recent (a) goes
+        XCTAssertNil(memo["a"])
+        XCTAssertEqual(memo["c"], [1, 2, 3])
+        memo["e"] = Array(repeating: 0, count: 6)         // more than half the budget: not kept
+        XCTAssertNil(memo["e"])
+        XCTAssertEqual(memo.stores, 4)
+        memo.removeAll()
+        XCTAssertNil(memo["b"])
+    }
+
     func testTheKeyNamesEverythingThatDecidesAnswersAndScores() throws {
         let registry = TaskRegistry()
         let pairs = Array(try registry.load("antonym").prefix(5))

@@ -28,40 +28,13 @@ public struct Evaluation: Sendable {
     public var judgeAccuracy: Double { n == 0 ? 0 : Double(items.filter(\.judged).count) / Double(n) }
 }
 
-/// Unsteered evaluations a model has decoded, by everything that decides their answers and
-/// scores (`key`): prompts, test pairs, target format, the judge's answers for those inputs,
-/// stop rules, batch size and precision. The model itself and its backend's threads are those of
-/// the `LanguageModel` that holds the memo. The most recent `capacity` are kept.
-public final class EvaluationMemo: @unchecked Sendable {
-    let capacity: Int
-    private var entries: [(key: String, value: Evaluation)] = []
-    private let lock = NSLock()
-    /// Evaluations served from the memo, and decoded and stored, since the model was loaded.
-    public private(set) var hits = 0, stores = 0
-
-    public init(capacity: Int = 64) { self.capacity = capacity }
-
-    public subscript(key: String) -> Evaluation? {
-        get {
-            lock.lock(); defer { lock.unlock() }
-            guard let i = entries.firstIndex(where: { $0.key == key }) else { return nil }
-            let e = entries.remove(at: i)
-            entries.append(e)
-            hits += 1
-            return e.value
-        }
-        set {
-            lock.lock(); defer { lock.unlock() }
-            entries.removeAll { $0.key == key }
-            guard let newValue else { return }
-            entries.append((key, newValue))
-            stores += 1
-            if entries.count > capacity { entries.removeFirst(entries.count - capacity) }
-        }
-    }
-
-    /// Forgets every evaluation (the counts stay).
-    public func removeAll() { lock.lock(); entries.removeAll(); lock.unlock() }
+/// Unsteered evaluations a model has decoded (`LanguageModel.evaluationMemo`), by everything that
+/// decides their answers and scores (`key`): prompts, test pairs, target format, the judge's
+/// answers for those inputs, stop rules, batch size and precision. The model itself and its
+/// backend's threads are those of the `LanguageModel` that holds the memo.
+public enum EvaluationMemo {
+    /// The 64 most recent.
+    static func make() -> RecentMemo<Evaluation> { RecentMemo(budget: 64) }
 
     static func key(prompts: [String], pairs: [TaskPair], format: PromptFormat, judge: Judge, maxNewTokens: Int,
                     batchSize: Int, precision: Precision, stopDecided: Bool) -> String {

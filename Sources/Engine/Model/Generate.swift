@@ -156,39 +156,15 @@ extension LanguageModel {
 /// The prompt positions (all but each prompt's last) of recent evaluation batches on the base
 /// model, by the prompts' token ids and the precision: an evaluation of the same test split (a
 /// zero-shot job, then intervention jobs at other layers, λ or γ) starts from copies of them,
-/// the same numbers it would compute. At most `budget` bytes are kept, the most recent first; a
-/// batch larger than half of it (long k-shot prompts) is not kept.
-public final class PrefixMemo: @unchecked Sendable {
-    let budget: Int
-    private var entries: [(key: String, caches: [KVCache], bytes: Int)] = []
-    private let lock = NSLock()
-    /// Batches served from the memo since the model was loaded.
-    public private(set) var hits = 0
-
-    public init(budget: Int = 96 << 20) { self.budget = budget }
-
-    subscript(key: String) -> [KVCache]? {
-        get {
-            lock.lock(); defer { lock.unlock() }
-            guard let i = entries.firstIndex(where: { $0.key == key }) else { return nil }
-            let e = entries.remove(at: i)
-            entries.append(e)
-            hits += 1
-            return e.caches
-        }
-        set {
-            lock.lock(); defer { lock.unlock() }
-            entries.removeAll { $0.key == key }
-            guard let caches = newValue else { return }
-            let bytes = caches.reduce(0) { $0 + 2 * $1.layers * $1.capacity * $1.kvDim * MemoryLayout<Float>.size }
-            guard bytes <= budget / 2 else { return }
-            entries.append((key, caches, bytes))
-            while entries.reduce(0, { $0 + $1.bytes }) > budget { entries.removeFirst() }
+/// the same numbers it would compute (`LanguageModel.prefixMemo`). The most recent 96 MB are
+/// kept; a batch over half of that (long k-shot prompts) is not.
+public enum PrefixMemo {
+    /// 96 MB of caches at most.
+    static func make() -> RecentMemo<[KVCache]> {
+        RecentMemo(budget: 96 << 20) { caches in
+            caches.reduce(0) { $0 + 2 * $1.layers * $1.capacity * $1.kvDim * MemoryLayout<Float>.size }
         }
     }
-
-    /// Forgets every batch.
-    public func removeAll() { lock.lock(); entries.removeAll(); lock.unlock() }
 
     static func key(_ prompts: [[Int]], precision: Precision) -> String {
         let ids = prompts.map { $0.map(String.init).joined(separator: ",") }.joined(separator: ";")

@@ -86,9 +86,9 @@ public final class LanguageModel: @unchecked Sendable {
     /// Seconds spent mapping, parsing and dequantising.
     public let loadSeconds: Double
     /// The unsteered evaluations decoded on this model (see `evaluate(prompts:pairs:format:deltas:…)`).
-    public let evaluationMemo = EvaluationMemo()
+    public let evaluationMemo = EvaluationMemo.make()
     /// The prompt positions of recent evaluation batches (see `generate(prompts:variants:…)`).
-    public let prefixMemo = PrefixMemo()
+    public let prefixMemo = PrefixMemo.make()
 
     public var config: LlamaConfig { model.config }
 
