@@ -63,6 +63,31 @@ final class EvaluationMemoTests: XCTestCase {
         XCTAssertEqual(fresh.items.map(\.prediction), third.items.map(\.prediction))
     }
 
+    func testTwoThreadsDecodeWhatOneDoes() throws {
+        // the decoding rows' attention runs on the threads at 2 (each sequence on its own), and
+        // below 65 rows every product is a few-row kernel whose sums do not depend on the threads
+        let one = try SharedModel.get()
+        let two = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
+        let registry = TaskRegistry()
+        let split = TaskSplit(pairs: try registry.load("antonym"), seed: 6, trainSize: 3, testSize: 12)
+        var rng = SplitMix64(seed: 2)
+        let delta = (0..<one.config.attnDim).map { _ in Float(rng.uniform() - 0.5) * 2 }
+        for shots in [false, true] {
+            let prompts = split.test.map {
+                shots ? PromptFormat.qa.fewShot(split.train, $0.input) : PromptFormat.qa.prompt($0.input)
+            }
+            let run = { (lm: LanguageModel) -> [Evaluation] in
+                lm.evaluationMemo.removeAll(); lm.prefixMemo.removeAll()
+                return lm.evaluate(prompts: prompts, pairs: split.test, format: .qa, deltas: [delta, nil], layer: 4,
+                                   judge: try registry.judge(for: "antonym"))
+            }
+            for (a, b) in zip(try run(one), try run(two)) {
+                XCTAssertEqual(a.items.map(\.prediction), b.items.map(\.prediction), "shots: \(shots)")
+                XCTAssertEqual(a.items.map(\.firstToken), b.items.map(\.firstToken), "shots: \(shots)")
+            }
+        }
+    }
+
     func testARecentMemoKeepsTheMostRecentlyUsedWithinItsBudget() {
         let memo = RecentMemo<[Int]>(budget: 10) { $0.count }
         memo["a"] = [1, 2, 3]

@@ -324,7 +324,12 @@ public final class LlamaModel: @unchecked Sendable {
         let u = UnsafeMutablePointer<Float>.allocate(capacity: T * F)
         // one head's scores [n × ctx] for the sequence with the most (new rows × context), or a
         // decoding row's scores for every head [H × ctx]
-        let scoreCount = zip(startPos, rowCount).map { ($0 + $1) * max($1, cfg.nHeads) }.max() ?? 1
+        // (the sequences with one new token run on the threads, each thread with its own scores)
+        let singles = (0..<tokens.count).filter { rowCount[$0] == 1 }
+        let singleThreads = min(backend.threads, singles.count)
+        let singleStride = cfg.nHeads * (singles.map { startPos[$0] + 1 }.max() ?? 1)
+        let scoreCount = max(zip(startPos, rowCount).map { ($0 + $1) * max($1, cfg.nHeads) }.max() ?? 1,
+                             singleThreads * singleStride)
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
         defer { [x, xn, q, kNew, vNew, o, g, u, scores].forEach { $0.deallocate() } }
 
@@ -351,14 +356,22 @@ public final class LlamaModel: @unchecked Sendable {
                 let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
                 (c.k[l] + p0 * KV).update(from: kNew + r0 * KV, count: n * KV)
                 (c.v[l] + p0 * KV).update(from: vNew + r0 * KV, count: n * KV)
-                let ctx = p0 + n
-                if n == 1 {
-                    // one new token (decoding; a prompt's last position): the intervention path's op
+            }
+            // one new token (decoding; a prompt's last position): the intervention path's op, the
+            // sequences split between the threads (each reads and writes only its own rows)
+            let per = singleThreads > 0 ? (singles.count + singleThreads - 1) / singleThreads : 0
+            let attendSingles = { (ti: Int) in
+                for s in singles[min(singles.count, ti * per)..<min(singles.count, (ti + 1) * per)] {
+                    let c = caches[s], r0 = rowStart[s], ctx = startPos[s] + 1
                     LastTokenAttention.forward(shape, q: q + r0 * A, kSelf: kNew + r0 * KV, vSelf: vNew + r0 * KV,
-                                               kc: c.k[l], vc: c.v[l], n: ctx, probs: scores, probStride: ctx,
-                                               o: o + r0 * A)
-                    continue
+                                               kc: c.k[l], vc: c.v[l], n: ctx, probs: scores + ti * singleStride,
+                                               probStride: ctx, o: o + r0 * A)
                 }
+            }
+            if singleThreads > 1 { SpinPool.shared(threads: backend.threads).run(singleThreads, attendSingles) }
+            else if singleThreads == 1 { attendSingles(0) }
+            for s in 0..<tokens.count where rowCount[s] > 1 {
+                let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
                 CausalAttention.forward(shape, backend, q: q + r0 * A, k: c.k[l], v: c.v[l], rows: n, start: p0,
                                         scores: scores, o: o + r0 * A)
             }
