@@ -7,7 +7,7 @@ fails if there are more than the recorded ceiling: long lines may be shortened, 
 Lower CEILING when you shorten lines. Generated code (*.pb.swift) is not counted."""
 import json, pathlib, sys
 
-CEILING = 335  # the count when this check was added (388 before the JobCore move); lower it as lines are shortened
+CEILING = 334  # the count when this check was added (388 before the JobCore move); lower it as lines are shortened
 root = pathlib.Path(__file__).resolve().parent.parent
 limit = json.loads((root / ".swift-format").read_text())["lineLength"]
 long = []

@@ -24,7 +24,7 @@ void IK256_NAME(group_tile)(const uint8_t *chunks, int nb, const uint8_t *xq, co
         for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
         for (int b = 0; b < nb; b++) {
             const uint8_t *c = chunks + (size_t)b * 384;
-            if (h == 0) for (int l = 0; l < 384; l += 64) _mm_prefetch((const char *)(c + IK_PREFETCH * 384 + l), _MM_HINT_T0);
+            if (h == 0) prefetch_ahead(c, 384);
             __m256i w[8];
             for (int s = 0; s < 4; s++) {
                 const __m256i p = _mm256_load_si256((const __m256i *)(c + 64 * s + 32 * h));
@@ -58,7 +58,7 @@ void IK256_NAME(group_tile_q8)(const uint8_t *chunks, int nb, const uint8_t *xq,
         for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
         for (int b = 0; b < nb; b++) {
             const uint8_t *c = chunks + (size_t)b * 640;
-            if (h == 0) for (int l = 0; l < 640; l += 64) _mm_prefetch((const char *)(c + IK_PREFETCH * 640 + l), _MM_HINT_T0);
+            if (h == 0) prefetch_ahead(c, 640);
             __m256i w[8];
             for (int t = 0; t < 8; t++) w[t] = _mm256_load_si256((const __m256i *)(c + 64 * t + 32 * h));
             IK256_Q8_PREP(w)

@@ -748,6 +748,37 @@ public struct Scheduler {
         }
     }
 
+    /// The job for the idle worker `w`, taken out of `q` (see `dispatch`), and the earliest job that
+    /// fits it when another was taken instead.
+    private func pick(for w: WorkerRecord, from q: inout DeviceQueues) -> (job: String?, passedOver: String?) {
+        let caps = w.capabilities!
+        func fits(_ j: String) -> Bool { jobs[j].map { caps.runs($0.spec) && inputsDone($0.spec) } ?? false }
+        func isLive(_ j: String) -> Bool { jobs[j]?.state == .queued }
+        guard let head = q.popFirst(for: caps.device, fits: fits, isLive: isLive) else { return (nil, nil) }
+        let mine = Set(w.splits)
+        let others = workers.values.filter { $0.id != w.id && !$0.splits.isEmpty && $0.capabilities != nil }
+        guard !(mine.isEmpty && others.isEmpty), passedOver[head, default: 0] < Self.affinityPatience else {
+            return (head, nil)
+        }
+        func isMine(_ s: JobSpec) -> Bool { s.evaluationSplit.map(mine.contains) == true }
+        func othersWant(_ s: JobSpec) -> Bool {
+            others.contains { s.evaluationSplit.map($0.splits.contains) == true && $0.capabilities!.runs(s) }
+        }
+        // the head is out of `q`: a job found here is a later one, and the head goes back
+        func later(_ wanted: (JobSpec) -> Bool) -> String? {
+            let j = q.popFirst(for: caps.device, fits: { fits($0) && wanted(jobs[$0]!.spec) }, isLive: isLive,
+                               limit: Self.affinityWindow)
+            if j != nil { q.push(jobs[head]!) }
+            return j
+        }
+        let spec = jobs[head]!.spec
+        if isMine(spec) { return (head, nil) }
+        if !mine.isEmpty, let j = later(isMine) { return (j, head) }
+        if !othersWant(spec) { return (head, nil) }
+        if let j = later({ !othersWant($0) }) { return (j, head) }
+        return (head, nil)
+    }
+
     /// Splits a worker remembers (`WorkerRecord.splits`), queued jobs looked at for one of them, and
     /// how many times the earliest job that fits may be passed over for them.
     static let affinitySplits = 4, affinityWindow = 64, affinityPatience = 8
@@ -763,40 +794,12 @@ public struct Scheduler {
         let idle = workers.values.filter { $0.idle && $0.job == nil && $0.capabilities != nil }
             .sorted { ($0.idleSince, $0.id) < ($1.idleSince, $1.id) }
         for w in idle {
-            let caps = w.capabilities!
-            // Move the queue out while the closures read `jobs` (no overlapping access, no copy).
+            // Move the queue out while `pick` reads `jobs` (no overlapping access, no copy).
             var q = queue
             queue = DeviceQueues()
-            let mine = Set(w.splits)
-            let others = workers.values.filter { $0.id != w.id && !$0.splits.isEmpty && $0.capabilities != nil }
-            let patient = passedOver
-            let (picked, passed): (String?, String?) = {
-                // a scope of its own: the dictionary's second reference ends before `jobs` is written
-                let js = jobs
-                func fits(_ j: String) -> Bool {
-                    js[j].map { caps.runs($0.spec) && $0.spec.inputs.allSatisfy { js[$0]?.state == .done } } ?? false
-                }
-                func isLive(_ j: String) -> Bool { js[j]?.state == .queued }
-                guard let head = q.popFirst(for: caps.device, fits: fits, isLive: isLive) else { return (nil, nil) }
-                if (mine.isEmpty && others.isEmpty) || patient[head, default: 0] >= Self.affinityPatience {
-                    return (head, nil)
-                }
-                q.push(js[head]!)
-                func near(_ wanted: @escaping (JobSpec) -> Bool) -> String? {
-                    q.popFirst(for: caps.device, fits: { fits($0) && js[$0].map { wanted($0.spec) } == true },
-                               isLive: isLive, limit: Self.affinityWindow)
-                }
-                if !mine.isEmpty, let j = near({ $0.evaluationSplit.map(mine.contains) == true }) {
-                    return (j, j == head ? nil : head)
-                }
-                let wanted = { (s: JobSpec) in
-                    others.contains { o in s.evaluationSplit.map(o.splits.contains) == true && o.capabilities!.runs(s) }
-                }
-                if !others.isEmpty, let j = near({ !wanted($0) }) { return (j, j == head ? nil : head) }
-                return (q.popFirst(for: caps.device, fits: fits, isLive: isLive), nil)
-            }()
-            if let passed { passedOver[passed, default: 0] += 1 }
+            let (picked, passed) = pick(for: w, from: &q)
             queue = q
+            if let passed { passedOver[passed, default: 0] += 1 }
             guard let j = picked else { continue }
             passedOver[j] = nil
             var job = jobs[j]!

@@ -296,16 +296,7 @@ final class CPUPathRunner: PathRunner {
 
     /// The rows in one range per thread (the ops' `perRows`).
     func forEachRowRange(_ body: (Range<Int>) -> Void) {
-        let t = min(backend.threads, rows)
-        if t <= 1 {
-            body(0..<rows)
-            return
-        }
-        let per = (rows + t - 1) / t
-        SpinPool.shared(threads: t).run(t) { ti in
-            let r = (ti * per)..<min(rows, (ti + 1) * per)
-            if !r.isEmpty { body(r) }
-        }
+        SpinPool.forEachRange(rows, threads: backend.threads) { _, r in body(r) }
     }
 }
 

@@ -48,20 +48,16 @@ public enum EvaluationMemo {
     }
 }
 
-/// Adds Δ to layer ℓ's head outputs at each sequence's last row (used for the prompt pass only):
-/// one Δ for every sequence, or one per sequence (nil = none).
+/// Adds Δ to layer ℓ's head outputs at each sequence's last row (used for the prompt pass only).
 public final class DeltaHook: ForwardHooks {
     public let layer: Int
-    let shared: [Float]?
-    let perSequence: [[Float]?]
-    public init(layer: Int, delta: [Float]) { self.layer = layer; shared = delta; perSequence = [] }
-    public init(layer: Int, perSequence: [[Float]?]) { self.layer = layer; shared = nil; self.perSequence = perSequence }
+    let delta: [Float]
+    public init(layer: Int, delta: [Float]) { self.layer = layer; self.delta = delta }
     public func residual(layer: Int, _ x: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {}
     public func headOutputs(layer: Int, _ o: UnsafeMutablePointer<Float>, _ layout: BatchLayout) {
         guard layer == self.layer else { return }
-        for s in 0..<layout.rowCount.count {
-            guard let d = shared ?? perSequence[s] else { continue }
-            d.withUnsafeBufferPointer { Ops.add($0.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
+        delta.withUnsafeBufferPointer { d in
+            for s in 0..<layout.rowCount.count { Ops.add(d.baseAddress!, into: o + layout.lastRow(s) * d.count, d.count) }
         }
     }
 }

@@ -161,10 +161,9 @@ public enum QuantGEMM {
             ik_quantize_rows(x, Int32(m), Int32(k), xq, xd, xs)
             return
         }
-        let t = min(threads, m), per = (m + t - 1) / t
-        SpinPool.shared(threads: threads).run(t) { ti in
-            let r0 = ti * per, r1 = min(m, r0 + per)
-            if r0 < r1 { ik_quantize_rows(x + r0 * k, Int32(r1 - r0), Int32(k), xq + r0 * k, xd + r0 * nb, xs + r0 * nb) }
+        SpinPool.forEachRange(m, threads: threads) { _, r in
+            let r0 = r.lowerBound
+            ik_quantize_rows(x + r0 * k, Int32(r.count), Int32(k), xq + r0 * k, xd + r0 * nb, xs + r0 * nb)
         }
     }
 

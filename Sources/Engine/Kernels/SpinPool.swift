@@ -70,6 +70,19 @@ public final class SpinPool: @unchecked Sendable {
         }
     }
 
+    /// `body(part, range)` for `count` items split into contiguous ranges, one per thread (at most
+    /// `threads`, never more than the items), on the shared pool; one call with all of them when
+    /// that is a single range.
+    public static func forEachRange(_ count: Int, threads: Int, _ body: (_ part: Int, _ range: Range<Int>) -> Void) {
+        let t = min(threads, count)
+        if t <= 1 { body(0, 0..<count); return }
+        let per = (count + t - 1) / t
+        shared(threads: threads).run(t) { ti in
+            let r = min(count, ti * per)..<min(count, (ti + 1) * per)
+            if !r.isEmpty { body(ti, r) }
+        }
+    }
+
     /// Runs `body(0) … body(n − 1)` in parallel (n ≤ threads; part 0 on the calling thread) and
     /// returns when all are done.
     public func run(_ n: Int, _ body: (Int) -> Void) {

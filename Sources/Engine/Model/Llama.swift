@@ -359,17 +359,14 @@ public final class LlamaModel: @unchecked Sendable {
             }
             // one new token (decoding; a prompt's last position): the intervention path's op, the
             // sequences split between the threads (each reads and writes only its own rows)
-            let per = singleThreads > 0 ? (singles.count + singleThreads - 1) / singleThreads : 0
-            let attendSingles = { (ti: Int) in
-                for s in singles[min(singles.count, ti * per)..<min(singles.count, (ti + 1) * per)] {
+            SpinPool.forEachRange(singles.count, threads: backend.threads) { ti, range in
+                for s in singles[range] {
                     let c = caches[s], r0 = rowStart[s], ctx = startPos[s] + 1
                     LastTokenAttention.forward(shape, q: q + r0 * A, kSelf: kNew + r0 * KV, vSelf: vNew + r0 * KV,
                                                kc: c.k[l], vc: c.v[l], n: ctx, probs: scores + ti * singleStride,
                                                probStride: ctx, o: o + r0 * A)
                 }
             }
-            if singleThreads > 1 { SpinPool.shared(threads: backend.threads).run(singleThreads, attendSingles) }
-            else if singleThreads == 1 { attendSingles(0) }
             for s in 0..<tokens.count where rowCount[s] > 1 {
                 let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
                 CausalAttention.forward(shape, backend, q: q + r0 * A, k: c.k[l], v: c.v[l], rows: n, start: p0,
