@@ -88,6 +88,56 @@ final class EvaluationMemoTests: XCTestCase {
         }
     }
 
+    /// k-shot prompts' caches continue one shared base instead of each holding a copy of it: the
+    /// several-row pass (gathered), the one-row pass (read in two segments), growth and `copy`
+    /// give bit for bit what the same positions held contiguously give.
+    func testACacheContinuingASharedBaseComputesWhatAContiguousCopyDoes() throws {
+        let lm = try SharedModel.get()
+        let registry = TaskRegistry()
+        let split = TaskSplit(pairs: try registry.load("antonym"), seed: 4, trainSize: 3, testSize: 6)
+        let prompts = split.test.map { lm.tokenizer.encode(PromptFormat.qa.fewShot(split.train, $0.input)) }
+        let base = try XCTUnwrap(lm.sharedPrefix(prompts))
+        XCTAssertGreaterThan(base.length, 20, "three demonstrations are shared")
+        func contiguous(_ c: KVCache, extra: Int) -> KVCache {
+            let f = lm.model.makeCache(capacity: c.length + extra)
+            for l in 0..<c.layers {
+                for p in 0..<c.length {
+                    f.keyRow(l, p).update(from: c.keyRow(l, p), count: c.kvDim)
+                    f.valueRow(l, p).update(from: c.valueRow(l, p), count: c.kvDim)
+                }
+            }
+            f.length = c.length
+            return f
+        }
+        // the rest of each prompt but its last token: several rows per sequence
+        let based = prompts.map { KVCache(continuing: base, capacity: $0.count - base.length - 1) }
+        let flat = prompts.map { _ in contiguous(base, extra: 0) }
+        let rest = prompts.map { Array($0[base.length..<($0.count - 1)]) }
+        XCTAssertEqual(lm.model.forward(tokens: rest, caches: based), lm.model.forward(tokens: rest, caches: flat))
+        // the last token (one row, with Δ), then decoding: both caches grow past their capacity
+        var rng = SplitMix64(seed: 9)
+        let delta = (0..<lm.config.attnDim).map { _ in Float(rng.uniform() - 0.5) * 2 }
+        let last = prompts.map { [$0.last!] }
+        let hook = DeltaHook(layer: 4, delta: delta)
+        let a = lm.model.forward(tokens: last, caches: based, hooks: hook)
+        XCTAssertEqual(a, lm.model.forward(tokens: last, caches: flat, hooks: hook))
+        let stop = StopRules(maxNewTokens: 5, atNewline: false)
+        let copies = based.map { $0.copy(extra: 0) }
+        XCTAssertTrue(copies.allSatisfy { $0.base === base }, "a copy shares the base")
+        let decoded = lm.decode(caches: based, logits: a, stop: stop)
+        XCTAssertEqual(decoded.tokens, lm.decode(caches: flat, logits: a, stop: stop).tokens)
+        XCTAssertEqual(decoded.tokens, lm.decode(caches: copies, logits: a, stop: stop).tokens)
+        XCTAssertTrue(decoded.tokens.allSatisfy { $0.count == 5 })
+        for (b, f) in zip(based, flat) {
+            let g = contiguous(b, extra: 0)
+            XCTAssertEqual(b.length, f.length)
+            for l in [0, lm.config.nLayers - 1] {
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: g.keys(layer: l), count: b.length * b.kvDim)),
+                               Array(UnsafeBufferPointer(start: f.keys(layer: l), count: f.length * f.kvDim)))
+            }
+        }
+    }
+
     func testARecentMemoKeepsTheMostRecentlyUsedWithinItsBudget() {
         let memo = RecentMemo<[Int]>(budget: 10) { $0.count }
         memo["a"] = [1, 2, 3]

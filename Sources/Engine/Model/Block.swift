@@ -324,27 +324,33 @@ enum LastTokenAttention {
 
     /// q [A], kSelf, vSelf [KV], cached kc, vc [n−1 × KV] → o [A] = Σ_t p_t v_t with
     /// p = softmax(scale · q·k_t) over the n positions; p [H × probStride] is kept for the backward.
+    /// With a base segment (`kb`, `vb`: [nb × KV], a `KVCache`'s base), positions t < nb are read
+    /// there and kc, vc hold positions nb…n−2; the sums run in the same order either way.
     static func forward(
         _ s: Shape, q: UnsafePointer<Float>, kSelf: UnsafePointer<Float>, vSelf: UnsafePointer<Float>,
         kc: UnsafePointer<Float>, vc: UnsafePointer<Float>, n: Int,
-        probs: UnsafeMutablePointer<Float>, probStride: Int, o: UnsafeMutablePointer<Float>
+        probs: UnsafeMutablePointer<Float>, probStride: Int, o: UnsafeMutablePointer<Float>,
+        kb: UnsafePointer<Float>? = nil, vb: UnsafePointer<Float>? = nil, nb: Int = 0
     ) {
         let hd = s.headDim
         let KV = s.KV
         let scale = s.scale
         let t0 = s.first(n - 1)
+        let inBase = t0..<max(t0, min(nb, n - 1)), own = max(t0, nb)..<(n - 1)
         for hh in 0..<s.heads {
             let g = hh / s.group
             let qv = q + hh * hd
             let pr = probs + hh * probStride
             // scores over the cached positions seen, then the token itself (unseen ones: p = 0)
             for t in 0..<t0 { pr[t] = 0 }
-            for t in t0..<(n - 1) { pr[t] = scale * Ops.dot(qv, kc + t * KV + g * hd, hd) }
+            for t in inBase { pr[t] = scale * Ops.dot(qv, kb! + t * KV + g * hd, hd) }
+            for t in own { pr[t] = scale * Ops.dot(qv, kc + (t - nb) * KV + g * hd, hd) }
             pr[n - 1] = scale * Ops.dot(qv, kSelf + g * hd, hd)
             Ops.softmax(pr + t0, n - t0)
             let ov = o + hh * hd
             ov.update(repeating: 0, count: hd)
-            for t in t0..<(n - 1) { Ops.axpy(pr[t], vc + t * KV + g * hd, ov, hd) }
+            for t in inBase { Ops.axpy(pr[t], vb! + t * KV + g * hd, ov, hd) }
+            for t in own { Ops.axpy(pr[t], vc + (t - nb) * KV + g * hd, ov, hd) }
             Ops.axpy(pr[n - 1], vSelf + g * hd, ov, hd)
         }
     }

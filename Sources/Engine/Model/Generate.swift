@@ -88,19 +88,6 @@ extension LanguageModel {
     }
 }
 
-extension KVCache {
-    /// A copy holding the first `length` positions.
-    func copy(extra: Int) -> KVCache {
-        let c = KVCache(layers: layers, kvDim: kvDim, capacity: length + extra)
-        for l in 0..<layers {
-            c.k[l].update(from: k[l], count: length * kvDim)
-            c.v[l].update(from: v[l], count: length * kvDim)
-        }
-        c.length = length
-        return c
-    }
-}
-
 extension LanguageModel {
     /// Greedy decoding of several variants of the same prompts, each variant with its own Δ at
     /// layer `layer` (nil = none). Δ reaches only each prompt's last position, so every position
@@ -137,12 +124,14 @@ extension LanguageModel {
 
 extension LanguageModel {
     /// Each prompt's positions but its last in its own cache (room for `extra` more): the tokens
-    /// every prompt starts with (k-shot demonstrations, "Q:") computed once and copied, then each
+    /// every prompt starts with (k-shot demonstrations, "Q:") computed once into a base that every
+    /// cache continues (`KVCache(continuing:)`, not copied), then each
     /// prompt's own tokens, all prompts in one batch.
     func promptPrefixes(_ prompts: [[Int]], extra: Int, using backend: Backend?, precision: Precision) -> [KVCache] {
         let shared = sharedPrefix(prompts, using: backend, precision: precision)
         let caches = prompts.map { p in
-            shared.map { $0.copy(extra: p.count - $0.length + extra) } ?? model.makeCache(capacity: p.count + extra)
+            shared.map { KVCache(continuing: $0, capacity: p.count - $0.length + extra) }
+                ?? model.makeCache(capacity: p.count + extra)
         }
         let withRest = prompts.indices.filter { prompts[$0].count - 1 > caches[$0].length }
         if !withRest.isEmpty {
@@ -162,7 +151,11 @@ public enum PrefixMemo {
     /// 96 MB of caches at most.
     static func make() -> RecentMemo<[KVCache]> {
         RecentMemo(budget: 96 << 20) { caches in
-            caches.reduce(0) { $0 + 2 * $1.layers * $1.capacity * $1.kvDim * MemoryLayout<Float>.size }
+            // each cache's own rows, and each base once
+            var bases = Set<ObjectIdentifier>()
+            return caches.reduce(0) { sum, c in
+                sum + c.ownBytes + (c.base.map { bases.insert(ObjectIdentifier($0)).inserted ? $0.ownBytes : 0 } ?? 0)
+            }
         }
     }
 
@@ -174,8 +167,8 @@ public enum PrefixMemo {
 
 extension LanguageModel {
     /// The positions every prompt starts with (each prompt keeps at least its last token for
-    /// itself: k-shot demonstrations, "Q:"), computed once into a cache that callers copy
-    /// (`KVCache.copy`) per prompt; nil when the prompts share nothing or there is one prompt.
+    /// itself: k-shot demonstrations, "Q:"), computed once into a cache that each prompt's
+    /// cache continues (`KVCache(continuing:)`); nil when the prompts share nothing or there is one prompt.
     func sharedPrefix(_ prompts: [[Int]], using backend: Backend? = nil, precision: Precision = .fp32) -> KVCache? {
         var common = prompts[0].count - 1
         for p in prompts.dropFirst() {

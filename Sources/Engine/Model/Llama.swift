@@ -135,37 +135,89 @@ public struct LlamaBlock: Sendable {
     public var kNorm: Weight? = nil         // [1 × d] per head of k
 }
 
-/// Per-sequence key/value cache: for each layer K and V as [capacity × H_kv·d], rows = positions.
-/// K is stored after RoPE.
+/// Per-sequence key/value cache: for each layer K and V as rows = positions, K stored after RoPE.
+/// A cache may start from a `base`: positions 0..<base.length are read from that cache (shared,
+/// never written: k-shot demonstrations every prompt of a batch starts with), the rest are this
+/// cache's own rows, position p at row p − base.length. Without a base every position is its own.
 public final class KVCache: @unchecked Sendable {
     public let layers: Int
     public let kvDim: Int
+    /// The shared positions this cache continues, or nil.
+    public let base: KVCache?
+    /// Positions held by `base` (its length when this cache was made).
+    public let baseLength: Int
+    /// Room for own positions.
     public private(set) var capacity: Int
-    public var length = 0
+    /// Positions in all, `baseLength` of them in the base.
+    public var length: Int
+    /// Own rows [capacity × H_kv·d] per layer.
     var k: [UnsafeMutablePointer<Float>]
     var v: [UnsafeMutablePointer<Float>]
 
     public init(layers: Int, kvDim: Int, capacity: Int) {
         self.layers = layers; self.kvDim = kvDim; self.capacity = max(capacity, 1)
+        base = nil; baseLength = 0; length = 0
+        k = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
+        v = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
+    }
+
+    /// A cache continuing `base`'s positions (not copied) with room for `capacity` more.
+    public convenience init(continuing base: KVCache, capacity: Int) {
+        precondition(base.base == nil, "a base cannot have a base itself")
+        self.init(layers: base.layers, kvDim: base.kvDim, capacity: capacity, base: base)
+    }
+
+    private init(layers: Int, kvDim: Int, capacity: Int, base: KVCache?) {
+        self.layers = layers; self.kvDim = kvDim; self.capacity = max(capacity, 1)
+        self.base = base; baseLength = base?.length ?? 0; length = baseLength
         k = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
         v = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
     }
     deinit { k.forEach { $0.deallocate() }; v.forEach { $0.deallocate() } }
 
+    /// Room for `n` positions in all.
     func reserve(_ n: Int) {
-        guard n > capacity else { return }
-        let cap = max(n, capacity * 2)
+        guard n - baseLength > capacity else { return }
+        let cap = max(n - baseLength, capacity * 2), own = length - baseLength
         for l in 0..<layers {
             let nk = UnsafeMutablePointer<Float>.allocate(capacity: cap * kvDim)
             let nv = UnsafeMutablePointer<Float>.allocate(capacity: cap * kvDim)
-            nk.update(from: k[l], count: length * kvDim); nv.update(from: v[l], count: length * kvDim)
+            nk.update(from: k[l], count: own * kvDim); nv.update(from: v[l], count: own * kvDim)
             k[l].deallocate(); v[l].deallocate()
             k[l] = nk; v[l] = nv
         }
         capacity = cap
     }
-    public func keys(layer: Int) -> UnsafePointer<Float> { UnsafePointer(k[layer]) }
-    public func values(layer: Int) -> UnsafePointer<Float> { UnsafePointer(v[layer]) }
+
+    /// A copy of this cache's positions with room for `extra` more; the base, if any, is shared.
+    func copy(extra: Int) -> KVCache {
+        let c = KVCache(layers: layers, kvDim: kvDim, capacity: length - baseLength + extra, base: base)
+        for l in 0..<layers {
+            c.k[l].update(from: k[l], count: (length - baseLength) * kvDim)
+            c.v[l].update(from: v[l], count: (length - baseLength) * kvDim)
+        }
+        c.length = length
+        return c
+    }
+
+    /// Bytes of this cache's own rows (its base's not counted).
+    var ownBytes: Int { 2 * layers * capacity * kvDim * MemoryLayout<Float>.size }
+
+    /// Where position `p`'s K row of layer `l` is kept.
+    func keyRow(_ l: Int, _ p: Int) -> UnsafeMutablePointer<Float> {
+        p < baseLength ? base!.k[l] + p * kvDim : k[l] + (p - baseLength) * kvDim
+    }
+    func valueRow(_ l: Int, _ p: Int) -> UnsafeMutablePointer<Float> {
+        p < baseLength ? base!.v[l] + p * kvDim : v[l] + (p - baseLength) * kvDim
+    }
+
+    /// K and V of a cache without a base: [length × H_kv·d] each, contiguous.
+    public func keys(layer: Int) -> UnsafePointer<Float> {
+        precondition(base == nil, "a cache with a base has no contiguous keys"); return UnsafePointer(k[layer])
+    }
+    public func values(layer: Int) -> UnsafePointer<Float> {
+        precondition(base == nil, "a cache with a base has no contiguous values"); return UnsafePointer(v[layer])
+    }
 }
 
 /// Rows of one forward call: sequence `s` contributes `tokens[s]` at positions cache[s].length…
@@ -331,7 +383,19 @@ public final class LlamaModel: @unchecked Sendable {
         let scoreCount = max(zip(startPos, rowCount).map { ($0 + $1) * max($1, cfg.nHeads) }.max() ?? 1,
                              singleThreads * singleStride)
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
-        defer { [x, xn, q, kNew, vNew, o, g, u, scores].forEach { $0.deallocate() } }
+        // K and V of the longest sequence with several rows and a base cache, gathered per layer
+        let gatherCount = (0..<tokens.count).filter { rowCount[$0] > 1 && caches[$0].base != nil }
+            .map { (startPos[$0] + rowCount[$0]) * KV }.max() ?? 0
+        let gatherK = UnsafeMutablePointer<Float>.allocate(capacity: max(gatherCount, 1))
+        let gatherV = UnsafeMutablePointer<Float>.allocate(capacity: max(gatherCount, 1))
+        func gathered(_ c: KVCache, layer l: Int, count: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+            gatherK.update(from: c.base!.k[l], count: c.baseLength * KV)
+            gatherV.update(from: c.base!.v[l], count: c.baseLength * KV)
+            (gatherK + c.baseLength * KV).update(from: c.k[l], count: (count - c.baseLength) * KV)
+            (gatherV + c.baseLength * KV).update(from: c.v[l], count: (count - c.baseLength) * KV)
+            return (gatherK, gatherV)
+        }
+        defer { [x, xn, q, kNew, vNew, o, g, u, scores, gatherK, gatherV].forEach { $0.deallocate() } }
 
         // x = embedding rows
         for r in 0..<T {
@@ -354,8 +418,8 @@ public final class LlamaModel: @unchecked Sendable {
             }
             for s in 0..<tokens.count {
                 let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
-                (c.k[l] + p0 * KV).update(from: kNew + r0 * KV, count: n * KV)
-                (c.v[l] + p0 * KV).update(from: vNew + r0 * KV, count: n * KV)
+                c.keyRow(l, p0).update(from: kNew + r0 * KV, count: n * KV)
+                c.valueRow(l, p0).update(from: vNew + r0 * KV, count: n * KV)
             }
             // one new token (decoding; a prompt's last position): the intervention path's op, the
             // sequences split between the threads (each reads and writes only its own rows)
@@ -364,12 +428,15 @@ public final class LlamaModel: @unchecked Sendable {
                     let c = caches[s], r0 = rowStart[s], ctx = startPos[s] + 1
                     LastTokenAttention.forward(shape, q: q + r0 * A, kSelf: kNew + r0 * KV, vSelf: vNew + r0 * KV,
                                                kc: c.k[l], vc: c.v[l], n: ctx, probs: scores + ti * singleStride,
-                                               probStride: ctx, o: o + r0 * A)
+                                               probStride: ctx, o: o + r0 * A, kb: c.base?.k[l], vb: c.base?.v[l],
+                                               nb: c.baseLength)
                 }
             }
             for s in 0..<tokens.count where rowCount[s] > 1 {
                 let c = caches[s], p0 = startPos[s], n = rowCount[s], r0 = rowStart[s]
-                CausalAttention.forward(shape, backend, q: q + r0 * A, k: c.k[l], v: c.v[l], rows: n, start: p0,
+                // a cache with a base: its positions gathered into one block (the same products)
+                let (k, v) = c.base == nil ? (c.k[l], c.v[l]) : gathered(c, layer: l, count: p0 + n)
+                CausalAttention.forward(shape, backend, q: q + r0 * A, k: k, v: v, rows: n, start: p0,
                                         scores: scores, o: o + r0 * A)
             }
             hooks?.headOutputs(layer: l, o, layout)

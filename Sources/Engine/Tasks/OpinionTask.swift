@@ -164,10 +164,11 @@ extension OpinionTask {
         let alphabet = letterTokens(lm.tokenizer, count: letters.max() ?? 0)
         var out: [[Float]] = []
         var start = 0
-        while start < prompts.count {  // in chunks: a few-shot prefix copied per prompt is large
+        while start < prompts.count {  // in chunks of 16
             let chunk = start..<min(prompts.count, start + 16)
             let caches = chunk.map { q in
-                shared?.copy(extra: all[q].count - common) ?? lm.model.makeCache(capacity: all[q].count)
+                shared.map { KVCache(continuing: $0, capacity: all[q].count - common) }
+                    ?? lm.model.makeCache(capacity: all[q].count)
             }
             let logits = lm.model.forward(tokens: chunk.map { Array(all[$0][common...]) }, caches: caches)
             for (i, q) in chunk.enumerated() {
