@@ -271,26 +271,77 @@ static void pack_transposed_q8_avx512(const float *w, int rows, int cols, void *
         }
 }
 
+// Sixteen vectors' horizontal maxima (sums) as one vector: lane j = max (Σ) of a[j]'s lanes. A
+// tree of shuffles that halves the lanes per vector at each level: 45 instructions for 16
+// blocks, where _mm512_reduce_* per block is a chain of ~8 dependent ones. Max and integer sums
+// are exact in any order.
+#define IK_REDUCE16(name, T, shuf, perm, op)                                                            \
+    static inline __attribute__((always_inline)) IK_TARGET T name(T a[16]) {                         \
+        const __m512i lo = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29); \
+        const __m512i hi = _mm512_setr_epi32(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31); \
+        const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30); \
+        const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31); \
+        T b[8], c[4], d[2];                                                                            \
+        for (int j = 0; j < 8; j++) /* [a2j: 8 | a2j+1: 8] */                                          \
+            b[j] = op(shuf(a[2 * j], a[2 * j + 1], 0x44), shuf(a[2 * j], a[2 * j + 1], 0xEE));         \
+        for (int j = 0; j < 4; j++) /* four blocks × 4 */                                              \
+            c[j] = op(shuf(b[2 * j], b[2 * j + 1], 0x88), shuf(b[2 * j], b[2 * j + 1], 0xDD));         \
+        for (int j = 0; j < 2; j++) /* eight blocks × 2 */                                             \
+            d[j] = op(perm(c[2 * j], lo, c[2 * j + 1]), perm(c[2 * j], hi, c[2 * j + 1]));             \
+        return op(perm(d[0], ev, d[1]), perm(d[0], od, d[1]));                                         \
+    }
+IK_REDUCE16(reduce16_max, __m512, _mm512_shuffle_f32x4, _mm512_permutex2var_ps, _mm512_max_ps)
+IK_REDUCE16(reduce16_add, __m512i, _mm512_shuffle_i32x4, _mm512_permutex2var_epi32, _mm512_add_epi32)
+
+// As the per-block loop below, sixteen blocks at a time (a row's blocks are contiguous, so the
+// m·nb blocks are one run): the maxima and sums reduced together (reduce16_*), d and 1/d as one
+// vector division each (IEEE division rounds the same in a vector as in a scalar), so every
+// output is the same bit for bit. 8.8 → 5.4–6.0 ns a block (`m = 10, k = 576…49,152`, one thread,
+// this project's AVX-512 VNNI EPYC).
 IK_TARGET
 static void quantize_rows_avx512(const float *x, int m, int k, int8_t *xq, float *xd, float *xs) {
-    const int nb = k / 32;
-    for (int i = 0; i < m; i++)
-        for (int b = 0; b < nb; b++) {
-            const float *v = x + (size_t)i * k + 32 * b;
-            const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
-            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            const float d = amax / 127.0f, r = d > 0 ? 1.0f / d : 0.0f;
-            // a block of subnormals: 1/d overflows; its values round to 0, at every level
-            const float inv = isfinite(r) ? r : 0.0f;
-            const __m512 s = _mm512_set1_ps(inv);
-            // round to nearest even (the default rounding mode), as lrintf
-            const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
-            int8_t *q = xq + (size_t)i * k + 32 * b;
+    const int nb = k / 32, blocks = m * nb;
+    int g = 0;
+    for (; g + 16 <= blocks; g += 16) {
+        const float *v = x + (size_t)32 * g;
+        __m512 am[16];
+        for (int j = 0; j < 16; j++)
+            am[j] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(v + 32 * j)), _mm512_abs_ps(_mm512_loadu_ps(v + 32 * j + 16)));
+        const __m512 d = _mm512_div_ps(reduce16_max(am), _mm512_set1_ps(127.0f));
+        const __mmask16 nz = _mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_GT_OQ);
+        __m512 r = _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), d);
+        // a block of subnormals: 1/d overflows; its values round to 0, at every level
+        r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(r, _mm512_set1_ps(INFINITY), _CMP_LT_OQ), r);
+        float inv[16] __attribute__((aligned(64)));
+        _mm512_store_ps(inv, r);
+        __m512i sums[16];
+        for (int j = 0; j < 16; j++) {
+            const __m512 s = _mm512_set1_ps(inv[j]);
+            const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 32 * j), s));
+            const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 32 * j + 16), s));
+            int8_t *q = xq + (size_t)32 * (g + j);
             _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(q1));
-            xd[(size_t)i * nb + b] = d;
-            xs[(size_t)i * nb + b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            sums[j] = _mm512_add_epi32(q0, q1);
         }
+        _mm512_storeu_ps(xd + g, d);
+        _mm512_storeu_ps(xs + g, _mm512_mul_ps(d, _mm512_cvtepi32_ps(reduce16_add(sums))));
+    }
+    for (; g < blocks; g++) {   // the last blocks one at a time
+        const float *v = x + (size_t)32 * g;
+        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float d = amax / 127.0f, r = d > 0 ? 1.0f / d : 0.0f;
+        const float inv = isfinite(r) ? r : 0.0f;
+        const __m512 s = _mm512_set1_ps(inv);
+        // round to nearest even (the default rounding mode), as lrintf
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, s)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, s));
+        int8_t *q = xq + (size_t)32 * g;
+        _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtepi32_epi8(q1));
+        xd[g] = d;
+        xs[g] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
 }
 
 // One group of 16 output rows against R activation rows (R a compile-time constant after
