@@ -388,7 +388,9 @@ public final class LlamaModel: @unchecked Sendable {
             .map { (startPos[$0] + rowCount[$0]) * KV }.max() ?? 0
         let gatherK = UnsafeMutablePointer<Float>.allocate(capacity: max(gatherCount, 1))
         let gatherV = UnsafeMutablePointer<Float>.allocate(capacity: max(gatherCount, 1))
-        func gathered(_ c: KVCache, layer l: Int, count: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+        func gathered(_ c: KVCache, layer l: Int, count: Int)
+            -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)
+        {
             gatherK.update(from: c.base!.k[l], count: c.baseLength * KV)
             gatherV.update(from: c.base!.v[l], count: c.baseLength * KV)
             (gatherK + c.baseLength * KV).update(from: c.k[l], count: (count - c.baseLength) * KV)
