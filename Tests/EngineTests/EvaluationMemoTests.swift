@@ -174,5 +174,17 @@ final class EvaluationMemoTests: XCTestCase {
                     key(prompts: Array(prompts.prefix(4)), pairs: Array(pairs.prefix(4)))]
         XCTAssertEqual(Set(keys).count, keys.count, "each setting must change the key")
         XCTAssertEqual(key(), key(), "and the same settings give the same key")
+        // the kernels that ran, not the precision asked for: the fp32 levels round differently
+        // (a CPU without AVX2 has one level and nothing to compare here)
+        let level = Fp32Kernels.current
+        defer { Fp32Kernels.current = level }
+        for other in Fp32Kernels.supported where other != level {
+            Fp32Kernels.current = other
+            XCTAssertNotEqual(key(), keys[0], "fp32 at \(other.rawValue)")
+            XCTAssertNotEqual(PrefixMemo.key([[1, 2]], precision: .fp32), {
+                Fp32Kernels.current = level; defer { Fp32Kernels.current = other }
+                return PrefixMemo.key([[1, 2]], precision: .fp32)
+            }(), "prefix at \(other.rawValue)")
+        }
     }
 }

@@ -30,15 +30,16 @@ public struct Evaluation: Sendable {
 
 /// Unsteered evaluations a model has decoded (`LanguageModel.evaluationMemo`), by everything that
 /// decides their answers and scores (`key`): prompts, test pairs, target format, the judge's
-/// answers for those inputs, stop rules, batch size and precision. The model itself and its
-/// backend's threads are those of the `LanguageModel` that holds the memo.
+/// answers for those inputs, stop rules, batch size and the kernels that run
+/// (`Precision.kernels`). The model itself and its backend's threads are those of the
+/// `LanguageModel` that holds the memo.
 public enum EvaluationMemo {
     /// The 64 most recent.
     static func make() -> RecentMemo<Evaluation> { RecentMemo(budget: 64) }
 
     static func key(prompts: [String], pairs: [TaskPair], format: PromptFormat, judge: Judge, maxNewTokens: Int,
                     batchSize: Int, precision: Precision, stopDecided: Bool) -> String {
-        var parts = ["evaluation 1", precision.rawValue, "\(maxNewTokens)", "\(batchSize)", "\(stopDecided)",
+        var parts = ["evaluation 2", precision.kernels, "\(maxNewTokens)", "\(batchSize)", "\(stopDecided)",
                      format.target, judge.task, "\(prompts.count)"]
         for (prompt, pair) in zip(prompts, pairs) {
             let answers = judge.answers(for: pair.input).map { $0.sorted() } ?? []

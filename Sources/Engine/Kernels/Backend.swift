@@ -75,6 +75,13 @@ extension Precision {
     /// What actually runs on this CPU: `int8` falls back to `fp32` without an int8 kernel level.
     public var effective: Precision { self == .int8 && !Self.int8Available ? .fp32 : self }
 
+    /// The kernels that decide the numbers when this precision runs now, for the evaluation memos'
+    /// keys: "int8" (every int8 level gives the same bits), or "fp32/" and the fp32 level (the
+    /// levels round differently). `int8` without an int8 level is fp32's.
+    public var kernels: String {
+        effective == .int8 ? Precision.int8.rawValue : "fp32/\(Fp32Kernels.current.rawValue)"
+    }
+
     /// What an artefact records as run on `model`: "fp32", "int8", or, when only some weight
     /// matrices have an int8 layout (Gemma's Q5_0/Q4_K/Q6_K have none), "int8 on k of n weight
     /// matrices (…), fp32 on the rest".

@@ -143,10 +143,11 @@ extension LanguageModel {
 }
 
 /// The prompt positions (all but each prompt's last) of recent evaluation batches on the base
-/// model, by the prompts' token ids and the precision: an evaluation of the same test split (a
-/// zero-shot job, then intervention jobs at other layers, λ or γ) starts from copies of them,
-/// the same numbers it would compute (`LanguageModel.prefixMemo`). The most recent 96 MB are
-/// kept; a batch over half of that (long k-shot prompts) is not.
+/// model, by the prompts' token ids and the kernels that run (`Precision.kernels`): an
+/// evaluation of the same test split (a zero-shot job, then intervention jobs at other layers, λ
+/// or γ) starts from copies of them, the same numbers it would compute
+/// (`LanguageModel.prefixMemo`). The most recent 96 MB are kept (a k-shot batch's shared base
+/// counted once); a batch over half of that is not.
 public enum PrefixMemo {
     /// 96 MB of caches at most.
     static func make() -> RecentMemo<[KVCache]> {
@@ -161,7 +162,7 @@ public enum PrefixMemo {
 
     static func key(_ prompts: [[Int]], precision: Precision) -> String {
         let ids = prompts.map { $0.map(String.init).joined(separator: ",") }.joined(separator: ";")
-        return SHA256.hex("prefix 1 \(precision.rawValue) " + ids)
+        return SHA256.hex("prefix 2 \(precision.kernels) " + ids)
     }
 }
 
