@@ -131,11 +131,21 @@ final class EvaluationMemoTests: XCTestCase {
         for (b, f) in zip(based, flat) {
             let g = contiguous(b, extra: 0)
             XCTAssertEqual(b.length, f.length)
-            for l in [0, lm.config.nLayers - 1] {
-                XCTAssertEqual(Array(UnsafeBufferPointer(start: g.keys(layer: l), count: b.length * b.kvDim)),
-                               Array(UnsafeBufferPointer(start: f.keys(layer: l), count: f.length * f.kvDim)))
+            for l in 0..<lm.config.nLayers {
+                let n = b.length * b.kvDim
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: g.keys(layer: l), count: n)),
+                               Array(UnsafeBufferPointer(start: f.keys(layer: l), count: n)), "K, layer \(l)")
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: g.values(layer: l), count: n)),
+                               Array(UnsafeBufferPointer(start: f.values(layer: l), count: n)), "V, layer \(l)")
             }
         }
+        // two threads read the shared base at once (the one-row attention splits the sequences)
+        let two = try LanguageModel(ModelRegistry.defaultModel, backend: CPUBackend(threads: 2), threads: 2)
+        let shared2 = try XCTUnwrap(two.sharedPrefix(prompts))
+        let based2 = prompts.map { KVCache(continuing: shared2, capacity: $0.count - shared2.length - 1) }
+        _ = two.model.forward(tokens: rest, caches: based2)
+        let a2 = two.model.forward(tokens: last, caches: based2, hooks: hook)
+        XCTAssertEqual(two.decode(caches: based2, logits: a2, stop: stop).tokens, decoded.tokens, "2 threads")
     }
 
     func testARecentMemoKeepsTheMostRecentlyUsedWithinItsBudget() {
@@ -170,8 +180,10 @@ final class EvaluationMemoTests: XCTestCase {
         other[2].output += "x"
         let keys = [key(), key(prompts: prompts.map { $0 + " " }), key(pairs: other),
                     key(format: PromptFormat(query: "Q: {input}\nA:", target: "{output}", demo: "")), key(judge: bare),
-                    key(maxNewTokens: 3), key(batchSize: 50), key(precision: .int8), key(stopDecided: false),
+                    key(maxNewTokens: 3), key(batchSize: 50), key(stopDecided: false),
                     key(prompts: Array(prompts.prefix(4)), pairs: Array(pairs.prefix(4)))]
+            // int8 where it runs (without an int8 level it runs, and is keyed, as fp32)
+            + (Precision.int8Available ? [key(precision: .int8)] : [])
         XCTAssertEqual(Set(keys).count, keys.count, "each setting must change the key")
         XCTAssertEqual(key(), key(), "and the same settings give the same key")
         // the kernels that ran, not the precision asked for: the fp32 levels round differently
@@ -181,6 +193,9 @@ final class EvaluationMemoTests: XCTestCase {
         for other in Fp32Kernels.supported where other != level {
             Fp32Kernels.current = other
             XCTAssertNotEqual(key(), keys[0], "fp32 at \(other.rawValue)")
+            if Precision.int8Available {   // a matrix without an int8 layout runs the fp32 kernels
+                XCTAssertNotEqual(key(precision: .int8), keys.last!, "int8 beside fp32 at \(other.rawValue)")
+            }
             XCTAssertNotEqual(PrefixMemo.key([[1, 2]], precision: .fp32), {
                 Fp32Kernels.current = level; defer { Fp32Kernels.current = other }
                 return PrefixMemo.key([[1, 2]], precision: .fp32)

@@ -76,11 +76,10 @@ extension Precision {
     public var effective: Precision { self == .int8 && !Self.int8Available ? .fp32 : self }
 
     /// The kernels that decide the numbers when this precision runs now, for the evaluation memos'
-    /// keys: "int8" (every int8 level gives the same bits), or "fp32/" and the fp32 level (the
-    /// levels round differently). `int8` without an int8 level is fp32's.
-    public var kernels: String {
-        effective == .int8 ? Precision.int8.rawValue : "fp32/\(Fp32Kernels.current.rawValue)"
-    }
+    /// keys: what runs (`effective`) and the fp32 level, whose levels round differently (at int8
+    /// too: a matrix without an int8 layout runs the fp32 kernels). Every int8 level gives the same
+    /// bits, so the int8 level is not named.
+    public var kernels: String { "\(effective.rawValue)/fp32-\(Fp32Kernels.current.rawValue)" }
 
     /// What an artefact records as run on `model`: "fp32", "int8", or, when only some weight
     /// matrices have an int8 layout (Gemma's Q5_0/Q4_K/Q6_K have none), "int8 on k of n weight

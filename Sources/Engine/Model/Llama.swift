@@ -358,6 +358,7 @@ public final class LlamaModel: @unchecked Sendable {
         var T = 0
         for (s, t) in tokens.enumerated() {
             precondition(!t.isEmpty, "sequence \(s) has no tokens")
+            precondition(caches[s].length >= caches[s].baseLength, "sequence \(s) would write into its shared base")
             rowStart.append(T); rowCount.append(t.count); startPos.append(caches[s].length)
             caches[s].reserve(caches[s].length + t.count)
             T += t.count
