@@ -315,9 +315,11 @@ public struct BenchCommand: ParsableCommand {
           worker bench --task antonym --layer 4 --steps 50 --threads 1 --json
         Runs the job `worker run` runs (the same pipeline), timed: step_ms is the median solver \
         step (loss, gradient and update for N training prompts); forward_ms the loss alone at the \
-        solver's precision; eval_ms the greedy evaluation with Δ and without (0-shot). With \
-        --method lora or ia3, step_ms is a fine-tuning step (the full-sequence path, fp32) and \
-        eval_ms the adapted model's evaluation.
+        solver's precision; eval_ms the greedy evaluation with Δ and without (0-shot), and \
+        eval_prompt_ms, eval_last_ms, eval_decode_ms where its time went (the prompt positions \
+        before each prompt's last, the last positions once per variant, the decoding steps), \
+        with the token rows each ran (eval_*_rows). With --method lora or ia3, step_ms is a \
+        fine-tuning step (the full-sequence path, fp32) and eval_ms the adapted model's evaluation.
         """)
 
     @OptionGroup public var modelOptions: ModelOptions
@@ -352,6 +354,7 @@ public struct BenchCommand: ParsableCommand {
             })
         let outcome: JobOutcome
         let spec = try job.spec(model: modelOptions.model)
+        lm.evaluationClock.reset()
         do {
             if spec.method.isFineTuning {
                 // a fine-tuning job (lora, ia3): its steps timed through the job's progress, in fp32
@@ -369,7 +372,7 @@ public struct BenchCommand: ParsableCommand {
         let sorted = times.sorted()
         let median = sorted.isEmpty ? 0 : sorted[sorted.count / 2]
         var rss = rusage(); getrusage(RUSAGE_SELF.rawValue, &rss)
-        let obj: [String: Any] = [
+        var obj: [String: Any] = [
             "step_ms": median, "step_ms_min": sorted.first ?? 0, "forward_ms": fwdMs, "load_ms": loadMs, "setup_ms": setupMs,
             "eval_ms": m["eval_ms"] ?? 0, "n_test": Int(m["n_test"] ?? 0), "n_train": Int(m["n_train"] ?? 0), "steps": times.count,
             "layer": job.layer, "threads": modelOptions.threads, "solver": job.solver.rawValue,
@@ -379,6 +382,10 @@ public struct BenchCommand: ParsableCommand {
             "zero_shot_exact_match": m["zero_shot_exact_match"] ?? 0,
             "total_s": Date().timeIntervalSince(t0), "peak_rss_mb": Double(rss.ru_maxrss) / 1024, "backend": lm.model.backend.name,
         ]
+        for part in EvaluationClock.Part.allCases {   // eval_prompt_ms, eval_prompt_rows, …
+            obj["eval_\(part.rawValue)_ms"] = lm.evaluationClock[part].ms
+            obj["eval_\(part.rawValue)_rows"] = lm.evaluationClock[part].rows
+        }
         if json {
             print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
         } else {

@@ -148,6 +148,34 @@ final class EvaluationMemoTests: XCTestCase {
         XCTAssertEqual(two.decode(caches: based2, logits: a2, stop: stop).tokens, decoded.tokens, "2 threads")
     }
 
+    /// The evaluation clock counts the rows each part ran: the shared positions once and each
+    /// prompt's own but its last, the last positions once per variant, the decoding steps; a
+    /// remembered prefix runs no prompt rows.
+    func testTheEvaluationClockCountsTheRowsEachPartRan() throws {
+        let lm = try SharedModel.get()
+        let registry = TaskRegistry()
+        let split = TaskSplit(pairs: try registry.load("antonym"), seed: 8, trainSize: 2, testSize: 7)
+        let prompts = split.test.map { lm.tokenizer.encode(PromptFormat.qa.fewShot(split.train, $0.input)) }
+        let common = try XCTUnwrap(lm.sharedPrefix(prompts)).length
+        let delta = (0..<lm.config.attnDim).map { Float($0 % 7) * 0.2 - 0.6 }
+        lm.prefixMemo.removeAll()
+        lm.evaluationClock.reset()
+        let stop = StopRules(maxNewTokens: 4, atNewline: false)
+        let gens = lm.generate(prompts: prompts, variants: [delta, nil], layer: 4, stop: stop)
+        let clock = lm.evaluationClock
+        XCTAssertEqual(clock[.prompt].rows, prompts.reduce(0) { $0 + $1.count - 1 } - (prompts.count - 1) * common)
+        XCTAssertEqual(clock[.last].rows, 2 * prompts.count)
+        let tokens = gens.flatMap(\.tokens)
+        let decodeRows = clock[.decode].rows
+        XCTAssertGreaterThanOrEqual(decodeRows, tokens.reduce(0) { $0 + max($1.count - 1, 0) })
+        XCTAssertLessThanOrEqual(decodeRows, tokens.reduce(0) { $0 + $1.count })
+        XCTAssertTrue(EvaluationClock.Part.allCases.allSatisfy { clock[$0].ms > 0 })
+        let before = clock[.prompt]
+        _ = lm.generate(prompts: prompts, variants: [delta], layer: 4, stop: stop)   // the prefix remembered
+        XCTAssertEqual(clock[.prompt], before)
+        XCTAssertEqual(clock[.last].rows, 3 * prompts.count)
+    }
+
     func testARecentMemoKeepsTheMostRecentlyUsedWithinItsBudget() {
         let memo = RecentMemo<[Int]>(budget: 10) { $0.count }
         memo["a"] = [1, 2, 3]

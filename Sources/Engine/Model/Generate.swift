@@ -81,8 +81,10 @@ extension LanguageModel {
             active = still
             step += 1
             if active.isEmpty { break }
+            let t = Date()
             logits = model.forward(tokens: next.map { [$0] }, caches: active.map { caches[$0] }, hooks: hooks,
                                    using: backend, precision: precision)
+            evaluationClock.add(.decode, since: t, rows: next.count)
         }
         return (out, firstIDs)
     }
@@ -113,8 +115,10 @@ extension LanguageModel {
             let caches = vi == variants.count - 1 && kept == nil
                 ? prefixCaches : prefixCaches.map { $0.copy(extra: stop.maxNewTokens + 1) }
             let hooks = HookChain([delta.map { DeltaHook(layer: layer, delta: $0) }, lastPosition])
+            let t = Date()
             let logits = model.forward(tokens: prompts.map { [$0.last!] }, caches: caches, hooks: hooks,
                                        using: backend, precision: precision)
+            evaluationClock.add(.last, since: t, rows: prompts.count)
             // 4. decode the variant's sequences together
             let (out, first) = decode(caches: caches, logits: logits, stop: stop, using: backend, precision: precision)
             return Generation(tokens: out, firstArgmax: first)
@@ -128,7 +132,13 @@ extension LanguageModel {
     /// cache continues (`KVCache(continuing:)`, not copied), then each
     /// prompt's own tokens, all prompts in one batch.
     func promptPrefixes(_ prompts: [[Int]], extra: Int, using backend: Backend?, precision: Precision) -> [KVCache] {
+        let t = Date()
         let shared = sharedPrefix(prompts, using: backend, precision: precision)
+        // rows run: the shared positions once, then each prompt's own but its last
+        defer {
+            evaluationClock.add(.prompt, since: t, rows: prompts.reduce(0) { $0 + $1.count - 1 }
+                                - (prompts.count - 1) * (shared?.length ?? 0))
+        }
         let caches = prompts.map { p in
             shared.map { KVCache(continuing: $0, capacity: p.count - $0.length + extra) }
                 ?? model.makeCache(capacity: p.count + extra)
@@ -184,6 +194,29 @@ extension LanguageModel {
                           precision: precision)
         return shared
     }
+}
+
+/// Where greedy decoding's time goes, summed since `reset()`: the prompt positions before each
+/// prompt's last (`prompt`: the shared base once, then each prompt's own), the prompts' last
+/// positions (`last`: once per Δ variant) and the decoding steps (`decode`), each with the rows
+/// (token positions) it ran through the model. Thread-safe.
+public final class EvaluationClock: @unchecked Sendable {
+    public enum Part: String, CaseIterable, Sendable { case prompt, last, decode }
+    public struct Reading: Sendable, Equatable { public var ms = 0.0, rows = 0 }
+    private var readings: [Part: Reading] = [:]
+    private let lock = NSLock()
+
+    func add(_ part: Part, since start: Date, rows: Int) {
+        let ms = Date().timeIntervalSince(start) * 1000
+        lock.lock(); defer { lock.unlock() }
+        readings[part, default: Reading()].ms += ms
+        readings[part, default: Reading()].rows += rows
+    }
+    public subscript(part: Part) -> Reading {
+        lock.lock(); defer { lock.unlock() }
+        return readings[part] ?? Reading()
+    }
+    public func reset() { lock.lock(); readings = [:]; lock.unlock() }
 }
 
 /// Several hooks run in order at each site (nil entries skipped).

@@ -89,6 +89,8 @@ public final class LanguageModel: @unchecked Sendable {
     public let evaluationMemo = EvaluationMemo.make()
     /// The prompt positions of recent evaluation batches (see `generate(prompts:variants:…)`).
     public let prefixMemo = PrefixMemo.make()
+    /// Where greedy decoding's time went on this model (`worker bench` prints it).
+    public let evaluationClock = EvaluationClock()
 
     public var config: LlamaConfig { model.config }
 
