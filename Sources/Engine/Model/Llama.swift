@@ -154,11 +154,8 @@ public final class KVCache: @unchecked Sendable {
     var k: [UnsafeMutablePointer<Float>]
     var v: [UnsafeMutablePointer<Float>]
 
-    public init(layers: Int, kvDim: Int, capacity: Int) {
-        self.layers = layers; self.kvDim = kvDim; self.capacity = max(capacity, 1)
-        base = nil; baseLength = 0; length = 0
-        k = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
-        v = (0..<layers).map { _ in .allocate(capacity: max(capacity, 1) * kvDim) }
+    public convenience init(layers: Int, kvDim: Int, capacity: Int) {
+        self.init(layers: layers, kvDim: kvDim, capacity: capacity, base: nil)
     }
 
     /// A cache continuing `base`'s positions (not copied) with room for `capacity` more.
